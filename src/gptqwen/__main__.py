@@ -1,0 +1,5 @@
+import sys
+
+from gptqwen.cli import main
+
+sys.exit(main())
