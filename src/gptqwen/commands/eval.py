@@ -1,0 +1,156 @@
+"""`gptqwen eval`: few-shot evaluation (GPT-3 protocol), perplexity, and accuracy-vs-shots plots.
+
+    gptqwen eval --list-tasks
+    gptqwen eval --model runs/shakespeare --task copy --shots 0 1 4 --limit 200
+    gptqwen eval --model small/ --model big/ --task my_task.yaml --shots 0 1 8 --plot shots.png --json
+    gptqwen eval --model runs/shakespeare --task shakespeare            # held-out perplexity
+    gptqwen eval --model model.gguf --perplexity notes.txt              # any text file
+    gptqwen eval --model runs/shakespeare --task my_task.yaml --backend lm-eval   # same task through lm-eval
+
+Every (model, task, shot count) is one row of the results table; `--json` prints them as one JSON
+document. For lm-evaluation-harness's own command line with this project's models, see
+`python -m gptqwen.eval.lm_eval_adapter --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gptqwen.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("\n\n", 1)[1]
+    p.add_argument("--model", action="extend", nargs="+", default=[], metavar="PATH_OR_PRESET",
+                   help="run dir, checkpoint dir, HF dir or .gguf file (repeat for several models)")
+    p.add_argument("--task", action="extend", nargs="+", default=[], metavar="TASK",
+                   help="built-in task name or task .yaml file (repeatable)")
+    p.add_argument("--shots", action="extend", nargs="+", type=int, default=None, metavar="K",
+                   help="few-shot example counts, e.g. --shots 0 1 8 (default 0)")
+    p.add_argument("--perplexity", action="append", default=[], metavar="FILE",
+                   help="also measure perplexity and bits per byte on a UTF-8 text file (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test records of each task")
+    p.add_argument("--seed", type=int, default=1234, help="seed for drawing few-shot examples (default 1234)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="perplexity window advance in tokens (default: the model's context, i.e. disjoint windows)")
+    p.add_argument("--device", default=None, help="torch device (default: cpu, or what the checkpoint loader picks)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
+    p.add_argument("--backend", default="gptqwen", choices=["gptqwen", "lm-eval"],
+                   help="run the tasks with this harness or through lm-evaluation-harness and the gptqwen adapter")
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="draw accuracy vs shots (one line per model)")
+    p.add_argument("--output", default=None, metavar="FILE.json", help="also write the results JSON to this file")
+    p.add_argument("--samples", default=None, metavar="FILE.jsonl", help="write every prompt, answer and score")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gptqwen.eval import tasks as task_mod
+
+    if args.list_tasks:
+        return _list_tasks(args.json)
+    if not args.model:
+        raise UserError("give at least one --model (a run dir, checkpoint dir, HF dir or .gguf file)")
+    if not args.task and not args.perplexity:
+        raise UserError("give at least one --task (see --list-tasks) or --perplexity FILE")
+    shots = sorted(set(args.shots if args.shots is not None else [0]))
+    if any(k < 0 for k in shots):
+        raise UserError(f"--shots must be >= 0, got {min(shots)}")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise UserError(f"--plot writes a PNG; give a file name ending in .png, not '{args.plot}'")
+    from gptqwen.eval.perplexity import file_task
+
+    loaded = [task_mod.load_task(t) for t in args.task] + [file_task(f) for f in args.perplexity]
+    progress = sys.stderr.isatty() and not args.no_progress
+
+    results = []
+    for spec in args.model:
+        results += _evaluate_model(spec, loaded, shots, args, progress)
+
+    doc = {"results": [r.to_dict() for r in results],
+           "config": {"shots": shots, "limit": args.limit, "seed": args.seed, "backend": args.backend}}
+    _write_outputs(results, doc, args)
+    if args.json:
+        from gptqwen.utils import print_json
+
+        print_json(doc)
+    else:
+        _print_table(results)
+    return 0
+
+
+def _evaluate_model(spec: str, loaded, shots: list[int], args, progress: bool):
+    from gptqwen.eval.harness import evaluate
+    from gptqwen.eval.lm import ScoringModel
+
+    lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, batch_size=args.batch_size, progress=progress)
+    out = []
+    for task in loaded:
+        # perplexity takes no examples: measure it once, whatever the shot counts
+        for k in ([0] if task.output_type == "perplexity" else shots):
+            if args.backend == "lm-eval":
+                from gptqwen.eval.lm_eval_adapter import evaluate_with_lm_eval
+
+                out.append(evaluate_with_lm_eval(lm, task, shots=k, limit=args.limit, seed=args.seed))
+            else:
+                out.append(evaluate(lm, task, shots=k, limit=args.limit, seed=args.seed, stride=args.stride))
+    return out
+
+
+def _write_outputs(results, doc: dict, args) -> None:
+    from gptqwen.utils import atomic_write
+
+    if args.output:
+        with atomic_write(args.output) as f:
+            json.dump(doc, f, indent=2)
+    if args.samples:
+        with atomic_write(args.samples) as f:
+            for r in results:
+                for s in r.samples:
+                    f.write(json.dumps({"model": r.model, "task": r.task, "shots": r.shots, **s}, default=str) + "\n")
+    if args.plot:
+        from gptqwen.eval.plot import plot_shot_curves
+
+        plot_shot_curves([r.to_dict() for r in results], args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def _print_table(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="gptqwen eval")
+    for col in ("model", "task", "shots", "n", "metric", "value", "± stderr"):
+        table.add_column(col, justify="right" if col in ("shots", "n", "value", "± stderr") else "left")
+    for r in results:
+        for i, (name, m) in enumerate(r.metrics.items()):
+            first = i == 0
+            table.add_row(r.model if first else "", r.task if first else "", str(r.shots) if first else "",
+                          str(r.n) if first else "", name, f"{m['value']:.4f}", f"{m['stderr']:.4f}")
+    Console().print(table)
+
+
+def _list_tasks(as_json: bool) -> int:
+    from importlib import resources
+
+    from gptqwen.eval.tasks import BUILTIN_DIR, builtin_task_names
+
+    rows = []
+    for name in builtin_task_names():
+        text = resources.files("gptqwen.eval").joinpath(BUILTIN_DIR, f"{name}.yaml").read_text(encoding="utf-8")
+        first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
+        rows.append({"task": name, "about": first})
+    if as_json:
+        from gptqwen.utils import print_json
+
+        print_json(rows)
+    else:
+        width = max(len(r["task"]) for r in rows)
+        for r in rows:
+            print(f"{r['task']:<{width}}  {r['about']}")
+    return 0

@@ -1,0 +1,85 @@
+"""`gptqwen generate`: one-shot generation from a prompt, streamed to stdout (or one JSON document).
+
+    gptqwen generate --model SmolLM2-135M-Instruct.Q4_1.gguf --prompt "The capital of France is" \\
+        --temperature 0 --max-new-tokens 20
+    gptqwen generate --model model.gguf --chat --prompt "Give me three fruit names." --json
+    gptqwen generate --model qwen3-dir --chat --thinking-budget 64 --prompt "What is 17*23?"
+
+Several `--prompt`s run as one batch. `--chat` wraps each prompt as a user turn with the model's chat
+template (then `--json` also reports reasoning_content / content / tool_calls / thinking_tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gptqwen.errors import UserError
+from gptqwen.infer.options import add_model_arguments, add_sampling_arguments, engine_from_args, sampling_from_args
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", action="append", required=True,
+                   help="prompt text ('-' reads stdin); repeat for a batch")
+    p.add_argument("--chat", action="store_true", help="apply the chat template (prompt = one user message)")
+    p.add_argument("--system", default=None, help="system message (with --chat)")
+    p.add_argument("--no-think", action="store_true", help="disable thinking (with --chat)")
+    p.add_argument("--thinking-budget", type=int, default=None, help="cap thinking at N tokens (with --chat)")
+    p.add_argument("--logprobs", type=int, default=None, help="report log-probs (and N alternatives) per token")
+    p.add_argument("--json", action="store_true", help="print one JSON document: text, tokens, timings")
+    add_model_arguments(p)
+    add_sampling_arguments(p)
+
+
+def _result_json(r, tok) -> dict:
+    d = {"text": r.text, "tokens": r.token_ids, "finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
+         "timings": r.timings}
+    if r.logprobs is not None:
+        d["logprobs"] = r.logprobs
+        d["token_strings"] = [tok.decode([t]) for t in r.token_ids]
+    if r.top_logprobs is not None:
+        d["top_logprobs"] = [[{"token": tok.decode([i]), "id": i, "logprob": lp} for i, lp in top]
+                             for top in r.top_logprobs]
+    for k in ("reasoning_content", "content", "tool_calls", "thinking_tokens"):
+        if hasattr(r, k):
+            d[k] = getattr(r, k)
+    return d
+
+
+def run(args: argparse.Namespace) -> int:
+    from gptqwen.utils import print_json
+
+    prompts = [sys.stdin.read() if p == "-" else p for p in args.prompt]
+    if args.thinking_budget is not None and not args.chat:
+        raise UserError("--thinking-budget needs --chat (thinking is part of the chat format)")
+    params = sampling_from_args(args, logprobs=args.logprobs)
+    engine = engine_from_args(args)
+    if args.chat:
+        results = []
+        for prompt in prompts:
+            messages = ([{"role": "system", "content": args.system}] if args.system else [])
+            messages.append({"role": "user", "content": prompt})
+            kw = dict(enable_thinking=not args.no_think, thinking_budget=args.thinking_budget, params=params)
+            if args.json or len(prompts) > 1:
+                results.append(engine.chat(messages, **kw))
+                continue
+            for d in engine.stream_chat(messages, **kw):
+                if d.kind == "done":
+                    results.append(d.result)
+                else:  # reasoning goes to stderr so stdout holds just the answer
+                    print(d.text, end="", flush=True, file=sys.stderr if d.kind == "reasoning" else sys.stdout)
+            print()
+    elif args.json or len(prompts) > 1:
+        results = engine.generate(prompts, params)
+    else:
+        for piece in engine.stream(prompts[0], params):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    if args.json:
+        docs = [_result_json(r, engine.tokenizer) for r in results]
+        print_json(docs[0] if len(docs) == 1 else {"results": docs})
+    elif len(prompts) > 1:
+        for i, r in enumerate(results):
+            print(f"--- [{i}] {r.finish_reason}\n{r.content if args.chat else r.text}")
+    return 0

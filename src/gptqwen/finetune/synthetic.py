@@ -1,0 +1,192 @@
+"""Built-in synthetic data that needs no download, deterministic by seed.
+
+Two families:
+
+* **Reasoning conversations** for chat SFT (`reasoning_conversations`): multi-step arithmetic
+  ("What is 7 + 5 - 3 + 8?") and a chain of true/false statements ("A is true. B is the opposite
+  of A. ... Is D true?"). A *thinking* example carries the step-by-step work in the assistant's
+  `reasoning_content` (rendered inside `<think>`); a *direct* example answers at once, which the
+  Qwen3 template renders with an empty think block. Both end in "The answer is X." so
+  `extract_answer` can grade a generation.
+* **An entailment-style classification task** for the GPT-1 transfer demo (`entailment_examples`):
+  a premise of two or three "who does what to whom" clauses and a hypothesis that is entailed
+  (one of the clauses), contradicted (a clause with the opposite verb) or neutral (a pairing the
+  premise does not mention).
+
+From the shell:  python -m gptqwen.finetune.synthetic reasoning --n 1000 --seed 0 > train.jsonl
+                 python -m gptqwen.finetune.synthetic entailment --n 1000 --seed 0 > train.jsonl
+                 python -m gptqwen.finetune.synthetic tokenizer --out tok/   # a small BPE for tiny models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from dataclasses import dataclass
+
+ANSWER_RE = re.compile(r"answer is\s*([^\s.]+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A question, the steps that solve it (one line each) and the final answer."""
+
+    kind: str
+    question: str
+    steps: tuple[str, ...]
+    answer: str
+
+
+def arithmetic_problem(rng: random.Random, min_terms: int = 3, max_terms: int = 4) -> Problem:
+    """A chain of single-digit additions and subtractions whose running total never goes negative."""
+    n = rng.randint(min_terms, max_terms)
+    total = rng.randint(1, 9)
+    expr, steps = [str(total)], []
+    for _ in range(n - 1):
+        x = rng.randint(1, 9)
+        op = "-" if x <= total and rng.random() < 0.5 else "+"
+        new = total - x if op == "-" else total + x
+        steps.append(f"{total} {op} {x} = {new}.")
+        expr += [op, str(x)]
+        total = new
+    return Problem("arithmetic", f"What is {' '.join(expr)}?", tuple(steps), str(total))
+
+
+_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+
+def logic_problem(rng: random.Random, min_links: int = 2, max_links: int = 4) -> Problem:
+    """A chain 'K is true. B is the opposite of K. R is the same as B. Is R true?'."""
+    n = rng.randint(min_links, max_links)
+    value = rng.random() < 0.5
+    names = rng.sample(_LETTERS, n + 1)  # random names, so questions rarely repeat
+    facts = [f"{names[0]} is {'true' if value else 'false'}."]
+    steps = [f"{names[0]} is {'true' if value else 'false'}."]
+    for prev, cur in zip(names, names[1:]):
+        flip = rng.random() < 0.5
+        value = (not value) if flip else value
+        relation = "the opposite of" if flip else "the same as"
+        facts.append(f"{cur} is {relation} {prev}.")
+        steps.append(f"{cur} is {relation} {prev}, so {cur} is {'true' if value else 'false'}.")
+    question = " ".join(facts) + f" Is {names[-1]} true?"
+    return Problem("logic", question, tuple(steps), "yes" if value else "no")
+
+
+GENERATORS = {"arithmetic": arithmetic_problem, "logic": logic_problem}
+
+
+def problems(n: int, seed: int, kinds: tuple[str, ...] = ("arithmetic", "logic")) -> list[Problem]:
+    """`n` problems cycling through `kinds`, reproducible from `seed`."""
+    rng = random.Random(seed)
+    return [GENERATORS[kinds[i % len(kinds)]](rng) for i in range(n)]
+
+
+def to_conversation(problem: Problem, thinking: bool, flag: bool = True) -> dict:
+    """One ChatML conversation; `flag` appends Qwen3's /think or /no_think soft switch to the query."""
+    query = problem.question + ((" /think" if thinking else " /no_think") if flag else "")
+    reply: dict = {"role": "assistant", "content": f"The answer is {problem.answer}."}
+    if thinking:
+        reply = {"role": "assistant", "reasoning_content": "\n".join(problem.steps), **reply}
+    return {"messages": [{"role": "user", "content": query}, reply], "answer": problem.answer}
+
+
+def reasoning_conversations(
+    n: int,
+    seed: int = 0,
+    think_ratio: float = 0.5,
+    flag_prob: float = 0.5,
+    kinds: tuple[str, ...] = ("arithmetic", "logic"),
+) -> list[dict]:
+    """A thinking-mode-fusion mixture: `think_ratio` of the conversations reason in `<think>`, the rest
+    answer directly; each carries the /think or /no_think flag with probability `flag_prob`."""
+    rng = random.Random(seed + 1)
+    return [
+        to_conversation(p, thinking=rng.random() < think_ratio, flag=rng.random() < flag_prob)
+        for p in problems(n, seed, kinds)
+    ]
+
+
+def extract_answer(text: str) -> str | None:
+    """The X of the last 'The answer is X' in a generation, or None."""
+    found = ANSWER_RE.findall(text or "")
+    return found[-1].lower() if found else None
+
+
+# --- GPT-1 demo task: entailment-style classification -----------------------------------------
+
+_PEOPLE = ["the king", "the queen", "the duke", "the lady", "the prince", "the fool", "the knight",
+           "the lord", "the nurse", "the friar"]
+_VERBS = {"loves": "hates", "trusts": "doubts", "serves": "betrays", "follows": "leaves"}
+_VERBS.update({v: k for k, v in list(_VERBS.items())})
+ENTAILMENT_LABELS = ("entailment", "neutral", "contradiction")
+
+
+def entailment_example(rng: random.Random) -> dict:
+    """One premise/hypothesis pair with a label in ENTAILMENT_LABELS, classes balanced by construction."""
+    k = rng.randint(2, 3)
+    clauses = []
+    while len(clauses) < k:
+        a, b = rng.sample(_PEOPLE, 2)
+        if all({a, b} != {x, y} for x, _, y in clauses):
+            clauses.append((a, rng.choice(list(_VERBS)), b))
+    premise = " and ".join(f"{a} {v} {b}" for a, v, b in clauses) + "."
+    label = rng.choice(ENTAILMENT_LABELS)
+    a, v, b = rng.choice(clauses)
+    if label == "contradiction":
+        v = _VERBS[v]
+    elif label == "neutral":
+        # prefer people the premise mentions, so the label needs the pairing, not just the names
+        pairs = {frozenset((x, y)) for x, _, y in clauses}
+        mentioned = sorted({x for x, _, y in clauses} | {y for x, _, y in clauses})
+        fresh = [(x, y) for x in mentioned for y in mentioned if x != y and frozenset((x, y)) not in pairs]
+        a, b = rng.choice(fresh) if fresh else (a, b)
+        while frozenset((a, b)) in pairs:
+            a, b = rng.sample(_PEOPLE, 2)
+        v = rng.choice(list(_VERBS))
+    return {"premise": premise, "hypothesis": f"{a} {v} {b}.", "label": label}
+
+
+def entailment_examples(n: int, seed: int = 0) -> list[dict]:
+    """`n` entailment-style rows `{"premise", "hypothesis", "label"}`, reproducible from `seed`."""
+    rng = random.Random(seed)
+    return [entailment_example(rng) for _ in range(n)]
+
+
+def demo_tokenizer(vocab_size: int = 512, extra_texts: tuple[str, ...] = ()):
+    """A small Qwen-style byte-level BPE (with the chat control tokens) trained on the synthetic data,
+    for tiny models that have no tokenizer of their own (tests, the SFT demo)."""
+    from gptqwen.tokenizer.train import train_tokenizer
+
+    texts = [p.question + "\n" + "\n".join(p.steps) + f"\nThe answer is {p.answer}." for p in problems(2000, 7)]
+    texts += [f"{e['premise']} {e['hypothesis']} {e['label']}" for e in entailment_examples(500, 7)]
+    return train_tokenizer([*texts, *extra_texts], vocab_size, style="qwen", show_progress=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="write synthetic fine-tuning data as JSONL to stdout")
+    p.add_argument("kind", choices=["reasoning", "entailment", "tokenizer"],
+                   help="tokenizer: write a small Qwen-style tokenizer for this data to --out")
+    p.add_argument("--out", help="tokenizer: output directory")
+    p.add_argument("--vocab-size", type=int, default=512)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--think-ratio", type=float, default=0.5, help="reasoning: share of thinking examples")
+    p.add_argument("--flag-prob", type=float, default=0.5, help="reasoning: chance of a /think or /no_think flag")
+    args = p.parse_args(argv)
+    if args.kind == "tokenizer":
+        if not args.out:
+            p.error("tokenizer needs --out DIR")
+        print(demo_tokenizer(args.vocab_size).save(args.out))
+        return 0
+    rows = (reasoning_conversations(args.n, args.seed, args.think_ratio, args.flag_prob)
+            if args.kind == "reasoning" else entailment_examples(args.n, args.seed))
+    for row in rows:
+        sys.stdout.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

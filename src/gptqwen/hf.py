@@ -1,0 +1,351 @@
+"""Hugging Face checkpoint import/export: config.json + safetensors (sharded too), logit parity with transformers.
+
+    from gptqwen.hf import from_pretrained, save_pretrained, load_tokenizer
+    model = from_pretrained("path/to/Qwen3-0.6B")            # or a .gguf file
+    model.save_pretrained("out/")                             # loadable by transformers.AutoModelForCausalLM
+
+Model types: openai-gpt, gpt2, qwen (v1 remote-code names), qwen2, qwen2_moe, qwen3, qwen3_moe, llama.
+Each of our parameters maps to one or more HF tensors through a `Rule` (rename, concatenate, transpose the GPT
+Conv1D layout, stack per-expert tensors); the same rules drive both directions. Loading is lazy: tensors are
+read one parameter at a time from memory-mapped files into a model built on the meta device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptqwen.config import SUPPORTED_MODEL_TYPES, Config, config_from_hf, config_to_hf
+from gptqwen.errors import UserError
+from gptqwen.utils import atomic_dir
+
+# tensors some checkpoints carry that are buffers, not weights
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq", "position_ids")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Our parameter `ours` = HF tensors `theirs`, concatenated on dim 0 (sizes given) and, for experts,
+    stacked per expert (`stacked`: groups of len(sizes) keys); `transpose` for GPT's Conv1D (in, out) layout."""
+
+    ours: str
+    theirs: tuple[str, ...]
+    sizes: tuple[int, ...] = ()
+    transpose: bool = False
+    stacked: bool = False
+
+
+def _gpt_rules(cfg: Config) -> list[Rule]:
+    gpt1 = cfg.hf_model_type == "openai-gpt"
+    p = "transformer."
+    rules = [Rule("wte.weight", (p + ("tokens_embed" if gpt1 else "wte") + ".weight",)),
+             Rule("wpe.weight", (p + ("positions_embed" if gpt1 else "wpe") + ".weight",))]
+    for i in range(cfg.n_layer):
+        h, b = f"{p}h.{i}.", f"blocks.{i}."
+        for ours, theirs in (("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.qkv", "attn.c_attn"),
+                             ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+            conv = not ours.startswith("ln")
+            rules += [Rule(b + ours + ".weight", (h + theirs + ".weight",), transpose=conv),
+                      Rule(b + ours + ".bias", (h + theirs + ".bias",))]
+    if cfg.pre_norm:
+        rules += [Rule("ln_f.weight", (p + "ln_f.weight",)), Rule("ln_f.bias", (p + "ln_f.bias",))]
+    return rules
+
+
+def _qwen1_rules(cfg: Config) -> list[Rule]:
+    p, inter = "transformer.", cfg.intermediate_size
+    rules = [Rule("wte.weight", (p + "wte.weight",)), Rule("ln_f.weight", (p + "ln_f.weight",))]
+    for i in range(cfg.n_layer):
+        h, b = f"{p}h.{i}.", f"blocks.{i}."
+        rules += [Rule(b + "ln_1.weight", (h + "ln_1.weight",)), Rule(b + "ln_2.weight", (h + "ln_2.weight",)),
+                  Rule(b + "attn.qkv.weight", (h + "attn.c_attn.weight",)),
+                  Rule(b + "attn.qkv.bias", (h + "attn.c_attn.bias",)),
+                  Rule(b + "attn.proj.weight", (h + "attn.c_proj.weight",)),
+                  # Qwen v1: c_proj(w1(x) * silu(w2(x))): w2 is the gated branch
+                  Rule(b + "mlp.gate_up.weight", (h + "mlp.w2.weight", h + "mlp.w1.weight"), (inter, inter)),
+                  Rule(b + "mlp.down.weight", (h + "mlp.c_proj.weight",))]
+    return rules + _lm_head(cfg)
+
+
+def _lm_head(cfg: Config) -> list[Rule]:
+    return [] if cfg.tie_embeddings else [Rule("lm_head.weight", ("lm_head.weight",))]
+
+
+def _swiglu_rules(ours: str, theirs: str, width: int) -> list[Rule]:
+    return [Rule(ours + "gate_up.weight", (theirs + "gate_proj.weight", theirs + "up_proj.weight"), (width, width)),
+            Rule(ours + "down.weight", (theirs + "down_proj.weight",))]
+
+
+def _expert_rules(cfg: Config, b: str, h: str, fused: bool) -> list[Rule]:
+    if fused:  # transformers >= 5 in-memory layout, also found in some checkpoint files
+        return [Rule(b + "w_gate_up", (h + "experts.gate_up_proj",)), Rule(b + "w_down", (h + "experts.down_proj",))]
+    I, E = cfg.moe_intermediate_size, range(cfg.n_experts)
+    gate_up = tuple(f"{h}experts.{e}.{w}_proj.weight" for e in E for w in ("gate", "up"))
+    down = tuple(f"{h}experts.{e}.down_proj.weight" for e in E)
+    return [Rule(b + "w_gate_up", gate_up, (I, I), stacked=True), Rule(b + "w_down", down, (cfg.n_embd,), stacked=True)]
+
+
+def _qwen2_rules(cfg: Config, fused_experts: bool = False) -> list[Rule]:
+    p = "model."
+    q, kv = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    rules = [Rule("wte.weight", (p + "embed_tokens.weight",)), Rule("ln_f.weight", (p + "norm.weight",))]
+    for i in range(cfg.n_layer):
+        h, b = f"{p}layers.{i}.", f"blocks.{i}."
+        a = h + "self_attn."
+        rules += [Rule(b + "ln_1.weight", (h + "input_layernorm.weight",)),
+                  Rule(b + "ln_2.weight", (h + "post_attention_layernorm.weight",)),
+                  Rule(b + "attn.qkv.weight", (a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"), (q, kv, kv)),
+                  Rule(b + "attn.proj.weight", (a + "o_proj.weight",))]
+        if cfg.qkv_bias:
+            rules.append(Rule(b + "attn.qkv.bias", (a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"), (q, kv, kv)))
+        if cfg.qk_norm:
+            rules += [Rule(b + "attn.q_norm.weight", (a + "q_norm.weight",)), Rule(b + "attn.k_norm.weight", (a + "k_norm.weight",))]
+        m = h + "mlp."
+        if not cfg.is_moe_layer(i):
+            rules += _swiglu_rules(b + "mlp.", m, cfg.intermediate_size)
+            continue
+        rules += [Rule(b + "mlp.router.weight", (m + "gate.weight",))] + _expert_rules(cfg, b + "mlp.", m, fused_experts)
+        if cfg.shared_expert_intermediate_size:
+            rules += _swiglu_rules(b + "mlp.shared.", m + "shared_expert.", cfg.shared_expert_intermediate_size)
+            rules.append(Rule(b + "mlp.shared_gate.weight", (m + "shared_expert_gate.weight",)))
+    return rules + _lm_head(cfg)
+
+
+def weight_rules(cfg: Config, fused_experts: bool = False) -> list[Rule]:
+    """The name map for `cfg.hf_model_type` (one Rule per parameter of our model)."""
+    if cfg.hf_model_type in ("openai-gpt", "gpt2"):
+        return _gpt_rules(cfg)
+    if cfg.hf_model_type == "qwen":
+        return _qwen1_rules(cfg)
+    return _qwen2_rules(cfg, fused_experts)
+
+
+def _their_shapes(rule: Rule, ours: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Expected HF shapes for a parameter of shape `ours` under `rule`."""
+    inner = ours[1:] if rule.stacked else ours
+    if rule.transpose:
+        inner = inner[::-1]
+    if rule.sizes and (len(rule.theirs) > 1 or rule.stacked):
+        parts = [(s, *inner[1:]) for s in rule.sizes]
+    else:
+        parts = [tuple(inner)]
+    return parts * (ours[0] if rule.stacked else 1)
+
+
+def _assemble(rule: Rule, tensors: list[torch.Tensor]) -> torch.Tensor:
+    if rule.transpose:
+        tensors = [t.t() for t in tensors]
+    if not rule.stacked:
+        return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+    k = max(len(rule.sizes), 1)
+    return torch.stack([torch.cat(tensors[i:i + k]) for i in range(0, len(tensors), k)])
+
+
+def _disassemble(rule: Rule, t: torch.Tensor) -> list[torch.Tensor]:
+    groups = list(t.unbind(0)) if rule.stacked else [t]
+    parts = [p for g in groups for p in (g.split(list(rule.sizes)) if len(rule.sizes) > 1 else [g])]
+    return [(p.t() if rule.transpose else p).contiguous() for p in parts]
+
+
+# ---- reading ------------------------------------------------------------------------------------
+class _Checkpoint:
+    """Lazy access to the tensors of all safetensors files in a directory (sharded or not)."""
+
+    def __init__(self, path: Path) -> None:
+        from safetensors import safe_open
+
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            extra = " (found *.bin: convert it to safetensors first)" if list(path.glob("*.bin")) else ""
+            raise UserError(f"no *.safetensors weights in '{path}'{extra}; point at a checkpoint directory with weights")
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            wanted = set(json.loads(index.read_text())["weight_map"].values())
+            missing = sorted(w for w in wanted if not (path / w).exists())
+            if missing:
+                raise UserError(f"checkpoint '{path}' is missing shard files {missing}; download them again")
+        self.where: dict[str, tuple[Any, str]] = {}  # our view of a key -> (file handle, key in the file)
+        for f in files:
+            try:
+                h = safe_open(str(f), framework="pt")
+            except Exception as e:  # safetensors raises its own error types for corrupt headers
+                raise UserError(f"cannot read '{f}': {e}; the file is corrupt or not safetensors") from e
+            self.where.update((k, (h, k)) for k in h.keys())
+
+    def alias(self, rules: list[Rule]) -> None:
+        """Accept base-model files saved without the `transformer.`/`model.` prefix (e.g. the original gpt2)."""
+        for key in (k for r in rules for k in r.theirs):
+            short = key.split(".", 1)[1]
+            if key not in self.where and short in self.where:
+                self.where[key] = self.where.pop(short)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        h, k = self.where[key]
+        return tuple(h.get_slice(k).get_shape())
+
+    def get(self, key: str) -> torch.Tensor:
+        h, k = self.where[key]
+        return h.get_tensor(k)
+
+    def float_dtype(self) -> torch.dtype:
+        for key in self.where:
+            t = self.get(key)
+            if t.is_floating_point():
+                return t.dtype
+        return torch.float32
+
+
+def _resolve_dtype(dtype: Any, ckpt: _Checkpoint, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:  # fp32 on CPU (bf16/fp16 matmuls are slow there); the stored dtype on accelerators
+        return torch.float32 if device.type == "cpu" else ckpt.float_dtype()
+    if dtype == "auto":
+        return ckpt.float_dtype()
+    names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+    try:
+        return getattr(torch, names.get(dtype, dtype))
+    except (AttributeError, TypeError):
+        raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16") from None
+
+
+def _check_keys(rules: list[Rule], ckpt: _Checkpoint, shapes: dict[str, tuple[int, ...]], cfg: Config) -> None:
+    missing, wrong = [], []
+    for r in rules:
+        for key, want in zip(r.theirs, _their_shapes(r, shapes[r.ours])):
+            if key not in ckpt.where:
+                missing.append(key)
+            elif ckpt.shape(key) != want:
+                wrong.append(f"{key} {list(ckpt.shape(key))} (expected {list(want)})")
+    used = {k for r in rules for k in r.theirs}
+    tied_head = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    unexpected = sorted(k for k in ckpt.where if k not in used and k not in tied_head and not k.endswith(_IGNORED_SUFFIXES))
+    problems = []
+    for label, items in (("missing tensors", missing), ("unexpected tensors", unexpected), ("mis-shaped tensors", wrong)):
+        if items:
+            shown = ", ".join(items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise UserError(f"checkpoint does not match its config.json ({cfg.hf_model_type}): " + "; ".join(problems)
+                        + "; check that config.json and the weights belong together")
+
+
+def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: str | torch.device | None = None):
+    """Load a `Transformer` (eval mode) from an HF checkpoint directory or a `.gguf` file."""
+    path = Path(path).expanduser()
+    if path.suffix == ".gguf":
+        from gptqwen.gguf import load_gguf
+
+        return load_gguf(path, dtype, device)
+    if not path.is_dir():
+        raise UserError(f"'{path}' is not a checkpoint directory; pass a folder with config.json and *.safetensors")
+    cfg_file = path / "config.json"
+    if not cfg_file.exists():
+        raise UserError(f"'{path}' has no config.json; pass a Hugging Face checkpoint directory")
+    try:
+        hf_cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"'{cfg_file}' is not valid JSON ({e}); restore the file") from None
+    cfg = config_from_hf(hf_cfg, name=path.name)
+    ckpt = _Checkpoint(path)
+    fused = any(k.endswith("experts.gate_up_proj") for k in ckpt.where)
+    rules = weight_rules(cfg, fused_experts=fused)
+    ckpt.alias(rules)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = _resolve_dtype(dtype, ckpt, device)
+
+    from gptqwen.model import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    params = dict(model.named_parameters())
+    _check_keys(rules, ckpt, {k: tuple(p.shape) for k, p in params.items()}, cfg)
+    model.to_empty(device=device)
+    model.to(dtype)
+    params = dict(model.named_parameters())  # to_empty may have replaced the objects
+    with torch.no_grad():
+        for r in rules:
+            tensors = [ckpt.get(k) for k in r.theirs]
+            params[r.ours].copy_(_assemble(r, tensors))
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.wte.weight
+    model.reset_buffers()
+    return model.eval()
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def _parse_size(s: str | int) -> int:
+    if isinstance(s, int):
+        return s
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
+    for u, m in units.items():
+        if s.upper().endswith(u):
+            return int(float(s[:-2]) * m)
+    return int(s)
+
+
+def save_pretrained(model, path: str | os.PathLike, max_shard_size: str | int = "5GB", tokenizer=None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write `model` as an HF checkpoint directory (atomically); shards with an index above `max_shard_size`."""
+    from safetensors.torch import save_file
+
+    cfg: Config = model.config
+    hf_cfg = config_to_hf(cfg)  # raises for architectures transformers cannot represent
+    state = model.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for r in weight_rules(cfg):
+        t = state[r.ours].detach().to("cpu", dtype or state[r.ours].dtype)
+        tensors.update(zip(r.theirs, _disassemble(r, t)))
+    hf_cfg["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    limit = _parse_size(max_shard_size)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, t in tensors.items():
+        n = t.numel() * t.element_size()
+        if shards[-1] and size + n > limit:
+            shards.append({})
+            size = 0
+        shards[-1][k] = t
+        size += n
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+        gen = {k: hf_cfg[k] for k in ("bos_token_id", "eos_token_id") if hf_cfg.get(k) is not None}
+        if gen:
+            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / name), metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(shard, name))
+            total = sum(t.numel() * t.element_size() for t in tensors.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+    return path
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer stored beside a checkpoint (tokenizer.json) or inside a .gguf file; None if there is none."""
+    path = Path(path).expanduser()
+    if path.suffix == ".gguf":
+        from gptqwen.gguf import load_tokenizer as gguf_tokenizer
+
+        return gguf_tokenizer(path)
+    if (path / "tokenizer.json").exists():
+        from gptqwen.tokenizer import Tokenizer
+
+        return Tokenizer.from_file(path / "tokenizer.json")
+    return None
+
+
+__all__ = ["from_pretrained", "save_pretrained", "load_tokenizer", "weight_rules", "Rule", "SUPPORTED_MODEL_TYPES"]

@@ -1,0 +1,311 @@
+"""The inference engine: batched prefill + incremental decode over a static KV cache.
+
+    from gptqwen.infer import Engine, SamplingParams
+    engine = Engine(model, tokenizer)
+    [r] = engine.generate(["Once upon a time"], SamplingParams(temperature=0, max_new_tokens=32))
+    for piece in engine.stream("Once upon a time", SamplingParams(max_new_tokens=32)):
+        print(piece, end="", flush=True)
+    reply = engine.chat([{"role": "user", "content": "Hi!"}], thinking_budget=256)   # see thinking.py
+
+How a batch runs: prompts of different lengths are left-padded into one [B, L] prefill with an
+attention mask and per-row position ids (each row counts from 0 at its first real token); the KV cache is
+allocated once for L + max_new_tokens slots (and reused by later calls that fit), every decode step feeds
+one token per row. Rows that finished keep feeding a pad token until the whole batch is done, so shapes stay
+fixed. A row can be given *forced* tokens (the thinking budget's stop text): they are fed through the cache
+instead of the sampled token, one per step, exactly as if the model had written them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from gptqwen.errors import UserError
+from gptqwen.infer.sampling import Sampler, SamplingParams
+
+Prompt = str | Sequence[int]
+# route(row, token, forced) -> the channel the token's text goes to ("content", "reasoning") or None (a tag)
+Router = Callable[["Row", int, bool], str | None]
+
+
+@dataclass
+class Result:
+    """One finished request. `token_ids` includes the stop token (if any); `text` never does."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (stop token or string) or "length"
+    prompt_tokens: int
+    logprobs: list[float | None] | None = None  # raw log-prob per generated token; None for forced tokens
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Channel:
+    """Incrementally decoded text of one kind (content or reasoning) of one row."""
+
+    def __init__(self, tokenizer) -> None:
+        self.decoder = tokenizer.decode_stream() if tokenizer is not None else None  # None: ids only
+        self.text = ""
+        self.emitted = 0
+
+    def add(self, token: int) -> None:
+        if self.decoder is not None:
+            self.text += self.decoder.step(token)
+
+    def finish(self) -> None:
+        if self.decoder is not None:
+            self.text += self.decoder.finish()
+
+
+class Row:
+    """The state of one request while its batch runs: tokens so far, text channels, stop checks."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams, tokenizer, stop_ids: set[int],
+                 max_new: int, route: Router | None = None, reserve: int = 0) -> None:
+        self.prompt, self.params, self.tok = prompt, params, tokenizer
+        self.stop_ids, self.max_new, self.route = stop_ids, max_new, route
+        self.reserve = reserve  # cache slots kept for forced tokens, which do not count against max_new
+        self.n_sampled = 0
+        self.tokens: list[int] = []
+        self.logprobs: list[float | None] = []
+        self.top: list[list[tuple[int, float]]] = []
+        self.channels: dict[str, _Channel] = {}
+        self.forced: deque[int] = deque()
+        self.finish_reason: str | None = None
+        self._hold = max((len(s) for s in params.stop), default=1) - 1
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def channel(self, name: str) -> _Channel:
+        if name not in self.channels:
+            self.channels[name] = _Channel(self.tok)
+        return self.channels[name]
+
+    def push(self, token: int, logprob: float | None = None, top: list | None = None, forced: bool = False) -> None:
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        self.top.append(top or [])
+        self.n_sampled += not forced
+        if token in self.stop_ids and not forced:
+            self.finish_reason = "stop"
+            self.flush()
+            return
+        name = self.route(self, token, forced) if self.route else "content"
+        if name is not None:
+            ch = self.channel(name)
+            before = len(ch.text)
+            ch.add(token)
+            if name == "content" and self.params.stop:
+                self._check_stop_strings(ch, before)
+        if not self.finished and (self.n_sampled >= self.max_new or len(self.tokens) >= self.max_new + self.reserve):
+            self.finish_reason = "length"
+            self.flush()
+
+    def _check_stop_strings(self, ch: _Channel, before: int) -> None:
+        start = max(0, before - self._hold)
+        hits = [i for i in (ch.text.find(s, start) for s in self.params.stop) if i >= 0]
+        if hits:
+            ch.text = ch.text[: min(hits)]
+            self.finish_reason = "stop"
+
+    def deltas(self) -> list[tuple[str, str]]:
+        """New text since the last call, per channel; text that may start a stop string is held back."""
+        out = []
+        for name, ch in self.channels.items():
+            safe = len(ch.text)
+            if name == "content" and self.params.stop and not self.finished:
+                safe = len(ch.text) - _partial_stop(ch.text, self.params.stop)
+            if safe > ch.emitted:
+                out.append((name, ch.text[ch.emitted:safe]))
+                ch.emitted = safe
+        return out
+
+    def flush(self) -> None:
+        """Finish the channels' decoders (a dangling partial character becomes U+FFFD)."""
+        for ch in self.channels.values():
+            ch.finish()
+
+    def result(self, timings: dict[str, float]) -> Result:
+        want = self.params.logprobs is not None
+        return Result(text=self.channel("content").text, token_ids=list(self.tokens),
+                      finish_reason=self.finish_reason or "length", prompt_tokens=len(self.prompt),
+                      logprobs=list(self.logprobs) if want else None,
+                      top_logprobs=list(self.top) if want and self.params.logprobs else None, timings=timings)
+
+
+def _partial_stop(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+class Engine:
+    """Generation for a `Transformer` and its `Tokenizer` (see the module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer=None, compile: bool = False) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+        p = next(model.parameters())
+        self.device = p.device
+        self.cache_dtype = p.dtype if p.dtype.is_floating_point else torch.bfloat16
+        self._cache = None
+        self._forward = torch.compile(model, dynamic=True) if compile else model
+
+    # ----------------------------------------------------------------------------------- public API
+    def generate(self, prompts: Prompt | Sequence[Prompt],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[Result]:
+        """Generate for one prompt or a batch (text or token ids); one `Result` per prompt."""
+        rows = self.make_rows(prompts, params)
+        timings: dict[str, float] = {}
+        for _ in self.run(rows, timings):
+            pass
+        return [r.result(timings) for r in rows]
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield the text of one request piece by piece as it is generated (never a broken character)."""
+        [row] = self.make_rows([prompt], params)
+        for _ in self.run([row], {}):
+            for _, text in row.deltas():
+                yield text
+
+    def chat(self, messages: list[dict], **kwargs: Any):
+        """One assistant turn with thinking control; see `gptqwen.infer.thinking.chat`."""
+        from gptqwen.infer.thinking import chat
+
+        return chat(self, messages, **kwargs)
+
+    def stream_chat(self, messages: list[dict], **kwargs: Any):
+        """Like `chat`, yielding `ChatDelta`s (reasoning / content pieces) and finally the result."""
+        from gptqwen.infer.thinking import stream_chat
+
+        return stream_chat(self, messages, **kwargs)
+
+    # ------------------------------------------------------------------------------------ machinery
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise UserError("this model has no tokenizer; pass token ids instead of text")
+        return list(self.tokenizer.encode(text))
+
+    def stop_ids(self, params: SamplingParams) -> set[int]:
+        ids = set(int(i) for i in params.stop_token_ids)
+        if not params.ignore_eos:
+            eos = self.config.eos_token_id
+            ids.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+            if self.tokenizer is not None:
+                ids.update(self.tokenizer.stop_ids)
+        return ids
+
+    def make_rows(self, prompts: Prompt | Sequence[Prompt], params=None, route: Router | None = None,
+                  reserve: int = 0) -> list[Row]:
+        """Tokenise, check against the context window, and wrap each prompt in a `Row`."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if not prompts:
+            raise UserError("no prompts given")
+        plist = list(params) if isinstance(params, (list, tuple)) else [params or SamplingParams()] * len(prompts)
+        if len(plist) != len(prompts):
+            raise UserError(f"got {len(plist)} sampling params for {len(prompts)} prompts")
+        ctx, vocab = self.config.max_seq_len, self.config.vocab_size
+        rows = []
+        for prompt, p in zip(prompts, plist):
+            ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+            if not ids:
+                raise UserError("a prompt is empty; give at least one token")
+            if min(ids) < 0 or max(ids) >= vocab:
+                raise UserError(f"prompt token id out of range [0, {vocab}); the tokenizer does not match the model")
+            if len(ids) >= ctx:
+                if not p.truncate_prompt:
+                    raise UserError(f"prompt of {len(ids)} tokens does not fit the context window of {ctx} tokens; "
+                                    "shorten it or ask for truncation (truncate_prompt / --truncate)")
+                ids = ids[-(ctx - min(p.max_new_tokens, ctx // 2)):]  # keep the end, leave room to answer
+            max_new = min(p.max_new_tokens, ctx - len(ids) - reserve)
+            if max_new < 1:
+                raise UserError(f"prompt of {len(ids)} tokens leaves no room to generate in the context window "
+                                f"of {ctx} tokens; shorten it")
+            rows.append(Row(ids, p, self.tokenizer, self.stop_ids(p), max_new, route, reserve))
+        return rows
+
+    def _get_cache(self, batch: int, length: int):
+        c = self._cache
+        if c is None or c.batch_size != batch or c.max_len < length:
+            self._cache = None  # free the old buffers before allocating new ones
+            c = self._cache = self.model.new_cache(batch, length, dtype=self.cache_dtype, device=self.device)
+        c.reset()
+        return c
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @torch.inference_mode()
+    def run(self, rows: list[Row], timings: dict[str, float]) -> Iterator[None]:
+        """Drive `rows` to completion, yielding after every step (prefill included) so callers can stream."""
+        B, dev = len(rows), self.device
+        L = max(len(r.prompt) for r in rows)
+        steps = max(r.max_new + r.reserve for r in rows)
+        cache = self._get_cache(B, L + steps)
+        pad = rows[0].prompt[-1]
+        ids = torch.full((B, L), pad, dtype=torch.long)
+        mask = torch.zeros((B, L + steps), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, L - len(r.prompt):] = torch.tensor(r.prompt)
+            mask[i, L - len(r.prompt):L] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask[:, :L].cumsum(-1) - 1).clamp(min=0)
+        padded = any(len(r.prompt) != L for r in rows)  # no padding: no mask, the model's fastest path
+        sampler = Sampler([r.params for r in rows], self.config.vocab_size, dev)
+        sampler.observe_prompt([r.prompt for r in rows])
+
+        self._sync()
+        t0 = time.perf_counter()
+        logits = self._forward(ids, position_ids=pos, attention_mask=mask[:, :L] if padded else None, cache=cache,
+                               logits_to_keep=1).logits[:, -1]
+        next_pos, fill, n_steps = pos[:, -1:] + 1, L, 0
+        while True:
+            draw = sampler(logits)
+            chosen = draw.tokens.tolist()  # the one host sync per step: stop checks need the tokens
+            lps = draw.logprobs.tolist() if draw.logprobs is not None else None
+            feed = []
+            for i, r in enumerate(rows):
+                if r.finished:
+                    feed.append(pad)
+                elif r.forced:
+                    feed.append(r.forced.popleft())
+                    r.push(feed[-1], forced=True)
+                else:
+                    feed.append(chosen[i])
+                    r.push(chosen[i], lps[i] if lps else None, draw.top[i] if draw.top else None)
+            if n_steps == 0:
+                self._sync()
+                timings["prefill_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+            n_steps += 1
+            yield
+            if all(r.finished for r in rows):
+                break
+            x = torch.tensor(feed, dtype=torch.long, device=dev)[:, None]
+            sampler.observe(x[:, 0])
+            mask[:, fill] = 1
+            fill += 1
+            logits = self._forward(x, position_ids=next_pos, attention_mask=mask[:, :fill] if padded else None, cache=cache,
+                                   logits_to_keep=1).logits[:, -1]
+            next_pos = next_pos + 1
+        self._sync()
+        decode_s = time.perf_counter() - t0
+        new_tokens = sum(len(r.tokens) for r in rows)
+        timings.update(decode_s=decode_s, prompt_tokens=sum(len(r.prompt) for r in rows),
+                       generated_tokens=new_tokens, decode_steps=n_steps,
+                       decode_tokens_per_s=(B * (n_steps - 1) / decode_s) if decode_s > 0 and n_steps > 1 else 0.0)

@@ -1,0 +1,64 @@
+"""Command-line options shared by `gptqwen generate` and `gptqwen chat`: model loading and sampling flags."""
+
+from __future__ import annotations
+
+import argparse
+
+from gptqwen.errors import UserError
+from gptqwen.infer.sampling import SamplingParams
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True,
+                   help="a .gguf file, an HF checkpoint directory, a training run directory or a preset name")
+    g.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    g.add_argument("--dtype", choices=_DTYPES, default=None,
+                   help="weight dtype (default: float32 on CPU, bfloat16 on GPU)")
+    g.add_argument("--int8", action="store_true", help="int8 weight-only linear layers (less memory traffic)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = 0.7) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--min-p", type=float, default=0.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--frequency-penalty", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--truncate", action="store_true", help="keep the end of a prompt longer than the context")
+
+
+def sampling_from_args(args: argparse.Namespace, **extra) -> SamplingParams:
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty, seed=args.seed, stop=tuple(args.stop),
+        truncate_prompt=args.truncate, **extra)
+
+
+def engine_from_args(args: argparse.Namespace):
+    """Load the model named by `--model` and wrap it in an `Engine` (int8 / compile as asked)."""
+    import torch
+
+    from gptqwen.infer.engine import Engine
+    from gptqwen.infer.quant import quantize_int8
+    from gptqwen.loading import load_model_and_tokenizer
+    from gptqwen.utils import default_device
+
+    device = args.device or default_device()
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
+    model, tok = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
+    if tok is None:
+        raise UserError(f"'{args.model}' has no tokenizer to turn text into tokens; "
+                        "use a .gguf file, an HF checkpoint or a run directory that has one")
+    if args.int8:
+        quantize_int8(model)
+    return Engine(model, tok, compile=args.compile)

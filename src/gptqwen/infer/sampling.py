@@ -1,0 +1,177 @@
+"""Sampling parameters and the batched logits → next-token step.
+
+`SamplingParams` holds one request's settings and validates them (bad values → UserError).
+`Sampler` turns the list of a batch's params into per-row tensors once, then each decode step does
+penalties → greedy or (temperature → top-k → top-p → min-p → draw) for all rows at once. Draws use one
+`torch.Generator` per row, so a seeded request gives the same tokens whatever else shares its batch.
+Conventions follow vLLM/OpenAI: repetition penalty (CTRL/transformers: divide positive logits, multiply
+negative ones) counts prompt and output tokens; presence and frequency penalties count output tokens.
+Log-probs are of the model's raw distribution (before penalties and temperature).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Sequence
+
+import torch
+
+from gptqwen.errors import UserError
+
+
+@dataclass
+class SamplingParams:
+    """Settings of one generation request. `temperature=0` means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: Sequence[str] = ()  # stop strings; the text ends before the first one
+    stop_token_ids: Sequence[int] = ()  # in addition to the tokenizer's end-of-sequence tokens
+    ignore_eos: bool = False
+    logprobs: int | None = None  # None = off; 0 = chosen token only; k = also the k most likely tokens
+    truncate_prompt: bool = False  # keep the end of a prompt longer than the context instead of failing
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        checks = [
+            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "a number >= 0"),
+            ("top_k", self.top_k >= 0, "an integer >= 0 (0 = off)"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("min_p", 0 <= self.min_p < 1, "in [0, 1)"),
+            ("repetition_penalty", math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "> 0"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]"),
+            ("logprobs", self.logprobs is None or 0 <= self.logprobs <= 20, "None or an integer in [0, 20]"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise UserError(f"sampling parameter {name}={getattr(self, name)!r} is invalid; it must be {want}")
+        if any(not s for s in self.stop):
+            raise UserError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def replace(self, **changes) -> "SamplingParams":
+        return replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class Draw:
+    """The tokens chosen in one step, with log-probs when asked for."""
+
+    tokens: torch.Tensor  # [B] long
+    logprobs: torch.Tensor | None = None  # [B] raw log-prob of each chosen token
+    top: list[list[tuple[int, float]]] | None = None  # per row: the k most likely (token, log-prob)
+
+
+@dataclass
+class Sampler:
+    """Per-row sampling state of one batch: settings as tensors, generators, token counts for penalties."""
+
+    params: list[SamplingParams]
+    vocab_size: int
+    device: torch.device
+    counts_all: torch.Tensor | None = field(default=None, init=False)  # prompt + output, for repetition
+    counts_out: torch.Tensor | None = field(default=None, init=False)  # output only, presence/frequency
+
+    def __post_init__(self) -> None:
+        p, dev = self.params, self.device
+        col = lambda xs: torch.tensor(xs, dtype=torch.float32, device=dev)[:, None]  # noqa: E731
+        self.greedy = torch.tensor([q.greedy for q in p], device=dev)
+        self.all_greedy = bool(self.greedy.all())
+        self.temperature = col([q.temperature if q.temperature > 0 else 1.0 for q in p])
+        self.top_k = torch.tensor([q.top_k if q.top_k > 0 else self.vocab_size for q in p], device=dev)
+        self.top_p, self.min_p = col([q.top_p for q in p]), col([q.min_p for q in p])
+        self.use_top_k = any(0 < q.top_k < self.vocab_size for q in p)
+        self.use_top_p = any(q.top_p < 1 for q in p)
+        self.use_min_p = any(q.min_p > 0 for q in p)
+        self.repetition = col([q.repetition_penalty for q in p])
+        self.presence, self.frequency = col([q.presence_penalty for q in p]), col([q.frequency_penalty for q in p])
+        self.use_repetition = any(q.repetition_penalty != 1 for q in p)
+        self.use_out_penalty = any(q.presence_penalty or q.frequency_penalty for q in p)
+        self.top_n = max((q.logprobs or 0) for q in p)
+        self.want_logprobs = any(q.logprobs is not None for q in p)
+        self.generators = []
+        for q in p:
+            # Unseeded rows still get their own generator, seeded from the global RNG, so
+            # `torch.manual_seed` makes a whole run reproducible.
+            seed = q.seed if q.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+            g = torch.Generator(device=dev)
+            g.manual_seed(seed)
+            self.generators.append(g)
+
+    def observe_prompt(self, prompts: list[list[int]]) -> None:
+        if self.use_repetition:
+            self.counts_all = torch.zeros(len(prompts), self.vocab_size, dtype=torch.int32, device=self.device)
+            for i, ids in enumerate(prompts):
+                t = torch.tensor(ids, dtype=torch.long, device=self.device)
+                self.counts_all[i].index_add_(0, t, torch.ones_like(t, dtype=torch.int32))
+        if self.use_out_penalty:
+            self.counts_out = torch.zeros(len(prompts), self.vocab_size, dtype=torch.int32, device=self.device)
+
+    def observe(self, tokens: torch.Tensor) -> None:
+        """Count the tokens just appended to each row (sampled or forced)."""
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        for counts in (self.counts_all, self.counts_out):
+            if counts is not None:
+                counts[rows, tokens] += 1
+
+    def __call__(self, logits: torch.Tensor) -> Draw:
+        """Choose one token per row from `logits` [B, V] (any float dtype)."""
+        raw = logits.float()
+        x = raw
+        if self.counts_all is not None:
+            seen = self.counts_all > 0
+            x = torch.where(seen, torch.where(x > 0, x / self.repetition, x * self.repetition), x)
+        if self.counts_out is not None:
+            c = self.counts_out.float()
+            x = x - self.presence * (c > 0) - self.frequency * c
+        tokens = x.argmax(-1)
+        if not self.all_greedy:
+            tokens = torch.where(self.greedy, tokens, self._draw(x))
+        draw = Draw(tokens)
+        if self.want_logprobs:
+            lp = torch.log_softmax(raw, -1)
+            draw.logprobs = lp.gather(1, tokens[:, None])[:, 0]
+            if self.top_n:
+                v, i = lp.topk(self.top_n, dim=-1)
+                draw.top = [list(zip(ii.tolist(), vv.tolist())) for ii, vv in zip(i, v)]
+        return draw
+
+    def _draw(self, x: torch.Tensor) -> torch.Tensor:
+        x = x / self.temperature
+        if self.use_top_k or self.use_top_p:
+            sorted_x, order = x.sort(dim=-1, descending=True)
+            drop = torch.zeros_like(sorted_x, dtype=torch.bool)
+            if self.use_top_k:
+                ranks = torch.arange(x.shape[-1], device=x.device)
+                drop |= ranks[None, :] >= self.top_k[:, None]
+            if self.use_top_p:
+                probs = sorted_x.masked_fill(drop, -math.inf).softmax(-1)
+                # drop a token once the mass before it already reaches top_p (the first always stays)
+                drop |= (probs.cumsum(-1) - probs) >= self.top_p
+            x = x.scatter(-1, order, sorted_x.masked_fill(drop, -math.inf))
+        probs = x.softmax(-1)
+        if self.use_min_p:
+            probs = probs.masked_fill(probs < self.min_p * probs.amax(-1, keepdim=True), 0.0)
+        # Gumbel-style race with exponential noise == multinomial draw, one generator per row.
+        noise = torch.empty_like(probs)
+        for row, g in enumerate(self.generators):
+            noise[row].exponential_(generator=g)
+        return (probs / noise).argmax(-1)

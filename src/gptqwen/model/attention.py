@@ -1,0 +1,135 @@
+"""Causal self-attention (MHA / GQA, optional QKV bias, QK-norm, local band) and the static KV cache.
+
+One fused QKV matmul, RoPE from precomputed tables, and `F.scaled_dot_product_attention`; when no mask is
+needed (training without padding or packing, dense layer) the fast `is_causal=True` path is taken.
+Masks are built once per forward in `build_masks` and shared by all layers of the same kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptqwen.config import Config
+from gptqwen.errors import UserError
+from gptqwen.model.norms import RMSNorm
+from gptqwen.model.rope import apply_rotary
+
+
+class KVCache:
+    """Preallocated keys/values [n_layer, B, n_kv_head, max_len, head_dim]; `length` slots are filled.
+
+    The model writes the new tokens' K/V at `length:length+T` in every layer and advances `length` once at the
+    end of its forward. `ntk_alpha` freezes Qwen v1's dynamic-NTK factor at prefill so cached keys stay valid.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None) -> None:
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.batch_size, self.max_len = batch_size, max_len
+        self.length = 0
+        self.ntk_alpha = 1.0
+
+    def reset(self) -> None:
+        self.length = 0
+        self.ntk_alpha = 1.0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v [B, n_kv, T, D] after the filled slots; return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise UserError(f"sequence of {end} tokens does not fit the KV cache of {self.max_len}; "
+                            "shorten the prompt or lower max_new_tokens")
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+@dataclass
+class AttnContext:
+    """Per-forward inputs shared by all attention layers."""
+
+    cos: torch.Tensor | None  # [B, T, 1, D/2] or None for learned positions
+    sin: torch.Tensor | None
+    dense_mask: torch.Tensor | None  # bool [B|1, 1, T, S]; None -> see is_causal
+    local_mask: torch.Tensor | None
+    is_causal: bool  # use SDPA's causal path when the layer's mask is None
+    cache: KVCache | None = None
+    q_scale: torch.Tensor | None = None  # [B|1, T, 1, 1] Qwen v1 logn factor
+
+
+def _allowed(T: int, past: int, band: int | None, device: torch.device) -> torch.Tensor:
+    q = torch.arange(past, past + T, device=device)[:, None]
+    k = torch.arange(past + T, device=device)[None, :]
+    ok = k <= q
+    if band is not None:
+        ok &= (q - k) < band
+    return ok
+
+
+def build_masks(cfg: Config, T: int, past: int, attention_mask: torch.Tensor | None,
+                document_ids: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
+    """Return (dense_mask, local_mask, is_causal). A None mask with is_causal=True means plain causal attention."""
+    S = past + T
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None  # nothing padded: keep the fast path
+    has_local = cfg.local_layers != "none" and S > cfg.local_band
+    plain = attention_mask is None and document_ids is None and (past == 0 or T == 1)
+    if plain and not has_local:
+        return None, None, past == 0 and T > 1
+
+    def make(band: int | None) -> torch.Tensor:
+        ok = _allowed(T, past, band, device)[None, None]  # [1, 1, T, S]
+        if attention_mask is not None:
+            ok = ok & attention_mask[:, None, None, :].bool()
+        if document_ids is not None:
+            ok = ok & (document_ids[:, None, :, None] == document_ids[:, None, None, :])
+        # a query always sees itself, so fully padded rows stay finite (their outputs are ignored)
+        return ok | _diag(T, past, device)
+
+    dense = None if plain else make(None)
+    local = make(cfg.local_band) if has_local else None
+    return dense, local, plain and past == 0 and T > 1
+
+
+def _diag(T: int, past: int, device: torch.device) -> torch.Tensor:
+    q = torch.arange(past, past + T, device=device)[:, None]
+    return (torch.arange(past + T, device=device)[None, :] == q)[None, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.local = cfg.is_local_layer(layer_idx)
+        q, kv = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+        self.qkv = nn.Linear(cfg.n_embd, q + 2 * kv, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(q, cfg.n_embd, bias=cfg.bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
+        B, T, _ = x.shape
+        hq, hk, d = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).view(B, T, hq + 2 * hk, d).split((hq, hk, hk), dim=2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if ctx.cos is not None:
+            q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+        if ctx.q_scale is not None:
+            q = (q.float() * ctx.q_scale).to(q.dtype)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(self.layer_idx, k, v)
+        mask = ctx.local_mask if self.local else ctx.dense_mask
+        if hk != hq:  # expanding KV heads beats SDPA's enable_gqa on the CPU kernels
+            k = k.repeat_interleave(hq // hk, dim=1)
+            v = v.repeat_interleave(hq // hk, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and ctx.is_causal)
+        return self.proj(y.transpose(1, 2).reshape(B, T, hq * d))

@@ -1,0 +1,121 @@
+"""Training metrics: JSONL log, optional TensorBoard, the loss-curve PNG, and MFU against a matmul peak.
+
+`metrics.jsonl` holds one JSON object per line: training records {"step", "loss", "lr", "grad_norm",
+"tokens_per_s", "mfu", ...} and evaluation records {"step", "val_loss", "val_ppl", "val_bpb"}.
+On resume the log is cut back to the checkpoint's step, so it reads like one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptqwen.utils import atomic_write
+
+
+class MetricsLog:
+    """Appends records to metrics.jsonl (and TensorBoard when installed and wanted)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            except ImportError:  # tensorboard is optional; the JSONL log has everything
+                self.tb = None
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step` (written after the checkpoint we resume from)."""
+        records = self.read(self.path)
+        with atomic_write(self.path) as f:
+            for r in records:
+                if r.get("step", 0) <= step:
+                    f.write(json.dumps(r) + "\n")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, Any]]:
+        if not Path(path).exists():
+            return []
+        out = []
+        for line in Path(path).read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+        return out
+
+
+def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> bool:
+    """Draw train (and validation) loss against step; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    records = MetricsLog.read(metrics_path)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1.2)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", lw=1.5, ms=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(png_path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+    return True
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
+    """Achievable dense matmul FLOP/s on `device` (the MFU denominator when no peak is given)."""
+    n = 4096 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(2):
+        a @ b
+    sync()
+    iters, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        iters += 1
+        if iters % 4 == 0:
+            sync()
+            if time.perf_counter() - start > seconds:
+                break
+    return 2 * n**3 * iters / (time.perf_counter() - start)
+
+
+def bits_per_byte(loss_nats: float, bytes_per_token: float | None) -> float | None:
+    """Tokenizer-independent loss: nats/token -> bits per UTF-8 byte of the source text."""
+    if not bytes_per_token:
+        return None
+    return loss_nats / math.log(2) / bytes_per_token
