@@ -5,7 +5,7 @@ normalisation, word 5-gram shingles, 14 bands x 8 rows = 112 permutations with t
 parameters, and report documents/s plus recall (pairs at Jaccard >= 0.85 found) and
 false-positive rate (planted pairs below 0.5 found).
 
-    python bench/dedup.py [--pairs 600] [--singletons 1200]
+    python bench/dedup.py [--pairs 600] [--singletons 1200] [--repeat 2]
 
 The ratio column is gptqwen's documents/s divided by that row's.
 """
@@ -53,6 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=600)
     ap.add_argument("--singletons", type=int, default=1200)
+    ap.add_argument("--repeat", type=int, default=2, help="timed runs per implementation; the best counts")
     args = ap.parse_args()
     texts, pairs, sims = planted_pairs(n_pairs=args.pairs, n_singletons=args.singletons, seed=0)
     sims = np.asarray(sims)
@@ -65,9 +66,11 @@ def main() -> None:
         "datasketch-affine32": lambda: datasketch_pairs(texts, hasher, "affine32"),
     }
     for name, fn in impls.items():
-        t0 = time.perf_counter()
-        found = fn()
-        dt = time.perf_counter() - t0
+        dt = float("inf")
+        for _ in range(args.repeat):  # best of N: the machine may be shared
+            t0 = time.perf_counter()
+            found = fn()
+            dt = min(dt, time.perf_counter() - t0)
         recall, fpr = score(found, pairs, sims)
         rows.append((name, len(texts) / dt, recall, fpr))
     print(f"{len(texts)} docs, {len(pairs)} planted pairs, {hasher.bands}x{hasher.rows} bands x rows")

@@ -112,3 +112,16 @@ def test_bad_eval_inputs(tmp_path):
                       "steps": [{"decontaminate": {"eval": [str(tmp_path / "missing.jsonl")]}}]})
     with pytest.raises(UserError, match="needs eval"):
         run_pipeline({"input": str(eval_file(tmp_path)), "output": str(tmp_path / "w"), "steps": ["decontaminate"]})
+
+
+@pytest.mark.parametrize("tokenizer", [None, "qwen"])
+def test_lcs_step_drops_paraphrased_leak_only(tmp_path, tokenizer):
+    words = EVAL[2].split()
+    leak = " ".join(w + " " + RND.choice(VOCAB) for w in words[:24])  # 24 of 30 item words, interleaved
+    docs = [{"id": "leak", "text": prose(40) + " " + leak + " " + prose(40)}] + [{"id": f"c{i}", "text": prose(80)} for i in range(4)]
+    write_documents(tmp_path / "train.jsonl", docs)
+    summary = run_pipeline({"input": str(tmp_path / "train.jsonl"), "output": str(tmp_path / "w"), "workers": 1,
+                            "steps": [{"decontaminate": {"eval": [str(eval_file(tmp_path))], "method": "lcs",
+                                                         "lcs_tokenizer": tokenizer}}]}, log=lambda m: None)
+    kept = [d["id"] for d in read_documents(summary["final_shards"], allow_empty=True)]
+    assert kept == ["c0", "c1", "c2", "c3"] and summary["steps"][-1]["removed"] == {"decontam_lcs": 1}

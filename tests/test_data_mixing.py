@@ -84,3 +84,5 @@ def test_bad_mix_settings():
         plan_mixture({"code": 10}, {"code": 0.5, "web": 0.5})
     with pytest.raises(UserError, match="non-negative"):
         plan_mixture({"code": 10}, {"code": -1})
+    with pytest.raises(UserError, match="positive number"):
+        plan_mixture({"code": 10}, {"code": 1}, total=0)

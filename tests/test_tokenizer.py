@@ -154,20 +154,22 @@ def _check_export(tok: Tokenizer, ref, directory: Path) -> None:
         assert ours.encode_bytes(data) == tok.encode_bytes(data)
 
 
-def test_rank_file_exports_to_tokenizer_json(qwen_ref, tmp_path):
-    """A rank file (here: Qwen's first 20,000 ranks) loads with from_file(style=...) and its exported
-    tokenizer.json encodes exactly like tiktoken, in our loader and in transformers."""
+@pytest.mark.parametrize("name", ["qwen", "cl100k"])
+def test_rank_file_exports_to_tokenizer_json(name, request, tmp_path):
+    """A rank file (here: the first 20,000 ranks of the real one) loads with from_file(style=...) and
+    its exported tokenizer.json encodes exactly like tiktoken, in our loader and in transformers."""
     import base64
 
     import tiktoken
 
-    ranks = {t: r for t, r in qwen_ref._mergeable_ranks.items() if r < 20000}
+    full = request.getfixturevalue(f"{name}_ref")
+    ranks = {t: r for t, r in full._mergeable_ranks.items() if r < 20000}
     lines = [f"{base64.b64encode(t).decode()} {r}" for t, r in sorted(ranks.items(), key=lambda kv: kv[1])]
     (tmp_path / "small.tiktoken").write_text("\n".join(lines) + "\n")
-    tok = Tokenizer.from_file(tmp_path / "small.tiktoken", style="qwen")
-    specials = {t: 20000 + k for k, t in enumerate(QWEN25_SPECIALS)}
-    assert tok.special_tokens == specials and tok.vocab_size == 20026
-    ref = tiktoken.Encoding("small", pat_str=qwen_ref._pat_str, mergeable_ranks=ranks, special_tokens=specials)
+    tok = Tokenizer.from_file(tmp_path / "small.tiktoken", style=name)
+    specials = {t: 20000 + k for k, t in enumerate(QWEN25_SPECIALS)} if name == "qwen" else {"<|endoftext|>": 20000}
+    assert tok.special_tokens == specials and tok.vocab_size == 20000 + len(specials)
+    ref = tiktoken.Encoding("small", pat_str=full._pat_str, mergeable_ranks=ranks, special_tokens=specials)
     _check_export(tok, ref, tmp_path / "export")
 
 

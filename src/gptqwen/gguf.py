@@ -180,10 +180,12 @@ def hf_config(meta: dict[str, Any], tensor_rows: dict[str, int]) -> dict[str, An
         "head_dim": int(head_dim), "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-6)),
         "rope_theta": float(get("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(get("context_length", 2048)), "tie_word_embeddings": tied,
-        "attention_bias": "blk.0.attn_q.bias" in tensor_rows, "hidden_act": "silu",
+        "hidden_act": "silu",
         "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
     }
+    if arch == "llama":  # qwen2 always has Q/K/V biases, qwen3 never; llama says so in its config
+        cfg["attention_bias"] = "blk.0.attn_q.bias" in tensor_rows
     scaling = get("rope.scaling.type")
     if scaling in ("yarn", "linear") and get("rope.scaling.factor"):
         cfg["rope_scaling"] = {"rope_type": scaling, "factor": float(get("rope.scaling.factor"))}

@@ -126,13 +126,17 @@ def _print_table(results) -> None:
 
     table = Table(title="gptqwen eval")
     for col in ("model", "task", "shots", "n", "metric", "value", "± stderr"):
-        table.add_column(col, justify="right" if col in ("shots", "n", "value", "± stderr") else "left")
+        table.add_column(col, justify="right" if col in ("shots", "n", "value", "± stderr") else "left",
+                         overflow="fold")
     for r in results:
         for i, (name, m) in enumerate(r.metrics.items()):
-            first = i == 0
-            table.add_row(r.model if first else "", r.task if first else "", str(r.shots) if first else "",
-                          str(r.n) if first else "", name, f"{m['value']:.4f}", f"{m['stderr']:.4f}")
+            head = (r.model, r.task, str(r.shots), str(r.n)) if i == 0 else ("",) * 4
+            table.add_row(*head, name, _number(m["value"]), _number(m["stderr"]))
     Console().print(table)
+
+
+def _number(x: float) -> str:
+    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4g}"
 
 
 def _list_tasks(as_json: bool) -> int:

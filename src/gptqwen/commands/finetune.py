@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="base", required=True, help="run dir, HF dir, .gguf or preset to start from")
     p.add_argument("--out", default="finetuned", help="output directory (default: finetuned)")
     p.add_argument("--tokenizer", help="tokenizer.json or preset, when --from has none")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="same architecture and tokenizer as --from, but freshly initialised weights (baseline)")
     p.add_argument("--labels", help="comma-separated label set (default: the labels of --data, sorted)")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--batch-size", type=int, default=32)
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         args.task, args.data, args.base, args.out, eval_path=args.eval, tokenizer=args.tokenizer,
         labels=[s.strip() for s in args.labels.split(",")] if args.labels else None, epochs=args.epochs,
         batch_size=args.batch_size, lm_coef=args.lm_coef, max_len=args.max_len, too_long=args.too_long,
-        dropout=args.dropout, seed=args.seed, device=args.device, quiet=args.json,
+        dropout=args.dropout, seed=args.seed, device=args.device, quiet=args.json, scratch=args.from_scratch,
         loop_cfg=LoopConfig(lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay),
     )
     if args.json:

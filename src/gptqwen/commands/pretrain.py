@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
     parser.add_argument("--stage", help="run only this stage of a staged recipe (it starts from the previous stage's weights)")
+    parser.add_argument("--stop-at", type=int, metavar="STEP", help="save a checkpoint and stop at this step (finish later with --resume)")
     parser.add_argument("--list", action="store_true", help="list the built-in recipes and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, log lines or samples (metrics still go to metrics.jsonl)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end (implies --quiet)")
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from gptqwen.train.trainer import run_recipe
 
     out = args.out or f"runs/{recipe.name}"
-    results = run_recipe(recipe, out, resume=args.resume, overwrite=args.overwrite, stage=args.stage, quiet=args.quiet or args.json)
+    results = run_recipe(recipe, out, resume=args.resume, overwrite=args.overwrite, stage=args.stage,
+                          quiet=args.quiet or args.json, stop_at=args.stop_at)
     if args.json:
         from gptqwen.utils import print_json
 

@@ -31,12 +31,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from gptqwen.data.dedup import shingle_hashes
+from gptqwen.data.dedup import CJK_CHARS, shingle_hashes
 from gptqwen.data.io import read_documents
 from gptqwen.errors import UserError
 
-_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-_TOKEN = re.compile(rf"[{_CJK_CHARS}]|[^\W_{_CJK_CHARS}]+")
+_TOKEN = re.compile(rf"[{CJK_CHARS}]|[^\W_{CJK_CHARS}]+")
 
 
 def tokens_with_spans(text: str) -> tuple[list[str], list[tuple[int, int]]]:
@@ -92,12 +91,6 @@ class NgramIndex:
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         return np.isin(hashes, self.hashes)
-
-    def items_of(self, hashes: np.ndarray) -> np.ndarray:
-        """Item numbers owning any of `hashes`."""
-        lo = np.searchsorted(self.hashes, hashes, "left")
-        hi = np.searchsorted(self.hashes, hashes, "right")
-        return np.unique(np.concatenate([self.item[a:b] for a, b in zip(lo, hi)] or [np.zeros(0, np.int64)]))
 
 
 def report_n(items: Sequence[EvalItem]) -> dict[str, int]:

@@ -28,7 +28,8 @@ import numpy as np
 
 MERSENNE = np.uint64((1 << 61) - 1)
 _U64 = np.uint64
-_CJK = re.compile(r"([\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff])")
+CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"  # kana, CJK, hangul
+_CJK = re.compile(f"([{CJK_CHARS}])")
 _NOT_WORD = re.compile(r"[^\w\s]|_")
 _DIGIT = re.compile(r"\d")
 _COMBINING = re.compile(r"[\u0300-\u036f]")
@@ -139,7 +140,7 @@ class MinHasher:
     rows: int = 8
     ngram: int = 5
     seed: int = 1
-    block: int = 1024  # shingle rows per permutation block: two block x num_perm uint64 buffers
+    block: int = 256  # shingle rows per permutation block: two block x num_perm uint64 buffers (cache-sized)
 
     def __post_init__(self) -> None:
         for name in ("bands", "rows", "ngram", "block"):
@@ -161,10 +162,14 @@ class MinHasher:
         b = rng.randint(0, int(MERSENNE), size=self.num_perm, dtype=np.uint64)
         return a, b
 
-    def signatures(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """`(sig [N, num_perm] uint64, has_sig [N] bool)`; empty documents have no signature."""
-        hashes, counts = shingle_hashes(texts, self.ngram)
-        return self.signatures_from_shingles(hashes, counts)
+    def signatures(self, texts: Sequence[str], batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """`(sig [N, num_perm] uint64, has_sig [N] bool)`; empty documents have no signature.
+        Texts are hashed `batch` at a time so the byte-level arrays stay cache-sized."""
+        parts = [self.signatures_from_shingles(*shingle_hashes(texts[i : i + batch], self.ngram))
+                 for i in range(0, len(texts), batch)]
+        if not parts:
+            return np.zeros((0, self.num_perm), dtype=_U64), np.zeros(0, dtype=bool)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def signatures_from_shingles(self, hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Minimum of every permutation over each document's shingles.

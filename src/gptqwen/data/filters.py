@@ -23,14 +23,15 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from gptqwen.data.dedup import CJK_CHARS
 from gptqwen.errors import UserError, closest
 
-_WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
+_WORD = re.compile(rf"[{CJK_CHARS}]|[^\W{CJK_CHARS}]+(?:'[^\W{CJK_CHARS}]+)?|[^\w\s]")
 _PUNCT = set(string.punctuation)
 
 
 def words_of(text: str) -> list[str]:
-    """Word and punctuation tokens (punctuation one character per token)."""
+    """Word and punctuation tokens (punctuation and CJK characters one per token)."""
     return _WORD.findall(text)
 
 
@@ -43,6 +44,10 @@ class DocFilter:
 
     def apply(self, text: str) -> tuple[str | None, str]:
         raise NotImplementedError
+
+    def judge(self, text: str) -> tuple[str | None, str, dict]:
+        """`apply` plus fields to record on the document (the language filter adds its guess)."""
+        return (*self.apply(text), {})
 
 
 @dataclass
@@ -293,12 +298,14 @@ class LanguageFilter(DocFilter):
     min_score: float = 0.65
 
     def apply(self, text: str) -> tuple[str | None, str]:
+        return self.judge(text)[:2]
+
+    def judge(self, text: str) -> tuple[str | None, str, dict]:
         lang, score = detect_language(text)
+        fields = {"language": lang, "language_score": round(score, 4)}
         if lang not in self.languages:
-            return f"language_{lang}", text
-        if score < self.min_score:
-            return "language_low_score", text
-        return None, text
+            return f"language_{lang}", text, fields
+        return ("language_low_score" if score < self.min_score else None), text, fields
 
 
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")

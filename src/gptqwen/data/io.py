@@ -47,13 +47,6 @@ class ReadStats:
         if len(self.samples) < MAX_SAMPLES:
             self.samples.append(message)
 
-    def merge(self, other: "ReadStats") -> None:
-        self.docs += other.docs
-        self.bytes += other.bytes
-        self.bad += other.bad
-        self.samples = (self.samples + other.samples)[:MAX_SAMPLES]
-        self.empty_files += other.empty_files
-
 
 def file_format(path: str | os.PathLike) -> tuple[str, str | None]:
     """`("jsonl" | "parquet", None | "gz" | "zst")` from the file name, or a UserError."""

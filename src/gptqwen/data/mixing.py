@@ -174,6 +174,8 @@ def plan_mixture(counts: dict[str, int], weights: dict[str, float], total: int |
     missing = [d for d, w in weights.items() if w > 0 and not counts.get(d)]
     if missing:
         raise UserError(f"mix weights name domains with no documents: {missing}; domains seen: {sorted(counts)}")
+    if total is not None and (not isinstance(total, int) or total < 1):
+        raise UserError(f"mix total must be a positive number of documents, got {total!r}")
     total = sum(counts.values()) if total is None else total
     return {d: (weights.get(d, 0) / norm) * total / n if n else 0.0 for d, n in counts.items()}
 

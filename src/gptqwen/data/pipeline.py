@@ -47,6 +47,7 @@ from gptqwen.utils import atomic_write
 FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet")
 SETTINGS = {"input", "output", "text_key", "on_error", "format", "shard_docs", "workers", "executor", "dask",
             "output_file", "steps"}
+PATH_SETTINGS = {"decontaminate": ("eval",), "classify": ("model",)}
 
 
 @dataclass
@@ -85,7 +86,12 @@ class PipelineSpec:
             else:
                 raise UserError(f"a step is a name or a one-key mapping name: {{settings}}, got {entry!r}")
         inputs = raw["input"] if isinstance(raw["input"], list) else [raw["input"]]
-        resolve = lambda p: str(p) if Path(str(p)).is_absolute() else str(base / str(p))  # noqa: E731
+        resolve = lambda p: os.path.normpath(p if Path(str(p)).is_absolute() else base / str(p))  # noqa: E731
+        for name, params in steps:  # file settings of steps are relative to the YAML file too
+            for key in PATH_SETTINGS.get(name, ()):
+                if isinstance(params, dict) and params.get(key):
+                    value = params[key]
+                    params[key] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
         spec = cls(
             input=[resolve(p) for p in inputs], output=Path(resolve(raw["output"])), steps=steps,
             **{k: raw[k] for k in ("text_key", "on_error", "format", "shard_docs", "workers", "executor", "dask") if k in raw},
@@ -234,7 +240,8 @@ class Pipeline:
             shards, prev = report["shards"], step_dir
             for k, (name, params) in enumerate(spec.steps, 1):
                 step = build_step(name, params, spec.text_key)
-                fp = _fingerprint(fp, name, step.params if not hasattr(step, "filter") else vars(step.filter))
+                files = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in step.files()]
+                fp = _fingerprint(fp, name, step.params, files)
                 step_dir = spec.output / f"{k:02d}_{name}"
                 report = self._done(step_dir, fp)
                 if report is None:
@@ -316,14 +323,22 @@ def _mixture_report(step: Step, total: ShardStats) -> dict:
             "realised": {d: round(c / n, 4) for d, c in sorted(out.items())}, "docs": dict(out)}
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
 def format_report(summary: dict) -> str:
     """The per-step table printed after a run."""
-    head = f"{'step':<18} {'docs in':>10} {'kept':>10} {'removed':>9} {'modified':>9} {'MB in':>8} {'MB out':>8}  why removed"
+    head = f"{'step':<18} {'docs in':>10} {'kept':>10} {'removed':>9} {'modified':>9} {'bytes in':>9} {'bytes out':>9}  why removed"
     lines = [head, "-" * len(head)]
     for r in summary["steps"]:
         why = ", ".join(f"{k}={v}" for k, v in sorted(r["removed"].items(), key=lambda kv: -kv[1]))
         lines.append(f"{r['step']:<18} {r['docs_in']:>10,} {r['docs_out']:>10,} {sum(r['removed'].values()):>9,} "
-                     f"{r['modified']:>9,} {r['bytes_in'] / 1e6:>8.2f} {r['bytes_out'] / 1e6:>8.2f}  {why}")
+                     f"{r['modified']:>9,} {_size(r['bytes_in']):>9} {_size(r['bytes_out']):>9}  {why}")
         if "mixture" in r:
             m = r["mixture"]
             lines.append("    mixture " + ", ".join(f"{d}: target {m['target'].get(d, 0):.3f} realised {v:.3f}" for d, v in m["realised"].items()))

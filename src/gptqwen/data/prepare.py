@@ -81,18 +81,16 @@ def _save_tokenizer(tok, directory: Path) -> None:
 # ---------------------------------------------------------------- tokenization workers
 
 _worker_tok = None
+_worker_threads: int | None = None  # None: the tokenizer uses every core (single-process mode)
 
 
 def _init_worker(tokenizer_dir: str) -> None:
-    global _worker_tok
-    import torch
-
-    torch.set_num_threads(1)
-    _worker_tok = load_tokenizer(tokenizer_dir)
+    global _worker_tok, _worker_threads
+    _worker_tok, _worker_threads = load_tokenizer(tokenizer_dir), 1  # the pool is the parallelism
 
 
 def _encode(texts: list[str]) -> list[tuple[np.ndarray, int]]:
-    ids = _worker_tok.encode_batch(texts)
+    ids = _worker_tok.encode_batch(texts, num_threads=_worker_threads)
     return [(np.asarray(x, dtype=np.uint32), len(t.encode("utf-8"))) for x, t in zip(ids, texts)]
 
 
@@ -137,11 +135,13 @@ class _Splitter:
 
     def finish(self) -> None:
         tail = np.concatenate(self.buffer) if self.buffer else np.empty(0, np.uint32)
-        if tail.size:
-            if self.f > 0 and self.writers["val"].total == 0:
-                self.writers["val"].write(tail)  # a small corpus still gets a validation split
-            else:
-                self._route(tail)
+        if self.f > 0 and self.writers["val"].total == 0 and tail.size > 1:
+            # a corpus smaller than the split granularity still gets a validation split: the tail's end
+            cut = tail.size - max(1, int(self.f * tail.size))
+            self.writers["train"].write(tail[:cut])
+            self.writers["val"].write(tail[cut:])
+        elif tail.size:
+            self._route(tail)
 
 
 # ---------------------------------------------------------------- prepare
@@ -255,9 +255,12 @@ def _tokenize_into(splitter: _Splitter, specs, tokenizer_dir: Path, tok, eos_id:
 def ensure_dataset(sources: Sequence[Any], out: str | os.PathLike, progress: bool = True, **kwargs: Any) -> dict[str, Any]:
     """Reuse the dataset at `out` when it was built from the same sources and settings; else build it.
 
+    With no sources, the dataset at `out` is used as it is (e.g. one made by `gptqwen data prepare`).
     A dataset built from something else is never overwritten: that is a UserError naming the fix.
     """
     out = Path(out)
+    if not sources:
+        return read_index(out)
     if (out / INDEX).exists():
         index = read_index(out)
         meta = index.get("meta", {})
@@ -268,7 +271,8 @@ def ensure_dataset(sources: Sequence[Any], out: str | os.PathLike, progress: boo
         }
         if all(meta.get(k) == v for k, v in wanted.items()):
             return index
-        raise UserError(f"'{out}' holds a token dataset built from other sources or settings; delete it or set data.dir to a new folder")
+        raise UserError(f"'{out}' holds a token dataset built from other sources or settings; "
+                        "delete it, set data.dir to a new folder, or pass data.sources=[] to train on it as it is")
     return prepare(sources, out, progress=progress, **kwargs)
 
 

@@ -263,5 +263,5 @@ def _documents_of(spec: str, on_error: str, text_key: str, warn: Callable[[str],
                 why = str(e)
             if on_error == "fail":
                 raise UserError(f"input file '{path}' {why}; fix or remove it, or pass --on-error skip") from None
-            warn(f"skipping '{path}': it {why}" if not isinstance(e, ValueError) else f"skipping '{path}': {why}")
+            warn(f"input file '{path}' {why}; skipped")
             yield Piece("", str(path))  # close a document that was cut short

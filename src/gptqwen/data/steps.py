@@ -58,15 +58,20 @@ class ShardStats:
                    Counter(d["removed"]), {k: Counter(v) for k, v in d["extra"].items()})
 
 
-def _batches(docs: Iterator[dict], key: str) -> Iterator[list[str]]:
-    batch: list[str] = []
+def _chunks(docs: Iterator[dict], size: int = BATCH) -> Iterator[list[dict]]:
+    chunk: list[dict] = []
     for doc in docs:
-        batch.append(doc[key])
-        if len(batch) == BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        chunk.append(doc)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _batches(docs: Iterator[dict], key: str) -> Iterator[list[str]]:
+    for chunk in _chunks(docs):
+        yield [d[key] for d in chunk]
 
 
 class Step:
@@ -84,6 +89,10 @@ class Step:
         self.params = {**self.defaults, **params}
         self.text_key = text_key
 
+    def files(self) -> list[str]:
+        """Files the step reads besides its shards; their size and mtime join its fingerprint."""
+        return []
+
     def prepass(self, docs: Iterator[dict]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
@@ -96,17 +105,31 @@ class Step:
 
 
 class FilterStep(Step):
-    """Any filter of gptqwen.data.filters; the step name is the filter name."""
+    """Any filter of gptqwen.data.filters; the step name is the filter name.
+
+    Extra setting `apply_to: [en, ...]`: only documents whose `language` field (set by an earlier
+    `language` step) is listed are judged; others pass untouched (Gopher rules are for English).
+    """
 
     def __init__(self, name: str, params: dict | None, text_key: str = "text"):
         self.name = name
         self.defaults = {}
         super().__init__({}, text_key)
+        params = dict(params or {})
+        self.apply_to = params.pop("apply_to", None)
+        if self.apply_to is not None and not isinstance(self.apply_to, list):
+            raise UserError(f"step '{name}': apply_to must be a list of language codes, got {self.apply_to!r}")
         self.filter = build_filter(name, params)
+        self.params = {**vars(self.filter), "apply_to": self.apply_to}
 
     def process(self, docs, state, stats, shard):
         for doc in docs:
-            reason, text = self.filter.apply(doc[self.text_key])
+            if self.apply_to is not None and doc.get("language") not in self.apply_to:
+                stats.extra.setdefault("passed_untouched", Counter())[str(doc.get("language"))] += 1
+                yield doc
+                continue
+            reason, text, fields = self.filter.judge(doc[self.text_key])
+            doc.update(fields)
             if reason is not None:
                 stats.removed[reason] += 1
                 continue
@@ -189,11 +212,26 @@ def _eval_setup(paths: tuple[str, ...], keys: tuple[str, ...] | None, n: int):
     return items, n_of_set, indexes
 
 
+@functools.lru_cache(maxsize=2)
+def _lcs_tokenizer(spec: str | None):
+    """Tokens for the LCS rule: words by default, or token ids of a gptqwen tokenizer
+    (preset name such as "qwen", or a tokenizer.json / .tiktoken path) as Qwen2.5 counts them."""
+    if not spec:
+        return lambda text: dc.tokens_with_spans(text)[0]
+    from pathlib import Path
+
+    from gptqwen.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(spec) if Path(spec).exists() else Tokenizer.from_preset(spec)
+    return tok.encode
+
+
 class Decontaminate(Step):
     name = "decontaminate"
     prepass_needed = True
     defaults = {"eval": [], "eval_keys": None, "method": "ngram", "n": 13, "margin": 200, "min_piece": 200,
-                "max_pieces": 10, "max_doc_freq": 10, "lcs_min_tokens": 13, "lcs_min_ratio": 0.6}
+                "max_pieces": 10, "max_doc_freq": 10, "lcs_min_tokens": 13, "lcs_min_ratio": 0.6,
+                "lcs_tokenizer": None}
 
     def __init__(self, params, text_key="text"):
         super().__init__(params, text_key)
@@ -208,6 +246,9 @@ class Decontaminate(Step):
             raise UserError(f"decontaminate method must be ngram, lcs or both, got '{p['method']}'")
         if not 0 < p["lcs_min_ratio"] <= 1 or p["n"] < 1:
             raise UserError("decontaminate needs n >= 1 and 0 < lcs_min_ratio <= 1")
+
+    def files(self):
+        return list(self.eval_paths)
 
     def _setup(self):
         keys = tuple(self.params["eval_keys"]) if self.params["eval_keys"] else None
@@ -246,12 +287,12 @@ class Decontaminate(Step):
         items, _, indexes = self._setup()
         p = self.params
         cutter = dc.Gpt3Cutter(indexes[int(p["n"])], state, p["margin"], p["min_piece"], p["max_pieces"])
-        lcs = None
+        lcs, tokenize = None, _lcs_tokenizer(p["lcs_tokenizer"])
         if p["method"] in ("lcs", "both"):
-            lcs = dc.LcsChecker([dc.tokens_with_spans(it.text)[0] for it in items], p["lcs_min_tokens"], p["lcs_min_ratio"])
+            lcs = dc.LcsChecker([tokenize(it.text) for it in items], p["lcs_min_tokens"], p["lcs_min_ratio"])
         for doc in docs:
             text = doc[self.text_key]
-            if lcs is not None and lcs.first_match(dc.tokens_with_spans(text)[0]) is not None:
+            if lcs is not None and lcs.first_match(tokenize(text)) is not None:
                 stats.removed["decontam_lcs"] += 1
                 continue
             if p["method"] == "lcs":
@@ -291,27 +332,19 @@ class Classify(Step):
         else:
             _load_classifier(str(self.params["model"]))  # fail early on a bad path
 
+    def files(self):
+        return [str(self.params["model"])] if self.params["model"] else []
+
     def process(self, docs, state, stats, shard):
         clf = self.rules if self.params["rules"] else _load_classifier(str(self.params["model"]))
         key = self.params["key"]
         domains = stats.extra.setdefault("domains", Counter())
-        for batch in _chunks(docs, BATCH):
+        for batch in _chunks(docs):
             labels, scores = clf.predict([d[self.text_key] for d in batch])
             for doc, label, score in zip(batch, labels, scores):
                 doc[key], doc[f"{key}_score"] = label, round(float(score), 4)
                 domains[label] += 1
                 yield doc
-
-
-def _chunks(docs: Iterator[dict], size: int) -> Iterator[list[dict]]:
-    chunk: list[dict] = []
-    for doc in docs:
-        chunk.append(doc)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 class Mix(Step):

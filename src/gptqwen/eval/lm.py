@@ -8,7 +8,8 @@
     forward per batch; right padding needs no attention mask because causal attention never looks ahead.
   * `rolling_loglikelihood(token_segments)` -> total log-probability of each segment, scoring every
     token exactly once in windows of the model's context (see `rolling_windows`).
-  * `generate_until(contexts, until, max_new_tokens)` -> greedy continuations cut at the first stop string.
+  * `generate_until(contexts, until, max_new_tokens)` -> greedy continuations cut at the first stop string
+    (batched through `gptqwen.infer.Engine`).
 
 Prompts that do not fit the model's context raise a UserError rather than being silently truncated.
 """
@@ -169,29 +170,12 @@ class ScoringModel:
         return [cut_at_stop(text, until) for text in outputs]
 
     def _generate(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
-        try:
-            from gptqwen.infer import Engine, SamplingParams
-        except ImportError:  # the engine is optional for evaluation: fall back to a plain greedy loop
-            return [self._greedy(p, until, max_new_tokens) for p in prompts]
-        engine = getattr(self, "_engine", None) or Engine(self.model, self.tokenizer)
-        self._engine = engine
-        params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=until)
-        return [r.text for r in engine.generate(prompts, params)]
+        from gptqwen.infer import Engine, SamplingParams
 
-    @torch.no_grad()
-    def _greedy(self, prompt: list[int], until: list[str], max_new_tokens: int) -> str:
-        cache = self.model.new_cache(1, len(prompt) + max_new_tokens, device=self.device)
-        ids = torch.tensor([prompt], device=self.device)
-        new: list[int] = []
-        for _ in range(max_new_tokens):
-            token = int(self.model(ids, cache=cache, logits_to_keep=1).logits[0, -1].argmax())
-            if token == self.eos_id:
-                break
-            new.append(token)
-            if any(s in self.tokenizer.decode(new) for s in until):
-                break
-            ids = torch.tensor([[token]], device=self.device)
-        return self.tokenizer.decode(new)
+        if getattr(self, "_engine", None) is None:
+            self._engine = Engine(self.model, self.tokenizer)
+        params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=until)
+        return [r.text for r in self._engine.generate(prompts, params)]
 
 
 def cut_at_stop(text: str, until: Iterable[str]) -> str:

@@ -18,6 +18,8 @@ while our task supplies the per-record text; it backs `gptqwen eval --backend lm
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
 from collections import defaultdict
@@ -109,7 +111,7 @@ _LM_EVAL_METRICS = {  # our name -> lm-eval's name, where lm-eval computes the s
 }
 
 
-def lm_eval_task_config(task, seed: int = 1234) -> dict[str, Any]:
+def lm_eval_task_config(task) -> dict[str, Any]:
     """An lm-eval task config that renders records exactly as `task` does."""
     if task.token_source is not None:
         raise UserError(f"task '{task.name}' is built from the model's tokens and cannot run through lm-eval; "
@@ -143,6 +145,10 @@ def lm_eval_task_config(task, seed: int = 1234) -> dict[str, Any]:
     elif task.output_type == "perplexity":
         cfg["doc_to_text"] = lambda d: ""
         cfg["doc_to_target"] = lambda d: task.text(d)
+    elif task.output_type == "cloze":  # lm-eval scores (context, target) as is: the delimiter joins the target
+        cfg["doc_to_text"] = lambda d: task.text(d)
+        cfg["doc_to_target"] = lambda d: task.target_delimiter + task.targets(d)[0]
+        cfg["target_delimiter"] = ""
     else:
         cfg["doc_to_text"] = lambda d: task.text(d)
         cfg["doc_to_target"] = lambda d: task.targets(d)[0]
@@ -169,11 +175,13 @@ def evaluate_with_lm_eval(scorer: ScoringModel, task, shots: int = 0, limit: int
     from gptqwen.eval.harness import EvalResult
 
     t0 = time.perf_counter()
-    out = lm_eval.simple_evaluate(
-        model=GptqwenLM(scorer=scorer), tasks=[lm_eval_task_config(task, seed)], num_fewshot=shots, limit=limit,
-        task_manager=TaskManager(include_defaults=False), fewshot_random_seed=seed, bootstrap_iters=1000,
-        log_samples=False, verbosity="ERROR",
-    )
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints progress notes; stdout may carry --json
+        out = lm_eval.simple_evaluate(
+            model=GptqwenLM(scorer=scorer), tasks=[lm_eval_task_config(task)], num_fewshot=shots, limit=limit,
+            task_manager=TaskManager(include_defaults=False), fewshot_random_seed=seed, bootstrap_iters=1000,
+            log_samples=False,
+        )
     raw = out["results"][task.name]
     metrics = {}
     for ours in task.metrics:

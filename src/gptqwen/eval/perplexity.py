@@ -7,12 +7,11 @@ Text is scored with rolling windows of the model's context (`ScoringModel.rollin
 every token exactly once. Bits per byte divide the total negative log-likelihood by the UTF-8 bytes,
 so models with different tokenizers compare fairly.
 
-The held-out Shakespeare text is the validation split `gptqwen data prepare shakespeare` makes: the
-plays (in `gptqwen.data.sources` order, as plain script text, EOS after each) are tokenized with the
-model's own tokenizer, cut into blocks of `block_tokens`, and block j is held out when
-floor((j+1)·f) > floor(j·f). With the project's defaults (f = 0.05, 1024-token blocks) and the model's
-training tokenizer, these are exactly the tokens a `gptqwen pretrain` run never trained on.
-Each held-out block is scored as its own document.
+The held-out Shakespeare text is the validation split that `gptqwen data prepare shakespeare` makes
+with the model's own tokenizer (blocks of `block_tokens` spread evenly over the corpus, a fraction
+`val_fraction` of them; the corpus is run through `gptqwen.data.prepare` itself). With the project's
+defaults (0.05, 1024) and the model's training tokenizer, these are exactly the tokens a
+`gptqwen pretrain` run never trained on. Each held-out block is scored as its own document.
 """
 
 from __future__ import annotations
@@ -25,39 +24,42 @@ from gptqwen.eval.tasks import Task
 
 
 @lru_cache(maxsize=1)
-def _plays() -> tuple[str, ...]:
+def shakespeare_text() -> str:
+    """The whole corpus as plain script text (the word lists of the synthetic probes come from it)."""
     from gptqwen.data.sources import shakespeare_files, shakespeare_plain
 
-    return tuple(shakespeare_plain(p.read_text(encoding="utf-8")) for p in shakespeare_files())
+    return "\n".join(shakespeare_plain(p.read_text(encoding="utf-8")) for p in shakespeare_files())
 
 
-def shakespeare_text(split: str = "all") -> str:
-    """The whole corpus as plain text (used for the word lists of the synthetic probes)."""
-    if split != "all":
-        raise UserError("the held-out Shakespeare split is defined on tokens; use shakespeare_heldout_blocks")
-    return "\n".join(_plays())
+def heldout_blocks(sources: list[str], tokenizer, val_fraction: float = 0.05, block_tokens: int = 1024) -> list[list[int]]:
+    """The validation blocks `gptqwen data prepare SOURCES` makes with `tokenizer`, one list per block.
 
+    The split is not re-implemented here: the corpus goes through `gptqwen.data.prepare` itself (into a
+    temporary folder), so the held-out tokens are exactly those of a dataset built the same way.
+    """
+    import tempfile
 
-def is_heldout_block(j: int, val_fraction: float) -> bool:
-    """The split rule of `gptqwen data prepare`: validation blocks are spread evenly over the stream."""
-    return int((j + 1) * val_fraction) > int(j * val_fraction)
+    from gptqwen.data.prepare import prepare
+    from gptqwen.data.shards import TokenDataset
 
-
-def shakespeare_heldout_blocks(tokenizer, val_fraction: float = 0.05, block_tokens: int = 1024) -> list[list[int]]:
-    """The held-out token blocks of the Shakespeare corpus under `tokenizer`."""
     if not 0 < val_fraction < 1 or block_tokens < 2:
-        raise UserError(f"held-out Shakespeare needs 0 < val_fraction < 1 and block_tokens >= 2, "
+        raise UserError(f"held-out text needs 0 < val_fraction < 1 and block_tokens >= 2, "
                         f"got {val_fraction} and {block_tokens}")
-    stream: list[int] = []
-    for play in _plays():
-        stream += list(tokenizer.encode(play))
-        stream.append(int(tokenizer.eos_id))
-    blocks = [stream[s:s + block_tokens] for s in range(0, len(stream), block_tokens)]
-    held = [b for j, b in enumerate(blocks) if is_heldout_block(j, val_fraction)]
-    return held or blocks[-1:]  # as in `data prepare`, a tiny corpus still holds something out
+    with tempfile.TemporaryDirectory(prefix="gptqwen-heldout-") as tmp:
+        tokenizer.save(Path(tmp) / "tokenizer")
+        prepare(sources, Path(tmp) / "data", tokenizer=str(Path(tmp) / "tokenizer"), val_fraction=val_fraction,
+                block_tokens=block_tokens, progress=False)
+        val = TokenDataset(Path(tmp) / "data", "val")
+        stream = val.read(0, len(val)).tolist()
+    # the validation split is its blocks back to back: cut it at the block size to score each on its own
+    return [stream[s:s + block_tokens] for s in range(0, len(stream), block_tokens)]
 
 
-TOKEN_SOURCES = {"shakespeare_heldout": shakespeare_heldout_blocks}
+def shakespeare_heldout(tokenizer, val_fraction: float = 0.05, block_tokens: int = 1024) -> list[list[int]]:
+    return heldout_blocks(["shakespeare"], tokenizer, val_fraction, block_tokens)
+
+
+TOKEN_SOURCES = {"shakespeare_heldout": shakespeare_heldout}
 
 
 def token_segments(source: dict, tokenizer) -> list[list[int]]:

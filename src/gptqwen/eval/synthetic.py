@@ -139,7 +139,7 @@ def shakespeare_words(min_len: int = 4, max_len: int = 12, min_count: int = 5) -
     """Lower-case words of the Shakespeare corpus seen at least `min_count` times, in a fixed order."""
     from gptqwen.eval.perplexity import shakespeare_text
 
-    counts = Counter(re.findall(r"[a-z]+", shakespeare_text("all").lower()))
+    counts = Counter(re.findall(r"[a-z]+", shakespeare_text().lower()))
     words = sorted(w for w, c in counts.items() if c >= min_count and min_len <= len(w) <= max_len)
     if not words:
         raise UserError(f"no Shakespeare words of length {min_len}..{max_len}; widen the range")

@@ -128,7 +128,7 @@ class Task:
     def choices(self, doc: dict) -> list[str]:
         out = self._render(self.doc_to_choice, doc, "doc_to_choice")
         if isinstance(out, str):
-            out = _literal(out)
+            out = _literal(out, fallback=out)
         if isinstance(out, dict):
             out = list(out.values())
         if not isinstance(out, list) or len(out) < 2 or not all(isinstance(c, str) for c in out):
@@ -178,13 +178,12 @@ def _jinja_env():
     return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
-def _literal(text: str, fallback: Any = None) -> Any:
+def _literal(text: str, fallback: Any) -> Any:
+    """A rendered template read as a Python literal (lists of choices or answers), else `fallback`."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        if fallback is not None:
-            return fallback
-        raise UserError(f"could not read {text!r} as a Python list; write it as ['a', 'b']") from None
+        return fallback
 
 
 def read_jsonl(path: Path, what: str = "task data") -> list[dict]:

@@ -13,11 +13,20 @@ from gptqwen.errors import UserError
 from gptqwen.utils import atomic_dir, default_device
 
 
-def load_base(spec: str, tokenizer_path: str | None = None, device: str | None = None, seed: int = 0):
-    """`(model, tokenizer)` from --from (run dir, HF dir, .gguf or preset) and optional --tokenizer."""
+def load_base(spec: str, tokenizer_path: str | None = None, device: str | None = None, seed: int = 0,
+              scratch: bool = False):
+    """`(model, tokenizer)` from --from (run dir, HF dir, .gguf or preset) and optional --tokenizer.
+
+    `scratch=True` keeps the architecture and tokenizer but re-initialises every weight (the
+    from-scratch baseline that transfer is measured against)."""
     from gptqwen.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(spec, seed=seed)
+    if scratch:
+        from gptqwen.model import Transformer
+
+        torch.manual_seed(seed)
+        model = Transformer(model.config)
     if tokenizer_path is not None:
         from gptqwen.tokenizer import Tokenizer
 

@@ -34,7 +34,7 @@ def finetune_task(task: str, data: str, base: str, out: str, eval_path: str | No
                   tokenizer: str | None = None, labels: list[str] | None = None, epochs: float = 3,
                   batch_size: int = 32, lm_coef: float = 0.5, max_len: int | None = None,
                   too_long: str = "drop", dropout: float = 0.1, seed: int = 0, device: str | None = None,
-                  loop_cfg: loop.LoopConfig | None = None, quiet: bool = False) -> dict:
+                  loop_cfg: loop.LoopConfig | None = None, quiet: bool = False, scratch: bool = False) -> dict:
     """Fine-tune `base` on a task file; returns a summary with the dev accuracy (if --eval)."""
     gpt1.check_task(task)
     if too_long not in ("drop", "truncate", "error"):
@@ -43,7 +43,7 @@ def finetune_task(task: str, data: str, base: str, out: str, eval_path: str | No
     dev_rows = read_jsonl(eval_path, "eval data") if eval_path else []
     labels = labels or gpt1.collect_labels(task, rows, data)
     torch.manual_seed(seed)
-    model, tok = load_base(base, tokenizer, device, seed)
+    model, tok = load_base(base, tokenizer, device, seed, scratch)
     max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
     tokens = gpt1.add_task_tokens(model, tok)
     train_ex, dropped = gpt1.encode_rows(task, rows, tok, tokens, labels, max_len, data, too_long)
@@ -72,7 +72,7 @@ def finetune_task(task: str, data: str, base: str, out: str, eval_path: str | No
     steps = max(1, round(epochs * -(-len(train_ex) // batch_size)))
     history = loop.run(torch.nn.ModuleList([model, head]), loop.cycle(epoch_batches), steps, loss_fn,
                        loop_cfg or loop.LoopConfig(), quiet=quiet)
-    summary = {"task": task, "train_examples": len(train_ex), "dropped_too_long": len(dropped),
+    summary = {"task": task, "from": base, "from_scratch": scratch, "train_examples": len(train_ex), "dropped_too_long": len(dropped),
                "labels": labels, "steps": steps, "final_loss": history[-1]["loss"]}
     if dev_ex:
         summary["eval_examples"] = len(dev_ex)

@@ -117,18 +117,21 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: AttnContext) -> torch.Tensor:
         B, T, _ = x.shape
         hq, hk, d = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).view(B, T, hq + 2 * hk, d).split((hq, hk, hk), dim=2)
+        # q and k are adjacent heads of the fused projection: normalise and rotate them in one go
+        qk, v = self.qkv(x).view(B, T, hq + 2 * hk, d).split((hq + hk, hk), dim=2)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            w = torch.cat((self.q_norm.weight.expand(hq, d), self.k_norm.weight.expand(hk, d)))
+            qk = w * F.rms_norm(qk.float(), (d,), eps=self.q_norm.eps).to(qk.dtype)
         if ctx.cos is not None:
-            q, k = apply_rotary(q, ctx.cos, ctx.sin), apply_rotary(k, ctx.cos, ctx.sin)
+            qk = apply_rotary(qk, ctx.cos, ctx.sin)
+        q, k = qk.split((hq, hk), dim=2)
         if ctx.q_scale is not None:
             q = (q.float() * ctx.q_scale).to(q.dtype)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)
         mask = ctx.local_mask if self.local else ctx.dense_mask
-        if hk != hq:  # expanding KV heads beats SDPA's enable_gqa on the CPU kernels
+        if hk != hq:  # CPU kernels: explicit expansion is as fast as SDPA's enable_gqa and works everywhere
             k = k.repeat_interleave(hq // hk, dim=1)
             v = v.repeat_interleave(hq // hk, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and ctx.is_causal)

@@ -116,13 +116,19 @@ class Rotary(nn.Module):
         else:  # NTK-aware base growth (Qwen v1)
             inv_freq = _base_inv_freq(self.head_dim, self.theta * alpha ** (self.head_dim / (self.head_dim - 2))).to(device)
         freqs = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
-        table = (freqs.cos() * self.attention_factor, freqs.sin() * self.attention_factor)
+        cos, sin = freqs.cos() * self.attention_factor, freqs.sin() * self.attention_factor
+        # full-width tables; the sine carries rotate_half's sign so applying them is two multiplies and an add
+        table = (torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1))
         self._tables[alpha] = table
         return table
 
-    def forward(self, position_ids: torch.Tensor, bound: int, alpha: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin for `position_ids` [B, T]; `bound` is an upper bound of the largest position + 1."""
-        cos, sin = self._table(bound, alpha, position_ids.device)
+    def forward(self, position_ids: torch.Tensor | None, bound: int, alpha: float = 1.0, start: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [B|1, T, 1, D] for `position_ids` [B, T], or for positions start..bound-1 when it is None;
+        `bound` is an upper bound of the largest position + 1."""
+        cos, sin = self._table(bound, alpha, self.inv_freq.device if position_ids is None else position_ids.device)
+        if position_ids is None:  # the common training case: a slice, no gather
+            return cos[None, start:bound, None], sin[None, start:bound, None]
         return cos[position_ids].unsqueeze(2), sin[position_ids].unsqueeze(2)
 
     def _apply(self, fn, recurse=True):  # tables follow .to(device); rebuild lazily instead of converting dtype
@@ -131,7 +137,7 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, D] by cos/sin [B, T, 1, D/2] (same arithmetic as transformers' rotate_half form)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    """Rotate x [B, T, H, D] (half-split layout): x*cos + rotate_half(x)*sin, with `sin` pre-signed as
+    [-sin, sin], so rotate_half reduces to swapping the halves. Same arithmetic as transformers."""
+    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)

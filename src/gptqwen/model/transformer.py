@@ -170,7 +170,8 @@ class Transformer(nn.Module):
                 alpha = qwen_ntk_alpha(past + T, cfg.max_seq_len) if past == 0 else cache.ntk_alpha
                 if cache is not None:
                     cache.ntk_alpha = alpha
-            cos, sin = self.rotary(position_ids, bound, alpha)
+            cos, sin = self.rotary(position_ids if explicit_positions or attention_mask is not None
+                                   or document_ids is not None else None, bound, alpha, start=past)
             if cfg.logn_attn and not self.training and past + T > cfg.max_seq_len:
                 q_scale = logn_scale(torch.arange(past, past + T, device=device), cfg.max_seq_len)[None, :, None, None]
         dense_mask, local_mask, is_causal = build_masks(cfg, T, past, attention_mask, document_ids, device)

@@ -17,6 +17,7 @@ stored as JSON text; `BYTE_TO_CHAR` / `CHAR_TO_BYTE` are that table.
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -119,6 +120,13 @@ def ranks_to_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return [(left, right) for *_, left, right in scored]
 
 
+def onig_pattern(pattern: str) -> str:
+    """The split regex in the dialect of `tokenizers` (Oniguruma). There `{1,3}+` is not a possessive
+    `{1,3}` but `{1,3}` repeated, so cl100k's `\\p{N}{1,3}+` would glue all digits into one piece; for a
+    counted repeat at the end of an alternative the plain greedy form matches the same."""
+    return re.sub(r"(\{\d+(?:,\d*)?\})\+", r"\1", pattern)
+
+
 def tokenizer_json(vocab: dict[str, int], merges: list, pattern: str, special_tokens: dict[str, int]) -> dict:
     """Assemble a byte-level BPE tokenizer.json document (the `tokenizers` serialization format).
 
@@ -143,7 +151,7 @@ def tokenizer_json(vocab: dict[str, int], merges: list, pattern: str, special_to
         "pre_tokenizer": {
             "type": "Sequence",
             "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+                {"type": "Split", "pattern": {"Regex": onig_pattern(pattern)}, "behavior": "Isolated", "invert": False},
                 {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
             ],
         },

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import json
 import os
 import re
@@ -26,7 +27,7 @@ import tokenizers
 
 from gptqwen.errors import UserError, closest
 from gptqwen.tokenizer import presets
-from gptqwen.tokenizer.backends import HFBackend, TiktokenBackend, bytes_to_token_string
+from gptqwen.tokenizer.backends import HFBackend, TiktokenBackend, bytes_to_token_string, token_string_to_bytes
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -85,15 +86,11 @@ class Tokenizer:
         `gpt2` has no vocabulary shipped here: use `Tokenizer.from_gpt2_files(encoder.json, vocab.bpe)`."""
         presets.check_preset(name)
         if name in ("qwen", "qwen3", "qwen2.5"):
-            ranks = load_rank_file(presets.qwen_rank_file())
-            specials = {t: presets.QWEN_N_BPE + k for k, t in enumerate(presets.QWEN_SPECIAL_TOKENS)}
             chat = "qwen2.5" if name == "qwen2.5" else "qwen3"
-            backend = TiktokenBackend(ranks, presets.QWEN_PATTERN, specials, name="qwen")
-            return cls(backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=chat, name=name)
+            return cls(_preset_backend("qwen"), eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                       chat_template=chat, name=name)  # fmt: skip
         if name == "cl100k":
-            ranks = load_rank_file(presets.cl100k_rank_file())
-            backend = TiktokenBackend(ranks, presets.CL100K_PATTERN, presets.CL100K_SPECIAL_TOKENS, name="cl100k")
-            return cls(backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", name="cl100k")
+            return cls(_preset_backend("cl100k"), eos_token="<|endoftext|>", pad_token="<|endoftext|>", name="cl100k")
         raise UserError("the gpt2 vocabulary is not shipped; pass your encoder.json and vocab.bpe files "
                         "(Tokenizer.from_gpt2_files, or --tokenizer encoder.json,vocab.bpe on the command line)")
 
@@ -127,16 +124,7 @@ class Tokenizer:
     @classmethod
     def from_gpt2_files(cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> "Tokenizer":
         """GPT-2's original `encoder.json` + `vocab.bpe` pair (50,257 ids)."""
-        from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-
-        for p in (encoder_json, vocab_bpe):
-            if not Path(p).is_file():
-                raise UserError(f"GPT-2 vocabulary file '{p}' does not exist; pass encoder.json and vocab.bpe")
-        try:
-            ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(vocab_bpe), encoder_json_file=str(encoder_json))
-        except Exception as e:  # tiktoken asserts on inconsistent files; any failure here is a bad file
-            raise UserError(f"'{encoder_json}' and '{vocab_bpe}' are not a valid GPT-2 encoder.json/vocab.bpe "
-                            f"pair ({type(e).__name__}: {e})") from e
+        ranks = load_gpt2_files(Path(encoder_json), Path(vocab_bpe))
         backend = TiktokenBackend(ranks, presets.GPT2_PATTERN, _style_specials("gpt2", len(ranks)), name="gpt2")
         return cls(backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", name="gpt2")
 
@@ -240,9 +228,7 @@ class Tokenizer:
         ids = [int(i) for i in ids]
         try:
             return self._backend.decode_bytes(ids)
-        except (KeyError, ValueError, OverflowError, BaseException) as e:
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
+        except (KeyError, IndexError, ValueError, OverflowError, TypeError):
             bad = [i for i in ids if not (0 <= i < self.vocab_size) or self._backend.token_bytes[i] is None]
             raise ValueError(f"token ids not in this vocabulary (size {self.vocab_size}): {bad[:5]}") from None
 
@@ -332,6 +318,47 @@ def load_rank_file(path: str | os.PathLike) -> dict[bytes, int]:
     if any(bytes([b]) not in ranks for b in range(256)):
         raise UserError(f"rank file '{path}' lacks some of the 256 single-byte tokens, so it is not byte-level BPE")
     return ranks
+
+
+def load_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> dict[bytes, int]:
+    """Ranks from GPT-2's file pair: encoder.json maps byte-level token strings to ids, and vocab.bpe
+    lists the merges in order, merge k creating the token with id 256 + k; both must agree."""
+    for p in (encoder_json, vocab_bpe):
+        if not p.is_file():
+            raise UserError(f"GPT-2 vocabulary file '{p}' does not exist; pass encoder.json and vocab.bpe")
+    bad = f"'{encoder_json}' and '{vocab_bpe}' are not a valid GPT-2 encoder.json/vocab.bpe pair"
+    try:
+        encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
+        merges = [line.split() for line in vocab_bpe.read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{bad} ({e})") from e
+    if not isinstance(encoder, dict):
+        raise UserError(f"{bad} (encoder.json must be a JSON object)")
+    ranks: dict[bytes, int] = {}
+    for token, i in encoder.items():
+        if token in ("<|endoftext|>", "<|startoftext|>"):
+            continue
+        b = token_string_to_bytes(token)
+        if b is None or not isinstance(i, int):
+            raise UserError(f"{bad} (encoder.json entry {token!r}: {i!r} is not a byte-level token)")
+        ranks[b] = i
+    for k, pair in enumerate(merges):
+        merged = token_string_to_bytes("".join(pair)) if len(pair) == 2 else None
+        if merged is None or ranks.get(merged) != 256 + k:
+            raise UserError(f"{bad} (merge {k + 1} {' '.join(pair)!r} does not create the token with id {256 + k})")
+    if len(ranks) != 256 + len(merges):
+        raise UserError(f"{bad} ({len(ranks)} tokens in encoder.json but 256 bytes + {len(merges)} merges)")
+    return ranks
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_backend(family: str) -> TiktokenBackend:
+    # Shared between Tokenizer objects: a backend is never modified after construction.
+    if family == "qwen":
+        specials = {t: presets.QWEN_N_BPE + k for k, t in enumerate(presets.QWEN_SPECIAL_TOKENS)}
+        return TiktokenBackend(load_rank_file(presets.qwen_rank_file()), presets.QWEN_PATTERN, specials, name="qwen")
+    ranks = load_rank_file(presets.cl100k_rank_file())
+    return TiktokenBackend(ranks, presets.CL100K_PATTERN, presets.CL100K_SPECIAL_TOKENS, name="cl100k")
 
 
 def _style_specials(style: str, n_ranks: int) -> dict[str, int]:

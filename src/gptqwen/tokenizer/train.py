@@ -19,6 +19,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from gptqwen.errors import UserError
 from gptqwen.tokenizer import presets
+from gptqwen.tokenizer.backends import onig_pattern
 from gptqwen.tokenizer.core import Tokenizer
 
 _BATCH_CHARS = 1 << 20  # hand the trainer ~1 MB at a time so its threads have work to share
@@ -42,7 +43,7 @@ def train_tokenizer(texts: Iterable[str] | Iterable[os.PathLike], vocab_size: in
 
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(tokenizers.Regex(presets.PATTERNS[style]), behavior="isolated"),
+        pre_tokenizers.Split(tokenizers.Regex(onig_pattern(presets.PATTERNS[style])), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False, trim_offsets=False),
     ])  # fmt: skip
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, use_regex=False, trim_offsets=False)

