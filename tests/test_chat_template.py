@@ -270,3 +270,37 @@ def test_chat_errors(qwen_small):
     with pytest.raises(UserError, match="no system role"):
         ours.apply_chat_template([{"role": "user", "content": "x"}])
     ours.chat_template = "qwen3"
+
+
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a small helpful model.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_jinja_template_on_a_wrapped_tokenizers_object():
+    """What the GGUF loader does: wrap a `tokenizers.Tokenizer` and a template string from metadata."""
+    from transformers import PreTrainedTokenizerFast
+
+    from gptqwen.tokenizer import train_tokenizer
+
+    trained = train_tokenizer([CORPUS_FOR_JINJA], vocab_size=400, style="gpt2", show_progress=False,
+                              special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])  # fmt: skip
+    raw = trained.to_tokenizers()
+    ours = Tokenizer.from_hf(raw, chat_template=CHATML, eos_token="<|im_end|>")
+    hf = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>")
+    msgs = [{"role": "user", "content": "Hi <|im_end|> there"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "bye"}]  # fmt: skip
+    assert ours.apply_chat_template(msgs) == hf.apply_chat_template(msgs, chat_template=CHATML, tokenize=False,
+                                                                    add_generation_prompt=True)  # fmt: skip
+    expected = _ids(hf.apply_chat_template(msgs, chat_template=CHATML, tokenize=True, add_generation_prompt=True,
+                                           sanitize_control_tokens=True))  # fmt: skip
+    assert ours.apply_chat_template(msgs, tokenize=True) == expected
+    ids, mask = ours.render_for_sft(msgs[:2])
+    assert _masked_pieces(ours, ids, mask) == ["Hello!<|im_end|>"]
+    assert ours.encode("<|im_end|>") != [ours.special_tokens["<|im_end|>"]]
+
+
+CORPUS_FOR_JINJA = "Hello there! How are you? I am a small model that says hello and bye.\n" * 50

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from gptqwen.train import checkpoint as ck
+from gptqwen.train.metrics import MetricsLog
 from gptqwen.train.trainer import pretrain
 
 from test_train import TINY_MODEL, losses, tiny_data, tiny_recipe  # noqa: F401  (tiny_data is a fixture)
@@ -23,7 +24,7 @@ def _torchrun(recipe_file, out, *overrides) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_torchrun_matches_single_process(tmp_path, tiny_data, strategy):  # noqa: F811
     recipe = tiny_recipe(tiny_data, max_steps=4, ckpt_interval=0, eval_interval=2)
     single = pretrain(recipe, tmp_path / "single", quiet=True)
@@ -31,8 +32,6 @@ def test_torchrun_matches_single_process(tmp_path, tiny_data, strategy):  # noqa
     recipe_file.write_text(yaml.safe_dump(recipe.to_dict()))
     _torchrun(recipe_file, tmp_path / strategy, f"train.dist={strategy}")
     assert losses(tmp_path / strategy) == pytest.approx(losses(tmp_path / "single"), abs=1e-5)
-
-    from gptqwen.train.metrics import MetricsLog
 
     val = [r["val_loss"] for r in MetricsLog.read(tmp_path / strategy / "metrics.jsonl") if "val_loss" in r]
     assert val[-1] == pytest.approx(single["val_loss"], abs=1e-5)

@@ -3,7 +3,7 @@
 Two families:
 
 * **Reasoning conversations** for chat SFT (`reasoning_conversations`): multi-step arithmetic
-  ("What is 7 + 5 - 3 + 8?") and a chain of true/false statements ("A is true. B is the opposite
+  ("What is 7 - 5 + 3 + 1?") and a chain of true/false statements ("A is true. B is the opposite
   of A. ... Is D true?"). A *thinking* example carries the step-by-step work in the assistant's
   `reasoning_content` (rendered inside `<think>`); a *direct* example answers at once, which the
   Qwen3 template renders with an empty think block. Both end in "The answer is X." so
@@ -40,15 +40,18 @@ class Problem:
     answer: str
 
 
-def arithmetic_problem(rng: random.Random, min_terms: int = 3, max_terms: int = 4) -> Problem:
-    """A chain of single-digit additions and subtractions whose running total never goes negative."""
+def arithmetic_problem(rng: random.Random, min_terms: int = 3, max_terms: int = 4, max_total: int = 9) -> Problem:
+    """A chain of single-digit additions and subtractions whose running total stays in 0..max_total,
+    so each step is one small fact while the direct answer needs them all at once."""
     n = rng.randint(min_terms, max_terms)
-    total = rng.randint(1, 9)
+    total = rng.randint(1, max_total)
     expr, steps = [str(total)], []
     for _ in range(n - 1):
-        x = rng.randint(1, 9)
-        op = "-" if x <= total and rng.random() < 0.5 else "+"
-        new = total - x if op == "-" else total + x
+        ops = [op for op, ok in (("+", total < max_total), ("-", total > 0)) if ok]
+        op = rng.choice(ops)
+        x = rng.randint(1, max_total - total) if op == "+" else rng.randint(1, min(9, total))
+        x = min(x, 9)
+        new = total + x if op == "+" else total - x
         steps.append(f"{total} {op} {x} = {new}.")
         expr += [op, str(x)]
         total = new

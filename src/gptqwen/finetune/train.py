@@ -2,13 +2,14 @@
 
 A plain loop over batches that a caller-supplied `loss_fn` turns into a loss: the pretraining
 trainer's AdamW (`gptqwen.train.optim.build_optimizer`: no decay on norms, biases, embeddings) and
-schedules (`lr_at`), gradient clipping, and a metrics record every `log_every` steps (printed to
+schedules (`lr_at`), gradient clipping, bf16 autocast on GPUs, and a metrics record every `log_every` steps (printed to
 stderr and returned; the commands write it as `metrics.jsonl`). GPT-1's schedule is a linear
 decay after warmup (`schedule="linear"`, the trainer's WSD schedule with the whole run decaying).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -31,6 +32,7 @@ class LoopConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
     log_every: int = 10
+    bf16: bool | None = None    # autocast the forward to bf16; None = on CUDA devices that support it
 
 
 def lr_for(step: int, total: int, cfg: LoopConfig) -> float:
@@ -52,12 +54,16 @@ def run(
     returns a dict of scalar tensors with at least 'loss'."""
     opt = build_optimizer(modules, cfg.lr, cfg.weight_decay, cfg.betas)
     trainable = [p for p in modules.parameters() if p.requires_grad]
+    device = trainable[0].device
+    bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     history, t0, it = [], time.time(), iter(batches)
     for step in range(total_steps):
         lr = lr_for(step, total_steps, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        losses = loss_fn(next(it))
+        with autocast():  # weights and optimizer state stay fp32; the loss is computed in fp32 by the model
+            losses = loss_fn(next(it))
         losses["loss"].backward()
         norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip) if cfg.grad_clip > 0 else None
         opt.step()

@@ -139,5 +139,4 @@ class Rotary(nn.Module):
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x [B, T, H, D] (half-split layout): x*cos + rotate_half(x)*sin, with `sin` pre-signed as
     [-sin, sin], so rotate_half reduces to swapping the halves. Same arithmetic as transformers."""
-    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
-    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
+    return x * cos.to(x.dtype) + x.roll(x.shape[-1] // 2, dims=-1) * sin.to(x.dtype)

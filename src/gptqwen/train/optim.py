@@ -47,9 +47,12 @@ def build_optimizer(
     eps: float = 1e-8,
     fused: bool | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW (decoupled weight decay) over `param_groups`; fused kernels on CUDA."""
+    """AdamW (decoupled weight decay) over `param_groups`; the fused kernel for plain CPU/CUDA tensors."""
     if fused is None:
-        fused = all(p.device.type == "cuda" for p in model.parameters())
+        from torch.distributed.tensor import DTensor
+
+        params = list(model.parameters())
+        fused = all(p.device.type in ("cpu", "cuda") and not isinstance(p, DTensor) for p in params)
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
 
 
