@@ -15,20 +15,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 
 import torch
 
 
-def bench(step_fn, steps: int, warmup: int, sync) -> float:
-    for _ in range(warmup):
-        step_fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step_fn()
-    sync()
-    return (time.perf_counter() - start) / steps
+def bench(step_fns: list, steps: int, warmup: int, sync) -> list[float]:
+    """Median seconds per step of each function; steps interleave so load changes hit both alike."""
+    times: list[list[float]] = [[] for _ in step_fns]
+    for i in range(warmup + steps):
+        for fn, ts in zip(step_fns, times):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            if i >= warmup:
+                ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
 
 
 def main() -> None:
@@ -63,7 +67,8 @@ def main() -> None:
         save_pretrained(ours, d)
         theirs = transformers.AutoModelForCausalLM.from_pretrained(d, attn_implementation="sdpa").to(device).train()
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
-    inputs, targets = x[:, :-1], x[:, 1:]
+    inputs, targets = x[:, :-1], x[:, 1:].clone()
+    targets[:, -1] = -100  # transformers shifts labels inside and so never scores the last position
 
     opt_ours = build_optimizer(ours, 3e-4, 0.1, (0.9, 0.95))
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95))
@@ -81,15 +86,14 @@ def main() -> None:
         losses["ours"].append(loss.item())
 
     def step_theirs():
-        loss = theirs(input_ids=inputs, labels=x[:, :-1]).loss  # HF shifts labels inside: same targets
+        loss = theirs(input_ids=inputs, labels=inputs).loss  # shifted inside: the same targets as ours
         loss.backward()
         torch.nn.utils.clip_grad_norm_(theirs.parameters(), 1.0)
         opt_theirs.step()
         opt_theirs.zero_grad(set_to_none=True)
         losses["transformers"].append(loss.item())
 
-    t_theirs = bench(step_theirs, args.steps, args.warmup, sync)
-    t_ours = bench(step_ours, args.steps, args.warmup, sync)
+    t_theirs, t_ours = bench([step_theirs, step_ours], args.steps, args.warmup, sync)
     peak = measure_matmul_peak(device, torch.float32, seconds=1.0)
     tokens = args.batch * args.seq
     flops = cfg.flops_per_token(args.seq) * tokens

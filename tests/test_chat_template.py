@@ -304,3 +304,17 @@ def test_jinja_template_on_a_wrapped_tokenizers_object():
 
 
 CORPUS_FOR_JINJA = "Hello there! How are you? I am a small model that says hello and bye.\n" * 50
+
+
+def test_sft_with_qwen3_jinja_uses_the_native_turn_structure(qwen_small):
+    """A checkpoint's own Qwen3 jinja template is not prefix-preserving (it drops old reasoning); SFT
+    masks still work because it renders exactly like the native format."""
+    ours, _ = qwen_small
+    msgs = CONVERSATIONS["tools"]
+    ours.chat_template = "qwen3"
+    native = ours.render_for_sft(msgs, tools=[WEATHER])
+    ours.chat_template = JINJA["qwen3"]
+    try:
+        assert ours.render_for_sft(msgs, tools=[WEATHER]) == native
+    finally:
+        ours.chat_template = "qwen3"

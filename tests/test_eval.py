@@ -17,6 +17,15 @@ transformers = pytest.importorskip("transformers")
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "eval"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These models are tiny: extra threads only add synchronisation (and stall on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     from gptqwen.eval.perplexity import shakespeare_text

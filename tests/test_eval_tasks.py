@@ -159,7 +159,8 @@ def test_builtin_tasks_load_and_are_fixed():
 def test_arithmetic_answers(op):
     rng = random.Random(0)
     for _ in range(50):
-        ctx, answer = synthetic.arithmetic(rng, op=op, digits=3)
+        r = synthetic.arithmetic(rng, op=op, digits=3)
+        ctx, answer = r["context"], r["completion"]
         a, word, b = ctx.removeprefix("Q: What is ").split("?")[0].split()
         assert 100 <= int(a) <= 999 and int(answer) == {"+": int(a) + int(b), "-": int(a) - int(b),
                                                           "*": int(a) * int(b)}[op]
@@ -169,7 +170,8 @@ def test_arithmetic_answers(op):
 def test_unscramble_is_a_scramble_of_the_word(kind):
     rng = random.Random(1)
     for _ in range(30):
-        ctx, word = synthetic.unscramble(rng, kind=kind)
+        r = synthetic.unscramble(rng, kind=kind)
+        ctx, word = r["context"], r["completion"]
         scrambled, word = ctx.removesuffix(" ="), word.strip()
         assert scrambled != word
         if kind == "random_insertion":
@@ -189,12 +191,20 @@ def test_substitution_is_one_fixed_mapping():
     rng = random.Random(2)
     mapping = {}
     for _ in range(40):
-        ctx, coded = synthetic.substitution(rng, cipher="random", cipher_seed=3)
+        r = synthetic.substitution(rng, cipher="random", cipher_seed=3)
+        ctx, coded = r["context"], r["completion"]
         for p, c in zip(ctx.removesuffix(" ->"), coded.strip()):
             assert mapping.setdefault(p, c) == c
-    assert synthetic.substitution(random.Random(0), cipher="shift", shift=1)[1] != ""
+    assert synthetic.substitution(random.Random(0), cipher="shift", shift=1)["completion"] != ""
     with pytest.raises(UserError, match="cipher must be"):
         synthetic.substitution(rng, cipher="rot13")
+
+
+def test_copy_choice_records():
+    task = load_task("copy_choice")
+    for doc in task.test_docs[:20]:
+        choices = task.choices(doc)
+        assert len(choices) == 4 and doc["context"] == choices[task.target_index(doc, choices)] + " ->"
 
 
 # ---- scorers -------------------------------------------------------------------------------------

@@ -83,6 +83,12 @@ def test_qwen_preset_facts(qwen):
     assert qwen.id_to_token(qwen.encode(" hello")[0]) == "Ġhello"
     assert qwen.token_to_id("Ġhello") == qwen.encode(" hello")[0]
     assert qwen.token_to_id("<think>") == 151667 and qwen.id_to_token(151667) == "<think>"
+    # The shipped rank file, loaded by path, is recognised as Qwen's (regex, control tokens, chat format).
+    from gptqwen.tokenizer.presets import qwen_rank_file
+
+    by_path = Tokenizer.from_file(qwen_rank_file())
+    assert by_path.special_tokens == QWEN25_SPECIALS and by_path.chat_template == "qwen3"
+    assert by_path.encode(CORPUS) == qwen.encode(CORPUS)
 
 
 @pytest.mark.parametrize("name", ["qwen", "cl100k"])
@@ -134,10 +140,16 @@ def _check_export(tok: Tokenizer, ref, directory: Path) -> None:
     """Save `tok` as tokenizer.json; the `tokenizers` engine (ours and transformers') must give tiktoken's ids."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    import tokenizers
+
     tok.save(directory)
-    ours = Tokenizer.from_file(directory)
-    assert ours.vocab_size == tok.vocab_size and ours.special_tokens == tok.special_tokens
-    assert (ours.eos_token, ours.pad_token, ours.chat_template) == (tok.eos_token, tok.pad_token, tok.chat_template)
+    reloaded = Tokenizer.from_file(directory)  # through the rank file saved beside tokenizer.json
+    ours = Tokenizer.from_hf(tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json")))  # the json engine
+    for t in (reloaded, ours):
+        assert t.vocab_size == tok.vocab_size and t.special_tokens == tok.special_tokens
+    assert (reloaded.eos_token, reloaded.pad_token, reloaded.chat_template) == (tok.eos_token, tok.pad_token,
+                                                                                tok.chat_template)  # fmt: skip
+    assert reloaded.encode_batch(_samples()) == tok.encode_batch(_samples())
     hf = PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"))
     auto = AutoTokenizer.from_pretrained(directory)
     assert auto.eos_token == tok.eos_token

@@ -154,6 +154,12 @@ def test_bad_vocabulary_files(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(UserError, match="not a valid tokenizer.json"):
         Tokenizer.from_file(tmp_path / "broken.json")
+    (tmp_path / "tokenizer_config.json").write_text('{"gptqwen_rank_file": {"file": "bytes.tiktoken"}}')
+    with pytest.raises(UserError, match="gptqwen_rank_file.*malformed"):
+        Tokenizer.from_file(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("{oops")
+    with pytest.raises(UserError, match="not valid JSON"):
+        Tokenizer.from_file(tmp_path)
 
 
 def test_unknown_preset_names_the_closest():

@@ -127,7 +127,7 @@ def _print_table(results) -> None:
     table = Table(title="gptqwen eval")
     for col in ("model", "task", "shots", "n", "metric", "value", "± stderr"):
         table.add_column(col, justify="right" if col in ("shots", "n", "value", "± stderr") else "left",
-                         overflow="fold")
+                         overflow="fold", no_wrap=col != "model")
     for r in results:
         for i, (name, m) in enumerate(r.metrics.items()):
             head = (r.model, r.task, str(r.shots), str(r.n)) if i == 0 else ("",) * 4

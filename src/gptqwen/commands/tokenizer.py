@@ -95,7 +95,8 @@ def _encode(args) -> int:
         text = args.text if args.text is not None else sys.stdin.read()
         ids = tok.encode(text, allow_special=args.allow_special)
     if args.json:
-        print_json({"ids": ids, "tokens": [tok.id_to_token(i) for i in ids]})
+        pieces = [tok.token_bytes(i).decode("utf-8", errors="backslashreplace") for i in ids]
+        print_json({"ids": ids, "tokens": [tok.id_to_token(i) for i in ids], "pieces": pieces})
     else:
         print(" ".join(map(str, ids)))
     return 0

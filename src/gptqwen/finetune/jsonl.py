@@ -32,13 +32,3 @@ def read_jsonl(path: str | Path, what: str = "data") -> list[tuple[int, dict]]:
         raise UserError(f"{what} file '{path}' has no rows")
     return rows
 
-
-def field(row: dict, key: str, where: str, kind: type | tuple[type, ...] = str):
-    """`row[key]`, checked to exist and have type `kind`."""
-    if key not in row:
-        raise UserError(f"{where}: missing field '{key}' (row has: {', '.join(row) or 'nothing'})")
-    value = row[key]
-    if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise UserError(f"{where}: field '{key}' must be {names}, got {type(value).__name__}")
-    return value

@@ -15,7 +15,7 @@ from torch import nn
 
 from gptqwen.config import Config
 from gptqwen.errors import UserError
-from gptqwen.model.norms import RMSNorm
+from gptqwen.model.norms import RMSNorm, rms_norm
 from gptqwen.model.rope import apply_rotary
 
 
@@ -121,7 +121,7 @@ class Attention(nn.Module):
         qk, v = self.qkv(x).view(B, T, hq + 2 * hk, d).split((hq + hk, hk), dim=2)
         if self.q_norm is not None:
             w = torch.cat((self.q_norm.weight.expand(hq, d), self.k_norm.weight.expand(hk, d)))
-            qk = w * F.rms_norm(qk.float(), (d,), eps=self.q_norm.eps).to(qk.dtype)
+            qk = rms_norm(qk, w, self.q_norm.eps)
         if ctx.cos is not None:
             qk = apply_rotary(qk, ctx.cos, ctx.sin)
         q, k = qk.split((hq, hk), dim=2)

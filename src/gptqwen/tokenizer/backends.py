@@ -66,6 +66,7 @@ class TiktokenBackend:
         except ValueError as e:  # tiktoken validates ids (e.g. a special token reusing a rank)
             raise UserError(f"cannot build the tokenizer '{name}': {e}") from e
         self.n_vocab = self.enc.n_vocab
+        self._json: dict | None = None
         self.token_bytes: list[bytes | None] = [None] * self.n_vocab
         for tok, rank in ranks.items():
             self.token_bytes[rank] = tok
@@ -98,6 +99,11 @@ class TiktokenBackend:
 
     def to_json(self) -> dict:
         """A tokenizer.json document that encodes exactly like this rank file (checked by the tests)."""
+        if self._json is None:
+            self._json = self._build_json()
+        return self._json
+
+    def _build_json(self) -> dict:
         vocab = {bytes_to_token_string(tok): rank for tok, rank in self.ranks.items()}
         merges = [[bytes_to_token_string(a), bytes_to_token_string(b)] for a, b in ranks_to_merges(self.ranks)]
         return tokenizer_json(vocab, merges, self.pattern, self.special_tokens)

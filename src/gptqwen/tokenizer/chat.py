@@ -5,10 +5,11 @@ build SFT ids + assistant masks, and parse a generated assistant turn back into 
     ids, mask = tok.render_for_sft(messages)
     parse_assistant("<think>\\nhmm\\n</think>\\n\\nHi!")  # {"reasoning_content": "hmm", "content": "Hi!", ...}
 
-The native renderers reproduce, character for character, what transformers renders with the Qwen3 and
-Qwen2.5 templates (the tests compare them with the templates shipped in `trl`). The Qwen3 template
-itself does nothing with the `/think` and `/no_think` soft switches (the model reacts to them), so they
-are rendered as typed; `soft_switch(messages)` tells an engine which one is in force (the last wins).
+Qwen3 and Qwen2.5 are rendered natively (qwen_format.py), identical to transformers with the templates
+shipped in `trl`. The Qwen3 template does nothing with the `/think` and `/no_think` soft switches (the
+model reacts to them), so they are rendered as typed; `soft_switch(messages)` tells an engine which one
+is in force (the last wins). Other templates (e.g. from GGUF metadata) are jinja, rendered in the same
+sandbox transformers uses.
 
 Rendering produces *parts*: text the template writes (whose control tokens become control ids) and
 text that came from messages or tools (always plain text, even where it spells `<|im_start|>`). When
@@ -63,7 +64,7 @@ class _Parts:
         return "".join(t for t, _, _ in self.items)
 
 
-# ---------------------------------------------------------------------------------------- native renderers
+# ---------------------------------------------------------------------------------------- messages
 def _normalize(messages: list) -> list[dict]:
     if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
         raise UserError("messages must be a list of {'role': ..., 'content': ...} objects")
@@ -225,11 +226,23 @@ def render_for_sft(tok, messages: list[dict], tools=None, enable_thinking: bool 
     msgs = _normalize(messages)
     if not any(m.get("role") == "assistant" for m in msgs):
         raise UserError("an SFT conversation needs at least one assistant message")
-    if template in _NATIVE:
-        p = render_parts(tok, msgs, tools, add_generation_prompt=False, enable_thinking=enable_thinking,
-                         think_is_prompt=not enable_thinking)  # fmt: skip
-        return encode_parts(tok, p.items, split_at_assistant=True)
-    return _jinja_sft(tok, template, msgs, tools, enable_thinking)
+    if template not in _NATIVE:
+        # A jinja template that renders this conversation exactly like a native format (e.g. Qwen3's own
+        # template from a checkpoint) gets that format's turn structure; others are diffed turn by turn.
+        text = _render_jinja(tok, template, msgs, tools, False, mark=False, enable_thinking=enable_thinking)
+        template = next((name for name in _NATIVE if _native_text(tok, name, msgs, tools, enable_thinking) == text), None)
+        if template is None:
+            return _jinja_sft(tok, tok.chat_template, msgs, tools, enable_thinking)
+    p = _Parts(_control_re(tok))
+    _NATIVE[template](p, msgs, tools, add_generation_prompt=False, enable_thinking=enable_thinking,
+                      think_is_prompt=not enable_thinking)  # fmt: skip
+    return encode_parts(tok, p.items, split_at_assistant=True)
+
+
+def _native_text(tok, name: str, msgs: list[dict], tools, enable_thinking: bool) -> str:
+    p = _Parts(_control_re(tok))
+    _NATIVE[name](p, msgs, tools, add_generation_prompt=False, enable_thinking=enable_thinking)
+    return p.text()
 
 
 def _jinja_sft(tok, template: str, msgs: list[dict], tools, enable_thinking: bool) -> tuple[list[int], list[int]]:
@@ -245,7 +258,7 @@ def _jinja_sft(tok, template: str, msgs: list[dict], tools, enable_thinking: boo
         if not (upto.startswith(before) and full.startswith(upto)):
             raise UserError("this chat template is not prefix-preserving, so assistant tokens cannot be masked; "
                             "use a template with a fixed turn layout (e.g. qwen3)")  # fmt: skip
-        ends = [m.end() for m in control_re.finditer(upto, len(before))]
+        ends = [c.end() for c in control_re.finditer(upto, len(before))]
         spans.append((len(before), ends[-1] if ends else len(upto)))
     p = _Parts(control_re)
     pos = 0

@@ -30,6 +30,7 @@ from gptqwen.tokenizer import presets
 from gptqwen.tokenizer.backends import HFBackend, TiktokenBackend, bytes_to_token_string, token_string_to_bytes
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+RANK_FILE = "tokenizer.tiktoken"  # written beside tokenizer.json for tiktoken-backed vocabularies
 
 
 class DecodeStream:
@@ -57,9 +58,12 @@ class Tokenizer:
         self.name = name
         self.special_tokens: dict[str, int] = dict(backend.special_tokens)
         for role, tok in (("eos", eos_token), ("bos", bos_token), ("pad", pad_token)):
-            if tok is not None and tok not in self.special_tokens:
-                raise UserError(f"{role} token {tok!r} is not a special token of this vocabulary; "
+            if tok is None or tok in self.special_tokens:
+                continue
+            if backend.lookup(tok) is None:  # e.g. a GGUF file naming its eos as an ordinary vocab entry
+                raise UserError(f"{role} token {tok!r} is not in this vocabulary; "
                                 f"choose one of: {', '.join(list(self.special_tokens)[:10])}")  # fmt: skip
+            self.special_tokens[tok] = backend.lookup(tok)
         self.eos_token, self.bos_token, self.pad_token = eos_token, bos_token, pad_token
         self.chat_template = chat_template
         self._special_ids = frozenset(self.special_tokens.values())
@@ -139,15 +143,28 @@ class Tokenizer:
 
     @classmethod
     def _from_tokenizer_json(cls, path: Path) -> "Tokenizer":
+        cfg = _read_tokenizer_config(path.parent / "tokenizer_config.json")
+        template = cfg.get("chat_template_name") or cfg.get("chat_template")
+        if isinstance(template, list):  # the named-templates form: [{"name": "default", "template": ...}, ...]
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        roles = {"eos_token": _token_str(cfg.get("eos_token")), "bos_token": _token_str(cfg.get("bos_token")),
+                 "pad_token": _token_str(cfg.get("pad_token")), "chat_template": template,
+                 "name": path.parent.name or "tokenizer"}  # fmt: skip
+        rank_file = cfg.get("gptqwen_rank_file")
+        if isinstance(rank_file, dict) and (path.parent / str(rank_file.get("file"))).is_file():
+            try:
+                specials = {str(k): int(v) for k, v in rank_file["special_tokens"].items()}
+                backend = TiktokenBackend(load_rank_file(path.parent / rank_file["file"]), str(rank_file["pattern"]),
+                                          specials, name=roles["name"])  # fmt: skip
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise UserError(f"'gptqwen_rank_file' in {path.parent / 'tokenizer_config.json'} is malformed "
+                                f"({e}); delete that entry to load tokenizer.json instead") from e  # fmt: skip
+            return cls(backend, **roles)
         try:
             tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as e:  # the Rust loader raises a bare Exception on malformed documents
             raise UserError(f"'{path}' is not a valid tokenizer.json ({str(e)[:200]})") from e
-        cfg = _read_tokenizer_config(path.parent / "tokenizer_config.json")
-        template = cfg.get("chat_template_name") or cfg.get("chat_template")
-        return cls.from_hf(tok, chat_template=template, eos_token=_token_str(cfg.get("eos_token")),
-                           bos_token=_token_str(cfg.get("bos_token")), pad_token=_token_str(cfg.get("pad_token")),
-                           name=path.parent.name or "tokenizer", take_ownership=True)  # fmt: skip
+        return cls.from_hf(tok, take_ownership=True, **roles)
 
     # ----------------------------------------------------------------- ids and roles
     @property
@@ -225,7 +242,8 @@ class Tokenizer:
         return ids
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        ids = [int(i) for i in ids]
+        """The exact bytes the ids stand for (the inverse of `encode_bytes`)."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else [int(i) for i in ids]  # tensors and arrays too
         try:
             return self._backend.decode_bytes(ids)
         except (KeyError, IndexError, ValueError, OverflowError, TypeError):
@@ -277,6 +295,13 @@ class Tokenizer:
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 1 << 30,
                "eos_token": self.eos_token, "bos_token": self.bos_token, "pad_token": self.pad_token,
                "clean_up_tokenization_spaces": False, "add_prefix_space": False}  # fmt: skip
+        if isinstance(self._backend, TiktokenBackend):
+            # Also keep the rank file: `from_file` then runs tiktoken again (faster to load and encode).
+            ranks = sorted(self._backend.ranks.items(), key=lambda kv: kv[1])
+            with atomic_write(directory / RANK_FILE) as f:
+                f.write("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks))
+            cfg["gptqwen_rank_file"] = {"file": RANK_FILE, "pattern": self._backend.pattern,
+                                        "special_tokens": self._backend.special_tokens}  # fmt: skip
         if self.chat_template in ("qwen3", "qwen2.5"):
             cfg["chat_template_name"] = self.chat_template  # rendered natively by gptqwen
         elif self.chat_template:

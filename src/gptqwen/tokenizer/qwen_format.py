@@ -60,7 +60,10 @@ def _tools_system(p, messages: list[dict], tools: list, default_system: str | No
             p.template("\n\n")
         p.template(_TOOLS_INTRO)
     else:  # Qwen2.5: the system prompt or the default one
-        p.data(messages[0].get("content", "")) if first_is_system else p.template(default_system)
+        if first_is_system:
+            p.data(messages[0].get("content", ""))
+        else:
+            p.template(default_system)
         p.template("\n\n" + _TOOLS_INTRO)
     for tool in tools:
         p.template("\n")

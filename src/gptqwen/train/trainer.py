@@ -270,7 +270,9 @@ def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_f
         with autocast():
             text = sample(model, tokenizer, tc.sample_prompt, tc.sample_tokens, tc.temperature, tc.top_k, tc.seed + at, info.device)
         model.train()
-        console.print(f"[dim]--- sample at step {at} ---[/]\n{tc.sample_prompt.lstrip()}{text}\n[dim]---[/]")
+        console.print(f"[dim]--- sample at step {at} ---[/]")
+        console.print(f"{tc.sample_prompt.lstrip()}{text}".rstrip(), markup=False, highlight=False)
+        console.print("[dim]---[/]")
 
     def save(at: int) -> Path | None:
         msd, osd = _full_state(model, optimizer, info)

@@ -1,0 +1,68 @@
+"""The built-in synthetic data: deterministic by seed, and every answer and label is right."""
+
+import json
+import re
+
+from gptqwen.finetune import synthetic as syn
+
+
+def test_deterministic_by_seed():
+    assert syn.reasoning_conversations(50, seed=3) == syn.reasoning_conversations(50, seed=3)
+    assert syn.reasoning_conversations(50, seed=3) != syn.reasoning_conversations(50, seed=4)
+    assert syn.entailment_examples(50, seed=3) == syn.entailment_examples(50, seed=3)
+
+
+def test_arithmetic_steps_and_answers_are_correct():
+    for p in syn.problems(300, seed=0, kinds=("arithmetic",)):
+        expr = p.question.removeprefix("What is ").removesuffix("?")
+        assert str(eval(expr)) == p.answer  # noqa: S307 - our own digits and +/- only
+        total = int(expr.split()[0])
+        for step in p.steps:
+            a, op, b, _, c = step.rstrip(".").split()
+            assert int(a) == total and int(c) == (total + int(b) if op == "+" else total - int(b))
+            total = int(c)
+            assert 0 <= total <= 9
+        assert 2 <= len(p.steps) <= 3
+
+
+def test_logic_answers_are_correct():
+    for p in syn.problems(300, seed=0, kinds=("logic",)):
+        facts = re.findall(r"(\w) is (true|false|the opposite of|the same as)(?: (\w))?\.", p.question)
+        value = {}
+        for name, rel, other in facts:
+            value[name] = rel == "true" if rel in ("true", "false") else value[other] ^ (rel == "the opposite of")
+        last = re.search(r"Is (\w) true\?", p.question).group(1)
+        assert p.answer == ("yes" if value[last] else "no")
+
+
+def test_conversations_mix_thinking_and_direct_with_matching_flags():
+    convs = syn.reasoning_conversations(400, seed=1, think_ratio=0.5, flag_prob=0.5)
+    thinking = [c for c in convs if "reasoning_content" in c["messages"][1]]
+    assert 150 < len(thinking) < 250
+    for c in convs:
+        user, reply = c["messages"]
+        think = "reasoning_content" in reply
+        assert not user["content"].endswith("/no_think" if think else "/think")
+        assert syn.extract_answer(reply["content"]) == c["answer"].lower()
+        json.dumps(c)  # plain JSON
+
+
+def test_entailment_labels_follow_the_premise():
+    rows = syn.entailment_examples(600, seed=0)
+    assert {r["label"] for r in rows} == set(syn.ENTAILMENT_LABELS)
+    for r in rows:
+        clauses = r["premise"].rstrip(".").split(" and ")
+        hyp = r["hypothesis"].rstrip(".")
+        a, verb, b = re.fullmatch(r"(the \w+) (\w+) (the \w+)", hyp).groups()
+        if r["label"] == "entailment":
+            assert hyp in clauses
+        elif r["label"] == "contradiction":
+            assert f"{a} {syn._VERBS[verb]} {b}" in clauses
+        else:
+            assert not any({a, b} == {c.split()[0] + " " + c.split()[1], " ".join(c.split()[3:])} for c in clauses)
+
+
+def test_extract_answer():
+    assert syn.extract_answer("<think>\n1 + 2 = 3.\n</think>\n\nThe answer is 3.") == "3"
+    assert syn.extract_answer("The answer is yes. Or: the answer is no.") == "no"
+    assert syn.extract_answer("no idea") is None
