@@ -42,13 +42,16 @@ def corpus(megabytes: float) -> list[str]:
     return docs
 
 
-def best_time(fn, repeat: int) -> float:
-    times = []
+def best_times(fns: dict, repeat: int) -> dict[str, float]:
+    """Best wall time of each function; the runs alternate so that load from other processes on a
+    shared machine hits all of them alike."""
+    best = {name: float("inf") for name in fns}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def reference(name: str) -> tiktoken.Encoding:
@@ -67,15 +70,19 @@ def bench(name: str, docs: list[str], repeat: int, threads: int) -> None:
     mb = sum(len(d.encode()) for d in docs) / 1e6
     assert [ours.encode(d) for d in docs[:50]] == [ref.encode_ordinary(d) for d in docs[:50]], "ids differ!"
 
-    t_ref = best_time(lambda: [ref.encode_ordinary(d) for d in docs], repeat)
-    t_ref_batch = best_time(lambda: ref.encode_ordinary_batch(docs, num_threads=threads), repeat)
-    t_single = best_time(lambda: [ours.encode(d) for d in docs], repeat)
-    t_batch = best_time(lambda: ours.encode_batch(docs, num_threads=threads), repeat)
     with tempfile.TemporaryDirectory() as d:
         as_json = Tokenizer.from_hf(tokenizers.Tokenizer.from_file(str(ours.save(d) / "tokenizer.json")))
     assert as_json.encode_batch(docs[:20]) == [ref.encode_ordinary(x) for x in docs[:20]], "tokenizer.json ids differ!"
-    t_json = best_time(lambda: [as_json.encode(d) for d in docs], repeat)
-    t_json_batch = best_time(lambda: as_json.encode_batch(docs, num_threads=threads), repeat)
+    times = best_times({
+        "ref": lambda: [ref.encode_ordinary(d) for d in docs],
+        "ref_batch": lambda: ref.encode_ordinary_batch(docs, num_threads=threads),
+        "single": lambda: [ours.encode(d) for d in docs],
+        "batch": lambda: ours.encode_batch(docs, num_threads=threads),
+        "json": lambda: [as_json.encode(d) for d in docs],
+        "json_batch": lambda: as_json.encode_batch(docs, num_threads=threads),
+    }, repeat)  # fmt: skip
+    t_ref, t_ref_batch, t_single, t_batch = times["ref"], times["ref_batch"], times["single"], times["batch"]
+    t_json, t_json_batch = times["json"], times["json_batch"]
 
     print(f"\n== {name}: {len(docs)} docs, {mb:.1f} MB, {threads} threads for batches ==")
     rows = [

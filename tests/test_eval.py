@@ -97,7 +97,7 @@ def test_loglikelihood_matches_transformers(lm, checkpoint):
         c, x = lm.encode_pair(ctx, cont)
         want, greedy = _hf_logprob(hf, c, x)
         assert got.logprob == pytest.approx(want, abs=1e-4) and got.is_greedy == greedy and got.n_tokens == len(x)
-    assert lm.encode_pair("", "Romeo")[0] == [lm.eos_id]  # an empty context conditions on EOS
+    assert lm.encode_pair("", "Romeo")[0] == [lm.prefix_id]  # an empty context conditions on <|endoftext|>
     assert lm.encode_pair("Good morrow, ", "x")[1] == lm.encode(" x")  # trailing space moves to the continuation
     one_by_one = ScoringModel(lm.model, lm.tokenizer, batch_size=1, progress=False).loglikelihood(REQUESTS)
     assert [s.logprob for s in one_by_one] == pytest.approx([s.logprob for s in ours], abs=1e-5)  # padding-free
@@ -115,8 +115,8 @@ def test_greedy_match_is_the_models_argmax(lm):
 def test_rolling_perplexity_scores_each_token_once(lm, checkpoint):
     _, hf = checkpoint
     tokens = lm.encode("Now is the winter of our discontent made glorious summer by this sun of York; " * 3)
-    seq = [lm.eos_id] + tokens
-    full = _hf_logprob(hf, [lm.eos_id], tokens)[0]
+    seq = [lm.prefix_id] + tokens
+    full = _hf_logprob(hf, [lm.prefix_id], tokens)[0]
     assert lm.rolling_loglikelihood([tokens])[0] == pytest.approx(full, abs=1e-3)  # fits: one window
     for stride in (None, 5):
         short = ScoringModel(lm.model, lm.tokenizer, batch_size=4, max_length=16, progress=False)
@@ -131,7 +131,7 @@ def test_generation_matches_transformers_greedy(lm, checkpoint):
     prompt = "Question: Who wrote Hamlet?\nAnswer:"
     ids = lm.encode(prompt)
     with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=lm.eos_id)
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=lm.prefix_id)
     want = lm.tokenizer.decode(out[0, len(ids):].tolist())
     assert lm.generate_until([prompt], until=["\x00"], max_new_tokens=6)[0] == want.split("<|endoftext|>")[0]
     r = evaluate(lm, load_task(FIXTURES / "triviaqa.yaml"), shots=1)
@@ -223,3 +223,25 @@ def test_cli_bad_input(checkpoint, capsys, extra, message):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and message in err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_lm_eval_command_line_launcher(qwen_lm, tmp_path):
+    """`python -m gptqwen.eval.lm_eval_adapter` registers model `gptqwen` and runs lm-eval's own CLI."""
+    import os
+    import subprocess
+    import sys
+
+    root = FIXTURES.parents[2]
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "gptqwen.eval.lm_eval_adapter", "--model", "gptqwen", "--model_args",
+           f"path={qwen_lm.name}", "--tasks", "hellaswag_mini_lmeval", "--include_path", str(FIXTURES / "lm_eval"),
+           "--device", "cpu", "--output_path", str(out)]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [result_file] = out.rglob("results_*.json")
+    got = json.loads(result_file.read_text())["results"]["hellaswag_mini_lmeval"]
+    ours = evaluate(qwen_lm, load_task(FIXTURES / "hellaswag.yaml"), shots=0)
+    assert got["acc,none"] == pytest.approx(ours.metrics["acc"]["value"])
+    assert got["acc_norm,none"] == pytest.approx(ours.metrics["acc_norm"]["value"])

@@ -174,15 +174,25 @@ def test_corrupt_and_missing_files(tmp_path):
 # Greedy continuations transformers 5.24 produced from the same file
 # (AutoModelForCausalLM.from_pretrained(dir, gguf_file=...), fp32, eos ignored); `test_smollm2_live_parity`
 # recomputes them (slow: transformers' GGUF loader needs over a minute here).
+_CHAT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+         "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
 GOLDEN = {
-    "The capital of France is":
-        [7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33, 29, 34, 34, 216, 33, 34, 42, 33, 34, 42, 37, 35, 30, 2, 198, 1],
-    "def fibonacci(n):":
-        [472, 585, 304, 1758, 216, 32, 42, 448, 1003, 216, 33, 472, 1003, 304, 1672, 3987, 46477, 24, 94, 731, 216, 33, 25, 198, 198, 19, 4246, 260, 1517, 198, 3272, 24],
-    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n":
-        [504, 3575, 282, 4649, 314, 7042, 30, 2, 198, 2, 1, 9690, 198, 2, 198, 1, 4093, 198, 57, 5248, 3946, 288, 7198, 253, 725, 1406, 281, 260, 2342, 30, 339, 3543],
-    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n":
-        [504, 6147, 282, 260, 3426, 28, 253, 13879, 6122, 28, 198, 49, 9154, 303, 5082, 282, 260, 10393, 28, 198, 49, 13151, 282, 260, 6122, 338, 5721, 8823, 28, 198, 49, 13151],
+    "The capital of France is": [
+        7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33, 29, 34, 34, 216, 33, 34,
+        42, 33, 34, 42, 37, 35, 30, 2, 198, 1
+    ],
+    "def fibonacci(n):": [
+        472, 585, 304, 1758, 216, 32, 42, 448, 1003, 216, 33, 472, 1003, 304, 1672, 3987, 46477, 24, 94,
+        731, 216, 33, 25, 198, 198, 19, 4246, 260, 1517, 198, 3272, 24
+    ],
+    _CHAT.format("What is the capital of France?"): [
+        504, 3575, 282, 4649, 314, 7042, 30, 2, 198, 2, 1, 9690, 198, 2, 198, 1, 4093, 198, 57, 5248, 3946,
+        288, 7198, 253, 725, 1406, 281, 260, 2342, 30, 339, 3543
+    ],
+    _CHAT.format("Write a haiku about the sea."): [
+        504, 6147, 282, 260, 3426, 28, 253, 13879, 6122, 28, 198, 49, 9154, 303, 5082, 282, 260, 10393, 28,
+        198, 49, 13151, 282, 260, 6122, 338, 5721, 8823, 28, 198, 49, 13151
+    ],
 }
 
 
@@ -203,8 +213,8 @@ def _greedy(engine, prompts: list[str]) -> list[list[int]]:
 
 @needs_smol
 def test_smollm2_greedy_matches_transformers(smol):
-    prompts = list(GOLDEN)[:2]
-    assert _greedy(smol, prompts) == [GOLDEN[p] for p in prompts]
+    prompt = _CHAT.format("What is the capital of France?")  # the rest run in test_smollm2_live_parity
+    assert _greedy(smol, [prompt]) == [GOLDEN[prompt]]
 
 
 @needs_smol
@@ -235,9 +245,28 @@ def test_smollm2_tokenizer_and_chat(smol):
     assert "Paris" in r.content and r.reasoning_content == "" and r.finish_reason == "stop"
 
 
+CHAT_SCRIPT = "What is the capital of France?\n/budget 8\n/no_think\nAnd of Italy?\n/reset\n/exit\n"
+
+
 @needs_smol
-def test_chat_cli_piped(tmp_path):
-    script = "What is the capital of France?\n/budget 8\n/no_think\nAnd of Italy?\n/reset\n/exit\n"
+def test_chat_cli_session(smol, monkeypatch, capsys):
+    """`gptqwen chat` driven through piped stdin, in-process with the already loaded model."""
+    import io
+
+    from gptqwen.cli import main
+    from gptqwen.commands import chat
+
+    monkeypatch.setattr(chat, "engine_from_args", lambda args: smol)
+    monkeypatch.setattr("sys.stdin", io.StringIO(CHAT_SCRIPT))
+    assert main(["chat", "--model", str(SMOL), "--temperature", "0", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "Paris" in out and "Rome" in out and "budget 8" in out and "cleared" in out
+
+
+@needs_smol
+@pytest.mark.slow
+def test_chat_cli_piped_subprocess():
+    script = CHAT_SCRIPT
     r = subprocess.run([sys.executable, "-m", "gptqwen", "chat", "--model", str(SMOL), "--temperature", "0",
                         "--max-new-tokens", "24"], input=script, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "COLUMNS": "200"})

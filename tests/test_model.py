@@ -185,3 +185,17 @@ def test_context_overflow_is_a_user_error():
     cache = model.new_cache(1, 8)
     with pytest.raises(UserError, match="does not fit the KV cache"):
         model(torch.zeros(1, 9, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("name", ["qwen3-tiny", "qwen3-moe-tiny", "gpt2-tiny"])
+@torch.no_grad()
+def test_bfloat16_forward_and_cache(name):
+    cfg = Config.from_name(name, n_layer=2)
+    model = _model(cfg)
+    ids = _ids(cfg, 2, 12)
+    want = model(ids).logits
+    model = model.to(torch.bfloat16)
+    cache = model.new_cache(2, 16)
+    got = torch.cat([model(ids[:, :8], cache=cache).logits, model(ids[:, 8:], cache=cache).logits], 1)
+    assert got.dtype == cache.k.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max().item() < 0.05 * want.abs().max().item()

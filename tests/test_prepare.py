@@ -64,7 +64,7 @@ def test_roundtrip_exact_ids(tmp_path, corpus, tokenizer_dir):
     sep = prep.document_separator(tok)
     files = [corpus / "a.txt", corpus / "c.jsonl", corpus / "sub" / "b.md"]  # sorted folder order
     texts = [DOCS[0], DOCS[2], DOCS[3], DOCS[1]]
-    assert [p.source.split(":")[0] for p in iter_documents([str(corpus)])] == [str(files[0]), str(files[1]), str(files[1]), str(files[2])]
+    assert [p.source for p in iter_documents([str(corpus)])] == [str(files[0]), f"{files[1]}#0", f"{files[1]}#1", str(files[2])]
     expected = [i for t in texts for i in tok.encode(t) + [sep]]
     out = tmp_path / "ds"
     index = prep.prepare([str(corpus)], out, tokenizer=str(tokenizer_dir), val_fraction=0.25, block_tokens=16, shard_tokens=40, progress=False)
@@ -100,7 +100,7 @@ def test_weights_and_builtin_sources():
     docs = list(iter_documents(["synthetic:arithmetic:50@2"]))
     assert len(docs) == 100 and docs[0].text == docs[1].text and "Answer:" in docs[0].text
     half = list(iter_documents([{"source": "synthetic:arithmetic:400", "weight": 0.5}]))
-    assert 150 < len(half) < 250
+    assert len(half) == 200
     with pytest.raises(UserError, match="out of range"):
         SourceSpec.parse("x@0")
 
@@ -133,10 +133,10 @@ def test_non_utf8_fails_or_skips(tmp_path, corpus, tokenizer_dir, capsys):
 
 def test_unreadable_file_and_bad_jsonl(tmp_path, corpus, tokenizer_dir, monkeypatch):
     (corpus / "d.jsonl").write_text('{"text": "ok"}\n{not json}\n')
-    with pytest.raises(UserError, match=r"d\.jsonl' line 2 is not valid JSON"):
+    with pytest.raises(UserError, match=r"d\.jsonl:2: malformed JSON"):
         prep.prepare([str(corpus / "d.jsonl")], tmp_path / "ds", tokenizer=str(tokenizer_dir), progress=False)
     (corpus / "d.jsonl").write_text('{"body": "ok"}\n')
-    with pytest.raises(UserError, match="no string field 'text'"):
+    with pytest.raises(UserError, match="record has no 'text' field"):
         prep.prepare([str(corpus / "d.jsonl")], tmp_path / "ds", tokenizer=str(tokenizer_dir), progress=False)
     real_open = open
 

@@ -315,6 +315,15 @@ def _rope_from_hf(d: dict) -> tuple[float, dict | None]:
 
 def config_from_hf(d: dict, name: str = "hf") -> Config:
     """A `Config` from a transformers config.json dict; UserError for unsupported types or options."""
+    try:
+        return _config_from_hf(d, name)
+    except KeyError as e:
+        raise UserError(f"config.json (model_type '{d.get('model_type')}') lacks the key {e}; restore the file") from None
+    except TypeError as e:  # e.g. a null where a number belongs
+        raise UserError(f"config.json (model_type '{d.get('model_type')}') has a malformed value: {e}") from None
+
+
+def _config_from_hf(d: dict, name: str) -> Config:
     mt = d.get("model_type")
     if mt not in SUPPORTED_MODEL_TYPES:
         raise UserError(f"model_type '{mt}' in config.json is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")

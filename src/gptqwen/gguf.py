@@ -276,8 +276,8 @@ def model_from_hf_tensors(cfg_dict: dict[str, Any], tensors: dict[str, torch.Ten
         raise UserError(f"GGUF file lacks tensors {missing[:5]} needed by its architecture; the file is incomplete")
     with torch.device("meta"):
         model = Transformer(cfg)
+    model.to(dtype)  # on the meta device: memory is allocated once, in the final dtype
     model.to_empty(device=torch.device(device or "cpu"))
-    model.to(dtype)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for r in rules:
@@ -288,7 +288,6 @@ def model_from_hf_tensors(cfg_dict: dict[str, Any], tensors: dict[str, torch.Ten
             params[r.ours].copy_(value)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.wte.weight
-    model.reset_buffers()
     return model.eval()
 
 

@@ -165,7 +165,10 @@ class _Checkpoint:
             raise UserError(f"no *.safetensors weights in '{path}'{extra}; point at a checkpoint directory with weights")
         index = path / "model.safetensors.index.json"
         if index.exists():
-            wanted = set(json.loads(index.read_text())["weight_map"].values())
+            try:
+                wanted = set(json.loads(index.read_text())["weight_map"].values())
+            except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise UserError(f"'{index}' is not a valid safetensors index ({e}); restore the file") from None
             missing = sorted(w for w in wanted if not (path / w).exists())
             if missing:
                 raise UserError(f"checkpoint '{path}' is missing shard files {missing}; download them again")
@@ -193,10 +196,12 @@ class _Checkpoint:
         return h.get_tensor(k)
 
     def float_dtype(self) -> torch.dtype:
-        for key in self.where:
-            t = self.get(key)
-            if t.is_floating_point():
-                return t.dtype
+        """The stored dtype of the first floating-point tensor (read from the header, no data)."""
+        names = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+        for h, k in self.where.values():
+            dtype = names.get(h.get_slice(k).get_dtype())
+            if dtype is not None:
+                return dtype
         return torch.float32
 
 
@@ -208,10 +213,10 @@ def _resolve_dtype(dtype: Any, ckpt: _Checkpoint, device: torch.device) -> torch
     if dtype == "auto":
         return ckpt.float_dtype()
     names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-    try:
-        return getattr(torch, names.get(dtype, dtype))
-    except (AttributeError, TypeError):
-        raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16") from None
+    resolved = getattr(torch, names.get(str(dtype), str(dtype)), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
+    return resolved
 
 
 def _check_keys(rules: list[Rule], ckpt: _Checkpoint, shapes: dict[str, tuple[int, ...]], cfg: Config) -> None:
@@ -265,8 +270,8 @@ def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: str | to
         model = Transformer(cfg)
     params = dict(model.named_parameters())
     _check_keys(rules, ckpt, {k: tuple(p.shape) for k, p in params.items()}, cfg)
+    model.to(dtype)  # free on the meta device, so real memory is allocated once, in the final dtype
     model.to_empty(device=device)
-    model.to(dtype)
     params = dict(model.named_parameters())  # to_empty may have replaced the objects
     with torch.no_grad():
         for r in rules:
@@ -274,7 +279,6 @@ def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: str | to
             params[r.ours].copy_(_assemble(r, tensors))
     if cfg.tie_embeddings:
         model.lm_head.weight = model.wte.weight
-    model.reset_buffers()
     return model.eval()
 
 

@@ -73,6 +73,9 @@ def _train(args) -> int:
     seconds = time.perf_counter() - t0
     with atomic_dir(args.out) as tmp:
         tok.save(tmp)
+    if tok.vocab_size < args.vocab_size:
+        print(f"note: the corpus supports only {tok.vocab_size} ids (asked for {args.vocab_size}): no pair "
+              f"occurs --min-frequency {args.min_frequency} times any more", file=sys.stderr)  # fmt: skip
     summary = {"out": str(args.out), "vocab_size": tok.vocab_size, "style": args.style, "seconds": round(seconds, 2),
                "special_tokens": len(tok.special_tokens), "eos": tok.eos_token, "chat_template": tok.chat_template}
     if args.json:

@@ -17,6 +17,7 @@ import argparse
 import itertools
 import multiprocessing as mp
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -48,7 +49,8 @@ def load_tokenizer(spec: str):
     return Tokenizer.from_preset(spec)
 
 
-def train_bpe(sources: Sequence[Any], vocab_size: int, style: str = "qwen", on_error: str = "fail", text_key: str = "text"):
+def train_bpe(sources: Sequence[Any], vocab_size: int, style: str = "qwen", on_error: str = "fail", text_key: str = "text",
+              progress: bool = False):  # fmt: skip
     """Train a byte-level BPE on (the first ~200 MB of) the sources."""
     from gptqwen.tokenizer import train_tokenizer
 
@@ -60,7 +62,7 @@ def train_bpe(sources: Sequence[Any], vocab_size: int, style: str = "qwen", on_e
         total += len(piece.text)
     if not total:
         raise UserError(f"the corpus {[SourceSpec.parse(s).spec for s in sources]} is empty; add text")
-    return train_tokenizer(texts, vocab_size, style=style)
+    return train_tokenizer(texts, vocab_size, style=style, show_progress=progress)
 
 
 def document_separator(tok) -> int:
@@ -178,7 +180,10 @@ def prepare(
     if (out / INDEX).exists() and not overwrite:
         raise UserError(f"'{out}' already holds a token dataset; pass --overwrite to replace it or choose another --out")
 
-    tok = load_tokenizer(tokenizer) if tokenizer else train_bpe(specs, train_vocab, style, on_error, text_key)
+    if progress:
+        what = f"training a {train_vocab}-token {style} BPE, then tokenizing" if train_vocab else "tokenizing"
+        print(f"building token dataset {out}: {what} {', '.join(s.spec for s in specs)}", file=sys.stderr)
+    tok = load_tokenizer(tokenizer) if tokenizer else train_bpe(specs, train_vocab, style, on_error, text_key, progress and sys.stderr.isatty())
     eos_id = document_separator(tok)
     dtype = dtype_for_vocab(tok.vocab_size)
 

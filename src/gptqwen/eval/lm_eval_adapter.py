@@ -82,7 +82,7 @@ class GptqwenLM(LM):
             kwargs = dict(r.args[1] or {})
             if kwargs.get("do_sample") or float(kwargs.get("temperature", 0) or 0) > 0:
                 raise UserError("the gptqwen lm-eval model generates greedily; set do_sample: false in the task")
-            until = kwargs.get("until") or [self.scorer.tokenizer.decode([self.scorer.eos_id])]
+            until = kwargs.get("until") or [self.scorer.tokenizer.decode([self.scorer.tokenizer.eos_id])]
             until = [until] if isinstance(until, str) else list(until)
             groups[(tuple(until), int(kwargs.get("max_gen_toks", 256)))].append(i)
         out: list[str] = [""] * len(requests)

@@ -1,13 +1,17 @@
-"""Int8 weight-only quantisation for inference: `quantize_int8(model)` swaps every `nn.Linear` in place.
+"""Int8 quantisation for inference: `quantize_int8(model)` swaps every `nn.Linear` in place.
 
-Each output row keeps one scale (symmetric, absmax / 127); activations stay in the model's float dtype.
-The matmul is `torch._weight_int8pack_mm` (CPU and CUDA kernels that read the int8 weights directly), with
-a dequantise-then-matmul fallback. It quarters the weight bytes of fp32 (halves bf16), which is what
-batch-1 decode is bound by on a GPU; whether it is also faster on a CPU depends on that CPU's int8 kernels
-(`bench/decode.py --int8` measures it). Embeddings stay in float (a lookup reads one row per token).
+Weights: int8 with one scale per output row (symmetric, absmax / 127) — a quarter of fp32's bytes, which is
+what batch-1 decode is bound by. The matmul depends on where it runs:
+  * CPU, fp32 activations: fbgemm's dynamic int8 linear (`quantized::linear_dynamic`, activations quantised
+    per call, int32 accumulation) — the fast int8 GEMM PyTorch ships for x86;
+  * elsewhere (CUDA, bf16): weight-only, `torch._weight_int8pack_mm` (reads the int8 weights directly), or
+    dequantise-then-matmul when no kernel exists.
+MoE expert weights are plain tensors, not Linears, and stay in float. `bench/decode.py --int8` measures it.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +31,21 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.to(dtype))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self._packed = hasattr(torch, "_weight_int8pack_mm")
+        self._fbgemm = None
+        if w.device.type == "cpu" and dtype == torch.float32 and "fbgemm" in torch.backends.quantized.supported_engines:
+            with warnings.catch_warnings():  # torch.ao's deprecation notice; the fbgemm kernels stay
+                warnings.simplefilter("ignore")
+                zero = torch.zeros_like(scale, dtype=torch.long)
+                qw = torch.quantize_per_channel(w, scale.double(), zero, 0, torch.qint8)
+                self._fbgemm = torch.ops.quantized.linear_prepack(qw, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        if self._fbgemm is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+            # reduce_range: 7-bit activations, so AVX2's 16-bit intermediate sums cannot overflow
+            y = torch.ops.quantized.linear_dynamic(x2.contiguous(), self._fbgemm, True)
+            return y.reshape(*shape[:-1], self.out_features)
         if self._packed:
             try:
                 y = torch._weight_int8pack_mm(x2, self.qweight, self.scale.to(x.dtype))

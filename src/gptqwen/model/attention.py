@@ -63,43 +63,30 @@ class AttnContext:
     q_scale: torch.Tensor | None = None  # [B|1, T, 1, 1] Qwen v1 logn factor
 
 
-def _allowed(T: int, past: int, band: int | None, device: torch.device) -> torch.Tensor:
-    q = torch.arange(past, past + T, device=device)[:, None]
-    k = torch.arange(past + T, device=device)[None, :]
-    ok = k <= q
-    if band is not None:
-        ok &= (q - k) < band
-    return ok
-
-
 def build_masks(cfg: Config, T: int, past: int, attention_mask: torch.Tensor | None,
-                document_ids: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
-    """Return (dense_mask, local_mask, is_causal). A None mask with is_causal=True means plain causal attention."""
+                document_ids: torch.Tensor | None, device: torch.device
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None, bool]:
+    """Return (dense_mask, local_mask, is_causal): boolean [B|1, 1, T, past+T] masks (True = may attend), or None
+    where plain attention suffices (causal when is_causal, else everything, e.g. one decoded token)."""
     S = past + T
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None  # nothing padded: keep the fast path
     has_local = cfg.local_layers != "none" and S > cfg.local_band
     plain = attention_mask is None and document_ids is None and (past == 0 or T == 1)
+    is_causal = plain and past == 0 and T > 1
     if plain and not has_local:
-        return None, None, past == 0 and T > 1
-
-    def make(band: int | None) -> torch.Tensor:
-        ok = _allowed(T, past, band, device)[None, None]  # [1, 1, T, S]
-        if attention_mask is not None:
-            ok = ok & attention_mask[:, None, None, :].bool()
-        if document_ids is not None:
-            ok = ok & (document_ids[:, None, :, None] == document_ids[:, None, None, :])
-        # a query always sees itself, so fully padded rows stay finite (their outputs are ignored)
-        return ok | _diag(T, past, device)
-
-    dense = None if plain else make(None)
-    local = make(cfg.local_band) if has_local else None
-    return dense, local, plain and past == 0 and T > 1
-
-
-def _diag(T: int, past: int, device: torch.device) -> torch.Tensor:
-    q = torch.arange(past, past + T, device=device)[:, None]
-    return (torch.arange(past + T, device=device)[None, :] == q)[None, None]
+        return None, None, is_causal
+    q = torch.arange(past, S, device=device)[:, None]  # cache slot of each query
+    k = torch.arange(S, device=device)[None, :]
+    base = k <= q
+    if attention_mask is not None:
+        base = base & attention_mask[:, None, None, :].bool()
+    if document_ids is not None:
+        base = base & (document_ids[:, None, :, None] == document_ids[:, None, None, :])
+    base = base | (k == q)  # a query always sees itself, so fully padded rows stay finite (outputs unused)
+    dense = None if plain else base
+    local = base & ((q - k) < cfg.local_band) if has_local else None
+    return dense, local, is_causal
 
 
 class Attention(nn.Module):

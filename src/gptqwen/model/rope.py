@@ -96,15 +96,11 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, theta: float, scaling: dict | None, min_len: int) -> None:
         super().__init__()
         self.head_dim, self.theta, self.scaling = head_dim, theta, scaling
-        inv_freq, self.attention_factor = rope_frequencies(head_dim, theta, scaling)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        # a plain fp32 CPU tensor, not a buffer: it must survive model.to(bfloat16) and meta-device construction
+        with torch.device("cpu"):
+            self.inv_freq, self.attention_factor = rope_frequencies(head_dim, theta, scaling)
         self.min_len = min(min_len, 8192)  # longer tables are grown on demand
         self._tables: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def reset_buffers(self) -> None:
-        """Recompute inv_freq (needed after building the model on the meta device and `to_empty`)."""
-        self.inv_freq.copy_(rope_frequencies(self.head_dim, self.theta, self.scaling)[0])
-        self._tables = {}
 
     def _table(self, needed: int, alpha: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         cached = self._tables.get(alpha)
@@ -112,7 +108,7 @@ class Rotary(nn.Module):
             return cached
         length = max(self.min_len, 1 << max(needed - 1, 1).bit_length())
         if alpha == 1.0:
-            inv_freq = self.inv_freq.to(device=device, dtype=torch.float32)
+            inv_freq = self.inv_freq.to(device)
         else:  # NTK-aware base growth (Qwen v1)
             inv_freq = _base_inv_freq(self.head_dim, self.theta * alpha ** (self.head_dim / (self.head_dim - 2))).to(device)
         freqs = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
@@ -122,18 +118,14 @@ class Rotary(nn.Module):
         self._tables[alpha] = table
         return table
 
-    def forward(self, position_ids: torch.Tensor | None, bound: int, alpha: float = 1.0, start: int = 0
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin [B|1, T, 1, D] for `position_ids` [B, T], or for positions start..bound-1 when it is None;
+    def forward(self, position_ids: torch.Tensor | None, bound: int, device: torch.device, alpha: float = 1.0,
+                start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 cos/sin [B|1, T, 1, D] for `position_ids` [B, T], or for positions start..bound-1 when it is None;
         `bound` is an upper bound of the largest position + 1."""
-        cos, sin = self._table(bound, alpha, self.inv_freq.device if position_ids is None else position_ids.device)
+        cos, sin = self._table(bound, alpha, device)
         if position_ids is None:  # the common training case: a slice, no gather
             return cos[None, start:bound, None], sin[None, start:bound, None]
         return cos[position_ids].unsqueeze(2), sin[position_ids].unsqueeze(2)
-
-    def _apply(self, fn, recurse=True):  # tables follow .to(device); rebuild lazily instead of converting dtype
-        self._tables = {}
-        return super()._apply(fn, recurse)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -117,12 +117,6 @@ class Transformer(nn.Module):
         return KVCache(cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim,
                        dtype or ref.dtype, device or ref.device)
 
-    def reset_buffers(self) -> None:
-        """Recompute non-persistent buffers (after `to_empty` from the meta device)."""
-        if self.rotary is not None:
-            with torch.no_grad():
-                self.rotary.reset_buffers()
-
     def save_pretrained(self, path: str) -> None:
         """Write a Hugging Face checkpoint directory (config.json + model.safetensors)."""
         from gptqwen.hf import save_pretrained
@@ -170,8 +164,9 @@ class Transformer(nn.Module):
                 alpha = qwen_ntk_alpha(past + T, cfg.max_seq_len) if past == 0 else cache.ntk_alpha
                 if cache is not None:
                     cache.ntk_alpha = alpha
-            cos, sin = self.rotary(position_ids if explicit_positions or attention_mask is not None
-                                   or document_ids is not None else None, bound, alpha, start=past)
+            gather = explicit_positions or attention_mask is not None or document_ids is not None
+            cos, sin = self.rotary(position_ids if gather else None, bound, device, alpha, start=past)
+            cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once per forward, not per layer
             if cfg.logn_attn and not self.training and past + T > cfg.max_seq_len:
                 q_scale = logn_scale(torch.arange(past, past + T, device=device), cfg.max_seq_len)[None, :, None, None]
         dense_mask, local_mask, is_causal = build_masks(cfg, T, past, attention_mask, document_ids, device)
@@ -196,7 +191,7 @@ class Transformer(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         aux = None
-        if router_logits:
+        if router_logits and cache is None:  # balancing is a training signal: skip it while decoding
             mask = attention_mask[:, -T:] if attention_mask is not None else None
             aux = cfg.router_aux_loss_coef * load_balancing_loss(router_logits, cfg.n_experts, cfg.n_experts_per_tok, mask)
         return ModelOutput(logits, loss, aux, tuple(router_logits) or None, hidden if return_hidden else None)

@@ -143,6 +143,7 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     target = run_dir / f"ckpt_{step:07d}"
     with atomic_dir(target) as tmp:
+        os.chmod(tmp, 0o755)  # temp folders are private; a checkpoint is not
         save_weights(model_state, tmp / "model.safetensors")
         if optim_state is not None:
             torch.save(optim_state, tmp / "optim.pt")

@@ -45,12 +45,12 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     seq_len: int = 256
-    batch_size: int = 16  # global sequences per optimizer step
+    batch_size: int = 8  # global sequences per optimizer step
     micro_batch: int | None = None  # sequences per forward per process; None -> all of this process's share
-    max_steps: int = 600
+    max_steps: int = 700
     lr: float = 3e-3
     min_lr: float = 3e-4
-    warmup_steps: int = 30
+    warmup_steps: int = 20
     schedule: str = "cosine"  # cosine | wsd | constant
     decay_fraction: float = 0.2  # wsd only
     weight_decay: float = 0.1
@@ -65,13 +65,13 @@ class TrainConfig:
     threads: int = 0  # CPU threads per process; 0 = torch's default
     log_interval: int = 10
     eval_interval: int = 100
-    eval_tokens: int = 32768
-    sample_interval: int = 200
+    eval_tokens: int = 16384
+    sample_interval: int = 175
     sample_tokens: int = 160
     sample_prompt: str = "\n"
     temperature: float = 0.8
     top_k: int = 40
-    ckpt_interval: int = 200
+    ckpt_interval: int = 350
     keep_last: int = 2
     peak_flops: float | None = None  # per device, for MFU; None -> measured matmul peak
     tensorboard: bool = True

@@ -254,10 +254,11 @@ def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_f
     windows = eval_windows(val_ds, tc.seq_len, tc.eval_tokens) if val_ds is not None else []
     tokens_per_step = tc.batch_size * tc.seq_len
     console = Console(info.is_main and not quiet, tc.max_steps, step)
+    origin = f"resuming at step {step}" if step else f"starting from {init_from}" if init_from else "from scratch"
     if info.is_main and not quiet:
         console.print(f"[bold]{recipe.name}[/]: {cfg.name} {D.unwrap(model).num_params() / 1e6:.2f}M params, "
                       f"{len(train_ds):,} train tokens, {tc.batch_size}x{tc.seq_len} tokens/step ({accum} micro-batches x "
-                      f"{info.world_size} procs), {precision} on {info.device}, {'resuming at step ' + str(step) if step else 'from scratch'}")  # fmt: skip
+                      f"{info.world_size} procs), {precision} on {info.device}, {origin}")  # fmt: skip
 
     def evaluate_now() -> dict[str, Any]:
         model.eval()
