@@ -204,7 +204,7 @@ def test_copy_choice_records():
     task = load_task("copy_choice")
     for doc in task.test_docs[:20]:
         choices = task.choices(doc)
-        assert len(choices) == 4 and doc["context"] == choices[task.target_index(doc, choices)] + " ->"
+        assert len(choices) == 4 and doc["context"] == f"Word: {choices[task.target_index(doc, choices)]}\nCopy:"
 
 
 # ---- scorers -------------------------------------------------------------------------------------

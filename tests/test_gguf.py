@@ -4,7 +4,6 @@ loader (same file, same dequantised bytes), the bad-input paths, and the bundled
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -233,16 +232,11 @@ def test_smollm2_live_parity(smol):
 
 
 @needs_smol
-def test_smollm2_tokenizer_and_chat(smol):
+def test_smollm2_tokenizer(smol):
     tok = smol.tokenizer
     assert tok.encode("2024") == [tok.token_to_id(c) for c in "2024"]  # SmolLM splits digits one by one
     assert tok.decode(tok.encode("naïve café — 你好")) == "naïve café — 你好"
     assert tok.stop_ids == {0, 2} and "<|im_start|>system" in tok.apply_chat_template([{"role": "user", "content": "x"}])
-    from gptqwen.infer import SamplingParams
-
-    r = smol.chat([{"role": "user", "content": "What is the capital of France?"}], thinking_budget=4,
-                  params=SamplingParams(temperature=0, max_new_tokens=24))
-    assert "Paris" in r.content and r.reasoning_content == "" and r.finish_reason == "stop"
 
 
 CHAT_SCRIPT = "What is the capital of France?\n/budget 8\n/no_think\nAnd of Italy?\n/reset\n/exit\n"

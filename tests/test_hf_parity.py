@@ -111,6 +111,20 @@ def test_fused_expert_checkpoint_and_shards(tmp_path):
         assert (want - back(ids).logits).abs().max().item() <= TOL
 
 
+def test_base_model_names_without_prefix(tmp_path):
+    """The original `gpt2` repository stores GPT2Model keys (`h.0.attn...`, no `transformer.` prefix)."""
+    cfg = CASES["gpt2"]
+    ref = hf_model(cfg)
+    (tmp_path / "gpt2").mkdir()
+    state = {k.removeprefix("transformer."): v.contiguous() for k, v in ref.state_dict().items() if k != "lm_head.weight"}
+    state["h.0.attn.bias"] = torch.ones(1, 1, 4, 4)  # the old causal-mask buffer: ignored
+    save_file(state, str(tmp_path / "gpt2" / "model.safetensors"))
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps(config_to_hf(cfg)))
+    ids = _ids(cfg)
+    with torch.no_grad():
+        assert (ref(ids).logits - from_pretrained(tmp_path / "gpt2")(ids).logits).abs().max().item() <= TOL
+
+
 def _qwen1_to_qwen2(state: dict[str, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     """Map Qwen v1 checkpoint names onto Qwen2's (independently of gptqwen's own rules)."""
     out = {"model.embed_tokens.weight": state["transformer.wte.weight"], "model.norm.weight": state["transformer.ln_f.weight"],

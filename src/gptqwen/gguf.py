@@ -297,7 +297,10 @@ def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: 
     _arch(f.metadata, path)
     cfg = hf_config(f.metadata, {t.name: t.shape[0] for t in f.tensors})
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "auto": "float32"}
+        if not isinstance(getattr(torch, names.get(dtype, dtype), None), torch.dtype):
+            raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
+        dtype = getattr(torch, names.get(dtype, dtype))
     dtype = dtype or torch.float32
     return model_from_hf_tensors(cfg, hf_tensors(f, cfg, dtype), dtype, device, name=Path(path).stem)
 

@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="instead of --data: N built-in reasoning conversations (arithmetic and logic, "
                           "thinking and direct answers mixed)")
     src.add_argument("--think-ratio", type=float, default=0.5, help="--synthetic: share of thinking examples")
+    src.add_argument("--synthetic-kinds", default="arithmetic,logic", help="--synthetic: problem kinds to mix")
     src.add_argument("--flag-prob", type=float, default=0.5,
                      help="chance of appending /think or /no_think to the last user turn of a row without one")
     src.add_argument("--max-len", type=int, help="tokens per packed row / conversation (default: the model's context)")
@@ -76,12 +77,16 @@ def run(args: argparse.Namespace) -> int:
         if args.synthetic is not None:
             import json
 
-            from gptqwen.finetune.synthetic import reasoning_conversations
+            from gptqwen.finetune.synthetic import GENERATORS, reasoning_conversations
 
             if args.synthetic < 1:
                 raise UserError("--synthetic needs a positive number of conversations")
             data_path = str(Path(tmp) / "synthetic.jsonl")
-            rows = reasoning_conversations(args.synthetic, args.seed, args.think_ratio, args.flag_prob)
+            kinds = tuple(k.strip() for k in args.synthetic_kinds.split(",") if k.strip())
+            unknown = [k for k in kinds if k not in GENERATORS]
+            if unknown or not kinds:
+                raise UserError(f"unknown --synthetic-kinds {unknown}; choose from {', '.join(GENERATORS)}")
+            rows = reasoning_conversations(args.synthetic, args.seed, args.think_ratio, args.flag_prob, kinds)
             Path(data_path).write_text("".join(json.dumps(r) + "\n" for r in rows))
         after = _evaluator(args, data_path) if args.eval_reasoning else None
         lora = None
@@ -117,6 +122,7 @@ def _evaluator(args: argparse.Namespace, data_path: str):
         from gptqwen.finetune.jsonl import read_jsonl
 
         seen = training_questions(read_jsonl(data_path))
-        items = heldout_problems(args.eval_reasoning, args.eval_seed, seen)
+        kinds = tuple(k.strip() for k in args.synthetic_kinds.split(",") if k.strip())
+        items = heldout_problems(args.eval_reasoning, args.eval_seed, seen, kinds)
         return {"heldout": compare_modes(model, tokenizer, items, args.eval_max_new_tokens)}
     return evaluate

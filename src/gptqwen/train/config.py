@@ -48,9 +48,9 @@ class TrainConfig:
     batch_size: int = 8  # global sequences per optimizer step
     micro_batch: int | None = None  # sequences per forward per process; None -> all of this process's share
     max_steps: int = 700
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 20
+    lr: float = 2.5e-3
+    min_lr: float = 2.5e-4
+    warmup_steps: int = 50
     schedule: str = "cosine"  # cosine | wsd | constant
     decay_fraction: float = 0.2  # wsd only
     weight_decay: float = 0.1
