@@ -65,7 +65,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as d:  # the reference starts from the very same weights
         save_pretrained(ours, d)
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(d, attn_implementation="sdpa").to(device).train()
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(  # no dropout: ours has none either
+            d, attn_implementation="sdpa", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0).to(device).train()
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
     inputs, targets = x[:, :-1], x[:, 1:].clone()
     targets[:, -1] = -100  # transformers shifts labels inside and so never scores the last position

@@ -13,7 +13,7 @@ from gptqwen.train import checkpoint as ck
 from gptqwen.train.metrics import MetricsLog
 from gptqwen.train.trainer import pretrain
 
-from test_train import TINY_MODEL, losses, tiny_data, tiny_recipe  # noqa: F401  (tiny_data is a fixture)
+from test_train import losses, tiny_data, tiny_recipe  # noqa: F401  (tiny_data is a fixture)
 
 
 def _torchrun(recipe_file, out, *overrides) -> None:

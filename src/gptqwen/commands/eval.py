@@ -1,11 +1,11 @@
 """`gptqwen eval`: few-shot evaluation (GPT-3 protocol), perplexity, and accuracy-vs-shots plots.
 
     gptqwen eval --list-tasks
-    gptqwen eval --model runs/shakespeare --task copy --shots 0 1 4 --limit 200
+    gptqwen eval --model runs/qwen3-shakespeare --task copy --shots 0 1 4 --limit 200
     gptqwen eval --model small/ --model big/ --task my_task.yaml --shots 0 1 8 --plot shots.png --json
-    gptqwen eval --model runs/shakespeare --task shakespeare            # held-out perplexity
+    gptqwen eval --model runs/qwen3-shakespeare --task shakespeare            # held-out perplexity
     gptqwen eval --model model.gguf --perplexity notes.txt              # any text file
-    gptqwen eval --model runs/shakespeare --task my_task.yaml --backend lm-eval   # same task through lm-eval
+    gptqwen eval --model runs/qwen3-shakespeare --task my_task.yaml --backend lm-eval   # same task through lm-eval
 
 Every (model, task, shot count) is one row of the results table; `--json` prints them as one JSON
 document. For lm-evaluation-harness's own command line with this project's models, see
@@ -124,13 +124,15 @@ def _print_table(results) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from gptqwen.eval.plot import model_label
+
     table = Table(title="gptqwen eval")
     for col in ("model", "task", "shots", "n", "metric", "value", "± stderr"):
         table.add_column(col, justify="right" if col in ("shots", "n", "value", "± stderr") else "left",
                          overflow="fold", no_wrap=col != "model")
     for r in results:
         for i, (name, m) in enumerate(r.metrics.items()):
-            head = (r.model, r.task, str(r.shots), str(r.n)) if i == 0 else ("",) * 4
+            head = (model_label(r.model), r.task, str(r.shots), str(r.n)) if i == 0 else ("",) * 4
             table.add_row(*head, name, _number(m["value"]), _number(m["stderr"]))
     Console().print(table)
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from gptqwen.data.shards import INDEX, ShardWriter, dtype_for_vocab, read_index, write_index
-from gptqwen.data.sources import Piece, SourceSpec, iter_documents
+from gptqwen.data.sources import Piece, SourceSpec, check_sources, iter_documents
 from gptqwen.errors import UserError
 from gptqwen.utils import atomic_dir
 
@@ -166,7 +166,7 @@ def prepare(
 ) -> dict[str, Any]:
     """Build a token dataset at `out` and return its index. Either `tokenizer` or `train_vocab` is given."""
     out = Path(out)
-    specs = [SourceSpec.parse(s) for s in sources]
+    specs = check_sources(sources)
     if not specs:
         raise UserError("no data sources given; name files, folders, globs or 'shakespeare'")
     if not 0 <= val_fraction < 1:

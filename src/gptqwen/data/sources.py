@@ -193,6 +193,15 @@ def _record_file(path: Path, text_key: str, on_error: str, warn: Callable[[str],
         warn(f"input file '{path}': skipped {stats.bad} bad record(s), e.g. {stats.samples[0]}")
 
 
+def check_sources(specs: Iterable["str | dict | SourceSpec"]) -> list[SourceSpec]:
+    """Parse the specs and check that every path, folder and glob names files (before any work starts)."""
+    parsed = [SourceSpec.parse(s) for s in specs]
+    for source in parsed:
+        if source.spec != "shakespeare" and not source.spec.startswith("synthetic:arithmetic"):
+            resolve(source.spec)
+    return parsed
+
+
 def iter_documents(
     specs: Iterable["str | dict | SourceSpec"],
     on_error: str = "fail",

@@ -1,6 +1,6 @@
 """Evaluation: GPT-3 style zero-, one- and few-shot prompting, perplexity and an lm-eval adapter.
 
-    gptqwen eval --model runs/shakespeare --task copy --shots 0 --shots 4
+    gptqwen eval --model runs/qwen3-shakespeare --task copy --shots 0 --shots 4
     gptqwen eval --model a --model b --task arithmetic_2d_plus --shots 0 1 8 --plot shots.png
 
 Modules: `tasks` (YAML + JSONL task format, built-in tasks under `tasks/`), `synthetic` (generated

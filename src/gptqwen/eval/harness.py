@@ -11,7 +11,7 @@ scored by the task's kind (multiple choice, cloze, generate-until or perplexity)
 `ScoringModel`, and per-item scores are aggregated with standard errors.
 
     from gptqwen.eval.harness import evaluate
-    result = evaluate(ScoringModel.load("runs/shakespeare"), load_task("copy"), shots=4)
+    result = evaluate(ScoringModel.load("runs/qwen3-shakespeare"), load_task("copy"), shots=4)
 """
 
 from __future__ import annotations

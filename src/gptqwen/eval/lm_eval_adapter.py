@@ -4,7 +4,7 @@ lm-eval finds models only in its own registry (no entry points), so the model ha
 in the process that runs lm-eval. This module registers it when imported, and doubles as a launcher
 that registers it and then runs lm-eval's own command line:
 
-    python -m gptqwen.eval.lm_eval_adapter --model gptqwen --model_args path=runs/shakespeare \\
+    python -m gptqwen.eval.lm_eval_adapter --model gptqwen --model_args path=runs/qwen3-shakespeare \\
         --tasks my_task --include_path my_tasks/ --num_fewshot 4 --batch_size 8
 
 `model_args`: `path=` (or `pretrained=`) a run dir, checkpoint dir, HF dir, .gguf file or preset;

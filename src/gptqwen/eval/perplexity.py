@@ -1,7 +1,7 @@
 """Perplexity and bits per byte: on any text file, and on the held-out part of the Shakespeare corpus.
 
-    gptqwen eval --model runs/shakespeare --task shakespeare          # held-out Shakespeare
-    gptqwen eval --model runs/shakespeare --perplexity notes.txt      # any UTF-8 text file
+    gptqwen eval --model runs/qwen3-shakespeare --task shakespeare          # held-out Shakespeare
+    gptqwen eval --model runs/qwen3-shakespeare --perplexity notes.txt      # any UTF-8 text file
 
 Text is scored with rolling windows of the model's context (`ScoringModel.rolling_loglikelihood`),
 every token exactly once. Bits per byte divide the total negative log-likelihood by the UTF-8 bytes,

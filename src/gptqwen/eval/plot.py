@@ -16,6 +16,12 @@ from pathlib import Path
 from gptqwen.errors import UserError, require
 
 
+def model_label(model: str) -> str:
+    """A short name for tables and legends: `run/ckpt_0000300`, `model.gguf`, `run`."""
+    p = Path(model)
+    return f"{p.parent.name}/{p.name}" if p.name.startswith("ckpt_") else (p.name or model)
+
+
 def plot_shot_curves(results: list[dict], out: str | Path, metric: str | None = None) -> Path:
     """Draw `results` (dicts from `EvalResult.to_dict()`) to a PNG at `out`."""
     require("matplotlib", "plot", "the accuracy-vs-shots plot")
@@ -49,7 +55,7 @@ def plot_shot_curves(results: list[dict], out: str | Path, metric: str | None = 
             xs = [p[0] for p in points]
             ys = [p[1] for p in points]
             errs = [0.0 if math.isnan(p[2]) else p[2] for p in points]
-            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=Path(model).name or model)
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=model_label(model))
         ax.set_xscale("symlog", linthresh=1)
         shots = sorted({p[0] for pts in per_model.values() for p in pts})
         ax.set_xticks(shots, [str(s) for s in shots])
