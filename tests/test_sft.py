@@ -60,12 +60,11 @@ def test_multi_turn_and_tool_calls_are_all_learned(tok):
     assert text.endswith("It is 5.<|im_end|>") and "<tool_response>" not in text and "Add 2" not in text
 
 
-def test_mode_flag_last_one_wins():
-    m = lambda s: [{"role": "user", "content": s}]  # noqa: E731
-    assert sft.mode_flag(m("hi /think then /no_think")) == "/no_think"
-    assert sft.mode_flag(m("hi /no_think then /think")) == "/think"
-    assert sft.mode_flag(m("hi")) is None
+def test_mode_flags_are_added_only_where_no_switch_is_in_force():
+    m = lambda s: [{"role": "user", "content": s}, {"role": "assistant", "content": "ok"}]  # noqa: E731
     assert sft.add_mode_flag(m("hi"), thinking=False)[0]["content"] == "hi /no_think"
+    assert sft.add_mode_flag(m("hi"), thinking=True)[0]["content"] == "hi /think"
+    assert sft.add_mode_flag(m("hi /think"), thinking=False)[0]["content"] == "hi /think"
 
 
 def test_pack_bfd_best_fit_decreasing():

@@ -262,47 +262,21 @@ def _to_torch(w: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.array(w, dtype=np.float32, order="C")).to(dtype)
 
 
-def model_from_hf_tensors(cfg_dict: dict[str, Any], tensors: dict[str, torch.Tensor], dtype: torch.dtype,
-                          device: str | torch.device | None, name: str = "gguf"):
-    """Build a `Transformer` from an HF config dict and HF-named tensors, through `gptqwen.hf`'s rules."""
-    from gptqwen.config import config_from_hf
-    from gptqwen.hf import _assemble, weight_rules  # the HF importer's name map, shared, not repeated
-    from gptqwen.model import Transformer
-
-    cfg = config_from_hf(cfg_dict, name=name)
-    rules = weight_rules(cfg)
-    missing = [k for r in rules for k in r.theirs if k not in tensors]
-    if missing:
-        raise UserError(f"GGUF file lacks tensors {missing[:5]} needed by its architecture; the file is incomplete")
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model.to(dtype)  # on the meta device: memory is allocated once, in the final dtype
-    model.to_empty(device=torch.device(device or "cpu"))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for r in rules:
-            value = _assemble(r, [tensors.pop(k) for k in r.theirs])
-            if tuple(value.shape) != tuple(params[r.ours].shape):
-                raise UserError(f"GGUF tensor for {r.theirs[0]} has shape {list(value.shape)}, expected "
-                                f"{list(params[r.ours].shape)} from the file's metadata; the file is inconsistent")
-            params[r.ours].copy_(value)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.wte.weight
-    return model.eval()
-
-
 def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: str | None = None):
     """A `Transformer` (eval mode) with the weights of a GGUF file, dequantised to `dtype` (fp32)."""
     f = read_gguf(path)
     _arch(f.metadata, path)
     cfg = hf_config(f.metadata, {t.name: t.shape[0] for t in f.tensors})
-    if isinstance(dtype, str):
-        names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "auto": "float32"}
-        if not isinstance(getattr(torch, names.get(dtype, dtype), None), torch.dtype):
-            raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
-        dtype = getattr(torch, names.get(dtype, dtype))
-    dtype = dtype or torch.float32
-    return model_from_hf_tensors(cfg, hf_tensors(f, cfg, dtype), dtype, device, name=Path(path).stem)
+    from gptqwen.config import config_from_hf
+    from gptqwen.hf import model_from_tensors, resolve_dtype  # the HF importer's loader, shared, not repeated
+
+    # GGUF weights are dequantised to fp32 anyway: that is the "stored" dtype
+    dtype = resolve_dtype(dtype, torch.float32, torch.device(device or "cpu"))
+
+    tensors = hf_tensors(f, cfg, dtype)
+    shapes = {k: tuple(t.shape) for k, t in tensors.items()}
+    return model_from_tensors(config_from_hf(cfg, name=Path(path).stem), shapes, tensors.pop, dtype, device,
+                              source=f"GGUF file '{path}' does not match its metadata")
 
 
 # How each `tokenizer.ggml.pre` splits text before BPE (llama.cpp's pre-tokenizer names).

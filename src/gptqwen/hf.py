@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -205,13 +205,14 @@ class _Checkpoint:
         return torch.float32
 
 
-def _resolve_dtype(dtype: Any, ckpt: _Checkpoint, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: Any, stored: torch.dtype, device: torch.device) -> torch.dtype:
+    """The load dtype for a user's `dtype` (torch dtype, name like "bf16", "auto" = `stored`, None = default)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None:  # fp32 on CPU (bf16/fp16 matmuls are slow there); the stored dtype on accelerators
-        return torch.float32 if device.type == "cpu" else ckpt.float_dtype()
+        return torch.float32 if device.type == "cpu" else stored
     if dtype == "auto":
-        return ckpt.float_dtype()
+        return stored
     names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
     resolved = getattr(torch, names.get(str(dtype), str(dtype)), None)
     if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
@@ -219,25 +220,53 @@ def _resolve_dtype(dtype: Any, ckpt: _Checkpoint, device: torch.device) -> torch
     return resolved
 
 
-def _check_keys(rules: list[Rule], ckpt: _Checkpoint, shapes: dict[str, tuple[int, ...]], cfg: Config) -> None:
+def _check_keys(rules: list[Rule], theirs: Mapping[str, tuple[int, ...]], ours: dict[str, tuple[int, ...]],
+                cfg: Config, source: str) -> None:
     missing, wrong = [], []
     for r in rules:
-        for key, want in zip(r.theirs, _their_shapes(r, shapes[r.ours])):
-            if key not in ckpt.where:
+        for key, want in zip(r.theirs, _their_shapes(r, ours[r.ours])):
+            if key not in theirs:
                 missing.append(key)
-            elif ckpt.shape(key) != want:
-                wrong.append(f"{key} {list(ckpt.shape(key))} (expected {list(want)})")
+            elif tuple(theirs[key]) != want:
+                wrong.append(f"{key} {list(theirs[key])} (expected {list(want)})")
     used = {k for r in rules for k in r.theirs}
     tied_head = {"lm_head.weight"} if cfg.tie_embeddings else set()
-    unexpected = sorted(k for k in ckpt.where if k not in used and k not in tied_head and not k.endswith(_IGNORED_SUFFIXES))
+    unexpected = sorted(k for k in theirs if k not in used and k not in tied_head and not k.endswith(_IGNORED_SUFFIXES))
     problems = []
     for label, items in (("missing tensors", missing), ("unexpected tensors", unexpected), ("mis-shaped tensors", wrong)):
         if items:
             shown = ", ".join(items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6 else "")
             problems.append(f"{label}: {shown}")
     if problems:
-        raise UserError(f"checkpoint does not match its config.json ({cfg.hf_model_type}): " + "; ".join(problems)
-                        + "; check that config.json and the weights belong together")
+        raise UserError(f"{source} ({cfg.hf_model_type}): " + "; ".join(problems)
+                        + "; check that the weights and the model description belong together")
+
+
+def model_from_tensors(cfg: Config, shapes: Mapping[str, tuple[int, ...]], get_tensor: Callable[[str], torch.Tensor],
+                       dtype: torch.dtype = torch.float32, device: str | torch.device | None = None,
+                       rules: list[Rule] | None = None, source: str = "checkpoint does not match its config.json"):
+    """A `Transformer` (eval mode) for `cfg` from Hugging Face-named tensors.
+
+    `shapes` lists the available tensors (name -> shape); they are checked against `cfg` before any memory is
+    allocated (a UserError starting with `source` names missing, unexpected and mis-shaped ones). The model is
+    built on the meta device (no initialisation), materialised once in `dtype` on `device`, and filled one
+    parameter at a time with `get_tensor(name)`, so a lazy or consuming reader keeps peak memory low.
+    """
+    from gptqwen.model import Transformer
+
+    rules = weight_rules(cfg) if rules is None else rules
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    _check_keys(rules, shapes, {k: tuple(p.shape) for k, p in model.named_parameters()}, cfg, source)
+    model.to(dtype)  # free on the meta device, so real memory is allocated once, in the final dtype
+    model.to_empty(device=torch.device(device) if device is not None else torch.device("cpu"))
+    params = dict(model.named_parameters())  # to_empty may have replaced the objects
+    with torch.no_grad():
+        for r in rules:
+            params[r.ours].copy_(_assemble(r, [get_tensor(k) for k in r.theirs]))
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.wte.weight
+    return model.eval()
 
 
 def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: str | torch.device | None = None):
@@ -262,24 +291,8 @@ def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: str | to
     rules = weight_rules(cfg, fused_experts=fused)
     ckpt.alias(rules)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    dtype = _resolve_dtype(dtype, ckpt, device)
-
-    from gptqwen.model import Transformer
-
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    params = dict(model.named_parameters())
-    _check_keys(rules, ckpt, {k: tuple(p.shape) for k, p in params.items()}, cfg)
-    model.to(dtype)  # free on the meta device, so real memory is allocated once, in the final dtype
-    model.to_empty(device=device)
-    params = dict(model.named_parameters())  # to_empty may have replaced the objects
-    with torch.no_grad():
-        for r in rules:
-            tensors = [ckpt.get(k) for k in r.theirs]
-            params[r.ours].copy_(_assemble(r, tensors))
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.wte.weight
-    return model.eval()
+    shapes = {k: ckpt.shape(k) for k in ckpt.where}  # header reads only
+    return model_from_tensors(cfg, shapes, ckpt.get, resolve_dtype(dtype, ckpt.float_dtype(), device), device, rules)
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -352,4 +365,4 @@ def load_tokenizer(path: str | os.PathLike):
     return None
 
 
-__all__ = ["from_pretrained", "save_pretrained", "load_tokenizer", "weight_rules", "Rule", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["from_pretrained", "save_pretrained", "load_tokenizer", "model_from_tensors", "weight_rules", "Rule", "SUPPORTED_MODEL_TYPES"]

@@ -29,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
+    names = result["labels"] or [f"choice {k}" for k in range(len(result["predictions"][0]["probabilities"]))] \
+        if result["predictions"] else []
+    print("line\tprediction\t" + " ".join(f"p({n})" for n in names))
     for p in result["predictions"]:
         probs = " ".join(f"{x:.3f}" for x in p["probabilities"])
         print(f"{p['line']}\t{p['prediction']}\t{probs}")

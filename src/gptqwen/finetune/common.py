@@ -30,8 +30,7 @@ def load_base(spec: str, tokenizer_path: str | None = None, device: str | None =
     if tokenizer_path is not None:
         from gptqwen.tokenizer import Tokenizer
 
-        p = Path(tokenizer_path)
-        tokenizer = Tokenizer.from_file(p) if p.exists() else Tokenizer.from_preset(tokenizer_path)
+        tokenizer = Tokenizer.load(tokenizer_path)
     if tokenizer is None:
         raise UserError(f"'{spec}' comes without a tokenizer; pass --tokenizer FILE (tokenizer.json) or a preset name")
     if tokenizer.vocab_size > model.config.vocab_size:

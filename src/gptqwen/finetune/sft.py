@@ -7,7 +7,9 @@ the think block, the answer, tool calls and the closing `<|im_end|>`.
 
 Thinking-mode fusion (Qwen3): thinking rows (the last assistant turn has `reasoning_content`) and
 direct rows (rendered with an empty think block) train together; `flag_prob` appends the matching
-`/think` or `/no_think` soft switch to the last user turn of rows that carry none.
+`/think` or `/no_think` soft switch to the last user turn of rows that carry none. A direct row under
+`/no_think` learns to write the empty think block; one without a switch stands for the hard switch
+(`enable_thinking=False`), where the template puts the empty block in the prompt.
 
 Packing (TRL's "bfd"): conversations sorted longest first, each placed in the fullest bin that
 still has room; position ids restart at 0 for each conversation and `document_ids` keep attention
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field as dc_field
 import torch
 
 from gptqwen.errors import UserError
+from gptqwen.tokenizer.chat import parse_assistant, soft_switch
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant", "tool")
@@ -107,18 +110,16 @@ def _check_tool_calls(calls, where: str) -> None:
 def is_thinking(messages: list[dict]) -> bool:
     """A thinking example: its last assistant turn reasons (non-empty `reasoning_content` or `<think>`)."""
     last = next(m for m in reversed(messages) if m["role"] == "assistant")
-    reasoning = last.get("reasoning_content") or ""
-    if not reasoning and "</think>" in (last.get("content") or ""):
-        reasoning = last["content"].split("</think>")[0].split("<think>")[-1]
-    return bool(reasoning.strip())
+    reasoning = last.get("reasoning_content") or parse_assistant(last.get("content") or "")["reasoning_content"]
+    return bool((reasoning or "").strip())
 
 
 def add_mode_flag(messages: list[dict], thinking: bool) -> list[dict]:
-    """Append /think or /no_think to the last user turn unless it already carries a flag."""
+    """Append /think or /no_think to the last user turn unless the conversation already has a switch."""
+    if soft_switch(messages) is not None:
+        return messages
     idx = max(i for i, m in enumerate(messages) if m["role"] == "user")
     text = messages[idx]["content"]
-    if "/think" in text or "/no_think" in text:
-        return messages
     out = [dict(m) for m in messages]
     out[idx]["content"] = text + (" /think" if thinking else " /no_think")
     return out
@@ -129,20 +130,12 @@ def targets_from_mask(ids: list[int], mask: list[int]) -> list[int]:
     return [ids[t + 1] if mask[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
 
 
-def mode_flag(messages: list[dict]) -> str | None:
-    """The soft switch in the last user turn ('/think' or '/no_think'; the last one written wins)."""
-    text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "") or ""
-    at = {flag: text.rfind(flag) for flag in ("/think", "/no_think")}
-    return max((pos, flag) for flag, pos in at.items())[1] if max(at.values()) >= 0 else None
-
-
 def render_example(tokenizer, messages: list[dict], tools: list | None = None) -> Example:
     """Render with assistant-only targets. A direct answer under the /no_think soft switch learns to
     write the empty think block itself; one without a flag stands for the hard switch
     (`enable_thinking=False`), where the template puts the empty block in the prompt."""
     thinking = is_thinking(messages)
-    ids, mask = tokenizer.render_for_sft(messages, tools=tools,
-                                         enable_thinking=thinking or mode_flag(messages) == "/no_think")
+    ids, mask = tokenizer.render_for_sft(messages, tools=tools, enable_thinking=thinking or soft_switch(messages) is False)
     return Example(list(ids), targets_from_mask(list(ids), list(mask)), thinking)
 
 

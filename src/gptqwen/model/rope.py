@@ -119,12 +119,13 @@ class Rotary(nn.Module):
         return table
 
     def forward(self, position_ids: torch.Tensor | None, bound: int, device: torch.device, alpha: float = 1.0,
-                start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """fp32 cos/sin [B|1, T, 1, D] for `position_ids` [B, T], or for positions start..bound-1 when it is None;
-        `bound` is an upper bound of the largest position + 1."""
+                start: int = 0, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp32 cos/sin [B|1, T, 1, D] for `position_ids` [B, T], or for positions start..start+length-1 when it
+        is None (length defaults to bound - start); `bound` is an upper bound of the largest position + 1."""
         cos, sin = self._table(bound, alpha, device)
         if position_ids is None:  # the common training case: a slice, no gather
-            return cos[None, start:bound, None], sin[None, start:bound, None]
+            end = bound if length is None else start + length
+            return cos[None, start:end, None], sin[None, start:end, None]
         return cos[position_ids].unsqueeze(2), sin[position_ids].unsqueeze(2)
 
 

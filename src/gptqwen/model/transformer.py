@@ -76,8 +76,9 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
         self.gradient_checkpointing = False
-        self.apply(self._init_module)
-        self._init_residual_projections()
+        if not self.wte.weight.is_meta:  # a meta-built model is about to be loaded: nothing to initialise
+            self.apply(self._init_module)
+            self._init_residual_projections()
 
     # ---- initialisation -----------------------------------------------------------------------
     def _init_module(self, m: nn.Module) -> None:
@@ -150,9 +151,15 @@ class Transformer(nn.Module):
         explicit_positions = position_ids is not None
         if position_ids is None:
             position_ids = self._positions(B, T, past, attention_mask, document_ids, device)
-        bound = max(past + T, int(position_ids.max()) + 1 if explicit_positions else 0)
-        if cfg.pos == "learned" and bound > cfg.max_seq_len:
-            raise UserError(f"sequence of {bound} tokens is longer than the model's context of {cfg.max_seq_len}")
+        # an upper bound of the positions: static with a cache (no host sync per decode step, no graph break
+        # under torch.compile: positions never exceed cache slots); read from the ids only without one
+        if cache is not None:
+            bound = cache.max_len
+        else:
+            bound = max(past + T, int(position_ids.max()) + 1 if explicit_positions else 0)
+        longest = past + T if cache is not None else bound
+        if cfg.pos == "learned" and longest > cfg.max_seq_len:
+            raise UserError(f"sequence of {longest} tokens is longer than the model's context of {cfg.max_seq_len}")
 
         x = self.wte(input_ids)
         cos = sin = q_scale = None
@@ -165,7 +172,7 @@ class Transformer(nn.Module):
                 if cache is not None:
                     cache.ntk_alpha = alpha
             gather = explicit_positions or attention_mask is not None or document_ids is not None
-            cos, sin = self.rotary(position_ids if gather else None, bound, device, alpha, start=past)
+            cos, sin = self.rotary(position_ids if gather else None, bound, device, alpha, start=past, length=T)
             cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once per forward, not per layer
             if cfg.logn_attn and not self.training and past + T > cfg.max_seq_len:
                 q_scale = logn_scale(torch.arange(past, past + T, device=device), cfg.max_seq_len)[None, :, None, None]
