@@ -45,4 +45,13 @@ def load_model_and_tokenizer(spec: str, dtype: Any = None, device: str | None = 
         model = model.to(dtype)
     if device is not None:
         model = model.to(device)
-    return model, None
+    return model, _preset_tokenizer(cfg)
+
+
+def _preset_tokenizer(cfg):
+    """Full-size Qwen presets get the real Qwen vocabulary; tiny presets have none (their vocab is toy-sized)."""
+    if cfg.vocab_size >= 151646 and cfg.name.startswith("qwen"):
+        from gptqwen.tokenizer import Tokenizer
+
+        return Tokenizer.from_preset("qwen2.5" if cfg.name.startswith("qwen2") else "qwen")
+    return None
