@@ -25,19 +25,23 @@ if [[ $PART == a || $PART == all ]]; then
       data.train_vocab=1024 data.dir="$OUT/shakespeare-bpe1024" train.threads="$THREADS" \
       train.seq_len=128 train.batch_size=8 train.max_steps=600 train.lr=1e-3 train.min_lr=1e-4 \
       train.warmup_steps=20 train.sample_interval=0 train.eval_interval=600 train.ckpt_interval=600
-  FT=(--task entailment --data "$OUT/entail_train.jsonl" --eval "$OUT/entail_dev.jsonl" --from "$OUT/pretrain"
-      --epochs 15 --batch-size 32 --lr 1e-3 --warmup 0.05 --threads "$THREADS" --json)
-  gptqwen finetune "${FT[@]}" --out "$OUT/entail_pretrained" > "$OUT/entail_pretrained.json"
-  gptqwen finetune "${FT[@]}" --from-scratch --out "$OUT/entail_scratch" > "$OUT/entail_scratch.json"
-  $PY - "$OUT" <<'PYEOF'
+  # each learning rate for both starting points (GPT-1's own fine-tuning LR, 6.25e-5, is for a 117M model)
+  for LR in ${LRS:-1e-3 3e-4}; do
+    FT=(--task entailment --data "$OUT/entail_train.jsonl" --eval "$OUT/entail_dev.jsonl" --from "$OUT/pretrain"
+        --epochs 15 --batch-size 32 --lr "$LR" --warmup 0.05 --threads "$THREADS" --json)
+    gptqwen finetune "${FT[@]}" --out "$OUT/entail_pretrained_$LR" > "$OUT/entail_pretrained_$LR.json"
+    gptqwen finetune "${FT[@]}" --from-scratch --out "$OUT/entail_scratch_$LR" > "$OUT/entail_scratch_$LR.json"
+  done
+  $PY - "$OUT" ${LRS:-1e-3 3e-4} <<'PYEOF'
 import json, sys
-out = sys.argv[1]
-for name in ("pretrained", "scratch"):
-    s = json.load(open(f"{out}/entail_{name}.json"))
-    print(f"  {name:>10}: dev accuracy {s['eval_accuracy']:.3f} on {s['eval_examples']} "
-          f"(trained on {s['train_examples']}, final loss {s['final_loss']:.3f})")
+out, lrs = sys.argv[1], sys.argv[2:]
+for lr in lrs:
+    for name in ("pretrained", "scratch"):
+        s = json.load(open(f"{out}/entail_{name}_{lr}.json"))
+        print(f"  lr {lr} {name:>10}: dev accuracy {s['eval_accuracy']:.3f} on {s['eval_examples']} "
+              f"(trained on {s['train_examples']}, final loss {s['final_loss']:.3f})")
 PYEOF
-  gptqwen predict --model "$OUT/entail_pretrained" --data "$OUT/entail_dev.jsonl" | tail -1
+  gptqwen predict --model "$OUT/entail_pretrained_1e-3" --data "$OUT/entail_dev.jsonl" | tail -1
 fi
 
 if [[ $PART == b || $PART == all ]]; then

@@ -118,6 +118,11 @@ class Attention(nn.Module):
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)
         mask = ctx.local_mask if self.local else ctx.dense_mask
+        if hk != hq and T == 1:
+            # one decoded token: the queries sharing a KV head become rows of one attention over that head
+            # (a [B|1, 1, 1, S] mask broadcasts over them), so the cached keys are never copied
+            y = F.scaled_dot_product_attention(q.reshape(B, hk, hq // hk, d), k, v, attn_mask=mask)
+            return self.proj(y.reshape(B, T, hq * d))
         if hk != hq:  # CPU kernels: explicit expansion is as fast as SDPA's enable_gqa and works everywhere
             k = k.repeat_interleave(hq // hk, dim=1)
             v = v.repeat_interleave(hq // hk, dim=1)

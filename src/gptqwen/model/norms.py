@@ -7,6 +7,7 @@ RMSNorm has a hand-written backward: autograd's decomposition of `F.rms_norm` re
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -39,6 +40,11 @@ class _RMSNormFn(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMS-normalise the last dim of x; `weight` broadcasts against x (e.g. [D] or [heads, D])."""
+    if x.dtype == torch.float32 and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
+        # inference in fp32: torch's fused kernel is the same arithmetic at a third of the cost (decode)
+        if weight.dim() == 1:
+            return F.rms_norm(x, (x.shape[-1],), weight, eps)
+        return F.rms_norm(x, (x.shape[-1],), None, eps) * weight
     return _RMSNormFn.apply(x, weight, eps)
 
 
