@@ -217,6 +217,19 @@ def test_smollm2_greedy_matches_transformers(smol):
 
 
 @needs_smol
+def test_smollm2_int8_follows_float(smol):
+    """The int8 path (fbgemm, smoothed, per-row activation scales) writes what fp32 writes, at least at first."""
+    from gptqwen.infer import Engine, SamplingParams
+    from gptqwen.infer.quant import quantize_int8
+
+    engine = Engine(quantize_int8(load_gguf(SMOL)), smol.tokenizer)
+    prompts = ["The capital of France is", "def fibonacci(n):", _CHAT.format("What is the capital of France?")]
+    ids = [engine.tokenizer.encode(p, allow_special=True) for p in prompts]
+    res = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True))
+    assert [r.token_ids for r in res] == [GOLDEN[p][:6] for p in prompts]
+
+
+@needs_smol
 @pytest.mark.slow
 def test_smollm2_live_parity(smol):
     ref = transformers.AutoModelForCausalLM.from_pretrained(SMOL_DIR, gguf_file=SMOL.name, dtype=torch.float32)

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 def _evaluator(args: argparse.Namespace, data_path: str):
     def evaluate(model, tokenizer) -> dict:
         from gptqwen.finetune.evaluate import compare_modes, heldout_problems, training_questions
-        from gptqwen.finetune.jsonl import read_jsonl
+        from gptqwen.utils import read_jsonl
 
         seen = training_questions(read_jsonl(data_path))
         kinds = tuple(k.strip() for k in args.synthetic_kinds.split(",") if k.strip())

@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gptqwen import utils
 from gptqwen.errors import UserError, closest
 
 OUTPUT_TYPES = ("multiple_choice", "cloze", "generate_until", "perplexity")
@@ -187,24 +188,8 @@ def _literal(text: str, fallback: Any) -> Any:
 
 
 def read_jsonl(path: Path, what: str = "task data") -> list[dict]:
-    """Read a JSONL file of objects; blank lines are skipped; errors name the line."""
-    if not path.is_file():
-        raise UserError(f"{what} file '{path}' does not exist")
-    docs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(doc, dict):
-                raise UserError(f"{path}:{n}: each line must be a JSON object, got {type(doc).__name__}")
-            docs.append(doc)
-    if not docs:
-        raise UserError(f"{what} file '{path}' has no records")
-    return docs
+    """Read a JSONL file of objects; blank lines are skipped; errors name the file and line."""
+    return [row for _, row in utils.read_jsonl(path, what)]
 
 
 def builtin_task_names() -> list[str]:

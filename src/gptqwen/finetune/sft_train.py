@@ -18,7 +18,7 @@ from gptqwen.finetune import lora as lora_mod
 from gptqwen.finetune import sft as data
 from gptqwen.finetune import train as loop
 from gptqwen.finetune.common import load_base, save_model_dir, write_json, write_jsonl
-from gptqwen.finetune.jsonl import read_jsonl
+from gptqwen.utils import read_jsonl
 
 
 @dataclass

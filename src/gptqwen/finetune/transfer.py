@@ -19,7 +19,7 @@ from gptqwen.errors import UserError
 from gptqwen.finetune import gpt1
 from gptqwen.finetune import train as loop
 from gptqwen.finetune.common import load_base, save_model_dir, write_json, write_jsonl
-from gptqwen.finetune.jsonl import read_jsonl
+from gptqwen.utils import read_jsonl
 
 # in a subfolder: HF loaders read every *.safetensors at the top of a checkpoint directory as model weights
 HEAD_FILE = "task_head/head.safetensors"

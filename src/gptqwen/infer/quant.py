@@ -99,7 +99,7 @@ def _input_absmax(model: nn.Module, linears: dict[str, nn.Linear], ids: torch.Te
 
 
 def quantize_int8(model: nn.Module, skip: tuple[str, ...] = (), calibration: torch.Tensor | None = None,
-                  alpha: float = 0.5) -> nn.Module:
+                  alpha: float = 0.3) -> nn.Module:
     """Replace every `nn.Linear` of `model` (names not containing a `skip` entry) by an `Int8Linear`.
 
     For a gptqwen `Transformer` the activation outliers are measured on `calibration` ([B, T] token ids;
