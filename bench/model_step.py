@@ -2,6 +2,7 @@
 
     python bench/model_step.py                      # tiny GPT-2 and Qwen3 shapes, 2 threads
     python bench/model_step.py --size small --threads 1 --steps 15
+    python bench/model_step.py --compile            # also torch.compile'd ours (compile time printed)
 
 Both models get the same config and the same weights (ours is loaded from the transformers checkpoint and
 the first losses are checked equal). Steps alternate ours/reference so background load hits both alike; the
@@ -40,7 +41,7 @@ def _reference(cfg: Config):
     return transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(mt, **d)).train()
 
 
-def bench(cfg: Config, batch: int, seq: int, steps: int) -> dict[str, list[float]]:
+def bench(cfg: Config, batch: int, seq: int, steps: int, compile: bool = False) -> dict[str, list[float]]:
     ref = _reference(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         ref.save_pretrained(tmp)
@@ -51,10 +52,18 @@ def bench(cfg: Config, batch: int, seq: int, steps: int) -> dict[str, list[float
         "ours": lambda: ours(ids, targets=targets).loss,
         "transformers": lambda: ref(input_ids=ids, labels=ids, use_cache=False).loss,
     }
+    times: dict[str, list[float]] = {}
+    if compile:
+        compiled = torch.compile(ours)
+        t = time.perf_counter()
+        compiled(ids, targets=targets).loss.backward()  # the first call compiles forward and backward
+        times["compile_s"] = [time.perf_counter() - t]
+        ours.zero_grad(set_to_none=True)
+        runs["ours_compiled"] = lambda: compiled(ids, targets=targets).loss
     with torch.no_grad():
-        a, b = (f().item() for f in runs.values())
+        a, b = (f().item() for f in list(runs.values())[:2])
     assert abs(a - b) < 1e-4, f"models disagree: loss {a} vs {b}"
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    times.update({k: [] for k in runs})
     for i in range(steps + 2):
         for name, f in runs.items():
             t = time.perf_counter()
@@ -73,6 +82,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per model")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile(ours) (opt-in: compiling takes a while)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -80,11 +90,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, "
           f"{args.size} configs, batch {args.batch} x seq {args.seq}, median of {args.steps} steps")
     for name, cfg in SIZES[args.size].items():
-        t = bench(cfg, args.batch, args.seq, args.steps)
+        t = bench(cfg, args.batch, args.seq, args.steps, args.compile)
         tok = args.batch * args.seq
         ours, ref = statistics.median(t["ours"]), statistics.median(t["transformers"])
-        print(f"{name:12s} ours {tok / ours:8.0f} tok/s   transformers {tok / ref:8.0f} tok/s   "
-              f"ratio {ref / ours:.2f}x   (min-based {min(t['transformers']) / min(t['ours']):.2f}x)", flush=True)
+        line = (f"{name:12s} ours {tok / ours:8.0f} tok/s   transformers {tok / ref:8.0f} tok/s   "
+                f"ratio {ref / ours:.2f}x   (min-based {min(t['transformers']) / min(t['ours']):.2f}x)")
+        if "ours_compiled" in t:
+            comp = statistics.median(t["ours_compiled"])
+            line += f"   compiled {tok / comp:8.0f} tok/s ratio {ref / comp:.2f}x (compile {t['compile_s'][0]:.0f} s)"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -222,10 +222,15 @@ def test_smollm2_int8_follows_float(smol):
     from gptqwen.infer import Engine, SamplingParams
     from gptqwen.infer.quant import quantize_int8
 
-    engine = Engine(quantize_int8(load_gguf(SMOL)), smol.tokenizer)
-    prompts = ["The capital of France is", "def fibonacci(n):", _CHAT.format("What is the capital of France?")]
-    ids = [engine.tokenizer.encode(p, allow_special=True) for p in prompts]
-    res = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # fbgemm's threads spin: on a busy 2-core machine two of them run 30x slower
+    try:
+        engine = Engine(quantize_int8(load_gguf(SMOL)), smol.tokenizer)
+        prompts = ["The capital of France is", "def fibonacci(n):", _CHAT.format("What is the capital of France?")]
+        ids = [engine.tokenizer.encode(p, allow_special=True) for p in prompts]
+        res = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True))
+    finally:
+        torch.set_num_threads(threads)
     assert [r.token_ids for r in res] == [GOLDEN[p][:6] for p in prompts]
 
 
