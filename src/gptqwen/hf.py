@@ -159,6 +159,8 @@ class _Checkpoint:
     def __init__(self, path: Path) -> None:
         from safetensors import safe_open
 
+        # Like transformers: the index names the shards; else model.safetensors; other *.safetensors files
+        # beside it (adapters, task heads) are not model weights.
         files = sorted(path.glob("*.safetensors"))
         if not files:
             extra = " (found *.bin: convert it to safetensors first)" if list(path.glob("*.bin")) else ""
@@ -172,6 +174,9 @@ class _Checkpoint:
             missing = sorted(w for w in wanted if not (path / w).exists())
             if missing:
                 raise UserError(f"checkpoint '{path}' is missing shard files {missing}; download them again")
+            files = sorted(path / w for w in wanted)
+        elif (path / "model.safetensors").exists():
+            files = [path / "model.safetensors"]
         self.where: dict[str, tuple[Any, str]] = {}  # our view of a key -> (file handle, key in the file)
         for f in files:
             try:
