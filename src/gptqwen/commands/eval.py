@@ -134,7 +134,10 @@ def _print_table(results) -> None:
         for i, (name, m) in enumerate(r.metrics.items()):
             head = (model_label(r.model), r.task, str(r.shots), str(r.n)) if i == 0 else ("",) * 4
             table.add_row(*head, name, _number(m["value"]), _number(m["stderr"]))
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped output: do not wrap cells at rich's 80-column default
+        console = Console(width=200)
+    console.print(table)
 
 
 def _number(x: float) -> str:
