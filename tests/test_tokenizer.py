@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -70,7 +71,18 @@ def test_ids_equal_tiktoken(name, request):
         assert tok.encode(s) == ref.encode_ordinary(s), s
         assert tok.encode(s, allow_special=True) == ref.encode(s, allowed_special="all"), s
     assert tok.encode_batch(_samples()) == ref.encode_ordinary_batch(_samples())
+    _assert_arrays_equal(tok, ref, _samples())
     assert tok.vocab_size == ref.n_vocab
+
+
+def _assert_arrays_equal(tok, ref, texts):
+    """The uint32-array form of encode_batch gives the same ids, with and without control tokens."""
+    for threads in (1, 2):
+        arrays = tok.encode_batch(texts, num_threads=threads, return_numpy=True)
+        assert all(a.dtype == np.uint32 for a in arrays)
+        assert [a.tolist() for a in arrays] == ref.encode_ordinary_batch(texts)
+        special = tok.encode_batch(texts, allow_special=True, num_threads=threads, return_numpy=True)
+        assert [a.tolist() for a in special] == [ref.encode(t, allowed_special="all") for t in texts]
 
 
 def test_qwen_preset_facts(qwen):
@@ -99,6 +111,7 @@ def test_typed_control_tokens_stay_text(name, request):
         assert not any(tok.is_special(i) for i in ids), typed
         assert tok.decode(ids) == typed
         assert tok.encode_batch([typed, typed]) == [ids, ids]
+        assert [a.tolist() for a in tok.encode_batch([typed], return_numpy=True)] == [ids]
     assert tok.encode("<|endoftext|>", allow_special=True) == [tok.special_tokens["<|endoftext|>"]]
 
 
@@ -161,6 +174,7 @@ def _check_export(tok: Tokenizer, ref, directory: Path) -> None:
         assert auto.encode(s, add_special_tokens=False) == with_specials, s
         assert hf.decode(expected) == s
     assert ours.encode_batch(_samples()) == ref.encode_ordinary_batch(_samples())
+    _assert_arrays_equal(ours, ref, _samples())
     for data in INVALID:
         assert ours.decode_bytes(ours.encode_bytes(data)) == data
         assert ours.encode_bytes(data) == tok.encode_bytes(data)

@@ -92,8 +92,8 @@ def _init_worker(tokenizer_dir: str) -> None:
 
 
 def _encode(texts: list[str]) -> list[tuple[np.ndarray, int]]:
-    ids = _worker_tok.encode_batch(texts, num_threads=_worker_threads)
-    return [(np.asarray(x, dtype=np.uint32), len(t.encode("utf-8"))) for x, t in zip(ids, texts)]
+    ids = _worker_tok.encode_batch(texts, num_threads=_worker_threads, return_numpy=True)
+    return [(x, len(t.encode("utf-8"))) for x, t in zip(ids, texts)]
 
 
 def _batches(pieces: Iterator[Piece], chars: int = 1 << 20) -> Iterator[list[Piece]]:

@@ -6,7 +6,8 @@
   rebuilt from GGUF metadata).
 
 Both expose: `n_vocab`, `special_tokens`, `encode_ordinary(text)` (control tokens typed in the text
-stay plain text), `encode_special(text)` (control tokens are recognised), `encode_piece(bytes)` (BPE on
+stay plain text), `encode_special(text)` (control tokens are recognised), `encode_batch(texts,
+allow_special, num_threads, arrays)` (lists, or uint32 arrays when `arrays`), `encode_piece(bytes)` (BPE on
 raw bytes without the regex split: used for invalid UTF-8), `token_bytes` (id -> raw bytes, a list),
 `decode_bytes(ids)`, `lookup(token_string)` and `to_json()` (a tokenizer.json document).
 
@@ -21,6 +22,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
+import numpy as np
 import tiktoken
 import tokenizers
 
@@ -79,11 +81,26 @@ class TiktokenBackend:
     def encode_special(self, text: str) -> list[int]:
         return self.enc.encode(text, allowed_special="all", disallowed_special=())
 
-    def encode_batch(self, texts: list[str], allow_special: bool, num_threads: int) -> list[list[int]]:
-        # tiktoken releases the GIL inside its Rust core, so plain threads run in parallel.
-        if allow_special:
-            return self.enc.encode_batch(texts, num_threads=num_threads, allowed_special="all", disallowed_special=())
-        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
+    def encode_batch(self, texts: list[str], allow_special: bool, num_threads: int,
+                     arrays: bool = False) -> list[list[int]] | list[np.ndarray]:  # fmt: skip
+        # tiktoken releases the GIL inside its Rust core, so plain threads run in parallel. What does not
+        # run in parallel is building the Python list of ints under the GIL: the array form skips it
+        # (tiktoken hands over a uint32 buffer), which is what lets batches scale across cores.
+        if not arrays:
+            if allow_special:
+                return self.enc.encode_batch(texts, num_threads=num_threads, allowed_special="all",
+                                             disallowed_special=())  # fmt: skip
+            return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
+        allowed = set(self.special_tokens) if allow_special else set()
+        core = self.enc._core_bpe
+
+        def one(text: str) -> np.ndarray:
+            return np.frombuffer(core.encode_to_tiktoken_buffer(text, allowed), dtype=np.uint32)
+
+        if num_threads <= 1 or len(texts) <= 1:
+            return [one(t) for t in texts]
+        with ThreadPoolExecutor(num_threads) as pool:
+            return list(pool.map(one, texts))
 
     def encode_piece(self, piece: bytes) -> list[int]:
         return self.enc._encode_single_piece(piece)
@@ -225,17 +242,23 @@ class HFBackend:
     def encode_special(self, text: str) -> list[int]:
         return self.full.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: list[str], allow_special: bool, num_threads: int) -> list[list[int]]:
+    def encode_batch(self, texts: list[str], allow_special: bool, num_threads: int,
+                     arrays: bool = False) -> list[list[int]] | list[np.ndarray]:  # fmt: skip
         tok = self.full if allow_special else self.plain
+
+        def part(chunk: list[str]) -> list:
+            encodings = tok.encode_batch(chunk, add_special_tokens=False)
+            return [np.asarray(e.ids, dtype=np.uint32) if arrays else e.ids for e in encodings]
+
         if num_threads <= 1:
-            return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+            return part(texts)
         # Split the batch into one chunk per thread; `tokenizers` drops the GIL while encoding a batch.
         chunks = [texts[i::num_threads] for i in range(num_threads)]
         with ThreadPoolExecutor(num_threads) as pool:
-            parts = list(pool.map(lambda c: [e.ids for e in tok.encode_batch(c, add_special_tokens=False)], chunks))
-        out: list[list[int]] = [[] for _ in texts]
-        for k, part in enumerate(parts):
-            out[k::num_threads] = part
+            parts = list(pool.map(part, chunks))
+        out: list = [None] * len(texts)
+        for k, p in enumerate(parts):
+            out[k::num_threads] = p
         return out
 
     def encode_piece(self, piece: bytes) -> list[int]:

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import tokenizers
 
 from gptqwen.errors import UserError, closest
@@ -222,14 +223,17 @@ class Tokenizer:
             return self._backend.encode_special(text)
         return self._backend.encode_ordinary(text)
 
-    def encode_batch(self, texts: Sequence[str], allow_special: bool = False,
-                     num_threads: int | None = None) -> list[list[int]]:  # fmt: skip
-        """Encode many texts on `num_threads` threads (default: one per CPU core)."""
+    def encode_batch(self, texts: Sequence[str], allow_special: bool = False, num_threads: int | None = None,
+                     return_numpy: bool = False) -> list[list[int]] | list[np.ndarray]:  # fmt: skip
+        """Encode many texts on `num_threads` threads (default: one per CPU core). With `return_numpy`
+        each result is a uint32 array: the fast form for data preparation, since building Python int
+        lists is the part of encoding that cannot run in parallel."""
         texts = list(texts)
         if any(not t.isascii() and _SURROGATE.search(t) for t in texts):
-            return [self.encode(t, allow_special) for t in texts]
+            ids = [self.encode(t, allow_special) for t in texts]
+            return [np.asarray(x, dtype=np.uint32) for x in ids] if return_numpy else ids
         threads = num_threads or min(len(texts), os.cpu_count() or 1) or 1
-        return self._backend.encode_batch(texts, allow_special, threads)
+        return self._backend.encode_batch(texts, allow_special, threads, arrays=return_numpy)
 
     def encode_bytes(self, data: bytes, allow_special: bool = False) -> list[int]:
         """Encode arbitrary bytes: valid UTF-8 runs as text, invalid byte runs by BPE on the raw bytes."""
