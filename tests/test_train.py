@@ -148,8 +148,9 @@ def test_export_loads_in_transformers(tmp_path, tiny_data):
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 2  # exists: nothing overwritten
 
 
-def test_stages_chain_weights(tmp_path, tiny_data):
-    raw = tiny_recipe(tiny_data, max_steps=2, ckpt_interval=0).to_dict()
+@pytest.mark.parametrize("fmt", ["gathered", "sharded"])
+def test_stages_chain_weights(tmp_path, tiny_data, fmt):
+    raw = tiny_recipe(tiny_data, max_steps=2, ckpt_interval=0, ckpt_format=fmt).to_dict()
     raw["stages"] = [{"name": "one"}, {"name": "long", "model": {"rope_theta": 1e6, "max_seq_len": 64}, "train": {"seq_len": 64, "batch_size": 2}}]
     results = run_recipe(Recipe.from_dict(raw), tmp_path / "staged", quiet=True)
     assert [r["step"] for r in results] == [2, 2]

@@ -3,6 +3,8 @@
     gptqwen export runs/qwen3-shakespeare hf/qwen3-shakespeare             # latest checkpoint of the run
     gptqwen export runs/qwen3-shakespeare/ckpt_0000400 hf/step400 --dtype bf16
 
+Both checkpoint formats work: gathered (model.safetensors) and sharded (train.ckpt_format=sharded; the
+torch.distributed.checkpoint shards are read into one model in this process, at any training world size).
 The result loads with `transformers.AutoModelForCausalLM.from_pretrained(dir)` and
 `AutoTokenizer.from_pretrained(dir)`, and with `gptqwen generate --model dir`.
 """
@@ -13,7 +15,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="run folder (its latest checkpoint) or a ckpt_<step> folder")
+    parser.add_argument("checkpoint", help="run folder (its latest checkpoint) or a ckpt_<step> folder, gathered or sharded")
     parser.add_argument("out", help="Hugging Face model folder to write")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="weight dtype (default fp32)")
     parser.add_argument("--max-shard-size", default="5GB", help="split weights into shards above this size (default 5GB)")

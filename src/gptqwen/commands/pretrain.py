@@ -5,6 +5,7 @@
     gptqwen pretrain --preset qwen3-tiny --out runs/x     # a preset with the default data and schedule
     gptqwen pretrain --config my.yaml --resume            # continue the run in --out bit-identically
     torchrun --nproc-per-node 2 -m gptqwen pretrain train.dist=fsdp
+    torchrun --nproc-per-node 2 -m gptqwen pretrain train.dist=fsdp train.ckpt_format=sharded   # DCP, no gather
 
 Overrides are `section.key=value` (sections: model, data, train); `gptqwen pretrain --list` shows
 the built-in recipes.
@@ -34,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from gptqwen.errors import UserError
     from gptqwen.train.config import load_recipe, recipe_names
 
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{recipe.name}"
     results = run_recipe(recipe, out, resume=args.resume, overwrite=args.overwrite, stage=args.stage,
                           quiet=args.quiet or args.json, stop_at=args.stop_at)
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports
+        return 0
     if args.json:
         from gptqwen.utils import print_json
 

@@ -256,6 +256,6 @@ def _documents_of(spec: str, on_error: str, text_key: str, warn: Callable[[str],
         except (OSError, UnicodeDecodeError) as e:
             why = f"is not valid UTF-8 (byte offset {e.start})" if isinstance(e, UnicodeDecodeError) else f"cannot be read ({e.strerror or e})"
             if on_error == "fail":
-                raise UserError(f"input file '{path}' {why}; fix or remove it, or pass --on-error skip") from None
+                raise UserError(f"input file '{path}' {why}; fix or remove it, or skip such files (--on-error skip; data.on_error=skip for gptqwen pretrain)") from None
             warn(f"input file '{path}' {why}; skipped")
             yield Piece("", str(path))  # close a document that was cut short

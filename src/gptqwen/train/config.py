@@ -73,6 +73,7 @@ class TrainConfig:
     top_k: int = 40
     ckpt_interval: int = 350
     keep_last: int = 2
+    ckpt_format: str = "gathered"  # gathered (one full state, rank 0 writes) | sharded (torch.distributed.checkpoint)
     peak_flops: float | None = None  # per device, for MFU; None -> measured matmul peak
     tensorboard: bool = True
 
@@ -104,6 +105,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "top_k": (lambda v: v >= 0, ">= 0"),
     "ckpt_interval": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
     "keep_last": (lambda v: v >= 1, ">= 1"),
+    "ckpt_format": (lambda v: v in ("gathered", "sharded"), "gathered or sharded"),
     "peak_flops": (lambda v: v is None or v > 0, "> 0"),
     "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train_vocab": (lambda v: v is None or 256 < v <= 1_000_000, "in 257..1000000"),

@@ -5,8 +5,12 @@ and gloo on CPUs; the model is wrapped with DDP or FSDP2 (`fully_shard` on every
 root — parallelism applied from outside, torchtitan-style). Without torchrun everything is a no-op.
 
 Multi-node: run the same torchrun line on every machine with a shared rendezvous endpoint, e.g.
-    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
-        -m gptqwen pretrain --config qwen3-shakespeare train.dist=fsdp
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 --rdzv-id run1 \
+        -m gptqwen pretrain --config qwen3-shakespeare train.dist=fsdp train.ckpt_format=sharded --out /shared/runs/q3
+The run folder (and data.dir) must be on a filesystem every machine sees: global rank 0 builds the
+dataset and writes config and logs, and every rank reads the checkpoints it resumes from.
+
+`pretrain` can also run inside a program that set up its own process group (it then leaves it alone).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # setup() created the process group, so cleanup() destroys it
 
     @property
     def enabled(self) -> bool:
@@ -55,9 +60,10 @@ def setup(device_name: str = "auto") -> DistInfo:
     device = pick_device(device_name, local)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()  # a caller that set up its own group keeps it after training
+    if owns:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-    return DistInfo(rank, world, local, device)
+    return DistInfo(rank, world, local, device, owns)
 
 
 def wrap_model(model: torch.nn.Module, info: DistInfo, strategy: str) -> torch.nn.Module:
@@ -99,5 +105,5 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

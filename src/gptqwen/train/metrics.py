@@ -2,7 +2,9 @@
 
 `metrics.jsonl` holds one JSON object per line: training records {"step", "loss", "lr", "grad_norm",
 "tokens_per_s", "mfu", ...} and evaluation records {"step", "val_loss", "val_ppl", "val_bpb"}.
-On resume the log is cut back to the checkpoint's step, so it reads like one uninterrupted run.
+With TensorBoard installed (`pip install 'gptqwen[tb]'`) and `train.tensorboard=true` (the default),
+the same scalars also go to `<run>/tb/`: `tensorboard --logdir runs`. On resume both logs are cut back
+to the checkpoint's step, so they read like one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -19,21 +21,25 @@ from gptqwen.utils import atomic_write
 
 
 class MetricsLog:
-    """Appends records to metrics.jsonl (and TensorBoard when installed and wanted)."""
+    """Appends records to metrics.jsonl (and to TensorBoard event files in tb/ when installed and wanted).
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    `start_step` is the step a run resumes from: records past it (written after that checkpoint, by the
+    run that was cut short) are dropped from both logs, so they read like one uninterrupted run."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, start_step: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
-            except ImportError:  # tensorboard is optional; the JSONL log has everything
-                self.tb = None
+            except ImportError:  # tensorboard is optional (extra `tb`); the JSONL log has everything
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step + 1 if start_step else None)
+        self.truncate_after(start_step)
 
     def truncate_after(self, step: int) -> None:
-        """Drop records past `step` (written after the checkpoint we resume from)."""
+        """Drop JSONL records past `step`."""
         records = self.read(self.path)
         with atomic_write(self.path) as f:
             for r in records:

@@ -54,13 +54,13 @@ def model_config(recipe: Recipe, vocab_size: int, eos_id: int | None):
     return Config.from_name(preset, **overrides)
 
 
-def _prepare_data(recipe: Recipe, info: D.DistInfo):
+def _prepare_data(recipe: Recipe, info: D.DistInfo, progress: bool):
     from gptqwen.data.prepare import ensure_dataset
     from gptqwen.data.shards import TokenDataset
 
     d = recipe.data
     if info.is_main:
-        ensure_dataset(d.sources, d.dir, tokenizer=d.tokenizer, train_vocab=None if d.tokenizer else d.train_vocab,
+        ensure_dataset(d.sources, d.dir, progress=progress, tokenizer=d.tokenizer, train_vocab=None if d.tokenizer else d.train_vocab,
                        style=d.style, val_fraction=d.val_fraction, on_error=d.on_error, text_key=d.text_key)  # fmt: skip
     D.barrier(info)
     train = TokenDataset(d.dir, "train", verify=True)
@@ -73,28 +73,6 @@ def _autocast(train_dtype: str, device: torch.device):
     if not bf16:
         return contextlib.nullcontext, "fp32"
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), "bf16"
-
-
-def _full_state(model, optimizer, info: D.DistInfo) -> tuple[dict, dict | None]:
-    """Full (gathered) model and optimizer state dicts, on CPU; collective under DDP/FSDP."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    msd = get_model_state_dict(model, options=opts)
-    osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
-    return msd, osd
-
-
-def _load_full_state(model, optimizer, msd: dict, osd: dict | None) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-    opts = StateDictOptions(full_state_dict=True)
-    try:
-        set_model_state_dict(model, msd, options=opts)
-    except (RuntimeError, KeyError) as e:
-        raise UserError(f"checkpoint weights do not fit this model ({str(e).splitlines()[0][:200]})") from None
-    if osd is not None:
-        set_optimizer_state_dict(model, optimizer, osd, options=opts)
 
 
 @torch.no_grad()
@@ -212,7 +190,7 @@ def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_f
         raise UserError(f"each process's {local_rows} sequences per step must be divisible by train.micro_batch {micro}")
     accum = local_rows // micro
 
-    train_ds, val_ds = _prepare_data(recipe, info)
+    train_ds, val_ds = _prepare_data(recipe, info, progress=not quiet)
     tokenizer = load_tokenizer(str(Path(recipe.data.dir) / "tokenizer"))
     cfg = model_config(recipe, train_ds.vocab_size, train_ds.eos_id)
     sampler = WindowSampler(train_ds, tc.seq_len, tc.seed)
@@ -225,12 +203,11 @@ def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_f
     torch.manual_seed(tc.seed)
     model = Transformer(cfg).to(info.device)
     if init_from is not None and not resume:  # a later stage starts from the previous stage's weights
-        model.load_state_dict(ckpt_io.load_weights(init_from / "model.safetensors"))
+        ckpt_io.load_weights_into(model, init_from)
     model = D.wrap_model(model, info, tc.dist)
     optimizer = build_optimizer(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2))
     if resume:
-        _load_full_state(model, optimizer, ckpt_io.load_weights(ckpt / "model.safetensors"), ckpt_io.load_optimizer_state(ckpt))
-        ckpt_io.set_rng_state(state["rng"])
+        ckpt_io.restore_training_state(ckpt, model, optimizer)
     step = int(state.get("step", 0))
     fwd = torch.compile(model) if tc.compile else model
 
@@ -240,13 +217,13 @@ def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_f
             for p in existing:
                 shutil.rmtree(p)
             (out / "metrics.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(out / "tb", ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".ckpt_*.tmp"):  # a checkpoint whose writer was killed mid-way
             shutil.rmtree(stale, ignore_errors=True)
         ckpt_io.write_config(out, recipe.to_dict())
         shutil.copytree(Path(recipe.data.dir) / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
-        log = MetricsLog(out, tc.tensorboard)
-        log.truncate_after(step)
+        log = MetricsLog(out, tc.tensorboard, start_step=step)
 
     autocast, precision = _autocast(tc.dtype, info.device)
     peak = tc.peak_flops or measure_matmul_peak(info.device, torch.bfloat16 if precision == "bf16" else torch.float32)
@@ -255,6 +232,8 @@ def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_f
     tokens_per_step = tc.batch_size * tc.seq_len
     console = Console(info.is_main and not quiet, tc.max_steps, step)
     origin = f"resuming at step {step}" if step else f"starting from {init_from}" if init_from else "from scratch"
+    if resume and state.get("world_size", info.world_size) != info.world_size:
+        origin += f" (checkpoint written by {state['world_size']} processes; resharded)"
     if info.is_main and not quiet:
         console.print(f"[bold]{recipe.name}[/]: {cfg.name} {D.unwrap(model).num_params() / 1e6:.2f}M params, "
                       f"{len(train_ds):,} train tokens, {tc.batch_size}x{tc.seq_len} tokens/step ({accum} micro-batches x "
@@ -275,15 +254,9 @@ def _pretrain(recipe, tc, out: Path, info: D.DistInfo, resume, overwrite, init_f
         console.print(f"{tc.sample_prompt.lstrip()}{text}".rstrip(), markup=False, highlight=False)
         console.print("[dim]---[/]")
 
-    def save(at: int) -> Path | None:
-        msd, osd = _full_state(model, optimizer, info)
-        path = None
-        if info.is_main:
-            meta = {"samples": at * tc.batch_size, "rng": ckpt_io.rng_state(), "model_config": cfg.to_dict(),
-                    "train": dataclasses.asdict(tc), "world_size": info.world_size}  # fmt: skip
-            path = ckpt_io.save_checkpoint(out, at, msd, osd, meta, tc.keep_last)
-        D.barrier(info)
-        return path
+    def save(at: int) -> Path:
+        meta = {"samples": at * tc.batch_size, "model_config": cfg.to_dict(), "train": dataclasses.asdict(tc)}
+        return ckpt_io.save_training_checkpoint(out, at, model, optimizer, meta, tc.keep_last, tc.ckpt_format)
 
     summary: dict[str, Any] = {"run_dir": str(out), "start_step": step}
     model.train()
