@@ -133,6 +133,7 @@ def test_bad_inputs(tok, tmp_path):
     kept, dropped = gpt1.encode_rows("classification", long, tok, TT, ["a", "b"], 32, "f", too_long="drop")
     assert len(kept) == 1 and dropped == [1]
     kept, _ = gpt1.encode_rows("classification", long, tok, TT, ["a", "b"], 32, "f", too_long="truncate")
+    assert [e.truncated for e in kept] == [True, False]  # reported, not silently cut
     assert len(kept[0].sequences[0]) == 32 and kept[0].sequences[0][0] == 900 and kept[0].sequences[0][-1] == 902
     with pytest.raises(UserError, match="more than the context of 32"):
         gpt1.encode_rows("classification", long, tok, TT, ["a", "b"], 32, "f", too_long="error")
@@ -162,6 +163,35 @@ def test_cli_finetune_then_predict(tok, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert len(res["predictions"]) == 16 and 0 <= res["accuracy"] <= 1
     assert all(p["prediction"] in spec["labels"] and abs(sum(p["probabilities"]) - 1) < 1e-4 for p in res["predictions"])
+
+
+def test_cli_reports_every_row_over_the_context_and_rejects_unknown_labels(tok, tmp_path, capsys):
+    from gptqwen.cli import main
+
+    tok.save(tmp_path / "tok")
+    rows = entailment_examples(20, seed=1)
+    rows[3]["premise"] = "the king loves the queen and " * 12 + "the fool trusts the nurse."
+    train = _write(tmp_path / "train.jsonl", rows)
+    base = ["--task", "entailment", "--from", "gpt1-tiny", "--tokenizer", str(tmp_path / "tok"), "--epochs", "0.1",
+            "--threads", "1", "--max-len", "48"]
+    assert main(["finetune", *base, "--data", train, "--eval", train, "--out", str(tmp_path / "ft")]) == 0
+    out = capsys.readouterr().out
+    assert "dropped 1 training rows longer than 48 tokens (lines [4])" in out
+    assert "dropped 1 eval rows longer than 48 tokens (lines [4])" in out
+    summary = json.loads((tmp_path / "ft" / "finetune.json").read_text())
+    assert summary["dropped_too_long"] == summary["eval_dropped_too_long"] == 1 and summary["train_examples"] == 19
+    assert main(["predict", "--model", str(tmp_path / "ft"), "--data", train]) == 0
+    assert "truncated 1 rows to the context (start of the text cut): [4]" in capsys.readouterr().out
+    assert main(["predict", "--model", str(tmp_path / "ft"), "--data", train, "--too-long", "drop", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["skipped_lines"] == [4] and len(res["predictions"]) == 19 and 4 not in [p["line"] for p in res["predictions"]]
+    # a label outside the set: from --labels for the training file, from the training file for --eval
+    assert main(["finetune", *base, "--data", train, "--labels", "entailment,neutral", "--out", str(tmp_path / "x")]) == 2
+    assert "label 'contradiction' is not in the label set" in capsys.readouterr().err
+    dev = _write(tmp_path / "dev.jsonl", [{"premise": "a", "hypothesis": "b", "label": "maybe"}])
+    assert main(["finetune", *base, "--data", train, "--eval", dev, "--out", str(tmp_path / "x")]) == 2
+    assert "dev.jsonl:1: label 'maybe' is not in the label set" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):

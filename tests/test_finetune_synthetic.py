@@ -62,6 +62,32 @@ def test_entailment_labels_follow_the_premise():
             assert not any({a, b} == {c.split()[0] + " " + c.split()[1], " ".join(c.split()[3:])} for c in clauses)
 
 
+def _is_misspelling(new: str, old: str) -> bool:
+    """Two adjacent inner letters swapped, nothing else changed."""
+    diff = [j for j, (a, b) in enumerate(zip(new, old)) if a != b]
+    return (len(new) == len(old) and len(diff) == 2 and diff[1] == diff[0] + 1 and 0 < diff[0] < len(old) - 2
+            and new[diff[0]] == old[diff[1]] and new[diff[1]] == old[diff[0]])
+
+
+def test_typo_entailment_labels_and_splits():
+    lines = syn.play_lines()
+    assert len(lines) > 10000 and all(7 <= len(w) <= 12 and not w[-1].endswith(":") for w in lines)
+    train = syn.typo_entailment_examples(400, seed=1, lines=lines)
+    dev = syn.typo_entailment_examples(200, seed=2, split="dev", lines=lines)
+    assert train == syn.typo_entailment_examples(400, seed=1, lines=lines)
+    assert not {r["premise"] for r in train} & {r["premise"] for r in dev}  # disjoint halves of the lines
+    vocab = {w for words in lines for w in words}
+    for r in train + dev:
+        old, new = r["premise"].split(), r["hypothesis"].split()
+        changed = [(a, b) for a, b in zip(new, old) if a != b]
+        assert len(old) == len(new) and len(changed) == 2
+        if r["label"] == "entailment":
+            assert all(_is_misspelling(a, b) for a, b in changed)
+        else:
+            assert r["label"] == "contradiction" and all(a in vocab and syn._is_content_word(a) for a, _ in changed)
+    assert 0.4 < sum(r["label"] == "entailment" for r in train) / len(train) < 0.6
+
+
 def test_extract_answer():
     assert syn.extract_answer("<think>\n1 + 2 = 3.\n</think>\n\nThe answer is 3.") == "3"
     assert syn.extract_answer("The answer is yes. Or: the answer is no.") == "no"

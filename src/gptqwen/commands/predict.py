@@ -37,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{p['line']}\t{p['prediction']}\t{probs}")
     if result["skipped_lines"]:
         print(f"skipped {len(result['skipped_lines'])} rows longer than the context: {result['skipped_lines']}")
+    if result["truncated_lines"]:
+        print(f"truncated {len(result['truncated_lines'])} rows to the context (start of the text cut): "
+              f"{result['truncated_lines']}")
     if "accuracy" in result:
         print(f"accuracy {result['accuracy']:.4f} on {len(result['predictions'])} rows")
     return 0

@@ -106,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {summary['steps']} steps on {summary['kept']} conversations "
           f"({summary['thinking']} thinking, {summary['direct']} direct); final loss {summary['final_loss']:.4f}")
     if summary["dropped_too_long"]:
-        print(f"dropped {summary['dropped_too_long']} conversations longer than the context")
+        print(f"dropped {summary['dropped_too_long']} conversations longer than the context "
+              f"(lines {summary['dropped_lines'][:10]})")
+    if summary["truncated"]:
+        print(f"truncated {summary['truncated']} conversations to the context (their end was cut)")
     if "heldout" in summary:
         h = summary["heldout"]
         for mode in ("thinking", "non_thinking"):

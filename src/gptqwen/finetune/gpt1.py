@@ -74,10 +74,11 @@ def check_task(task: str) -> str:
 @dataclass
 class TaskExample:
     """One example as token sequences (1 for classification/entailment, 2 for similarity, k for
-    multiple choice) and its label index (-1 when unknown)."""
+    multiple choice), its label index (-1 when unknown), and whether it was cut to fit the context."""
 
     sequences: list[list[int]]
     label: int = -1
+    truncated: bool = False
 
 
 def transform(task: str, parts: list[list[int]], tok: TaskTokens) -> list[list[int]]:
@@ -139,7 +140,8 @@ def label_key(value) -> str:
 def encode_rows(task: str, rows: list[tuple[int, dict]], tokenizer, tok: TaskTokens, labels: list[str],
                 max_len: int, source: str, too_long: str = "drop", require_label: bool = True,
                 ) -> tuple[list[TaskExample], list[int]]:
-    """Transform every row; returns the examples and the line numbers of rows dropped as too long."""
+    """Transform every row; returns the examples (those cut to fit flagged `truncated`) and the line
+    numbers of rows dropped as too long."""
     examples, dropped = [], []
     for line, row in rows:
         where = f"{source}:{line}"
@@ -155,7 +157,7 @@ def encode_rows(task: str, rows: list[tuple[int, dict]], tokenizer, tok: TaskTok
                 dropped.append(line)
                 continue
             seqs = [truncate_front(s, max_len) for s in seqs]
-        examples.append(TaskExample(seqs, label))
+        examples.append(TaskExample(seqs, label, truncated=longest > max_len))
     return examples, dropped
 
 

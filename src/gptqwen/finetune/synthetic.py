@@ -8,13 +8,19 @@ Two families:
   `reasoning_content` (rendered inside `<think>`); a *direct* example answers at once, which the
   Qwen3 template renders with an empty think block. Both end in "The answer is X." so
   `extract_answer` can grade a generation.
-* **An entailment-style classification task** for the GPT-1 transfer demo (`entailment_examples`):
-  a premise of two or three "who does what to whom" clauses and a hypothesis that is entailed
-  (one of the clauses), contradicted (a clause with the opposite verb) or neutral (a pairing the
-  premise does not mention).
+* **Entailment-style pair tasks** for GPT-1 transfer. `entailment_examples`: a premise of two or
+  three "who does what to whom" clauses and a hypothesis that is entailed (one of the clauses),
+  contradicted (a clause with the opposite verb) or neutral (a pairing the premise does not
+  mention) — symbolic, with a 20-word vocabulary, so English knowledge does not help.
+  `typo_entailment_examples` (the transfer demo): the premise is a verse line from the plays and
+  the hypothesis restates it with two words changed — misspelt (adjacent letters swapped: the
+  same statement, "entailment") or replaced by other words of the plays (a different statement,
+  "contradiction"). Telling a slip of the pen from a different word needs a lexicon, which a model
+  pretrained on Shakespeare has and one trained on a thousand task examples does not.
 
 From the shell:  python -m gptqwen.finetune.synthetic reasoning --n 1000 --seed 0 > train.jsonl
                  python -m gptqwen.finetune.synthetic entailment --n 1000 --seed 0 > train.jsonl
+                 python -m gptqwen.finetune.synthetic typos --split dev --n 600 > dev.jsonl
                  python -m gptqwen.finetune.synthetic tokenizer --out tok/   # a small BPE for tiny models
 """
 
@@ -158,6 +164,63 @@ def entailment_examples(n: int, seed: int = 0) -> list[dict]:
     return [entailment_example(rng) for _ in range(n)]
 
 
+TYPO_LABELS = ("contradiction", "entailment")
+
+
+def play_lines(min_words: int = 7, max_words: int = 12) -> list[list[str]]:
+    """Verse lines of the plays (capitalised, `min_words`..`max_words` words, no speaker tags) as word lists."""
+    from gptqwen.data.sources import shakespeare_files, shakespeare_plain
+
+    lines = []
+    for path in shakespeare_files():
+        for line in shakespeare_plain(path.read_text(encoding="utf-8")).splitlines():
+            words = line.split()
+            if min_words <= len(words) <= max_words and line[0].isupper() and not line.endswith(":"):
+                lines.append(words)
+    return lines
+
+
+def _is_content_word(word: str) -> bool:
+    return len(word) >= 4 and word.isalpha() and word.islower()
+
+
+def misspell(word: str, rng: random.Random) -> str:
+    """Swap two adjacent inner letters that differ (the first and last letters stay)."""
+    spots = [j for j in range(1, len(word) - 2) if word[j] != word[j + 1]]
+    if not spots:
+        return word
+    j = rng.choice(spots)
+    return word[:j] + word[j + 1] + word[j] + word[j + 2:]
+
+
+def typo_entailment_examples(n: int, seed: int = 0, split: str = "train", changes: int = 2,
+                             lines: list[list[str]] | None = None) -> list[dict]:
+    """`n` rows `{"premise", "hypothesis", "label"}` from the plays' verse lines (labels 50/50 in expectation).
+
+    The lines are split in two halves once (fixed order), `split="train"` drawing from one and
+    `"dev"` from the other, so no premise of a dev file occurs in a train file."""
+    if split not in ("train", "dev"):
+        raise ValueError(f"split must be 'train' or 'dev', got {split!r}")
+    lines = list(lines if lines is not None else play_lines())
+    random.Random(0).shuffle(lines)
+    pool = lines[: len(lines) // 2] if split == "train" else lines[len(lines) // 2:]
+    vocab = sorted({w for words in lines for w in words if _is_content_word(w)})
+    rng, rows = random.Random(seed), []
+    while len(rows) < n:
+        words = rng.choice(pool)
+        spots = [i for i, w in enumerate(words) if _is_content_word(w)]
+        if len(spots) < changes:
+            continue
+        label = rng.choice(TYPO_LABELS)
+        chosen, new = rng.sample(spots, changes), list(words)
+        for i in chosen:
+            new[i] = misspell(words[i], rng) if label == "entailment" else rng.choice(vocab)
+        if any(new[i] == words[i] for i in chosen):
+            continue  # a word with no letters to swap, or the same word drawn
+        rows.append({"premise": " ".join(words), "hypothesis": " ".join(new), "label": label})
+    return rows
+
+
 def demo_tokenizer(vocab_size: int = 512, extra_texts: tuple[str, ...] = ()):
     """A small Qwen-style byte-level BPE (with the chat control tokens) trained on the synthetic data,
     for tiny models that have no tokenizer of their own (tests, the SFT demo)."""
@@ -170,13 +233,15 @@ def demo_tokenizer(vocab_size: int = 512, extra_texts: tuple[str, ...] = ()):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="write synthetic fine-tuning data as JSONL to stdout")
-    p.add_argument("kind", choices=["reasoning", "entailment", "tokenizer"],
+    p.add_argument("kind", choices=["reasoning", "entailment", "typos", "tokenizer"],
                    help="tokenizer: write a small Qwen-style tokenizer for this data to --out")
     p.add_argument("--out", help="tokenizer: output directory")
     p.add_argument("--vocab-size", type=int, default=512)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--think-ratio", type=float, default=0.5, help="reasoning: share of thinking examples")
+    p.add_argument("--split", choices=["train", "dev"], default="train",
+                   help="typos: which half of the plays' lines the premises come from")
     p.add_argument("--flag-prob", type=float, default=0.5, help="reasoning: chance of a /think or /no_think flag")
     args = p.parse_args(argv)
     if args.kind == "tokenizer":
@@ -184,8 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error("tokenizer needs --out DIR")
         print(demo_tokenizer(args.vocab_size).save(args.out))
         return 0
-    rows = (reasoning_conversations(args.n, args.seed, args.think_ratio, args.flag_prob)
-            if args.kind == "reasoning" else entailment_examples(args.n, args.seed))
+    if args.kind == "reasoning":
+        rows = reasoning_conversations(args.n, args.seed, args.think_ratio, args.flag_prob)
+    elif args.kind == "typos":
+        rows = typo_entailment_examples(args.n, args.seed, args.split)
+    else:
+        rows = entailment_examples(args.n, args.seed)
     for row in rows:
         sys.stdout.write(json.dumps(row) + "\n")
     return 0

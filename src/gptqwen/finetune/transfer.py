@@ -50,8 +50,9 @@ def finetune_task(task: str, data: str, base: str, out: str, eval_path: str | No
     dev_ex, dev_dropped = gpt1.encode_rows(task, dev_rows, tok, tokens, labels, max_len, eval_path or "", too_long)
     if not train_ex:
         raise UserError(f"no training example fits the context of {max_len} tokens ({len(dropped)} dropped)")
-    if dropped and not quiet:
-        print(f"dropped {len(dropped)} training rows longer than {max_len} tokens (lines {dropped[:10]}...)")
+    if not quiet:
+        for name, exs, lost in (("training", train_ex, dropped), ("eval", dev_ex, dev_dropped)):
+            print(too_long_note(name, lost, sum(e.truncated for e in exs), max_len), end="")
     n_out = 1 if task == "multiple-choice" else len(labels)
     head = gpt1.TaskHead(model.config.n_embd, n_out, dropout).to(next(model.parameters()).device)
     device_ = next(model.parameters()).device
@@ -72,11 +73,13 @@ def finetune_task(task: str, data: str, base: str, out: str, eval_path: str | No
     steps = max(1, round(epochs * -(-len(train_ex) // batch_size)))
     history = loop.run(torch.nn.ModuleList([model, head]), loop.cycle(epoch_batches), steps, loss_fn,
                        loop_cfg or loop.LoopConfig(), quiet=quiet)
-    summary = {"task": task, "from": base, "from_scratch": scratch, "train_examples": len(train_ex), "dropped_too_long": len(dropped),
-               "labels": labels, "steps": steps, "final_loss": history[-1]["loss"]}
+    summary = {"task": task, "from": base, "from_scratch": scratch, "train_examples": len(train_ex),
+               "dropped_too_long": len(dropped), "truncated": sum(e.truncated for e in train_ex), "labels": labels,
+               "steps": steps, "final_loss": history[-1]["loss"]}
     if dev_ex:
         summary["eval_examples"] = len(dev_ex)
         summary["eval_dropped_too_long"] = len(dev_dropped)
+        summary["eval_truncated"] = sum(e.truncated for e in dev_ex)
         summary["eval_accuracy"] = accuracy(gpt1.predict(model, head, task, dev_ex), dev_ex)
     spec = gpt1.TaskSpec(task, labels, tokens, max_len, lm_coef)
     from safetensors.torch import save_file
@@ -89,6 +92,17 @@ def finetune_task(task: str, data: str, base: str, out: str, eval_path: str | No
     })
     summary["out"] = str(out)
     return summary
+
+
+def too_long_note(name: str, dropped: list[int], truncated: int, max_len: int) -> str:
+    """The line(s) reporting rows over the context, or "" when there were none."""
+    note = ""
+    if dropped:
+        more = "..." if len(dropped) > 10 else ""
+        note += f"dropped {len(dropped)} {name} rows longer than {max_len} tokens (lines {dropped[:10]}{more})\n"
+    if truncated:
+        note += f"truncated {truncated} {name} rows to {max_len} tokens (the start of the text was cut)\n"
+    return note
 
 
 def load_task_model(path: str, device: str | None = None):
@@ -114,13 +128,15 @@ def predict_file(model_dir: str, data: str, device: str | None = None, too_long:
     examples, dropped = gpt1.encode_rows(spec.task, rows, tok, spec.tokens, spec.labels, spec.max_len, data,
                                          too_long, require_label=False)
     probs = gpt1.predict(model, head, spec.task, examples) if examples else torch.zeros(0, 1)
-    kept_lines = [line for line, _ in rows if line not in set(dropped)]
+    skipped = set(dropped)
+    kept_lines = [line for line, _ in rows if line not in skipped]
     preds = []
     for line, p in zip(kept_lines, probs):
         k = int(p.argmax())
         preds.append({"line": line, "prediction": spec.labels[k] if spec.labels else k,
                       "probabilities": [round(float(x), 6) for x in p]})
-    result = {"task": spec.task, "labels": spec.labels, "predictions": preds, "skipped_lines": dropped}
+    result = {"task": spec.task, "labels": spec.labels, "predictions": preds, "skipped_lines": dropped,
+              "truncated_lines": [line for line, e in zip(kept_lines, examples) if e.truncated]}
     if examples and all(e.label >= 0 for e in examples):
         result["accuracy"] = accuracy(probs, examples)
     return result
