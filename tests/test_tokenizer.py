@@ -75,6 +75,16 @@ def test_ids_equal_tiktoken(name, request):
     assert tok.vocab_size == ref.n_vocab
 
 
+def test_array_batches_in_worker_processes(qwen, qwen_ref, monkeypatch):
+    """Large array batches are encoded by forked worker processes; the ids must not change."""
+    from gptqwen.tokenizer import backends
+
+    monkeypatch.setattr(backends, "_POOL_MIN_CHARS", 0)
+    texts = _samples() * 3
+    _assert_arrays_equal(qwen, qwen_ref, texts)
+    assert getattr(qwen._backend, "_pool", None) is not None
+
+
 def _assert_arrays_equal(tok, ref, texts):
     """The uint32-array form of encode_batch gives the same ids, with and without control tokens."""
     for threads in (1, 2):
