@@ -7,7 +7,8 @@
 Both models get the same config and the same weights (ours is loaded from the transformers checkpoint and
 the first losses are checked equal). Steps alternate ours/reference so background load hits both alike; the
 median step time of each gives tokens/s and the ratio (> 1: ours is faster). The min-based ratio is printed
-too, as a check against noise on a shared machine.
+too, as a check against noise on a shared machine; with --threads 1 also the ratio of the best per-step CPU
+times of the compute thread, which other processes' scheduling cannot distort.
 """
 
 from __future__ import annotations
@@ -64,12 +65,14 @@ def bench(cfg: Config, batch: int, seq: int, steps: int, compile: bool = False) 
         a, b = (f().item() for f in list(runs.values())[:2])
     assert abs(a - b) < 1e-4, f"models disagree: loss {a} vs {b}"
     times.update({k: [] for k in runs})
+    times.update({f"{k}_cpu": [] for k in runs})
     for i in range(steps + 2):
         for name, f in runs.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             f().backward()
             if i >= 2:  # two warm-up steps
                 times[name].append(time.perf_counter() - t)
+                times[f"{name}_cpu"].append(time.thread_time() - c)
         ours.zero_grad(set_to_none=True)
         ref.zero_grad(set_to_none=True)
     return times
@@ -95,6 +98,8 @@ def main() -> None:
         ours, ref = statistics.median(t["ours"]), statistics.median(t["transformers"])
         line = (f"{name:12s} ours {tok / ours:8.0f} tok/s   transformers {tok / ref:8.0f} tok/s   "
                 f"ratio {ref / ours:.2f}x   (min-based {min(t['transformers']) / min(t['ours']):.2f}x)")
+        if args.threads == 1:  # CPU time of the one compute thread: immune to other processes' scheduling
+            line += f"   CPU-time ratio {min(t['transformers_cpu']) / min(t['ours_cpu']):.2f}x"
         if "ours_compiled" in t:
             comp = statistics.median(t["ours_compiled"])
             line += f"   compiled {tok / comp:8.0f} tok/s ratio {ref / comp:.2f}x (compile {t['compile_s'][0]:.0f} s)"

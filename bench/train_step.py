@@ -5,8 +5,9 @@
 
 Both sides train the same architecture (6 layers, 384 wide, 6 heads, 256 context, batch 8, GPT-2
 vocabulary of 50257) from the same initial weights on the same batches, with AdamW and gradient
-clipping. Ours is the step `gptqwen pretrain` runs (our decoder, `build_optimizer` param groups with
-the fused AdamW kernel, optional bf16 autocast / torch.compile); the reference is
+clipping. Ours is the step `gptqwen pretrain` runs (our decoder with its LM head fused with the loss in
+chunks, `build_optimizer` param groups with the fused AdamW kernel, optional bf16 autocast /
+torch.compile); the reference is
 `GPT2LMHeadModel` + `torch.optim.AdamW` as a plain loop. MFU uses 6N + 12·L·H·Q·T FLOPs per token
 (PaLM appendix B) against the measured dense fp32 matmul peak of the device.
 """

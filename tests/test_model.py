@@ -199,3 +199,84 @@ def test_bfloat16_forward_and_cache(name):
     got = torch.cat([model(ids[:, :8], cache=cache).logits, model(ids[:, 8:], cache=cache).logits], 1)
     assert got.dtype == cache.k.dtype == torch.bfloat16
     assert (got.float() - want).abs().max().item() < 0.05 * want.abs().max().item()
+
+
+def test_hand_written_backwards_match_autograd(monkeypatch):
+    """The training kernels with closed-form backwards (GELU via sigmoid, SwiGLU, RMSNorm, QK-norm + RoPE,
+    and the chunked LM-head cross-entropy) against torch autograd of the plain formulas."""
+    import torch.nn.functional as F
+
+    from gptqwen.model import loss as fused_loss
+    from gptqwen.model.mlp import gelu_tanh, swiglu
+    from gptqwen.model.norms import rms_norm
+    from gptqwen.model.rope import Rotary, rotate_qk
+
+    g = torch.Generator().manual_seed(0)
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 5, 8, generator=g, **f64)
+    assert torch.autograd.gradcheck(lambda a, w: rms_norm(a, w, 1e-6), (x, torch.randn(8, generator=g, **f64)))
+    assert torch.autograd.gradcheck(lambda a, w: rms_norm(a, w, 1e-6), (x, torch.randn(5, 8, generator=g, **f64)))
+    assert torch.autograd.gradcheck(swiglu, (torch.randn(4, 6, generator=g, **f64),))
+
+    def grads(fn, *inputs):
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        out = fn(*leaves)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
+        return [out.detach()] + [t.grad for t in leaves]
+
+    def close(a, b, tol=1e-5):
+        return all(torch.allclose(u, v, atol=tol, rtol=tol) for u, v in zip(a, b))
+
+    h = 3 * torch.randn(64, 600, generator=g)  # >= 32768 elements: the sigmoid form is used
+    assert close(grads(gelu_tanh, h), grads(lambda t: F.gelu(t, approximate="tanh"), h))
+
+    cos, sin = Rotary(16, 1e4, None, 32)(torch.randint(0, 30, (2, 7), generator=g), 32, "cpu")
+    qk, w = torch.randn(2, 7, 6, 16, generator=g), 1 + 0.1 * torch.randn(6, 16, generator=g)
+
+    def plain_rope(t, weight=None):
+        if weight is not None:
+            t = weight * t * torch.rsqrt(t.square().mean(-1, keepdim=True) + 1e-6)
+        return t * cos + t.roll(8, dims=-1) * sin
+
+    assert close(grads(lambda t, u: rotate_qk(t, cos, sin, u, 1e-6), qk, w), grads(plain_rope, qk, w))
+    assert close(grads(lambda t: rotate_qk(t, cos, sin), qk), grads(plain_rope, qk))
+
+    monkeypatch.setattr(fused_loss, "_MIN_CHUNK_TOKENS", 16)  # several chunks, the last one shorter
+    monkeypatch.setattr(fused_loss, "_CHUNK_ELEMENTS", 16 * 50)
+    hidden, head = torch.randn(37, 12, generator=g), 0.3 * torch.randn(50, 12, generator=g)
+    targets = torch.randint(0, 50, (37,), generator=g)
+    targets[::4] = -100
+    want = grads(lambda a, b: F.cross_entropy(a @ b.t(), targets), hidden, head)
+    assert close(grads(lambda a, b: fused_loss.linear_cross_entropy(a, b, targets), hidden, head), want)
+    plain = hidden.clone().requires_grad_()
+    F.cross_entropy(plain @ head.t(), targets).backward()
+    loss = fused_loss.linear_cross_entropy(hidden.requires_grad_(), head, targets)  # frozen head: no weight grad
+    loss.backward(retain_graph=True)
+    assert torch.allclose(hidden.grad, plain.grad, atol=1e-6)
+    with pytest.raises(RuntimeError, match="one backward"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "qwen3-tiny", "qwen2-tiny"])
+def test_training_step_matches_float64(name):
+    """The fp32 training forward/backward (fused kernels, loss fused with the head, lazily built logits)
+    against the same model in fp64, where the fp32-only fast paths are off; packed rows gather RoPE."""
+    import copy
+
+    cfg = Config.from_name(name, n_layer=2)
+    model = _model(cfg).train()
+    ref = copy.deepcopy(model).double()
+    ids = _ids(cfg, 2, 12)
+    targets = ids.roll(-1, 1)
+    targets[:, -1] = -100
+    docs = torch.tensor([[0] * 5 + [1] * 7, [0] * 12])
+    for kwargs in ({}, {"document_ids": docs}):
+        out, want = model(ids, targets=targets, **kwargs), ref(ids, targets=targets, **kwargs)
+        out.loss.backward()
+        want.loss.backward()
+        assert out.loss.item() == pytest.approx(want.loss.item(), abs=1e-5)
+        assert torch.allclose(out.logits.double(), want.logits, atol=1e-5)
+        for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+            assert torch.allclose(p.grad.double(), q.grad, atol=1e-6, rtol=1e-4), n
+        model.zero_grad()
+        ref.zero_grad()

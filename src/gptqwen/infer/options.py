@@ -18,7 +18,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=_DTYPES, default=None,
                    help="weight dtype (default: float32 on CPU, bfloat16 on GPU)")
     g.add_argument("--int8", action="store_true", help="int8 weight-only linear layers (less memory traffic)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (minutes of compilation on a small CPU; pays off on GPUs)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: torch's choice; 1 is faster on a machine busy with other work)")
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = 0.7) -> None:
@@ -53,6 +56,10 @@ def engine_from_args(args: argparse.Namespace):
     from gptqwen.loading import load_model_and_tokenizer
     from gptqwen.utils import default_device
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads} is invalid; give 1 or more")
+        torch.set_num_threads(args.threads)
     device = args.device or default_device()
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
     model, tok = load_model_and_tokenizer(args.model, dtype=dtype, device=device)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptqwen.config import Config
-from gptqwen.model.mlp import MLP
+from gptqwen.model.mlp import MLP, swiglu
 
 
 class MoE(nn.Module):
@@ -55,8 +55,7 @@ class MoE(nn.Module):
         for e, n in enumerate(counts):
             if n == 0:
                 continue
-            gate, up = F.linear(xs[start:start + n], self.w_gate_up[e]).chunk(2, dim=-1)
-            outs.append(F.linear(F.silu(gate) * up, self.w_down[e]))
+            outs.append(F.linear(swiglu(F.linear(xs[start:start + n], self.w_gate_up[e])), self.w_down[e]))
             start += n
         ys = torch.cat(outs) * weights.reshape(-1)[order, None]
         y = torch.zeros_like(x).index_add_(0, token, ys)

@@ -1,7 +1,8 @@
 """Normalisation layers: LayerNorm (GPT) and RMSNorm (Qwen), numerically as in transformers.
 
 RMSNorm has a hand-written backward: autograd's decomposition of `F.rms_norm` records about a dozen small ops
-(upcasts, pow, mean, rsqrt, ...) per call, which dominates tiny models on CPU; the closed form needs a handful.
+(upcasts, pow, mean, rsqrt, ...) per call, which dominates tiny models on CPU; the closed form needs a handful,
+and in fp32 the forward is torch's fused kernel, which also returns the rstd the backward needs.
 """
 
 from __future__ import annotations
@@ -15,27 +16,41 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+try:  # one kernel returning (y, rstd); torch >= 2.8
+    fused_rms_norm = torch.ops.aten._fused_rms_norm
+except (AttributeError, RuntimeError):
+    fused_rms_norm = None
+
+
 class _RMSNormFn(torch.autograd.Function):
-    """y = w * (x * rsqrt(mean(x^2) + eps)) with the normalisation in fp32 and cast back before the weight."""
+    """y = w * (x * rstd), rstd = rsqrt(mean(x^2) + eps), normalised in fp32 and cast back before the weight."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        xf = _upcast(x)
-        rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))
+        if x.dtype == torch.float32 and weight.dim() == 1 and fused_rms_norm is not None:
+            y, rstd = fused_rms_norm(x, [x.shape[-1]], weight, eps)
+        else:
+            xf = _upcast(x)
+            rstd = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))
+            y = weight * (xf * rstd).to(x.dtype)
         ctx.save_for_backward(x, weight, rstd)
-        return weight * (xf * rstd).to(x.dtype)
+        return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight, rstd = ctx.saved_tensors
-        xhat = _upcast(x) * rstd
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = (grad * xhat.to(grad.dtype)).sum_to_size(weight.shape)
-        gx = _upcast(grad * weight)
-        # d/dx of x * rstd: rstd * (g - xhat * mean(g * xhat))
-        grad_x = ((gx - xhat * (gx * xhat).mean(-1, keepdim=True)) * rstd).to(x.dtype)
-        return grad_x, grad_w, None
+        xf, gf = _upcast(x), _upcast(grad)
+        gx = gf * xf
+        # dx = rstd * g*w - x * rstd^3 * mean(g*w*x);  dw = sum over rows of g * x * rstd
+        if weight.dim() == 1:  # row dot products and the column sum as matrix-vector products: no temporaries
+            dot = (gx @ weight.to(gx.dtype)).unsqueeze(-1)
+            grad_w = gx.reshape(-1, x.shape[-1]).t() @ rstd.reshape(-1) if ctx.needs_input_grad[1] else None
+        else:  # per-head weights (QK-norm without RoPE)
+            dot = (gx * weight).sum(-1, keepdim=True)
+            grad_w = (gx * rstd).sum_to_size(weight.shape) if ctx.needs_input_grad[1] else None
+        coef = dot.mul_(rstd.pow(3)).div_(x.shape[-1])
+        grad_x = (gf * weight).mul_(rstd).sub_(xf * coef).to(x.dtype)
+        return grad_x, None if grad_w is None else grad_w.to(weight.dtype), None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

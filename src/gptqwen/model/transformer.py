@@ -8,12 +8,15 @@
     out = model(prompt_ids, cache=cache, logits_to_keep=1)   # prefill, then one token at a time
 
 Interface: docs/contracts.md "Model". Family differences are switches read here and in the submodules.
+A training forward with targets fuses the LM head with the loss (`model/loss.py`); `out.logits` is then
+built on first access.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,19 +26,30 @@ from torch.utils.checkpoint import checkpoint
 from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.model.attention import Attention, AttnContext, KVCache, build_masks
+from gptqwen.model.loss import linear_cross_entropy
 from gptqwen.model.mlp import MLP
 from gptqwen.model.moe import MoE, load_balancing_loss
 from gptqwen.model.norms import make_norm
 from gptqwen.model.rope import Rotary, logn_scale, qwen_ntk_alpha
 
 
-@dataclass
+@dataclass(eq=False)
 class ModelOutput:
-    logits: torch.Tensor
+    """Forward results. When a training forward fused the loss with the LM head (see `model.loss`), the
+    logits were never built: `logits` then runs the head on first access (differentiable, same values)."""
+
+    _logits: torch.Tensor | None = field(default=None, repr=False)
     loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
     router_logits: tuple[torch.Tensor, ...] | None = None
     hidden: torch.Tensor | None = None
+    _head: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None and self._head is not None:
+            self._logits, self._head = self._head(), None
+        return self._logits
 
 
 class Block(nn.Module):
@@ -192,13 +206,26 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length = past + T
 
-        hidden = x
-        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        logits = loss = head = None
+        if targets is not None and not logits_to_keep and self._fused_loss_applies(x):
+            loss = linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            head = lambda: self.lm_head(x)  # noqa: E731
+        else:
+            logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+            if targets is not None:
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         aux = None
         if router_logits and cache is None:  # balancing is a training signal: skip it while decoding
             mask = attention_mask[:, -T:] if attention_mask is not None else None
             aux = cfg.router_aux_loss_coef * load_balancing_loss(router_logits, cfg.n_experts, cfg.n_experts_per_tok, mask)
-        return ModelOutput(logits, loss, aux, tuple(router_logits) or None, hidden if return_hidden else None)
+        return ModelOutput(logits, loss, aux, tuple(router_logits) or None, x if return_hidden else None, head)
+
+    def _fused_loss_applies(self, x: torch.Tensor) -> bool:
+        """The chunked head+loss computes gradients in the forward: only when a backward will follow, in fp32
+        without autocast, with a plain head (not quantised, LoRA-wrapped or hooked) and outside torch.compile."""
+        head = self.lm_head
+        return (torch.is_grad_enabled() and (x.requires_grad or head.weight.requires_grad)
+                and type(head) is nn.Linear and head.bias is None
+                and not (head._forward_hooks or head._forward_pre_hooks)
+                and x.dtype == head.weight.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
+                and not torch.compiler.is_compiling())
