@@ -229,9 +229,13 @@ def test_smollm2_int8_follows_float(smol):
         prompts = ["The capital of France is", "def fibonacci(n):", _CHAT.format("What is the capital of France?")]
         ids = [engine.tokenizer.encode(p, allow_special=True) for p in prompts]
         res = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True))
+        # a list answer: an earlier int8 variant (SmoothQuant folded into the norms) drifted into emoji here
+        fruit = engine.tokenizer.encode(_CHAT.format("Give me three fruit names."), allow_special=True)
+        int8_fruit = engine.generate([fruit], SamplingParams(temperature=0, max_new_tokens=24))[0].text
     finally:
         torch.set_num_threads(threads)
     assert [r.token_ids for r in res] == [GOLDEN[p][:6] for p in prompts]
+    assert "1. " in int8_fruit and any(f in int8_fruit for f in ("Apple", "Banana", "Orange", "Grape")), int8_fruit
 
 
 @needs_smol
