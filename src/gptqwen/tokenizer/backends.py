@@ -117,7 +117,9 @@ class TiktokenBackend:
             return None  # fork is Linux-only here; daemonic workers (e.g. data prepare's) may not fork
         if pool is not None:
             pool.terminate()
-        _FORKED[id(self)] = self  # the workers inherit this table and find the encoder by key
+        # the workers inherit this table and find the encoder by key; holding the encoder, not the backend,
+        # leaves the backend collectable, and its finalizer then stops the pool
+        _FORKED[id(self)] = self.enc
         self._pool = multiprocessing.get_context("fork").Pool(workers)
         self._pool_size = workers
         weakref.finalize(self, _close_pool, self._pool, id(self))
@@ -156,12 +158,12 @@ class TiktokenBackend:
 
 
 _POOL_MIN_CHARS = 1 << 18  # below ~256 KB of text a batch is done before worker processes would start
-_FORKED: dict[int, TiktokenBackend] = {}
+_FORKED: dict[int, tiktoken.Encoding] = {}
 
 
 def _encode_chunk(task: tuple[int, list[str], set[str]]) -> tuple[np.ndarray, np.ndarray]:
     key, texts, allowed = task
-    core = _FORKED[key].enc._core_bpe
+    core = _FORKED[key]._core_bpe
     parts = [np.frombuffer(core.encode_to_tiktoken_buffer(t, allowed), dtype=np.uint32) for t in texts]
     return np.array([len(p) for p in parts], dtype=np.int64), np.concatenate(parts)
 
