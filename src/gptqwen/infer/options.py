@@ -17,7 +17,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     g.add_argument("--dtype", choices=_DTYPES, default=None,
                    help="weight dtype (default: float32 on CPU, bfloat16 on GPU)")
-    g.add_argument("--int8", action="store_true", help="int8 weight-only linear layers (less memory traffic)")
+    g.add_argument("--quant", choices=("q8_0", "q4_1"), default=None,
+                   help="quantise the linear layers' weights to llama.cpp's q8_0 or q4_1 blocks: 4x / 6x fewer bytes "
+                        "per decoded token than float32, the fastest CPU decoding (q4_1 keeps the head at q8_0)")
+    g.add_argument("--int8", action="store_const", const="q8_0", dest="quant", help="same as --quant q8_0")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (minutes of compilation on a small CPU; pays off on GPUs)")
     g.add_argument("--threads", type=int, default=None,
@@ -48,11 +51,11 @@ def sampling_from_args(args: argparse.Namespace, **extra) -> SamplingParams:
 
 
 def engine_from_args(args: argparse.Namespace):
-    """Load the model named by `--model` and wrap it in an `Engine` (int8 / compile as asked)."""
+    """Load the model named by `--model` and wrap it in an `Engine` (quantised / compiled as asked)."""
     import torch
 
     from gptqwen.infer.engine import Engine
-    from gptqwen.infer.quant import quantize_int8
+    from gptqwen.infer.quant import quantize
     from gptqwen.loading import load_model_and_tokenizer
     from gptqwen.utils import default_device
 
@@ -66,6 +69,6 @@ def engine_from_args(args: argparse.Namespace):
     if tok is None:
         raise UserError(f"'{args.model}' has no tokenizer to turn text into tokens; "
                         "use a .gguf file, an HF checkpoint or a run directory that has one")
-    if args.int8:
-        quantize_int8(model)
+    if args.quant:
+        quantize(model, args.quant)
     return Engine(model, tok, compile=args.compile)

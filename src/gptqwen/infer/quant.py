@@ -1,125 +1,148 @@
-"""Int8 quantisation for inference: `quantize_int8(model)` swaps every `nn.Linear` in place.
+"""Weight quantisation for inference: `quantize(model, "q8_0" | "q4_1")` swaps `nn.Linear`s in place.
 
-Weights: int8 with one scale per output row (symmetric, absmax / 127) — a quarter of fp32's bytes, which is
-what batch-1 decode is bound by. The matmul depends on where it runs:
-  * CPU, fp32 activations: fbgemm's dynamic int8 linear (`quantized::linear_dynamic`, activations quantised
-    per call, int32 accumulation) — the fast int8 GEMM PyTorch ships for x86;
-  * elsewhere (CUDA, bf16): weight-only, `torch._weight_int8pack_mm` (reads the int8 weights directly), or
-    dequantise-then-matmul when no kernel exists.
-The dynamic path quantises each activation row with one scale, and a few outlier channels (large in every
-token of a real LM, e.g. SmolLM2) would crush the rest to a handful of levels. `quantize_int8` therefore first
-runs the model on a short calibration sequence and migrates the outliers into the weights (SmoothQuant,
-arXiv:2211.10438): per input channel j, s_j = max|x_j|^a / max|W_j|^(1-a), W' = W * s, x' = x / s.
-MoE expert weights are plain tensors, not Linears, and stay in float. `bench/decode.py --int8` measures it.
+Formats are llama.cpp's block formats (32 consecutive weights of a row share their scale):
+  * q8_0 — w = d * q, q int8, d fp16: 1.06 bytes per weight (fp32: 4);
+  * q4_1 — w = d * q + m, q in 0..15, d and m fp16: 0.63 bytes per weight. The LM head stays q8_0, as in
+    llama.cpp's files, because its errors go straight into the logits.
+Quantising weights that came from a GGUF file of the same format gives back the file's own blocks (the same
+scales and values; q4_1's nibbles in the kernels' order), tested on SmolLM2's Q4_1 layers and Q8_0 head, so
+`--quant q4_1` on that model runs exactly its weights.
+
+Batch-1 decoding is bound by reading the weights; the C kernels (`gptqwen/kernels.c`) read the blocks
+directly, so a decode step moves ~4x (q8_0) or ~6x (q4_1) fewer bytes than float32, and multiply them with
+float32 activations: the result is a float32 product with exactly the dequantised weights (rounding the
+activations to int8 too, llama.cpp's way, flipped near-tied answers of SmolLM2). Inputs of more than
+`KERNEL_ROWS` rows (prefills) dequantise the weight once and use the float GEMM, which is faster there.
+On GPUs, or without a C compiler, layers dequantise on every call: less memory, no speed-up.
+Layers whose input width is not a multiple of 32, and MoE experts (plain tensors), stay in float.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptqwen.errors import UserError
+from gptqwen import kernels
 
-class Int8Linear(nn.Module):
-    """`y = x @ (q * scale).T + b` with `q` int8 [out, in] and one scale per output row."""
+FORMATS = ("q8_0", "q4_1")
+BLOCK = 32
+KERNEL_ROWS = 32  # longer inputs (prefills) dequantise the weight once and use the float GEMM: faster there
 
-    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None) -> None:
+
+def quantize_blocks(w: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
+    """Blocks of a float [N, K] matrix (K % 32 == 0) as llama.cpp computes them: {"qs", "d"[, "m"]}."""
+    n, k = w.shape
+    wb = w.detach().float().reshape(n, k // BLOCK, BLOCK)
+    if fmt == "q8_0":
+        d = wb.abs().amax(-1) / 127.0
+        inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+        q = torch.round(wb * inv[..., None]).clamp(-127, 127).to(torch.int8)
+        return {"qs": q.reshape(n, k), "d": d.half()}
+    if fmt == "q4_1":
+        lo, hi = wb.amin(-1), wb.amax(-1)
+        d = (hi - lo) / 15.0
+        inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+        q = torch.floor((wb - lo[..., None]) * inv[..., None] + 0.5).clamp(0, 15).to(torch.uint8)
+        # the kernels' nibble order (kernels.c): value e = 8i + 4j + l goes to word l, nibble 2i + j
+        nib = q.reshape(n, -1, 4, 2, 4).permute(0, 1, 4, 2, 3).reshape(n, -1, 4, 8)
+        packed = nib[..., 0::2] | (nib[..., 1::2] << 4)
+        return {"qs": packed.reshape(n, k // 2), "d": d.half(), "m": lo.half()}
+    raise UserError(f"unknown quantisation format '{fmt}'; choose one of {', '.join(FORMATS)}")
+
+
+def dequantize_blocks(qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, fmt: str,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The float [N, K] matrix the blocks stand for (PyTorch ops; works on any device)."""
+    n = qs.shape[0]
+    if fmt == "q8_0":
+        q = qs.reshape(n, -1, BLOCK).float()
+    else:
+        b = qs.reshape(n, -1, 4, 4)  # [block, word, byte] -> nibbles [block, word, 8] -> values 8i + 4j + l
+        nib = torch.stack([b & 0x0F, b >> 4], dim=-1).reshape(n, -1, 4, 4, 2)
+        q = nib.permute(0, 1, 3, 4, 2).reshape(n, -1, BLOCK).float()
+    w = q * d.float()[..., None]
+    if m is not None:
+        w = w + m.float()[..., None]
+    return w.reshape(n, -1).to(dtype)
+
+
+class QuantLinear(nn.Module):
+    """`y = x @ W.T + b` with W held in q8_0 or q4_1 blocks (see the module docstring)."""
+
+    def __init__(self, linear: nn.Linear, fmt: str) -> None:
         super().__init__()
-        w = linear.weight.detach().float()
-        if smooth is not None:  # SmoothQuant: the weight takes the channel scales, the input is divided by them
-            w = w * smooth[None, :].to(w)
-        self.register_buffer("inv_smooth", None if smooth is None else (1.0 / smooth).to(linear.weight.dtype))
-        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        dtype = linear.weight.dtype
-        self.register_buffer("scale", scale.to(dtype))
+        if linear.in_features % BLOCK:
+            raise ValueError(f"in_features {linear.in_features} is not a multiple of {BLOCK}")
+        self.fmt, self.in_features, self.out_features = fmt, linear.in_features, linear.out_features
+        for name, t in quantize_blocks(linear.weight, fmt).items():
+            self.register_buffer(name, t.to(linear.weight.device).contiguous())
+        if fmt == "q8_0":
+            self.m = None
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        self._packed = hasattr(torch, "_weight_int8pack_mm")
-        self._fbgemm = None
-        if w.device.type == "cpu" and dtype == torch.float32 and "fbgemm" in torch.backends.quantized.supported_engines:
-            with warnings.catch_warnings():  # torch.ao's deprecation notice; the fbgemm kernels stay
-                warnings.simplefilter("ignore")
-                zero = torch.zeros_like(scale, dtype=torch.long)
-                qw = torch.quantize_per_channel(w, scale.double(), zero, 0, torch.qint8)
-                self._fbgemm = torch.ops.quantized.linear_prepack(qw, None)  # bias added after the row rescale
+        self._kernel = None  # set on first use
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight [out, in] (the C dequantiser on CPU where it built, else PyTorch ops)."""
+        lib = kernels.library() if self.qs.device.type == "cpu" and self.d.dtype == torch.float16 else None
+        if lib is None:
+            return dequantize_blocks(self.qs, self.d, self.m, self.fmt, dtype)
+        w = torch.empty(self.out_features, self.in_features)
+        lib.gq_dequantize(int(self.fmt == "q4_1"), self.qs.data_ptr(), self.d.data_ptr(),
+                          None if self.m is None else self.m.data_ptr(), self.out_features, self.in_features,
+                          w.data_ptr(), torch.get_num_threads())
+        return w.to(dtype)
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .float() move the buffers: forget their addresses
+        self._kernel = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _kernel_call(self):
+        """`call(x_ptr, rows, y_ptr)` running the C kernel on this layer's blocks (False: none here)."""
+        lib = kernels.library() if self.qs.device.type == "cpu" and self.d.dtype == torch.float16 else None
+        if lib is None:  # (scales cast to another dtype by model.to(...): the PyTorch path reads any)
+            return False
+        n, k, qs, d = self.out_features, self.in_features, self.qs.data_ptr(), self.d.data_ptr()
+        if self.fmt == "q4_1":
+            fn, m = lib.gq_q4_1_matmul, self.m.data_ptr()
+            return lambda x, rows, y: fn(x, rows, k, qs, d, m, n, y, torch.get_num_threads(), 1)
+        fn = lib.gq_q8_0_matmul
+        return lambda x, rows, y: fn(x, rows, k, qs, d, n, y, torch.get_num_threads(), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inv_smooth is not None:
-            x = x * self.inv_smooth.to(x.dtype)
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        if self._fbgemm is not None and x.device.type == "cpu" and x.dtype == torch.float32:
-            # fbgemm quantises the whole input with one scale; rows are scaled to the same range first so every
-            # token keeps its own resolution (a prefill's first token has activations 100x the others').
-            # reduce_range: 7-bit activations, so AVX2's 16-bit intermediate sums cannot overflow
-            if x2.shape[0] > 1:
-                r = x2.abs().amax(1, keepdim=True).clamp_(min=1e-12)
-                y = torch.ops.quantized.linear_dynamic((x2 / r).contiguous(), self._fbgemm, True) * r
-            else:
-                y = torch.ops.quantized.linear_dynamic(x2.contiguous(), self._fbgemm, True)
-            if self.bias is not None:
-                y = y + self.bias
-            return y.reshape(*shape[:-1], self.out_features)
-        if self._packed:
-            try:
-                y = torch._weight_int8pack_mm(x2, self.qweight, self.scale.to(x.dtype))
-            except RuntimeError:  # no kernel for this device/dtype: fall back for good
-                self._packed = False
-        if not self._packed:
-            y = F.linear(x2, self.qweight.to(x.dtype)) * self.scale.to(x.dtype)
+        x2 = x.reshape(-1, self.in_features)
+        rows = x2.shape[0]
+        call = None
+        if rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.device.type == "cpu":
+            call = self.__dict__.get("_kernel")
+            if call is None:
+                call = self._kernel = self._kernel_call()
+        if call:
+            x2 = x2.contiguous()
+            y = torch.empty(rows, self.out_features)
+            call(x2.data_ptr(), rows, y.data_ptr())
+        else:
+            y = F.linear(x2, self.dequantize(x.dtype))
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.fmt}"
 
 
-def _input_absmax(model: nn.Module, linears: dict[str, nn.Linear], ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-input-channel max |x| of every linear in `linears` over one forward of `ids`."""
-    stats: dict[str, torch.Tensor] = {}
-
-    def hook(name: str):
-        def record(_m, args):
-            a = args[0].detach().flatten(0, -2).abs().amax(0).float()
-            stats[name] = torch.maximum(stats[name], a) if name in stats else a
-        return record
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
-    try:
-        with torch.no_grad():
-            model(ids)
-    finally:
-        for h in handles:
-            h.remove()
-    return stats
-
-
-def quantize_int8(model: nn.Module, skip: tuple[str, ...] = (), calibration: torch.Tensor | None = None,
-                  alpha: float = 0.3) -> nn.Module:
-    """Replace every `nn.Linear` of `model` (names not containing a `skip` entry) by an `Int8Linear`.
-
-    For a gptqwen `Transformer` the activation outliers are measured on `calibration` ([B, T] token ids;
-    default 64 fixed pseudo-random ids, enough to find channels that are large for every token) and smoothed
-    with strength `alpha` (0 disables it).
-    """
-    targets = {name: m for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and not any(s in name for s in skip)}
-    smooth: dict[str, torch.Tensor] = {}
-    cfg = getattr(model, "config", None)
-    if alpha > 0 and cfg is not None and hasattr(cfg, "vocab_size"):
-        device = next(model.parameters()).device
-        if calibration is None:
-            g = torch.Generator().manual_seed(0)
-            calibration = torch.randint(0, cfg.vocab_size, (1, min(64, cfg.max_seq_len)), generator=g)
-        for name, amax in _input_absmax(model, targets, calibration.to(device)).items():
-            wmax = targets[name].weight.detach().abs().amax(0).float()
-            smooth[name] = (amax.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
-    for name, linear in targets.items():
+def quantize(model: nn.Module, fmt: str = "q8_0", skip: tuple[str, ...] = (), head_fmt: str = "q8_0") -> nn.Module:
+    """Replace the `nn.Linear`s of `model` (names not containing a `skip` entry) by `QuantLinear`s in `fmt`;
+    `lm_head` gets `head_fmt` when `fmt` is coarser. Returns the model."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown quantisation format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or any(s in name for s in skip) or module.in_features % BLOCK:
+            continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, Int8Linear(linear, smooth.get(name)))
+        layer_fmt = head_fmt if child == "lm_head" and fmt == "q4_1" else fmt
+        setattr(parent, child, QuantLinear(module, layer_fmt))
     return model

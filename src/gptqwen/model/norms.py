@@ -1,8 +1,10 @@
 """Normalisation layers: LayerNorm (GPT) and RMSNorm (Qwen), numerically as in transformers.
 
 RMSNorm has a hand-written backward: autograd's decomposition of `F.rms_norm` records about a dozen small ops
-(upcasts, pow, mean, rsqrt, ...) per call, which dominates tiny models on CPU; the closed form needs a handful,
-and in fp32 the forward is torch's fused kernel, which also returns the rstd the backward needs.
+(upcasts, pow, mean, rsqrt, ...) per call, which dominates tiny models on CPU; the closed form needs a handful.
+On CPU in fp32 the forward is our C kernel (`gptqwen/kernels.c`; torch's CPU rms_norm itself runs as ~8 ops),
+in training and inference alike so both give the same numbers; elsewhere torch's fused kernel, which also
+returns the rstd the backward needs.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gptqwen import kernels
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -22,12 +26,21 @@ except (AttributeError, RuntimeError):
     fused_rms_norm = None
 
 
+def _kernel_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the C kernel (gptqwen/kernels.c) can normalise x: fp32 CPU, contiguous, a 1-D fp32 weight."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and weight.dim() == 1
+            and weight.dtype == torch.float32)
+
+
 class _RMSNormFn(torch.autograd.Function):
     """y = w * (x * rstd), rstd = rsqrt(mean(x^2) + eps), normalised in fp32 and cast back before the weight."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        if x.dtype == torch.float32 and weight.dim() == 1 and fused_rms_norm is not None:
+        fast = _kernel_ok(x, weight) and kernels.rms_norm(x, weight, eps, with_rstd=True)
+        if fast:  # the same kernel as inference below, so both give identical numbers
+            y, rstd = fast
+        elif x.dtype == torch.float32 and weight.dim() == 1 and fused_rms_norm is not None:
             y, rstd = fused_rms_norm(x, [x.shape[-1]], weight, eps)
         else:
             xf = _upcast(x)
@@ -56,9 +69,10 @@ class _RMSNormFn(torch.autograd.Function):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMS-normalise the last dim of x; `weight` broadcasts against x (e.g. [D] or [heads, D])."""
     if x.dtype == torch.float32 and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
-        # inference in fp32: torch's fused kernel is the same arithmetic at a third of the cost (decode)
+        # inference in fp32: our C kernel where it built (torch's CPU rms_norm is ~8 ops), else torch's
         if weight.dim() == 1:
-            return F.rms_norm(x, (x.shape[-1],), weight, eps)
+            y = kernels.rms_norm(x, weight, eps) if _kernel_ok(x, weight) else None
+            return y if y is not None else F.rms_norm(x, (x.shape[-1],), weight, eps)
         return F.rms_norm(x, (x.shape[-1],), None, eps) * weight
     return _RMSNormFn.apply(x, weight, eps)
 

