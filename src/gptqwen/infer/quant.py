@@ -81,11 +81,15 @@ class QuantLinear(nn.Module):
         if fmt == "q8_0":
             self.m = None
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        self._kernel = None  # set on first use
+
+    def _lib(self):
+        """The C kernels when they apply to this layer: CPU blocks with fp16 scales (not cast by model.to(...))."""
+        b = self._buffers
+        return kernels.library() if b["qs"].is_cpu and b["d"].dtype == torch.float16 else None
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The float weight [out, in] (the C dequantiser on CPU where it built, else PyTorch ops)."""
-        lib = kernels.library() if self.qs.device.type == "cpu" and self.d.dtype == torch.float16 else None
+        """The float weight [out, in] (the C dequantiser where it applies, else PyTorch ops)."""
+        lib = self._lib()
         if lib is None:
             return dequantize_blocks(self.qs, self.d, self.m, self.fmt, dtype)
         w = torch.empty(self.out_features, self.in_features)
@@ -94,35 +98,23 @@ class QuantLinear(nn.Module):
                           w.data_ptr(), torch.get_num_threads())
         return w.to(dtype)
 
-    def _apply(self, fn, *args, **kwargs):  # .to() / .float() move the buffers: forget their addresses
-        self._kernel = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def _kernel_call(self):
-        """`call(x_ptr, rows, y_ptr)` running the C kernel on this layer's blocks (False: none here)."""
-        lib = kernels.library() if self.qs.device.type == "cpu" and self.d.dtype == torch.float16 else None
-        if lib is None:  # (scales cast to another dtype by model.to(...): the PyTorch path reads any)
-            return False
-        n, k, qs, d = self.out_features, self.in_features, self.qs.data_ptr(), self.d.data_ptr()
-        if self.fmt == "q4_1":
-            fn, m = lib.gq_q4_1_matmul, self.m.data_ptr()
-            return lambda x, rows, y: fn(x, rows, k, qs, d, m, n, y, torch.get_num_threads(), 1)
-        fn = lib.gq_q8_0_matmul
-        return lambda x, rows, y: fn(x, rows, k, qs, d, n, y, torch.get_num_threads(), 1)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         rows = x2.shape[0]
-        call = None
-        if rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.device.type == "cpu":
-            call = self.__dict__.get("_kernel")
-            if call is None:
-                call = self._kernel = self._kernel_call()
-        if call:
+        # (a decode step calls this ~120 times: buffers are read from the dict, not through nn.Module.__getattr__)
+        b = self._buffers
+        lib = self._lib() if rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.is_cpu else None
+        if lib is not None:
             x2 = x2.contiguous()
             y = torch.empty(rows, self.out_features)
-            call(x2.data_ptr(), rows, y.data_ptr())
+            n, k, threads = self.out_features, self.in_features, torch.get_num_threads()
+            if self.fmt == "q4_1":
+                lib.gq_q4_1_matmul(x2.data_ptr(), rows, k, b["qs"].data_ptr(), b["d"].data_ptr(), b["m"].data_ptr(),
+                                   n, y.data_ptr(), threads, 1)
+            else:
+                lib.gq_q8_0_matmul(x2.data_ptr(), rows, k, b["qs"].data_ptr(), b["d"].data_ptr(), n, y.data_ptr(),
+                                   threads, 1)
         else:
             y = F.linear(x2, self.dequantize(x.dtype))
         if self.bias is not None:
