@@ -133,11 +133,11 @@ class Rotary(nn.Module):
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x [B, T, H, D] (half-split layout): x*cos + rotate_half(x)*sin, with `sin` pre-signed as
     [-sin, sin], so rotate_half reduces to swapping the halves. Same arithmetic as transformers."""
-    return x * cos.to(x.dtype) + x.roll(x.shape[-1] // 2, dims=-1) * sin.to(x.dtype)
+    return _rotate(x, cos.to(x.dtype), sin.to(x.dtype))
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x*cos + swap_halves(x)*sin, for tables shaped like x's trailing [T, H, D] (contiguous kernels)."""
+    """x*cos + swap_halves(x)*sin (tables in x's dtype, broadcasting against it)."""
     return torch.mul(x, cos).addcmul_(x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
