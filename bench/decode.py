@@ -146,7 +146,9 @@ def time_llama_cpp(path: Path, prompt: list[int], new_tokens: int) -> float | No
         return None
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens + 8, verbose=False)
+    threads = torch.get_num_threads()
+    llm = Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens + 8, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
     t = time.perf_counter()
     n = 0
     for _ in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
