@@ -24,6 +24,9 @@ from functools import lru_cache
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("kernels.c")
+# The C text is read with this module, not at first use: a process whose Python was loaded before kernels.c
+# changed on disk must still build the C its ctypes signatures below were written for.
+_SOURCE_TEXT = SOURCE.read_bytes()
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -53,10 +56,10 @@ def _compiler() -> str | None:
 
 def _build(cc: str, flags: list[str], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
-    os.close(fd)
-    try:
-        base = [cc, "-O3", "-shared", "-fPIC", "-ffp-contract=off", *flags, str(SOURCE), "-o", tmp]
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        src, lib = Path(tmp) / "kernels.c", Path(tmp) / out.name
+        src.write_bytes(_SOURCE_TEXT)
+        base = [cc, "-O3", "-shared", "-fPIC", "-ffp-contract=off", *flags, str(src), "-o", str(lib)]
         # OpenMP when the compiler has it (gcc: yes; Apple clang: not without libomp), else one thread
         for extra in (["-fopenmp"], ["-Wno-unknown-pragmas"]):
             proc = subprocess.run(base[:1] + extra + base[1:], capture_output=True, text=True)
@@ -64,10 +67,7 @@ def _build(cc: str, flags: list[str], out: Path) -> None:
                 break
         else:
             raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "compiler failed")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.replace(lib, out)  # atomic: a concurrent first use sees the old name absent or the whole file
 
 
 @lru_cache(maxsize=1)
@@ -89,7 +89,7 @@ def load() -> ctypes.CDLL | None:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     except OSError:
         version = ""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *flags, version]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(_SOURCE_TEXT + " ".join([cc, *flags, version]).encode()).hexdigest()[:16]
     path = cache_dir() / f"kernels-{key}.so"
     try:
         if not path.exists():
