@@ -114,7 +114,7 @@ def copy_word(rng: random.Random, min_len: int = 4, max_len: int = 10, n_choices
 def recall(rng: random.Random, kind: str = "continue", n_words: int = 6, n_choices: int = 4,
            min_len: int = 4, max_len: int = 9, min_count: int = 100, dict_size: int = 8,
            dict_seed: int = 0) -> dict:
-    """Recall a word from the item's own context; every choice is a word of that context.
+    """Recall a word from the context: the item's own (`continue`, `pairs`) or the few-shot examples' (`dictionary`).
 
     `continue`: a list of random Shakespeare words, then the list again, cut short: the answer is the
     next word ("lord night grace sweet\nlord night" -> " grace"). `pairs`: word pairs, then one first
