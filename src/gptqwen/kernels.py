@@ -81,8 +81,8 @@ def load() -> ctypes.CDLL | None:
     """Build (if needed) and load the kernels; None with a warning on failure. `library()` caches this."""
     cc = _compiler()
     if cc is None:
-        warnings.warn("no C compiler found (set CC or install gcc): quantised layers dequantise their weights "
-                      "on every call, which is slower than float32", stacklevel=2)
+        warnings.warn("no C compiler found (set CC or install gcc): PyTorch ops stand in for the C kernels, and "
+                      "quantised layers dequantise their weights on every call (slower than float32)", stacklevel=2)
         return None
     flags = _simd_flags()
     try:
@@ -96,8 +96,8 @@ def load() -> ctypes.CDLL | None:
             _build(cc, flags, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError) as e:
-        warnings.warn(f"could not build the quantised-matmul kernels with {cc} ({e}); quantised layers "
-                      "dequantise their weights on every call, which is slower than float32", stacklevel=2)
+        warnings.warn(f"could not build the C kernels with {cc} ({e}): PyTorch ops stand in for them, and "
+                      "quantised layers dequantise their weights on every call (slower than float32)", stacklevel=2)
         return None
     lib.gq_q8_0_matmul.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _INT, _INT]
     lib.gq_q4_1_matmul.argtypes = [_P, _I64, _I64, _P, _P, _P, _I64, _P, _INT, _INT]
