@@ -56,14 +56,6 @@ static inline float half_to_float(uint16_t h) {
 #endif
 }
 
-int gq_has_simd(void) {
-#ifdef __AVX2__
-    return 1;
-#else
-    return 0;
-#endif
-}
-
 /* ------------------------------------------------------------------------------------------ products */
 /* q4_1's m term needs the sum of each block of x: sums[r * G + g]. */
 static void block_sums(const float *x, int mb, int64_t K, float *sums) {

@@ -105,7 +105,6 @@ def load() -> ctypes.CDLL | None:
     lib.gq_dequantize.argtypes = [_INT, _P, _P, _P, _I64, _I64, _P, _INT]
     for f in (lib.gq_q8_0_matmul, lib.gq_q4_1_matmul, lib.gq_rms_norm, lib.gq_dequantize):
         f.restype = None
-    lib.gq_has_simd.restype = _INT
     return lib
 
 
