@@ -66,33 +66,42 @@ static void block_sums(const float *x, int mb, int64_t K, float *sums) {
     }
 }
 
-/* The 32 values q of block g of a row (unscaled). */
-static inline void decode_block(int is_q4, const uint8_t *qs_row, int64_t g, float *w) {
-    if (is_q4) {
+enum { F32 = 0, Q8_0 = 1, Q4_1 = 2 }; /* weight formats of the products */
+
+/* The 32 values q of block g of a row (unscaled); float32 rows are copied. */
+static inline void decode_block(int fmt, const uint8_t *qs_row, int64_t g, float *w) {
+    if (fmt == Q4_1) {
         const uint8_t *b = qs_row + g * (QK / 2);
         for (int e = 0; e < QK; e++) { /* value e: word e % 4, nibble 2 * (e / 8) + (e % 8) / 4 */
             const int nib = 2 * (e / 8) + (e % 8) / 4;
             w[e] = (float)((b[4 * (e % 4) + nib / 2] >> (4 * (nib % 2))) & 0x0f);
         }
-    } else {
+    } else if (fmt == Q8_0) {
         for (int j = 0; j < QK; j++) w[j] = (float)(int8_t)qs_row[g * QK + j];
+    } else {
+        memcpy(w, (const float *)qs_row + g * QK, sizeof(float) * QK);
     }
 }
 
 /* Portable: one output row against mb rows of x. */
-static void row_dot_scalar(int is_q4, int mb, const float *x, const float *sums, int64_t K, const uint8_t *qs_row,
+static void row_dot_scalar(int fmt, int mb, const float *x, const float *sums, int64_t K, const uint8_t *qs_row,
                            const uint16_t *d_row, const uint16_t *m_row, float *out) {
     const int64_t G = K / QK;
     float w[QK];
     for (int r = 0; r < mb; r++) out[r] = 0.f;
+    if (fmt == F32) { /* any K */
+        for (int r = 0; r < mb; r++)
+            for (int64_t k = 0; k < K; k++) out[r] += x[r * K + k] * ((const float *)qs_row)[k];
+        return;
+    }
     for (int64_t g = 0; g < G; g++) {
-        decode_block(is_q4, qs_row, g, w);
-        const float dw = half_to_float(d_row[g]), mw = is_q4 ? half_to_float(m_row[g]) : 0.f;
+        decode_block(fmt, qs_row, g, w);
+        const float dw = fmt == F32 ? 1.f : half_to_float(d_row[g]), mw = fmt == Q4_1 ? half_to_float(m_row[g]) : 0.f;
         for (int r = 0; r < mb; r++) {
             const float *xr = x + r * K + g * QK;
             float t = 0.f;
             for (int j = 0; j < QK; j++) t += xr[j] * w[j];
-            out[r] += dw * t + (is_q4 ? mw * sums[r * G + g] : 0.f);
+            out[r] += dw * t + (fmt == Q4_1 ? mw * sums[r * G + g] : 0.f);
         }
     }
 }
@@ -108,10 +117,10 @@ static inline float hsum(__m256 v) {
 /* AVX2: decode the block's 32 weights to 4 x 8 floats (q, unscaled) once, then for each row of x: four FMAs
  * in two chains, and the block's d scales the sum into the row's accumulator. */
 static inline __attribute__((always_inline)) void block_step(
-        int is_q4, int mb, const float *x, int64_t K, const uint8_t *qs_row, const float *dw, int64_t g,
+        int fmt, int mb, const float *x, int64_t K, const uint8_t *qs_row, const float *dw, int64_t g,
         __m256 *acc) {
     __m256 w0, w1, w2, w3;
-    if (is_q4) { /* the 16 bytes in both halves; lane l takes word l % 4 shifted to the nibble it needs */
+    if (fmt == Q4_1) { /* the 16 bytes in both halves; lane l takes word l % 4 shifted to the nibble it needs */
         const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(qs_row + g * (QK / 2))));
         const __m256i low = _mm256_set1_epi32(0x0f);
         w0 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), low));
@@ -147,7 +156,7 @@ static inline void halves_to_floats(const uint16_t *h, float *f, int64_t n) {
  * live in registers; up to 2 rows use two sets (even and odd blocks) so consecutive blocks do not wait on each
  * other's FMA (more sets would spill registers). `scratch` holds 2 * G floats. */
 static inline __attribute__((always_inline)) void row_dot(
-        int is_q4, int mb, const float *x, const float *sums, int64_t K, const uint8_t *qs_row,
+        int fmt, int mb, const float *x, const float *sums, int64_t K, const uint8_t *qs_row,
         const uint16_t *d_row, const uint16_t *m_row, float *out, float *scratch) {
     const int64_t G = K / QK;
     float *dw = scratch, *mw = scratch + G;
@@ -157,12 +166,12 @@ static inline __attribute__((always_inline)) void row_dot(
     int64_t g = 0;
     if (mb <= 2)
         for (; g + 1 < G; g += 2) {
-            block_step(is_q4, mb, x, K, qs_row, dw, g, acc);
-            block_step(is_q4, mb, x, K, qs_row, dw, g + 1, acc2);
+            block_step(fmt, mb, x, K, qs_row, dw, g, acc);
+            block_step(fmt, mb, x, K, qs_row, dw, g + 1, acc2);
         }
-    for (; g < G; g++) block_step(is_q4, mb, x, K, qs_row, dw, g, acc);
+    for (; g < G; g++) block_step(fmt, mb, x, K, qs_row, dw, g, acc);
     for (int r = 0; r < mb; r++) out[r] = hsum(_mm256_add_ps(acc[r], acc2[r]));
-    if (is_q4) { /* the m term: sum over blocks of m_g * sum(x_g) */
+    if (fmt == Q4_1) { /* the m term: sum over blocks of m_g * sum(x_g) */
         halves_to_floats(m_row, mw, G);
         for (int r = 0; r < mb; r++) {
             const float *xs = sums + r * G;
@@ -177,33 +186,64 @@ static inline __attribute__((always_inline)) void row_dot(
 }
 #endif
 
-static void matmul(int is_q4, const float *x, int64_t M, int64_t K, const uint8_t *qs, const uint16_t *d,
+#ifdef __AVX2__
+/* float32 weights: one FMA chain per row of x (two for up to 4 rows, so the chains hide the FMA latency
+ * without spilling registers); batch-1 decoding reads each weight once from memory. */
+static inline __attribute__((always_inline)) void row_dot_f32(int mb, const float *x, int64_t K, const float *w,
+                                                              float *out) {
+    __m256 acc[MB], acc2[MB];
+    for (int r = 0; r < mb; r++) acc[r] = acc2[r] = _mm256_setzero_ps();
+    int64_t k = 0;
+    if (mb <= 4)
+        for (; k + 16 <= K; k += 16) {
+            const __m256 w0 = _mm256_loadu_ps(w + k), w1 = _mm256_loadu_ps(w + k + 8);
+            for (int r = 0; r < mb; r++) {
+                acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), w0, acc[r]);
+                acc2[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k + 8), w1, acc2[r]);
+            }
+        }
+    for (; k + 8 <= K; k += 8) {
+        const __m256 w0 = _mm256_loadu_ps(w + k);
+        for (int r = 0; r < mb; r++) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), w0, acc[r]);
+    }
+    for (int r = 0; r < mb; r++) {
+        float t = hsum(_mm256_add_ps(acc[r], acc2[r]));
+        for (int64_t j = k; j < K; j++) t += x[r * K + j] * w[j];
+        out[r] = t;
+    }
+}
+#endif
+
+/* y[M, N] = x[M, K] @ W[N, K]^T for W in format `fmt`; OpenMP over output rows, MB rows of x per pass. */
+static void matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w, const uint16_t *d,
                    const uint16_t *m, int64_t N, float *y, int nthreads, int simd) {
-    const int64_t G = K / QK, row_bytes = is_q4 ? K / 2 : K;
-    float *sums = malloc(sizeof(float) * MB * G);
+    const int64_t G = K / QK, row_bytes = fmt == Q4_1 ? K / 2 : fmt == Q8_0 ? K : K * 4;
+    const uint8_t *qs = w;
+    float *sums = malloc(sizeof(float) * MB * (G + 1));
     for (int64_t m0 = 0; m0 < M; m0 += MB) {
         const int mb = (int)(M - m0 < MB ? M - m0 : MB);
         const float *xb = x + m0 * K;
-        if (is_q4) block_sums(xb, mb, K, sums);
+        if (fmt == Q4_1) block_sums(xb, mb, K, sums);
         #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
         {
-        float *scratch = malloc(sizeof(float) * 2 * G);
+        float *scratch = malloc(sizeof(float) * 2 * (G + 1));
         #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n++) {
             float out[MB];
             const uint8_t *qrow = qs + n * row_bytes;
-            const uint16_t *mrow = is_q4 ? m + n * G : 0;
+            const uint16_t *mrow = fmt == Q4_1 ? m + n * G : 0, *drow = fmt == F32 ? 0 : d + n * G;
 #ifdef __AVX2__
             if (simd) {
                 switch (mb) { /* one specialised loop per batch size */
-#define CASE(B) case B: if (is_q4) row_dot(1, B, xb, sums, K, qrow, d + n * G, mrow, out, scratch); \
-                        else row_dot(0, B, xb, sums, K, qrow, d + n * G, mrow, out, scratch); break;
+#define CASE(B) case B: { if (fmt == Q4_1) row_dot(Q4_1, B, xb, sums, K, qrow, drow, mrow, out, scratch); \
+                        else if (fmt == Q8_0) row_dot(Q8_0, B, xb, sums, K, qrow, drow, mrow, out, scratch); \
+                        else row_dot_f32(B, xb, K, (const float *)qrow, out); } break;
                     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
 #undef CASE
                 }
             } else
 #endif
-                row_dot_scalar(is_q4, mb, xb, sums, K, qrow, d + n * G, mrow, out);
+                row_dot_scalar(fmt, mb, xb, sums, K, qrow, drow, mrow, out);
             for (int r = 0; r < mb; r++) y[(m0 + r) * N + n] = out[r];
         }
         free(scratch);
@@ -216,12 +256,12 @@ static void matmul(int is_q4, const float *x, int64_t M, int64_t K, const uint8_
 /* simd = 0 forces the portable loop (tests compare the two). */
 void gq_q8_0_matmul(const float *x, int64_t M, int64_t K, const int8_t *qs, const uint16_t *d, int64_t N,
                     float *y, int nthreads, int simd) {
-    matmul(0, x, M, K, (const uint8_t *)qs, d, 0, N, y, nthreads, simd);
+    matmul(Q8_0, x, M, K, qs, d, 0, N, y, nthreads, simd);
 }
 
 void gq_q4_1_matmul(const float *x, int64_t M, int64_t K, const uint8_t *qs, const uint16_t *d,
                     const uint16_t *m, int64_t N, float *y, int nthreads, int simd) {
-    matmul(1, x, M, K, qs, d, m, N, y, nthreads, simd);
+    matmul(Q4_1, x, M, K, qs, d, m, N, y, nthreads, simd);
 }
 
 /* The float32 matrix out [N, K] the blocks stand for: long prefills multiply it with the float GEMM, which
@@ -233,7 +273,7 @@ void gq_dequantize(int is_q4, const uint8_t *qs, const uint16_t *d, const uint16
     for (int64_t n = 0; n < N; n++)
         for (int64_t g = 0; g < G; g++) {
             float *o = out + n * K + g * QK;
-            decode_block(is_q4, qs + n * row_bytes, g, o);
+            decode_block(is_q4 ? Q4_1 : Q8_0, qs + n * row_bytes, g, o);
             const float dv = half_to_float(d[n * G + g]), mv = is_q4 ? half_to_float(m[n * G + g]) : 0.f;
             for (int j = 0; j < QK; j++) o[j] = o[j] * dv + mv;
         }
@@ -257,4 +297,124 @@ void gq_rms_norm(const float *x, const float *w, float *y, float *rstd_out, int6
         if (rstd_out) rstd_out[r] = rstd;
         for (i = 0; i < D; i++) yr[i] = xr[i] * rstd * w[i];
     }
+}
+
+/* ------------------------------------------------------------------------------------- decode step */
+/* One decode step of a whole Llama/Qwen-layout model (RMSNorm, RoPE, GQA attention with optional QKV bias and
+ * QK-norm, SwiGLU) in one call: a token per sequence in, logits out. The PyTorch forward computes the same
+ * thing (gptqwen/model); a step there is ~400 small ops whose Python and dispatch overhead (~8 ms on SmolLM2)
+ * rivals the products themselves at batch 1. Products go through matmul() above (float32 or block weights).
+ * The KV cache is the model's own (`KVCache`: [n_layer, B, n_kv_head, max_len, head_dim] float32), so
+ * prefill (PyTorch) and decode (here) share it; row b attends to slots starts[b]..fill (left padding). */
+typedef struct {
+    int64_t fmt, N, K;      /* fmt: F32, Q8_0 or Q4_1 */
+    const void *w;          /* float [N, K], or the blocks' qs */
+    const uint16_t *d, *m;  /* fp16 scales (q8_0, q4_1) and mins (q4_1) per block, else NULL */
+    const float *bias;      /* [N] or NULL */
+} gq_linear;
+
+typedef struct {
+    gq_linear qkv, proj, gate_up, down;  /* qkv rows: [q heads | k heads | v heads]; gate_up: [gate | up] */
+    const float *ln1, *ln2;              /* RMSNorm weights [dim] */
+    const float *q_norm, *k_norm;        /* QK-norm weights [head_dim], or NULL */
+} gq_layer;
+
+typedef struct {
+    int64_t n_layer, dim, n_head, n_kv_head, head_dim, inter, vocab;
+    float eps, qk_eps;
+    const float *embed;  /* [vocab, dim] */
+    const float *ln_f;   /* [dim] */
+    gq_linear head;
+    const gq_layer *layers;
+} gq_model;
+
+static void linear(const gq_linear *L, const float *x, int64_t M, float *y, int nthreads, int simd) {
+    matmul((int)L->fmt, x, M, L->K, L->w, L->d, L->m, L->N, y, nthreads, simd);
+    if (L->bias)
+        for (int64_t r = 0; r < M; r++)
+            for (int64_t n = 0; n < L->N; n++) y[r * L->N + n] += L->bias[n];
+}
+
+/* In place: v = v * cos + swap_halves(v) * sin, the tables' sine pre-signed as [-sin, sin] (model/rope.py). */
+static void rope(float *v, const float *cos, const float *sin, int64_t hd, float *tmp) {
+    const int64_t half = hd / 2;
+    memcpy(tmp, v, sizeof(float) * hd);
+    for (int64_t i = 0; i < hd; i++) v[i] = tmp[i] * cos[i] + tmp[(i + half) % hd] * sin[i];
+}
+
+static float dot(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    float t = 0.f;
+#ifdef __AVX2__
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    t = hsum(acc);
+#endif
+    for (; i < n; i++) t += a[i] * b[i];
+    return t;
+}
+
+void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const int64_t *positions,
+                    const int64_t *starts, int64_t fill, const float *cos, const float *sin, float *k_cache,
+                    float *v_cache, int64_t max_len, float *logits, int nthreads, int simd) {
+    const int64_t D = M->dim, hq = M->n_head, hk = M->n_kv_head, hd = M->head_dim, I = M->inter;
+    const int64_t QKV = (hq + 2 * hk) * hd, S = fill + 1, group = hq / hk;
+    const float scale = 1.f / sqrtf((float)hd);
+    float *x = malloc(sizeof(float) * B * D), *h = malloc(sizeof(float) * B * D);
+    float *qkv = malloc(sizeof(float) * B * QKV), *att = malloc(sizeof(float) * B * hq * hd);
+    float *gu = malloc(sizeof(float) * B * 2 * I), *act = malloc(sizeof(float) * B * I);
+    float *tmp = malloc(sizeof(float) * hd);
+    for (int64_t b = 0; b < B; b++) memcpy(x + b * D, M->embed + tokens[b] * D, sizeof(float) * D);
+    for (int64_t l = 0; l < M->n_layer; l++) {
+        const gq_layer *L = M->layers + l;
+        gq_rms_norm(x, L->ln1, h, NULL, B, D, M->eps);
+        linear(&L->qkv, h, B, qkv, nthreads, simd);
+        for (int64_t b = 0; b < B; b++) {
+            const float *c = cos + positions[b] * hd, *s = sin + positions[b] * hd;
+            for (int64_t j = 0; j < hq + hk; j++) { /* q and k heads: QK-norm, then RoPE */
+                float *v = qkv + b * QKV + j * hd;
+                const float *w = j < hq ? L->q_norm : L->k_norm;
+                if (w) gq_rms_norm(v, w, v, NULL, 1, hd, M->qk_eps);
+                rope(v, c, s, hd, tmp);
+            }
+            for (int64_t j = 0; j < hk; j++) { /* this token's keys and values into slot `fill` */
+                const int64_t slot = (((l * B + b) * hk + j) * max_len + fill) * hd;
+                memcpy(k_cache + slot, qkv + b * QKV + (hq + j) * hd, sizeof(float) * hd);
+                memcpy(v_cache + slot, qkv + b * QKV + (hq + hk + j) * hd, sizeof(float) * hd);
+            }
+        }
+        #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && B * hq * S > 4096)
+        for (int64_t bh = 0; bh < B * hq; bh++) {
+            const int64_t b = bh / hq, j = bh % hq, start = starts[b];
+            const float *q = qkv + b * QKV + j * hd;
+            const int64_t base = ((l * B + b) * hk + j / group) * max_len * hd;
+            const float *K = k_cache + base, *V = v_cache + base;
+            float *out = att + b * hq * hd + j * hd, *p = malloc(sizeof(float) * S), mx = -INFINITY, sum = 0.f;
+            for (int64_t t = start; t < S; t++) {
+                p[t] = dot(q, K + t * hd, hd) * scale;
+                mx = p[t] > mx ? p[t] : mx;
+            }
+            for (int64_t t = start; t < S; t++) { p[t] = expf(p[t] - mx); sum += p[t]; }
+            for (int64_t i = 0; i < hd; i++) out[i] = 0.f;
+            for (int64_t t = start; t < S; t++) {
+                const float pt = p[t] / sum, *vt = V + t * hd;
+                for (int64_t i = 0; i < hd; i++) out[i] += pt * vt[i];
+            }
+            free(p);
+        }
+        linear(&L->proj, att, B, h, nthreads, simd);
+        for (int64_t i = 0; i < B * D; i++) x[i] += h[i];
+        gq_rms_norm(x, L->ln2, h, NULL, B, D, M->eps);
+        linear(&L->gate_up, h, B, gu, nthreads, simd);
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < I; i++) {
+                const float g = gu[b * 2 * I + i];
+                act[b * I + i] = g / (1.f + expf(-g)) * gu[b * 2 * I + I + i];
+            }
+        linear(&L->down, act, B, h, nthreads, simd);
+        for (int64_t i = 0; i < B * D; i++) x[i] += h[i];
+    }
+    gq_rms_norm(x, M->ln_f, h, NULL, B, D, M->eps);
+    linear(&M->head, h, B, logits, nthreads, simd);
+    free(x); free(h); free(qkv); free(att); free(gu); free(act); free(tmp);
 }

@@ -1,4 +1,5 @@
-"""CPU kernels in C (`kernels.c`: block-quantised matmuls and dequantisation, RMSNorm), built on first use.
+"""CPU kernels in C (`kernels.c`: block-quantised matmuls and dequantisation, RMSNorm, a whole decode step),
+built on first use.
 
     from gptqwen.kernels import library, rms_norm
     lib = library()          # None when no C compiler works here: callers fall back to PyTorch ops
@@ -103,7 +104,10 @@ def load() -> ctypes.CDLL | None:
     lib.gq_q4_1_matmul.argtypes = [_P, _I64, _I64, _P, _P, _P, _I64, _P, _INT, _INT]
     lib.gq_rms_norm.argtypes = [_P, _P, _P, _P, _I64, _I64, ctypes.c_float]
     lib.gq_dequantize.argtypes = [_INT, _P, _P, _P, _I64, _I64, _P, _INT]
-    for f in (lib.gq_q8_0_matmul, lib.gq_q4_1_matmul, lib.gq_rms_norm, lib.gq_dequantize):
+    # gq_decode_step(model*, B, tokens, positions, starts, fill, cos, sin, k_cache, v_cache, max_len, logits, threads,
+    # simd): gptqwen/infer/native.py builds the model struct
+    lib.gq_decode_step.argtypes = [_P, _I64, _P, _P, _P, _I64, _P, _P, _P, _P, _I64, _P, _INT, _INT]
+    for f in (lib.gq_q8_0_matmul, lib.gq_q4_1_matmul, lib.gq_rms_norm, lib.gq_dequantize, lib.gq_decode_step):
         f.restype = None
     return lib
 

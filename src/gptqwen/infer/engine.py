@@ -13,6 +13,9 @@ allocated once for L + max_new_tokens slots (and reused by later calls that fit)
 one token per row. Rows that finished keep feeding a pad token until the whole batch is done, so shapes stay
 fixed. A row can be given *forced* tokens (the thinking budget's stop text): they are fed through the cache
 instead of the sampled token, one per step, exactly as if the model had written them.
+
+On CPU, decode steps of Llama/Qwen-layout models (float32 or q8_0/q4_1 weights) run as one C call each
+(`infer/native.py`, same logits as the PyTorch forward); prefill and every other model go through PyTorch.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from gptqwen.errors import UserError
+from gptqwen.infer.native import NativeDecoder
 from gptqwen.infer.sampling import Sampler, SamplingParams
 
 Prompt = str | Sequence[int]
@@ -154,7 +158,7 @@ def _partial_stop(text: str, stops: Sequence[str]) -> int:
 class Engine:
     """Generation for a `Transformer` and its `Tokenizer` (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer=None, compile: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer=None, compile: bool = False, native: bool = True) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = model.config
@@ -163,6 +167,8 @@ class Engine:
         self.cache_dtype = p.dtype if p.dtype.is_floating_point else torch.bfloat16
         self._cache = None
         self._forward = torch.compile(model, dynamic=True) if compile else model
+        # decode steps in one C call where the model qualifies (infer/native.py); compile keeps PyTorch's graph
+        self.native = native and not compile
 
     # ----------------------------------------------------------------------------------- public API
     def generate(self, prompts: Prompt | Sequence[Prompt],
@@ -268,6 +274,9 @@ class Engine:
         padded = any(len(r.prompt) != L for r in rows)  # no padding: no mask, the model's fastest path
         sampler = Sampler([r.params for r in rows], self.config.vocab_size, dev)
         sampler.observe_prompt([r.prompt for r in rows])
+        # built per run, not per engine: it reads the weights in place, and the model may have changed since
+        native = NativeDecoder.build(self.model) if self.native and dev.type == "cpu" else None
+        starts = torch.tensor([L - len(r.prompt) for r in rows])  # first real slot of each row
 
         self._sync()
         t0 = time.perf_counter()
@@ -300,8 +309,11 @@ class Engine:
             sampler.observe(x[:, 0])
             mask[:, fill] = 1
             fill += 1
-            logits = self._forward(x, position_ids=next_pos, attention_mask=mask[:, :fill] if padded else None, cache=cache,
-                                   logits_to_keep=1).logits[:, -1]
+            if native is not None:
+                logits = native.step(x[:, 0], next_pos[:, 0], starts, cache)
+            else:
+                logits = self._forward(x, position_ids=next_pos, attention_mask=mask[:, :fill] if padded else None,
+                                       cache=cache, logits_to_keep=1).logits[:, -1]
             next_pos = next_pos + 1
         self._sync()
         decode_s = time.perf_counter() - t0

@@ -1,0 +1,148 @@
+"""A whole decode step in one C call for Llama/Qwen-layout models on CPU (`gq_decode_step`, gptqwen/kernels.c).
+
+    from gptqwen.infer.native import NativeDecoder, why_not
+    dec = NativeDecoder.build(model)    # None when the model or the machine does not qualify: why_not(model) says why
+    logits = dec.step(tokens, positions, starts, cache)   # [B, V]; K/V written at slot cache.length, which advances
+
+`Engine` takes this path for every decode step it can (prefill stays in PyTorch, whose GEMMs are faster over
+many rows); `Engine(..., native=False)` or `GPTQWEN_NO_KERNELS=1` turns it off. Why it exists: at batch 1 a
+PyTorch decode step of SmolLM2-135M is ~400 small ops (norms, RoPE, cache writes, SDPA, residuals, the
+quantised products' Python wrappers) costing ~8 ms of dispatch on top of ~13 ms of arithmetic; in C the
+overhead is one ctypes call. The C step computes exactly what `Transformer.forward` does with a cache (the
+tests compare their logits at every step, float32 and q8_0/q4_1 weights, padded batches included), so it is
+a faster route through the same model, not a second model: the weights, the KV cache and the RoPE tables are
+the PyTorch model's own tensors, read in place.
+
+It covers the dense pre-norm RMSNorm/RoPE/SwiGLU layout (Llama, Qwen2, Qwen2.5, Qwen3: QKV bias, QK-norm,
+GQA, YaRN tables) with float32 or `QuantLinear` weights. Everything else — GPT-1/2/3 (LayerNorm, learned
+positions, banded layers), Qwen v1's logn/NTK, MoE, bf16, LoRA-wrapped or hooked layers, GPUs — decodes
+through PyTorch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import nn
+
+from gptqwen import kernels
+from gptqwen.errors import UserError
+from gptqwen.infer.quant import QuantLinear
+
+_I64, _P, _F = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+_FORMATS = {"f32": 0, "q8_0": 1, "q4_1": 2}  # kernels.c's F32 / Q8_0 / Q4_1
+
+
+class _Linear(ctypes.Structure):
+    _fields_ = [("fmt", _I64), ("N", _I64), ("K", _I64), ("w", _P), ("d", _P), ("m", _P), ("bias", _P)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("qkv", _Linear), ("proj", _Linear), ("gate_up", _Linear), ("down", _Linear),
+                ("ln1", _P), ("ln2", _P), ("q_norm", _P), ("k_norm", _P)]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [("n_layer", _I64), ("dim", _I64), ("n_head", _I64), ("n_kv_head", _I64), ("head_dim", _I64),
+                ("inter", _I64), ("vocab", _I64), ("eps", _F), ("qk_eps", _F), ("embed", _P), ("ln_f", _P),
+                ("head", _Linear), ("layers", ctypes.POINTER(_Layer))]
+
+
+def _f32(t: torch.Tensor | None) -> bool:
+    return t is None or (t.dtype == torch.float32 and t.is_cpu and t.is_contiguous())
+
+
+def _linear_ok(m: nn.Module) -> bool:
+    if m._forward_hooks or m._forward_pre_hooks:
+        return False
+    if type(m) is nn.Linear:
+        return _f32(m.weight) and _f32(m.bias)
+    if type(m) is QuantLinear:
+        return m._lib() is not None and _f32(m.bias)
+    return False
+
+
+def why_not(model: nn.Module) -> str | None:
+    """None when `NativeDecoder.build(model)` can take the model, else the reason it cannot."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "rotary"):
+        return "not a gptqwen Transformer"
+    if model.training:
+        return "the model is in training mode"
+    if cfg.pos != "rope" or cfg.norm != "rmsnorm" or not cfg.pre_norm or cfg.mlp != "swiglu":
+        return "only the pre-norm RMSNorm/RoPE/SwiGLU layout (Llama, Qwen2/2.5/3) decodes natively"
+    if cfg.n_experts or cfg.local_layers != "none" or cfg.logn_attn or cfg.dynamic_ntk:
+        return "MoE, banded attention and Qwen v1's logn/NTK decode through PyTorch"
+    if model.wte.weight.dtype != torch.float32 or not model.wte.weight.is_cpu:
+        return "the native step runs float32 activations on CPU"
+    for block in model.blocks:
+        a, mlp = block.attn, block.mlp
+        if not all(_linear_ok(m) for m in (a.qkv, a.proj, mlp.gate_up, mlp.down)):
+            return "a layer is neither a float32 nn.Linear nor a QuantLinear (LoRA, hooks, bf16?)"
+        norms = [block.ln_1, block.ln_2] + ([a.q_norm, a.k_norm] if a.q_norm is not None else [])
+        if not all(_f32(n.weight) for n in norms):
+            return "a norm weight is not float32"
+    if not _linear_ok(model.lm_head) or not _f32(model.ln_f.weight):
+        return "the LM head or final norm is not float32 / QuantLinear"
+    if kernels.library() is None:
+        return "the C kernels are not available here (no C compiler, or GPTQWEN_NO_KERNELS is set)"
+    return None
+
+
+class NativeDecoder:
+    """The C decode step bound to one model's tensors (see the module docstring). Build it right before use:
+    it reads the model's weights in place, so it must not outlive changes to them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.cfg, self.lib = model, model.config, kernels.library()
+        keep: list[torch.Tensor] = []  # every tensor the struct points into stays alive with the decoder
+
+        def ptr(t: torch.Tensor | None) -> int | None:
+            if t is None:
+                return None
+            keep.append(t)
+            return t.data_ptr()
+
+        def lin(m: nn.Module) -> _Linear:
+            if type(m) is QuantLinear:
+                b = m._buffers
+                return _Linear(_FORMATS[m.fmt], m.out_features, m.in_features, ptr(b["qs"]), ptr(b["d"]),
+                               ptr(b.get("m")), ptr(m.bias))
+            return _Linear(0, m.out_features, m.in_features, ptr(m.weight), None, None, ptr(m.bias))
+
+        cfg = self.cfg
+        layers = (_Layer * cfg.n_layer)()
+        for i, block in enumerate(model.blocks):
+            a, mlp = block.attn, block.mlp
+            qk = a.q_norm is not None
+            layers[i] = _Layer(lin(a.qkv), lin(a.proj), lin(mlp.gate_up), lin(mlp.down), ptr(block.ln_1.weight),
+                               ptr(block.ln_2.weight), ptr(a.q_norm.weight) if qk else None,
+                               ptr(a.k_norm.weight) if qk else None)
+        qk_eps = model.blocks[0].attn.q_norm.eps if cfg.qk_norm else 0.0
+        self._layers, self._keep = layers, keep
+        self._model = _Model(cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim,
+                             cfg.intermediate_size, cfg.vocab_size, model.ln_f.eps, qk_eps,
+                             ptr(model.wte.weight), ptr(model.ln_f.weight), lin(model.lm_head), layers)
+
+    @classmethod
+    def build(cls, model: nn.Module) -> NativeDecoder | None:
+        return cls(model) if why_not(model) is None else None
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, starts: torch.Tensor, cache) -> torch.Tensor:
+        """Logits [B, V] after feeding tokens[b] at RoPE position positions[b]; row b attends to cache slots
+        starts[b] .. cache.length (its left padding ends at starts[b]). Writes the K/V and advances the cache."""
+        B, fill = tokens.shape[0], cache.length
+        if fill >= cache.max_len:
+            raise UserError(f"sequence of {fill + 1} tokens does not fit the KV cache of {cache.max_len}; "
+                            "shorten the prompt or lower max_new_tokens")
+        if cache.k.dtype != torch.float32 or cache.batch_size != B or not cache.k.is_contiguous():
+            raise ValueError("the native decode step needs a contiguous float32 KV cache of the batch's size")
+        tokens, positions, starts = (t.to(torch.int64).contiguous() for t in (tokens, positions, starts))
+        cos, sin = self.model.rotary(None, cache.max_len, tokens.device)  # views of the full tables [1, L, 1, D]
+        logits = torch.empty(B, self.cfg.vocab_size)
+        self.lib.gq_decode_step(ctypes.byref(self._model), B, tokens.data_ptr(), positions.data_ptr(),
+                                starts.data_ptr(), fill, cos.data_ptr(), sin.data_ptr(), cache.k.data_ptr(),
+                                cache.v.data_ptr(), cache.max_len, logits.data_ptr(), torch.get_num_threads(), 1)
+        cache.length = fill + 1
+        return logits
