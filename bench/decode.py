@@ -86,11 +86,14 @@ def profile_step(name: str, step, steps: int = 4, rows: int = 12) -> None:
 
 
 def decode_steppers(model, hf, prompt: list[int]) -> dict:
-    """One-token decode steps after a prefill of `prompt` (up to 60 of them), ours (static cache) and
-    transformers' (its dynamic cache, as `generate` uses by default)."""
+    """One-token decode steps after a prefill of `prompt` (up to 60 of them), ours (static cache; the C step
+    where the Engine would take it) and transformers' (its dynamic cache, as `generate` uses by default)."""
+    from gptqwen.infer.native import NativeDecoder
+
     ids, x = torch.tensor([prompt]), torch.tensor([[prompt[-1]]])
     cache = model.new_cache(1, len(prompt) + 64)
     state = {"pos": torch.tensor([[len(prompt)]])}
+    native = NativeDecoder.build(model) if next(model.parameters()).is_cpu else None
     with torch.inference_mode():
         model(ids, cache=cache, logits_to_keep=1)
         if hf is not None:
@@ -98,7 +101,11 @@ def decode_steppers(model, hf, prompt: list[int]) -> dict:
 
     @torch.inference_mode()
     def ours() -> None:
-        model(x, position_ids=state["pos"], cache=cache, logits_to_keep=1).logits[:, -1].argmax(-1).item()
+        if native is not None:
+            logits = native.step(x[:, 0], state["pos"][:, 0], torch.zeros(1, dtype=torch.long), cache)
+        else:
+            logits = model(x, position_ids=state["pos"], cache=cache, logits_to_keep=1).logits[:, -1]
+        logits.argmax(-1).item()
         state["pos"] = state["pos"] + 1
 
     @torch.inference_mode()
@@ -187,7 +194,12 @@ def main() -> None:
     model = load_gguf(path, dtype=dtype, device=args.device)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     engine = Engine(model, compile=args.compile)
+    from gptqwen.infer.native import why_not
+
+    reason = why_not(model) if args.device == "cpu" and not args.compile else "not on CPU / compiled"
+    decode_path = "one C call each (infer/native.py)" if reason is None else f"PyTorch ({reason})"
     report: dict = {"model": path.name, "device": args.device, "dtype": str(dtype).removeprefix("torch."),
+                    "decode_path": decode_path,
                     "threads": torch.get_num_threads(), "new_tokens": args.new_tokens, "rows": []}
     hf = None
     if not args.skip_hf:
@@ -260,7 +272,7 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"{path.name} on {args.device} ({report['dtype']}, {report['threads']} threads), "
-          f"{args.new_tokens} new tokens, prompt {args.prompt_len}")
+          f"{args.new_tokens} new tokens, prompt {args.prompt_len}; our decode steps: {report['decode_path']}")
     for r in report["rows"]:
         parts = [f"batch {r['batch']:>2}: ours {r['ours']:8.1f} tok/s"]
         if "transformers" in r:

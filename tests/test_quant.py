@@ -13,7 +13,7 @@ from gptqwen import kernels
 from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.infer import Engine, SamplingParams
-from gptqwen.infer.quant import FORMATS, QuantLinear, dequantize_blocks, quantize, quantize_blocks
+from gptqwen.infer.quant import FORMATS, KERNEL_FORMATS, QuantLinear, dequantize_blocks, quantize, quantize_blocks
 from gptqwen.model import Transformer
 
 needs_kernels = pytest.mark.skipif(kernels.library() is None, reason="no C compiler here")
@@ -63,11 +63,8 @@ def test_portable_loop_threads_and_shapes_agree(fmt):
     out = {}
     for simd, threads in [(0, 1), (1, 1), (1, 2)]:
         y = torch.empty(12, 70)
-        args = [x2.data_ptr(), 12, 256, q.qs.data_ptr(), q.d.data_ptr()]
-        if fmt == "q4_1":
-            args.append(q.m.data_ptr())
-        fn = lib.gq_q4_1_matmul if fmt == "q4_1" else lib.gq_q8_0_matmul
-        fn(*args, 70, y.data_ptr(), threads, simd)
+        lib.gq_matmul(KERNEL_FORMATS[fmt], x2.data_ptr(), 12, 256, q.qs.data_ptr(), q.d.data_ptr(),
+                      q.m.data_ptr() if fmt == "q4_1" else None, 70, y.data_ptr(), threads, simd)
         out[simd, threads] = y
     assert torch.equal(out[1, 1], out[1, 2])  # each output is summed by one thread, in one order
     assert torch.allclose(out[0, 1], out[1, 1], rtol=1e-5, atol=1e-5)

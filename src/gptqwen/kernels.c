@@ -1,5 +1,5 @@
 /* CPU kernels for inference, called through ctypes (gptqwen/kernels.py builds and loads this file):
- *   gq_q8_0_matmul / gq_q4_1_matmul — block-quantised matrix products, below;
+ *   gq_matmul — float32 and block-quantised matrix products, below;
  *   gq_rms_norm — RMSNorm of float32 rows (torch's CPU rms_norm runs as ~8 separate ops, ~17 us for one
  *   576-wide row: 60 such calls cost a millisecond per decoded token).
  *
@@ -253,15 +253,11 @@ static void matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w,
     (void)simd;
 }
 
-/* simd = 0 forces the portable loop (tests compare the two). */
-void gq_q8_0_matmul(const float *x, int64_t M, int64_t K, const int8_t *qs, const uint16_t *d, int64_t N,
-                    float *y, int nthreads, int simd) {
-    matmul(Q8_0, x, M, K, qs, d, 0, N, y, nthreads, simd);
-}
-
-void gq_q4_1_matmul(const float *x, int64_t M, int64_t K, const uint8_t *qs, const uint16_t *d,
-                    const uint16_t *m, int64_t N, float *y, int nthreads, int simd) {
-    matmul(Q4_1, x, M, K, qs, d, m, N, y, nthreads, simd);
+/* The products for Python (quant.py, tests): fmt 0 float32 (w [N, K] floats), 1 q8_0, 2 q4_1 (w = qs; d, m the
+ * fp16 scales and mins, NULL where the format has none). simd = 0 forces the portable loop (tests compare). */
+void gq_matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w, const uint16_t *d, const uint16_t *m,
+               int64_t N, float *y, int nthreads, int simd) {
+    matmul(fmt, x, M, K, w, d, m, N, y, nthreads, simd);
 }
 
 /* The float32 matrix out [N, K] the blocks stand for: long prefills multiply it with the float GEMM, which
@@ -279,24 +275,281 @@ void gq_dequantize(int is_q4, const uint8_t *qs, const uint16_t *d, const uint16
         }
 }
 
+/* ------------------------------------------------------------------------------ normalisation, SwiGLU */
+static inline float dot(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    float t = 0.f;
+#ifdef __AVX2__
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    t = hsum(acc);
+#endif
+    for (; i < n; i++) t += a[i] * b[i];
+    return t;
+}
+
+/* sum of a * b * c over n floats */
+static inline float dot3(const float *a, const float *b, const float *c, int64_t n) {
+    int64_t i = 0;
+    float t = 0.f;
+#ifdef __AVX2__
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)), _mm256_loadu_ps(c + i), acc);
+    t = hsum(acc);
+#endif
+    for (; i < n; i++) t += a[i] * b[i] * c[i];
+    return t;
+}
+
 /* y[r] = x[r] * rstd(r) * w, rstd = 1 / sqrt(mean(x[r]^2) + eps), for `rows` rows of width D (contiguous);
  * rstd_out (may be NULL) receives rstd per row, for the backward. */
-void gq_rms_norm(const float *x, const float *w, float *y, float *rstd_out, int64_t rows, int64_t D, float eps) {
+static void rms_rows(const float *x, const float *w, float *y, float *rstd_out, int64_t rows, int64_t D, float eps) {
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * D;
         float *yr = y + r * D;
-        int64_t i = 0;
-        float ss = 0.f;
-#ifdef __AVX2__
-        __m256 a = _mm256_setzero_ps();
-        for (; i + 8 <= D; i += 8) { const __m256 v = _mm256_loadu_ps(xr + i); a = _mm256_fmadd_ps(v, v, a); }
-        ss = hsum(a);
-#endif
-        for (; i < D; i++) ss += xr[i] * xr[i];
-        const float rstd = 1.f / sqrtf(ss / (float)D + eps);
+        const float rstd = 1.f / sqrtf(dot(xr, xr, D) / (float)D + eps);
         if (rstd_out) rstd_out[r] = rstd;
-        for (i = 0; i < D; i++) yr[i] = xr[i] * rstd * w[i];
+        for (int64_t i = 0; i < D; i++) yr[i] = xr[i] * rstd * w[i];
     }
+}
+
+#define PAR_MIN 32768 /* elements below which a pass stays on one thread (an OpenMP region costs microseconds) */
+
+void gq_rms_norm(const float *x, const float *w, float *y, float *rstd_out, int64_t rows, int64_t D, float eps,
+                 int nthreads) {
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && rows * D >= PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) rms_rows(x + r * D, w, y + r * D, rstd_out ? rstd_out + r : NULL, 1, D, eps);
+}
+
+#ifdef _OPENMP
+#include <omp.h>
+static int thread_id(void) { return omp_get_thread_num(); }
+#else
+static int thread_id(void) { return 0; }
+#endif
+
+/* Sums per-thread partial rows part[t * n + j] over t into out[j] (in thread order: deterministic). */
+static void reduce_partials(const float *part, int nthreads, int64_t n, float *out) {
+    for (int64_t j = 0; j < n; j++) {
+        float t = 0.f;
+        for (int k = 0; k < nthreads; k++) t += part[k * n + j];
+        out[j] = t;
+    }
+}
+
+/* RMSNorm backward (closed form, as model/norms.py): dx = rstd * (g w - x rstd^2 mean(g w x)),
+ * dw = sum over rows of g x rstd (dw may be NULL). */
+void gq_rms_norm_backward(const float *x, const float *w, const float *rstd, const float *g, float *dx, float *dw,
+                          int64_t rows, int64_t D, int nthreads) {
+    if (!(nthreads > 1 && rows * D >= PAR_MIN)) nthreads = 1;
+    float *part = dw ? calloc((size_t)nthreads * D, sizeof(float)) : NULL;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *pw = part ? part + (int64_t)thread_id() * D : NULL;
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const float *xr = x + r * D, *gr = g + r * D;
+            const float rs = rstd[r];
+            const float coef = dot3(gr, xr, w, D) * rs * rs * rs / (float)D;
+            for (int64_t i = 0; i < D; i++) dx[r * D + i] = gr[i] * w[i] * rs - xr[i] * coef;
+            if (pw)
+                for (int64_t i = 0; i < D; i++) pw[i] += gr[i] * xr[i] * rs;
+        }
+    }
+    if (dw) reduce_partials(part, nthreads, D, dw);
+    free(part);
+}
+
+#ifdef __AVX2__
+/* e^x for 8 floats (Cephes' expf: range reduction by ln 2, degree-5 polynomial; ~1 ulp). */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* 1 / (1 + e^-x): the reciprocal estimate refined by one Newton step (~1 ulp short of a division, 3x faster) */
+static inline __m256 sigmoid8_e(__m256 x, __m256 *e) { /* *e = e^-x, so 1 - sigmoid = e * sigmoid exactly */
+    *e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    const __m256 d = _mm256_add_ps(_mm256_set1_ps(1.f), *e);
+    const __m256 r = _mm256_rcp_ps(d);
+    return _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.f)));
+}
+
+static inline __m256 sigmoid8(__m256 x) {
+    __m256 e;
+    return sigmoid8_e(x, &e);
+}
+#endif
+
+/* SwiGLU on the fused projection h [rows, 2I] = [gate | up]: out [rows, I] = silu(gate) * up. */
+void gq_swiglu(const float *h, float *out, int64_t rows, int64_t I, int nthreads) {
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && rows * I >= PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = h + r * 2 * I, *u = g + I;
+        float *o = out + r * I;
+        int64_t i = 0;
+#ifdef __AVX2__
+        for (; i + 8 <= I; i += 8) {
+            const __m256 gv = _mm256_loadu_ps(g + i);
+            _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(gv, sigmoid8(gv)), _mm256_loadu_ps(u + i)));
+        }
+#endif
+        for (; i < I; i++) o[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+    }
+}
+
+/* Its backward from h and grad [rows, I]: grad_h [rows, 2I] = [grad * up * silu'(gate) | grad * silu(gate)],
+ * silu'(x) = s (1 + x (1 - s)), s = sigmoid(x). */
+void gq_swiglu_backward(const float *h, const float *grad, float *grad_h, int64_t rows, int64_t I, int nthreads) {
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && rows * I >= PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = h + r * 2 * I, *u = g + I, *go = grad + r * I;
+        float *dg = grad_h + r * 2 * I, *du = dg + I;
+        int64_t i = 0;
+#ifdef __AVX2__
+        const __m256 one = _mm256_set1_ps(1.f);
+        for (; i + 8 <= I; i += 8) {
+            __m256 e;
+            const __m256 gv = _mm256_loadu_ps(g + i), s = sigmoid8_e(gv, &e), gov = _mm256_loadu_ps(go + i);
+            _mm256_storeu_ps(du + i, _mm256_mul_ps(gov, _mm256_mul_ps(gv, s)));
+            const __m256 d = _mm256_mul_ps(s, _mm256_fmadd_ps(gv, _mm256_mul_ps(e, s), one));
+            _mm256_storeu_ps(dg + i, _mm256_mul_ps(_mm256_mul_ps(gov, _mm256_loadu_ps(u + i)), d));
+        }
+#endif
+        for (; i < I; i++) {
+            const float e = expf(-g[i]), s = 1.f / (1.f + e);
+            du[i] = go[i] * g[i] * s;
+            dg[i] = go[i] * u[i] * (s * (1.f + g[i] * (e * s)));
+        }
+    }
+}
+
+/* GELU, tanh approximation (GPT), as x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) (= 0.5 x (1 + tanh u)),
+ * over n contiguous floats; the backward recomputes the sigmoid from x:
+ * d/dx = s + x s (1 - s) 2 sqrt(2/pi) (1 + 3 0.044715 x^2), with 1 - s taken as e^-z s (no cancellation). */
+#define GELU_C 1.5957691216057308f /* 2 sqrt(2 / pi) */
+#define GELU_K 0.044715f
+
+void gq_gelu(const float *x, float *y, int64_t n, int nthreads) {
+    const int64_t chunk = 4096;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && n >= PAR_MIN)
+    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+        const int64_t end = c0 + chunk < n ? c0 + chunk : n;
+        int64_t i = c0;
+#ifdef __AVX2__
+        const __m256 c = _mm256_set1_ps(GELU_C), ck = _mm256_set1_ps(GELU_C * GELU_K);
+        for (; i + 8 <= end; i += 8) {
+            const __m256 v = _mm256_loadu_ps(x + i);
+            const __m256 z = _mm256_mul_ps(v, _mm256_fmadd_ps(_mm256_mul_ps(v, v), ck, c));
+            _mm256_storeu_ps(y + i, _mm256_mul_ps(v, sigmoid8(z)));
+        }
+#endif
+        for (; i < end; i++) {
+            const float z = x[i] * (GELU_C + GELU_C * GELU_K * x[i] * x[i]);
+            y[i] = x[i] / (1.f + expf(-z));
+        }
+    }
+}
+
+void gq_gelu_backward(const float *x, const float *g, float *dx, int64_t n, int nthreads) {
+    const int64_t chunk = 4096;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && n >= PAR_MIN)
+    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+        const int64_t end = c0 + chunk < n ? c0 + chunk : n;
+        int64_t i = c0;
+#ifdef __AVX2__
+        const __m256 c = _mm256_set1_ps(GELU_C), ck = _mm256_set1_ps(GELU_C * GELU_K);
+        const __m256 ck3 = _mm256_set1_ps(3.f * GELU_C * GELU_K);
+        for (; i + 8 <= end; i += 8) {
+            const __m256 v = _mm256_loadu_ps(x + i), v2 = _mm256_mul_ps(v, v);
+            __m256 e;
+            const __m256 s = sigmoid8_e(_mm256_mul_ps(v, _mm256_fmadd_ps(v2, ck, c)), &e);
+            const __m256 dz = _mm256_fmadd_ps(v2, ck3, c);  /* dz/dx */
+            const __m256 d = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_mul_ps(s, _mm256_mul_ps(e, s))), dz, s);
+            _mm256_storeu_ps(dx + i, _mm256_mul_ps(d, _mm256_loadu_ps(g + i)));
+        }
+#endif
+        for (; i < end; i++) {
+            const float v = x[i], z = v * (GELU_C + GELU_C * GELU_K * v * v);
+            const float e = expf(-z), s = 1.f / (1.f + e);
+            dx[i] = g[i] * (s + v * s * (e * s) * (GELU_C + 3.f * GELU_C * GELU_K * v * v));
+        }
+    }
+}
+
+/* -------------------------------------------------------------------------------------- QK-norm + RoPE */
+/* Queries/keys x [B, T, H, D] (heads contiguous, row (b, t) at x + (b T + t) xs: a view into the fused QKV
+ * output) -> y [B, T, H, D] contiguous: per head an optional RMSNorm with weight w [H, D] (Qwen3's QK-norm;
+ * w NULL: none, rstd unused), then the rotation y = z cos + swap_halves(z) sin with the tables' rows
+ * cos/sin + b cbs + t D (cbs 0: shared by the batch; sine pre-signed, model/rope.py). rstd [B, T, H] out. */
+void gq_norm_rope(const float *x, int64_t xs, const float *cos, const float *sin, int64_t cbs, const float *w,
+                  float *y, float *rstd, int64_t B, int64_t T, int64_t H, int64_t D, float eps, int nthreads) {
+    const int64_t half = D / 2;
+    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && B * T * H * D >= PAR_MIN)
+    for (int64_t bt = 0; bt < B * T; bt++) {
+        const float *c = cos + (bt / T) * cbs + (bt % T) * D, *s = sin + (bt / T) * cbs + (bt % T) * D;
+        float z[D];
+        for (int64_t h = 0; h < H; h++) {
+            const float *v = x + bt * xs + h * D;
+            float *out = y + (bt * H + h) * D;
+            if (w) {
+                const float r = 1.f / sqrtf(dot(v, v, D) / (float)D + eps);
+                rstd[bt * H + h] = r;
+                for (int64_t i = 0; i < D; i++) z[i] = v[i] * r * w[h * D + i];
+            } else {
+                memcpy(z, v, sizeof(float) * D);
+            }
+            for (int64_t i = 0; i < half; i++) out[i] = z[i] * c[i] + z[i + half] * s[i];
+            for (int64_t i = half; i < D; i++) out[i] = z[i] * c[i] + z[i - half] * s[i];
+        }
+    }
+}
+
+/* Its backward: gy [B, T, H, D] contiguous -> gx [B, T, H, D] contiguous and, when w and gw, gw [H, D]
+ * (summed over B, T). The rotation's transpose: gz_j = gy_j c_j + gy_j' s_j' (j' the partner in the other
+ * half); the norm's: gx = rstd (gz w - xhat mean(gz w xhat)), xhat = x rstd. */
+void gq_norm_rope_backward(const float *x, int64_t xs, const float *cos, const float *sin, int64_t cbs,
+                           const float *w, const float *rstd, const float *gy, float *gx, float *gw, int64_t B,
+                           int64_t T, int64_t H, int64_t D, int nthreads) {
+    const int64_t half = D / 2;
+    if (!(nthreads > 1 && B * T * H * D >= PAR_MIN)) nthreads = 1;
+    float *part = (w && gw) ? calloc((size_t)nthreads * H * D, sizeof(float)) : NULL;
+    #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        float *pw = part ? part + (int64_t)thread_id() * H * D : NULL;
+        float gz[D];
+        #pragma omp for schedule(static)
+        for (int64_t bt = 0; bt < B * T; bt++) {
+            const float *c = cos + (bt / T) * cbs + (bt % T) * D, *s = sin + (bt / T) * cbs + (bt % T) * D;
+            for (int64_t h = 0; h < H; h++) {
+                const float *g = gy + (bt * H + h) * D, *v = x + bt * xs + h * D;
+                float *out = gx + (bt * H + h) * D;
+                for (int64_t i = 0; i < half; i++) gz[i] = g[i] * c[i] + g[i + half] * s[i + half];
+                for (int64_t i = half; i < D; i++) gz[i] = g[i] * c[i] + g[i - half] * s[i - half];
+                if (!w) { memcpy(out, gz, sizeof(float) * D); continue; }
+                const float r = rstd[bt * H + h], *wh = w + h * D;
+                const float coef = dot3(gz, wh, v, D) * r / (float)D;  /* mean(gz w xhat) */
+                for (int64_t i = 0; i < D; i++) out[i] = r * (gz[i] * wh[i] - v[i] * r * coef);
+                if (pw)
+                    for (int64_t i = 0; i < D; i++) pw[h * D + i] += gz[i] * v[i] * r;
+            }
+        }
+    }
+    if (part) reduce_partials(part, nthreads, H * D, gw);
+    free(part);
 }
 
 /* ------------------------------------------------------------------------------------- decode step */
@@ -342,18 +595,6 @@ static void rope(float *v, const float *cos, const float *sin, int64_t hd, float
     for (int64_t i = 0; i < hd; i++) v[i] = tmp[i] * cos[i] + tmp[(i + half) % hd] * sin[i];
 }
 
-static float dot(const float *a, const float *b, int64_t n) {
-    int64_t i = 0;
-    float t = 0.f;
-#ifdef __AVX2__
-    __m256 acc = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
-    t = hsum(acc);
-#endif
-    for (; i < n; i++) t += a[i] * b[i];
-    return t;
-}
-
 void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const int64_t *positions,
                     const int64_t *starts, int64_t fill, const float *cos, const float *sin, float *k_cache,
                     float *v_cache, int64_t max_len, float *logits, int nthreads, int simd) {
@@ -367,14 +608,14 @@ void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const i
     for (int64_t b = 0; b < B; b++) memcpy(x + b * D, M->embed + tokens[b] * D, sizeof(float) * D);
     for (int64_t l = 0; l < M->n_layer; l++) {
         const gq_layer *L = M->layers + l;
-        gq_rms_norm(x, L->ln1, h, NULL, B, D, M->eps);
+        rms_rows(x, L->ln1, h, NULL, B, D, M->eps);
         linear(&L->qkv, h, B, qkv, nthreads, simd);
         for (int64_t b = 0; b < B; b++) {
             const float *c = cos + positions[b] * hd, *s = sin + positions[b] * hd;
             for (int64_t j = 0; j < hq + hk; j++) { /* q and k heads: QK-norm, then RoPE */
                 float *v = qkv + b * QKV + j * hd;
                 const float *w = j < hq ? L->q_norm : L->k_norm;
-                if (w) gq_rms_norm(v, w, v, NULL, 1, hd, M->qk_eps);
+                if (w) rms_rows(v, w, v, NULL, 1, hd, M->qk_eps);
                 rope(v, c, s, hd, tmp);
             }
             for (int64_t j = 0; j < hk; j++) { /* this token's keys and values into slot `fill` */
@@ -404,7 +645,7 @@ void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const i
         }
         linear(&L->proj, att, B, h, nthreads, simd);
         for (int64_t i = 0; i < B * D; i++) x[i] += h[i];
-        gq_rms_norm(x, L->ln2, h, NULL, B, D, M->eps);
+        rms_rows(x, L->ln2, h, NULL, B, D, M->eps);
         linear(&L->gate_up, h, B, gu, nthreads, simd);
         for (int64_t b = 0; b < B; b++)
             for (int64_t i = 0; i < I; i++) {
@@ -414,7 +655,7 @@ void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const i
         linear(&L->down, act, B, h, nthreads, simd);
         for (int64_t i = 0; i < B * D; i++) x[i] += h[i];
     }
-    gq_rms_norm(x, M->ln_f, h, NULL, B, D, M->eps);
+    rms_rows(x, M->ln_f, h, NULL, B, D, M->eps);
     linear(&M->head, h, B, logits, nthreads, simd);
     free(x); free(h); free(qkv); free(att); free(gu); free(act); free(tmp);
 }

@@ -100,14 +100,22 @@ def load() -> ctypes.CDLL | None:
         warnings.warn(f"could not build the C kernels with {cc} ({e}): PyTorch ops stand in for them, and "
                       "quantised layers dequantise their weights on every call (slower than float32)", stacklevel=2)
         return None
-    lib.gq_q8_0_matmul.argtypes = [_P, _I64, _I64, _P, _P, _I64, _P, _INT, _INT]
-    lib.gq_q4_1_matmul.argtypes = [_P, _I64, _I64, _P, _P, _P, _I64, _P, _INT, _INT]
-    lib.gq_rms_norm.argtypes = [_P, _P, _P, _P, _I64, _I64, ctypes.c_float]
+    lib.gq_matmul.argtypes = [_INT, _P, _I64, _I64, _P, _P, _P, _I64, _P, _INT, _INT]
+    lib.gq_rms_norm.argtypes = [_P, _P, _P, _P, _I64, _I64, ctypes.c_float, _INT]
+    lib.gq_rms_norm_backward.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _INT]
+    lib.gq_swiglu.argtypes = [_P, _P, _I64, _I64, _INT]
+    lib.gq_gelu.argtypes = [_P, _P, _I64, _INT]
+    lib.gq_gelu_backward.argtypes = [_P, _P, _P, _I64, _INT]
+    lib.gq_swiglu_backward.argtypes = [_P, _P, _P, _I64, _I64, _INT]
+    lib.gq_norm_rope.argtypes = [_P, _I64, _P, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, ctypes.c_float, _INT]
+    lib.gq_norm_rope_backward.argtypes = [_P, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT]
     lib.gq_dequantize.argtypes = [_INT, _P, _P, _P, _I64, _I64, _P, _INT]
     # gq_decode_step(model*, B, tokens, positions, starts, fill, cos, sin, k_cache, v_cache, max_len, logits, threads,
     # simd): gptqwen/infer/native.py builds the model struct
     lib.gq_decode_step.argtypes = [_P, _I64, _P, _P, _P, _I64, _P, _P, _P, _P, _I64, _P, _INT, _INT]
-    for f in (lib.gq_q8_0_matmul, lib.gq_q4_1_matmul, lib.gq_rms_norm, lib.gq_dequantize, lib.gq_decode_step):
+    for f in (lib.gq_matmul, lib.gq_rms_norm, lib.gq_dequantize, lib.gq_decode_step, lib.gq_rms_norm_backward,
+              lib.gq_swiglu, lib.gq_swiglu_backward, lib.gq_gelu, lib.gq_gelu_backward, lib.gq_norm_rope,
+              lib.gq_norm_rope_backward):
         f.restype = None
     return lib
 
@@ -123,5 +131,116 @@ def rms_norm(x, weight, eps: float, with_rstd: bool = False):
     y = torch.empty_like(x)
     rstd = torch.empty(*x.shape[:-1], 1) if with_rstd else None
     lib.gq_rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), rstd.data_ptr() if with_rstd else None,
-                    x.numel() // x.shape[-1], x.shape[-1], eps)
+                    x.numel() // x.shape[-1], x.shape[-1], eps, torch.get_num_threads())
     return (y, rstd) if with_rstd else y
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def rms_norm_backward(x, weight, rstd, grad, need_weight_grad: bool):
+    """(dx, dw or None) of `rms_norm(x, weight)` from the forward's rstd (all contiguous float32 CPU, weight 1-D);
+    None when the kernels are not available."""
+    import torch
+
+    lib = library()
+    if lib is None:
+        return None
+    D = x.shape[-1]
+    dx = torch.empty_like(x)
+    dw = torch.empty(D) if need_weight_grad else None
+    lib.gq_rms_norm_backward(x.data_ptr(), weight.data_ptr(), rstd.data_ptr(), grad.data_ptr(), dx.data_ptr(),
+                             dw.data_ptr() if dw is not None else None, x.numel() // D, D, _threads())
+    return dx, dw
+
+
+def swiglu(h):
+    """silu(gate) * up of a contiguous float32 CPU h [..., 2I] = [gate | up]; None without the kernels."""
+    import torch
+
+    lib = library()
+    if lib is None:
+        return None
+    I = h.shape[-1] // 2
+    out = torch.empty(*h.shape[:-1], I)
+    lib.gq_swiglu(h.data_ptr(), out.data_ptr(), h.numel() // (2 * I), I, _threads())
+    return out
+
+
+def swiglu_backward(h, grad):
+    """The gradient w.r.t. h of `swiglu(h)` given `grad` (both contiguous float32 CPU)."""
+    import torch
+
+    grad_h = torch.empty_like(h)
+    I = h.shape[-1] // 2
+    library().gq_swiglu_backward(h.data_ptr(), grad.data_ptr(), grad_h.data_ptr(), h.numel() // (2 * I), I,
+                                 _threads())
+    return grad_h
+
+
+def gelu(x):
+    """GELU (tanh approximation) of a contiguous float32 CPU tensor; None without the kernels."""
+    import torch
+
+    lib = library()
+    if lib is None:
+        return None
+    y = torch.empty_like(x)
+    lib.gq_gelu(x.data_ptr(), y.data_ptr(), x.numel(), _threads())
+    return y
+
+
+def gelu_backward(x, grad):
+    """The gradient w.r.t. x of `gelu(x)` given `grad` (both contiguous float32 CPU)."""
+    import torch
+
+    dx = torch.empty_like(x)
+    library().gq_gelu_backward(x.data_ptr(), grad.data_ptr(), dx.data_ptr(), x.numel(), _threads())
+    return dx
+
+
+def _rope_layout(x, cos):
+    """(row stride of x, batch stride of the tables) when the C RoPE kernels can read x [B, T, H, D] and the
+    tables [B|1, T, 1, D] in place, else None."""
+    B, T, H, D = x.shape
+    if x.stride(3) != 1 or x.stride(2) != D or x.stride(0) != T * x.stride(1) or D % 2:
+        return None
+    if not cos.is_contiguous() or cos.shape[-3:] != (T, 1, D):
+        return None
+    return x.stride(1), (T * D if cos.shape[0] == B and B > 1 else 0)
+
+
+def norm_rope(x, cos, sin, weight, eps: float):
+    """(y, rstd) = RoPE(RMSNorm_per_head(x) * weight) for float32 CPU x [B, T, H, D] (a strided view is fine),
+    tables [B|1, T, 1, D] and weight [H, D] or None (no norm); None when the kernels cannot take it."""
+    import torch
+
+    lib = library()
+    layout = _rope_layout(x, cos) if lib is not None else None
+    if layout is None:
+        return None
+    B, T, H, D = x.shape
+    y = torch.empty(B, T, H, D)
+    rstd = torch.empty(B, T, H) if weight is not None else None
+    lib.gq_norm_rope(x.data_ptr(), layout[0], cos.data_ptr(), sin.data_ptr(), layout[1],
+                     weight.data_ptr() if weight is not None else None, y.data_ptr(),
+                     rstd.data_ptr() if rstd is not None else None, B, T, H, D, eps, _threads())
+    return y, rstd
+
+
+def norm_rope_backward(x, cos, sin, weight, rstd, grad, need_weight_grad: bool):
+    """(dx [B, T, H, D] contiguous, dweight [H, D] or None) of `norm_rope`; grad contiguous [B, T, H, D]."""
+    import torch
+
+    B, T, H, D = x.shape
+    xs, cbs = _rope_layout(x, cos)
+    gx = torch.empty(B, T, H, D)
+    gw = torch.empty(H, D) if weight is not None and need_weight_grad else None
+    library().gq_norm_rope_backward(x.data_ptr(), xs, cos.data_ptr(), sin.data_ptr(), cbs,
+                                    weight.data_ptr() if weight is not None else None,
+                                    rstd.data_ptr() if rstd is not None else None, grad.data_ptr(), gx.data_ptr(),
+                                    gw.data_ptr() if gw is not None else None, B, T, H, D, _threads())
+    return gx, gw

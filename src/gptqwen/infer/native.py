@@ -28,10 +28,9 @@ from torch import nn
 
 from gptqwen import kernels
 from gptqwen.errors import UserError
-from gptqwen.infer.quant import QuantLinear
+from gptqwen.infer.quant import KERNEL_FORMATS, QuantLinear
 
 _I64, _P, _F = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
-_FORMATS = {"f32": 0, "q8_0": 1, "q4_1": 2}  # kernels.c's F32 / Q8_0 / Q4_1
 
 
 class _Linear(ctypes.Structure):
@@ -107,7 +106,7 @@ class NativeDecoder:
         def lin(m: nn.Module) -> _Linear:
             if type(m) is QuantLinear:
                 b = m._buffers
-                return _Linear(_FORMATS[m.fmt], m.out_features, m.in_features, ptr(b["qs"]), ptr(b["d"]),
+                return _Linear(KERNEL_FORMATS[m.fmt], m.out_features, m.in_features, ptr(b["qs"]), ptr(b["d"]),
                                ptr(b.get("m")), ptr(m.bias))
             return _Linear(0, m.out_features, m.in_features, ptr(m.weight), None, None, ptr(m.bias))
 

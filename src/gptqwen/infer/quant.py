@@ -28,6 +28,7 @@ from gptqwen import kernels
 
 FORMATS = ("q8_0", "q4_1")
 BLOCK = 32
+KERNEL_FORMATS = {"f32": 0, "q8_0": 1, "q4_1": 2}  # gq_matmul's fmt codes (kernels.c)
 KERNEL_ROWS = 32  # longer inputs (prefills) dequantise the weight once and use the float GEMM: faster there
 
 
@@ -108,13 +109,9 @@ class QuantLinear(nn.Module):
         if lib is not None:
             x2 = x2.contiguous()
             y = torch.empty(rows, self.out_features)
-            n, k, threads = self.out_features, self.in_features, torch.get_num_threads()
-            if self.fmt == "q4_1":
-                lib.gq_q4_1_matmul(x2.data_ptr(), rows, k, b["qs"].data_ptr(), b["d"].data_ptr(), b["m"].data_ptr(),
-                                   n, y.data_ptr(), threads, 1)
-            else:
-                lib.gq_q8_0_matmul(x2.data_ptr(), rows, k, b["qs"].data_ptr(), b["d"].data_ptr(), n, y.data_ptr(),
-                                   threads, 1)
+            lib.gq_matmul(KERNEL_FORMATS[self.fmt], x2.data_ptr(), rows, self.in_features, b["qs"].data_ptr(),
+                          b["d"].data_ptr(), None if b.get("m") is None else b["m"].data_ptr(), self.out_features,
+                          y.data_ptr(), torch.get_num_threads(), 1)
         else:
             y = F.linear(x2, self.dequantize(x.dtype))
         if self.bias is not None:

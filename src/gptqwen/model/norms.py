@@ -2,9 +2,9 @@
 
 RMSNorm has a hand-written backward: autograd's decomposition of `F.rms_norm` records about a dozen small ops
 (upcasts, pow, mean, rsqrt, ...) per call, which dominates tiny models on CPU; the closed form needs a handful.
-On CPU in fp32 the forward is our C kernel (`gptqwen/kernels.c`; torch's CPU rms_norm itself runs as ~8 ops),
-in training and inference alike so both give the same numbers; elsewhere torch's fused kernel, which also
-returns the rstd the backward needs.
+On CPU in fp32 the forward and the backward are our C kernels (`gptqwen/kernels.c`; torch's CPU rms_norm itself
+runs as ~8 ops), in training and inference alike so both give the same numbers; elsewhere torch's fused kernel,
+which also returns the rstd the backward needs.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight, rstd = ctx.saved_tensors
+        if _kernel_ok(x, weight) and rstd.dtype == torch.float32:  # one C pass (kernels.c)
+            fast = kernels.rms_norm_backward(x, weight, rstd, grad.contiguous(), ctx.needs_input_grad[1])
+            if fast is not None:
+                return fast[0], fast[1], None
         xf, gf = _upcast(x), _upcast(grad)
         gx = gf * xf
         # dx = rstd * g*w - x * rstd^3 * mean(g*w*x);  dw = sum over rows of g * x * rstd

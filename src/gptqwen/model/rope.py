@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from gptqwen import kernels
 from gptqwen.errors import UserError
 from gptqwen.model.norms import fused_rms_norm, rms_norm
 
@@ -141,15 +142,28 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.mul(x, cos).addcmul_(x.roll(x.shape[-1] // 2, dims=-1), sin)
 
 
+def _kernel_ok(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
+    """fp32 CPU tensors outside torch.compile tracing: the C kernels (gptqwen/kernels.c) may take them."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
+            and (weight is None or (weight.dtype == torch.float32 and weight.is_contiguous())))
+
+
 class _NormRotaryFn(torch.autograd.Function):
     """RoPE of x [B, T, H, D], optionally after a per-head RMSNorm (weight [H, D], QK-norm), with a closed-form
-    backward. The tables are expanded over the heads once per call (small: [T, H, D]), so every pass over x
-    is a plain contiguous kernel; the norm weight is folded into them, and the rotation's transpose is the
-    rotation by -angle. About 12 kernels forward and backward instead of ~25."""
+    backward (the rotation's transpose is the rotation by -angle). On fp32 CPU both directions are one C pass
+    each (`kernels.norm_rope`), reading x in place inside the fused QKV output; elsewhere the tables are
+    expanded over the heads once per call and the norm weight is folded into them, ~12 kernels forward and
+    backward instead of ~25."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight: torch.Tensor | None,
                 eps: float) -> torch.Tensor:
+        fast = kernels.norm_rope(x, cos, sin, weight, eps) if _kernel_ok(x, weight) else None
+        ctx.fast = fast is not None
+        if fast is not None:
+            y, rstd = fast
+            ctx.save_for_backward(x, rstd, cos, sin, weight)
+            return y
         shape = (*cos.shape[:-2], *x.shape[-2:])
         cos, sin = cos.expand(shape).contiguous(), sin.expand(shape).contiguous()
         if weight is None:
@@ -163,6 +177,11 @@ class _NormRotaryFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if ctx.fast:
+            x, rstd, cos, sin, weight = ctx.saved_tensors
+            grad_x, grad_w = kernels.norm_rope_backward(x, cos, sin, weight, rstd, grad.contiguous(),
+                                                        ctx.needs_input_grad[3])
+            return grad_x, None, None, grad_w, None
         xhat, rstd, cos, sin, weight = ctx.saved_tensors
         grad_z = _rotate(grad, cos, -sin)  # d/d(xhat * w)
         if weight is None:
@@ -178,10 +197,15 @@ class _NormRotaryFn(torch.autograd.Function):
 def rotate_qk(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor | None = None,
               eps: float = 1e-6) -> torch.Tensor:
     """RoPE on the query/key heads x [B, T, H, D] (tables from `Rotary`), after an optional per-head RMSNorm
-    with weight [H, D] (Qwen3's QK-norm). Training in fp32 takes the fused autograd path."""
+    with weight [H, D] (Qwen3's QK-norm). Training in fp32 takes the fused autograd path; fp32 CPU inference
+    the same C kernel."""
     needs_grad = x.requires_grad or (norm_weight is not None and norm_weight.requires_grad)
     if torch.is_grad_enabled() and needs_grad and x.dtype == torch.float32 and fused_rms_norm is not None:
         return _NormRotaryFn.apply(x, cos, sin, norm_weight, eps)
+    if _kernel_ok(x, norm_weight):
+        fast = kernels.norm_rope(x, cos, sin, norm_weight, eps)
+        if fast is not None:
+            return fast[0]
     if norm_weight is not None:
         x = rms_norm(x, norm_weight, eps)
     return apply_rotary(x, cos, sin)

@@ -1,0 +1,95 @@
+"""The C kernels of the fp32 CPU training step (RMSNorm backward, SwiGLU, GELU, QK-norm + RoPE): the same values
+and gradients as the PyTorch formulas they replace (taken by turning the kernels off)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptqwen import kernels
+from gptqwen.model.mlp import gelu_tanh, swiglu
+from gptqwen.model.norms import rms_norm
+from gptqwen.model.rope import Rotary, rotate_qk
+
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason="no C compiler: the kernels are not available")
+
+
+def run_both(fn, *inputs):
+    """fn(*leaf copies) and the gradients of sum(out * probe), with the kernels on and off."""
+    results = []
+    for off in (False, True):
+        leaves = [t.detach().clone().requires_grad_(t.requires_grad) if t is not None else None for t in inputs]
+        with pytest.MonkeyPatch.context() as mp:
+            if off:
+                mp.setattr(kernels, "library", lambda: None)
+            out = fn(*leaves)
+            torch.manual_seed(5)
+            (out * torch.randn_like(out)).sum().backward()
+        results.append((out.detach(), [t.grad if t is not None and t.requires_grad else None for t in leaves]))
+    return results
+
+
+def assert_same(results, atol=2e-5):
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a, b, atol=atol, rtol=1e-5)
+    for x, y in zip(ga, gb):
+        assert (x is None) == (y is None)
+        if x is not None:
+            torch.testing.assert_close(x, y, atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [3, 2048])  # one thread / several threads (the partial weight sums)
+def test_rms_norm_backward(rows):
+    x = torch.randn(rows, 96, requires_grad=True)
+    w = (torch.rand(96) + 0.5).requires_grad_()
+    assert_same(run_both(lambda x, w: rms_norm(x, w, 1e-6), x, w))
+
+
+@pytest.mark.parametrize("width", [83, 384])  # a tail past the 8-wide loop, and the SIMD body
+def test_swiglu_forward_backward(width):
+    h = (torch.randn(6, 50, 2 * width) * 4).requires_grad_()  # wide range: exp's reduction and clamping
+    assert_same(run_both(swiglu, h))
+    with torch.no_grad():  # inference takes the same kernel
+        torch.testing.assert_close(swiglu(h), torch.nn.functional.silu(h[..., :width]) * h[..., width:],
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [37, 40000])  # a scalar tail only; threads and the SIMD body
+def test_gelu_forward_backward(n):
+    x = (torch.randn(n) * 4).requires_grad_()
+    assert_same(run_both(gelu_tanh, x))
+    ref = torch.nn.functional.gelu(x, approximate="tanh")
+    torch.testing.assert_close(gelu_tanh(x), ref, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(gelu_tanh(x), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+@pytest.mark.parametrize("gathered", [False, True])
+def test_norm_rope_on_the_fused_qkv_view(qk_norm, gathered):
+    B, T, hq, hk, D = 3, 40, 4, 2, 32
+    qkv = torch.randn(B, T, (hq + 2 * hk) * D, requires_grad=True)
+    w = (torch.rand(hq + hk, D) + 0.5).requires_grad_() if qk_norm else None
+    rot = Rotary(D, 10000.0, None, 128)
+    if gathered:  # per-row positions (left padding): tables [B, T, 1, D]
+        pos = torch.stack([torch.arange(T) + i for i in range(B)])
+        cos, sin = rot(pos, 128, torch.device("cpu"))
+    else:
+        cos, sin = rot(None, T, torch.device("cpu"))
+
+    def f(qkv, w):
+        qk = qkv.view(B, T, hq + 2 * hk, D)[:, :, : hq + hk]  # strided, as in the attention layer
+        return rotate_qk(qk, cos, sin, w, 1e-6)
+
+    assert_same(run_both(f, qkv, w))
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:  # inference takes the kernel too
+        fast = f(qkv, w)
+        mp.setattr(kernels, "library", lambda: None)
+        torch.testing.assert_close(fast, f(qkv, w), atol=2e-5, rtol=1e-5)
+
+
+def test_layouts_the_kernel_cannot_read_fall_back():
+    x = torch.randn(2, 5, 3, 8).transpose(1, 2)  # heads not contiguous within a row
+    cos, sin = Rotary(8, 10000.0, None, 16)(None, 3, torch.device("cpu"))
+    assert kernels.norm_rope(x, cos, sin, None, 1e-6) is None
+    torch.testing.assert_close(rotate_qk(x, cos, sin), rotate_qk(x.contiguous(), cos, sin))
