@@ -93,3 +93,55 @@ def test_layouts_the_kernel_cannot_read_fall_back():
     cos, sin = Rotary(8, 10000.0, None, 16)(None, 3, torch.device("cpu"))
     assert kernels.norm_rope(x, cos, sin, None, 1e-6) is None
     torch.testing.assert_close(rotate_qk(x, cos, sin), rotate_qk(x.contiguous(), cos, sin))
+
+
+def _sdpa(q, k, v):
+    """The reference: torch's SDPA on [B, H, T, d] (K/V heads repeated for GQA), back to [B, T, hq, d]."""
+    rep = q.shape[2] // k.shape[2]
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)))
+    return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True).transpose(1, 2)
+
+
+@pytest.mark.parametrize("T, hq, hk, d", [(1, 2, 2, 8), (37, 4, 2, 32), (128, 4, 4, 32), (70, 6, 2, 24),
+                                          (64, 2, 1, 64)])
+def test_causal_attention_matches_sdpa(T, hq, hk, d):
+    from gptqwen.model.attention import _CausalAttentionFn
+
+    B = 3
+    qkv = torch.randn(B, T, (hq + 2 * hk) * d, requires_grad=True)  # views into one tensor, as in the model
+    probe = torch.randn(B, T, hq, d)
+
+    def grads(fn):
+        qkv.grad = None
+        q, k, v = qkv.view(B, T, hq + 2 * hk, d).split((hq, hk, hk), dim=2)
+        out = fn(q, k, v)
+        (out * probe).sum().backward()
+        return out.detach(), qkv.grad.clone()
+
+    (a, ga), (b, gb) = grads(_CausalAttentionFn.apply), grads(_sdpa)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["qwen3-tiny", "gpt2-tiny", "qwen2-tiny"])
+def test_training_step_same_with_kernels_off(name):
+    """A whole forward + backward (loss and every parameter gradient) with all the C passes vs without."""
+    from gptqwen.config import Config
+    from gptqwen.model import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(Config.from_name(name))
+    ids = torch.randint(0, model.config.vocab_size, (4, 33))
+    results = []
+    for off in (False, True):
+        model.zero_grad(set_to_none=True)
+        with pytest.MonkeyPatch.context() as mp:
+            if off:
+                mp.setattr(kernels, "library", lambda: None)
+            loss = model(ids[:, :-1], targets=ids[:, 1:]).loss
+            loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (la, ga), (lb, gb) = results
+    torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-5)
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n], atol=1e-5, rtol=1e-4, msg=n)

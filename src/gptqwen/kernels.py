@@ -24,6 +24,8 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
+import torch
+
 SOURCE = Path(__file__).with_name("kernels.c")
 # The C text is read with this module, not at first use: a process whose Python was loaded before kernels.c
 # changed on disk must still build the C its ctypes signatures below were written for.
@@ -105,6 +107,9 @@ def load() -> ctypes.CDLL | None:
     lib.gq_rms_norm_backward.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _INT]
     lib.gq_swiglu.argtypes = [_P, _P, _I64, _I64, _INT]
     lib.gq_gelu.argtypes = [_P, _P, _I64, _INT]
+    lib.gq_attention_forward.argtypes = [_P, _I64, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]
+    lib.gq_attention_backward.argtypes = [_P, _I64, _P, _I64, _P, _I64, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64,
+                                          _I64, _I64, _INT]
     lib.gq_gelu_backward.argtypes = [_P, _P, _P, _I64, _INT]
     lib.gq_swiglu_backward.argtypes = [_P, _P, _P, _I64, _I64, _INT]
     lib.gq_norm_rope.argtypes = [_P, _I64, _P, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, ctypes.c_float, _INT]
@@ -115,7 +120,7 @@ def load() -> ctypes.CDLL | None:
     lib.gq_decode_step.argtypes = [_P, _I64, _P, _P, _P, _I64, _P, _P, _P, _P, _I64, _P, _INT, _INT]
     for f in (lib.gq_matmul, lib.gq_rms_norm, lib.gq_dequantize, lib.gq_decode_step, lib.gq_rms_norm_backward,
               lib.gq_swiglu, lib.gq_swiglu_backward, lib.gq_gelu, lib.gq_gelu_backward, lib.gq_norm_rope,
-              lib.gq_norm_rope_backward):
+              lib.gq_norm_rope_backward, lib.gq_attention_forward, lib.gq_attention_backward):
         f.restype = None
     return lib
 
@@ -123,8 +128,6 @@ def load() -> ctypes.CDLL | None:
 def rms_norm(x, weight, eps: float, with_rstd: bool = False):
     """RMSNorm of a contiguous float32 CPU tensor over its last dim with a 1-D float32 weight: y, or (y, rstd)
     with rstd shaped [..., 1]; None when the kernels are not available (the caller then uses torch's)."""
-    import torch
-
     lib = library()
     if lib is None:
         return None
@@ -136,16 +139,12 @@ def rms_norm(x, weight, eps: float, with_rstd: bool = False):
 
 
 def _threads() -> int:
-    import torch
-
     return torch.get_num_threads()
 
 
 def rms_norm_backward(x, weight, rstd, grad, need_weight_grad: bool):
     """(dx, dw or None) of `rms_norm(x, weight)` from the forward's rstd (all contiguous float32 CPU, weight 1-D);
     None when the kernels are not available."""
-    import torch
-
     lib = library()
     if lib is None:
         return None
@@ -159,8 +158,6 @@ def rms_norm_backward(x, weight, rstd, grad, need_weight_grad: bool):
 
 def swiglu(h):
     """silu(gate) * up of a contiguous float32 CPU h [..., 2I] = [gate | up]; None without the kernels."""
-    import torch
-
     lib = library()
     if lib is None:
         return None
@@ -172,8 +169,6 @@ def swiglu(h):
 
 def swiglu_backward(h, grad):
     """The gradient w.r.t. h of `swiglu(h)` given `grad` (both contiguous float32 CPU)."""
-    import torch
-
     grad_h = torch.empty_like(h)
     I = h.shape[-1] // 2
     library().gq_swiglu_backward(h.data_ptr(), grad.data_ptr(), grad_h.data_ptr(), h.numel() // (2 * I), I,
@@ -183,8 +178,6 @@ def swiglu_backward(h, grad):
 
 def gelu(x):
     """GELU (tanh approximation) of a contiguous float32 CPU tensor; None without the kernels."""
-    import torch
-
     lib = library()
     if lib is None:
         return None
@@ -195,8 +188,6 @@ def gelu(x):
 
 def gelu_backward(x, grad):
     """The gradient w.r.t. x of `gelu(x)` given `grad` (both contiguous float32 CPU)."""
-    import torch
-
     dx = torch.empty_like(x)
     library().gq_gelu_backward(x.data_ptr(), grad.data_ptr(), dx.data_ptr(), x.numel(), _threads())
     return dx
@@ -216,8 +207,6 @@ def _rope_layout(x, cos):
 def norm_rope(x, cos, sin, weight, eps: float):
     """(y, rstd) = RoPE(RMSNorm_per_head(x) * weight) for float32 CPU x [B, T, H, D] (a strided view is fine),
     tables [B|1, T, 1, D] and weight [H, D] or None (no norm); None when the kernels cannot take it."""
-    import torch
-
     lib = library()
     layout = _rope_layout(x, cos) if lib is not None else None
     if layout is None:
@@ -233,8 +222,6 @@ def norm_rope(x, cos, sin, weight, eps: float):
 
 def norm_rope_backward(x, cos, sin, weight, rstd, grad, need_weight_grad: bool):
     """(dx [B, T, H, D] contiguous, dweight [H, D] or None) of `norm_rope`; grad contiguous [B, T, H, D]."""
-    import torch
-
     B, T, H, D = x.shape
     xs, cbs = _rope_layout(x, cos)
     gx = torch.empty(B, T, H, D)
@@ -244,3 +231,41 @@ def norm_rope_backward(x, cos, sin, weight, rstd, grad, need_weight_grad: bool):
                                     rstd.data_ptr() if rstd is not None else None, grad.data_ptr(), gx.data_ptr(),
                                     gw.data_ptr() if gw is not None else None, B, T, H, D, _threads())
     return gx, gw
+
+
+ATTENTION_MAX_LEN = 1024  # the C attention keeps a head's T x T scores (4 MB at 1024); longer goes to SDPA
+
+
+def _heads_layout(t, B: int, T: int) -> int | None:
+    """Row stride of t [B, T, H, d] when its heads are contiguous within uniformly strided rows, else None."""
+    H, d = t.shape[2], t.shape[3]
+    ok = t.shape[:2] == (B, T) and t.stride(3) == 1 and t.stride(2) == d and t.stride(0) == T * t.stride(1)
+    return t.stride(1) if ok and t.dtype == torch.float32 and t.device.type == "cpu" else None
+
+
+def causal_attention(q, k, v):
+    """(o [B, T, hq, d] contiguous, lse [B, hq, T]) of causal softmax attention, scale 1/sqrt(d), for float32
+    CPU q [B, T, hq, d] and k, v [B, T, hk, d] (views inside the fused QKV output are fine); None when the
+    kernels are not available or the layout or length does not suit them."""
+    lib = library()
+    B, T, hq, d = q.shape
+    hk = k.shape[2]
+    strides = [_heads_layout(t, B, T) for t in (q, k, v)]
+    if lib is None or None in strides or T > ATTENTION_MAX_LEN or hq % hk or v.shape[2] != hk or k.shape[3] != d:
+        return None
+    o = torch.empty(B, T, hq, d)
+    lse = torch.empty(B, hq, T)
+    lib.gq_attention_forward(q.data_ptr(), strides[0], k.data_ptr(), strides[1], v.data_ptr(), strides[2],
+                             o.data_ptr(), lse.data_ptr(), B, T, hq, hk, d, _threads())
+    return o, lse
+
+
+def causal_attention_backward(q, k, v, o, lse, grad):
+    """(dq, dk, dv), contiguous and shaped like q, k, v, of `causal_attention` given grad [B, T, hq, d]."""
+    B, T, hq, d = q.shape
+    hk = k.shape[2]
+    dq, dk, dv = torch.empty(B, T, hq, d), torch.empty(B, T, hk, d), torch.empty(B, T, hk, d)
+    library().gq_attention_backward(q.data_ptr(), q.stride(1), k.data_ptr(), k.stride(1), v.data_ptr(), v.stride(1),
+                                    o.data_ptr(), lse.data_ptr(), grad.data_ptr(), dq.data_ptr(), dk.data_ptr(),
+                                    dv.data_ptr(), B, T, hq, hk, d, _threads())
+    return dq, dk, dv

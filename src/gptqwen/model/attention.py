@@ -1,7 +1,8 @@
 """Causal self-attention (MHA / GQA, optional QKV bias, QK-norm, local band) and the static KV cache.
 
 One fused QKV matmul, RoPE from precomputed tables, and `F.scaled_dot_product_attention`; when no mask is
-needed (training without padding or packing, dense layer) the fast `is_causal=True` path is taken.
+needed (training without padding or packing, dense layer) the fast `is_causal=True` path is taken, and on
+fp32 CPU our C attention (`kernels.c`: the lower triangle only, forward and backward) instead.
 Masks are built once per forward in `build_masks` and shared by all layers of the same kind.
 """
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptqwen import kernels
 from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.model.norms import RMSNorm, rms_norm
@@ -92,6 +94,29 @@ def build_masks(cfg: Config, T: int, past: int, attention_mask: torch.Tensor | N
     return dense, local, is_causal
 
 
+class _CausalAttentionFn(torch.autograd.Function):
+    """Causal attention of fp32 CPU q [B, T, hq, d], k, v [B, T, hk, d] by the C kernels (`kernels.c`): output
+    [B, T, hq, d], the layout the output projection reads, so no transposes either way."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        o, lse = kernels.causal_attention(q, k, v)
+        ctx.save_for_backward(q, k, v, o, lse)
+        return o
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return kernels.causal_attention_backward(*ctx.saved_tensors, grad.contiguous())
+
+
+def _c_attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """fp32 CPU, outside torch.compile tracing, and a layout/length the C attention takes (kernels.py)."""
+    if q.device.type != "cpu" or q.dtype != torch.float32 or torch.compiler.is_compiling() or kernels.library() is None:
+        return False
+    B, T = q.shape[:2]
+    return T <= kernels.ATTENTION_MAX_LEN and all(kernels._heads_layout(t, B, T) is not None for t in (q, k, v))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: Config, layer_idx: int) -> None:
         super().__init__()
@@ -119,12 +144,15 @@ class Attention(nn.Module):
         q, k = qk.split((hq, hk), dim=2)
         if ctx.q_scale is not None:
             q = (q.float() * ctx.q_scale).to(q.dtype)
+        mask = ctx.local_mask if self.local else ctx.dense_mask
+        if ctx.cache is None and mask is None and ctx.is_causal and _c_attention_applies(q, k, v):
+            # training / scoring on CPU: the C kernels read q, k, v in place and skip the masked half
+            return self.proj(_CausalAttentionFn.apply(q, k, v).reshape(B, T, hq * d))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)
         else:  # CPU flash attention runs ~40% slower (forward and backward) on V strided inside the fused qkv
             v = v.contiguous()
-        mask = ctx.local_mask if self.local else ctx.dense_mask
         if hk != hq and T == 1:
             # one decoded token: the queries sharing a KV head become rows of one attention over that head
             # (a [B|1, 1, 1, S] mask broadcasts over them), so the cached keys are never copied
