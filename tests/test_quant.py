@@ -140,3 +140,15 @@ def test_cli_generates_with_a_quantised_model(capsys):
     assert main(["generate", "--model", str(gguf), "--prompt", "The capital of France is", "--quant", "q4_1",
                  "--temperature", "0", "--max-new-tokens", "3", "--json"]) == 0
     assert "Paris" in json.loads(capsys.readouterr().out)["text"]
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 7, 64), (4, 9, 40), (5, 10, 33), (8, 70, 256), (11, 31, 96)])
+def test_float_products_match_torch(m, n, k):
+    """gq_matmul on float32 weights (the native decode step's fp32 path): tiled rows and columns and the
+    leftovers of each, against torch's matmul."""
+    lib = kernels.library()
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    for threads in (1, 2):
+        y = torch.empty(m, n)
+        lib.gq_matmul(KERNEL_FORMATS["f32"], x.data_ptr(), m, k, w.data_ptr(), None, None, n, y.data_ptr(), threads, 1)
+        torch.testing.assert_close(y, x @ w.T, atol=1e-4, rtol=1e-5)
