@@ -817,7 +817,7 @@ void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const i
                 memcpy(v_cache + slot, qkv + b * QKV + (hq + hk + j) * hd, sizeof(float) * hd);
             }
         }
-        #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && B * hq * S > 4096)
+        #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && B * hq * S * hd >= 65536)
         for (int64_t bh = 0; bh < B * hq; bh++) {
             const int64_t b = bh / hq, j = bh % hq, start = starts[b];
             const float *q = qkv + b * QKV + j * hd;
@@ -828,7 +828,17 @@ void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const i
                 p[t] = dot(q, K + t * hd, hd) * scale;
                 mx = p[t] > mx ? p[t] : mx;
             }
-            for (int64_t t = start; t < S; t++) { p[t] = expf(p[t] - mx); sum += p[t]; }
+            int64_t t = start;
+#ifdef __AVX2__
+            __m256 vsum = _mm256_setzero_ps();
+            for (; t + 8 <= S; t += 8) {
+                const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + t), _mm256_set1_ps(mx)));
+                _mm256_storeu_ps(p + t, e);
+                vsum = _mm256_add_ps(vsum, e);
+            }
+            sum = hsum(vsum);
+#endif
+            for (; t < S; t++) { p[t] = expf(p[t] - mx); sum += p[t]; }
             for (int64_t i = 0; i < hd; i++) out[i] = 0.f;
             for (int64_t t = start; t < S; t++) {
                 const float pt = p[t] / sum, *vt = V + t * hd;
@@ -840,11 +850,7 @@ void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const i
         for (int64_t i = 0; i < B * D; i++) x[i] += h[i];
         rms_rows(x, L->ln2, h, NULL, B, D, M->eps);
         linear(&L->gate_up, h, B, gu, nthreads, simd);
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t i = 0; i < I; i++) {
-                const float g = gu[b * 2 * I + i];
-                act[b * I + i] = g / (1.f + expf(-g)) * gu[b * 2 * I + I + i];
-            }
+        gq_swiglu(gu, act, B, I, nthreads);
         linear(&L->down, act, B, h, nthreads, simd);
         for (int64_t i = 0; i < B * D; i++) x[i] += h[i];
     }
