@@ -1,7 +1,11 @@
-/* CPU kernels for inference, called through ctypes (gptqwen/kernels.py builds and loads this file):
- *   gq_matmul — float32 and block-quantised matrix products, below;
- *   gq_rms_norm — RMSNorm of float32 rows (torch's CPU rms_norm runs as ~8 separate ops, ~17 us for one
- *   576-wide row: 60 such calls cost a millisecond per decoded token).
+/* CPU kernels, float32, called through ctypes (gptqwen/kernels.py builds and loads this file):
+ *   gq_matmul — float32 and block-quantised matrix products (below), and gq_dequantize;
+ *   gq_rms_norm (+ _backward), gq_swiglu (+ _backward), gq_gelu, gq_norm_rope (+ _backward) — the elementwise
+ *     passes of a training step and of inference, each one pass over the data where torch runs several ops
+ *     (its CPU rms_norm alone is ~8, ~17 us for one 576-wide row);
+ *   gq_attention_forward / _backward — causal attention of short sequences, the lower triangle only;
+ *   gq_decode_step — a whole decode step of a Llama/Qwen-layout model (gptqwen/infer/native.py).
+ * Each entry point has a PyTorch counterpart that the tests compare it with.
  *
  * Block-quantised products for CPU decoding: y[M,N] = x[M,K] @ W[N,K]^T, x and y float32.
  *
@@ -443,28 +447,8 @@ void gq_swiglu_backward(const float *h, const float *grad, float *grad_h, int64_
 #define GELU_C 1.5957691216057308f /* 2 sqrt(2 / pi) */
 #define GELU_K 0.044715f
 
-void gq_gelu(const float *x, float *y, int64_t n, int nthreads) {
-    const int64_t chunk = 4096;
-    #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && n >= PAR_MIN)
-    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
-        const int64_t end = c0 + chunk < n ? c0 + chunk : n;
-        int64_t i = c0;
-#ifdef __AVX2__
-        const __m256 c = _mm256_set1_ps(GELU_C), ck = _mm256_set1_ps(GELU_C * GELU_K);
-        for (; i + 8 <= end; i += 8) {
-            const __m256 v = _mm256_loadu_ps(x + i);
-            const __m256 z = _mm256_mul_ps(v, _mm256_fmadd_ps(_mm256_mul_ps(v, v), ck, c));
-            _mm256_storeu_ps(y + i, _mm256_mul_ps(v, sigmoid8(z)));
-        }
-#endif
-        for (; i < end; i++) {
-            const float z = x[i] * (GELU_C + GELU_C * GELU_K * x[i] * x[i]);
-            y[i] = x[i] / (1.f + expf(-z));
-        }
-    }
-}
-
-void gq_gelu_backward(const float *x, const float *g, float *dx, int64_t n, int nthreads) {
+/* out = gelu(x) when g is NULL, else the backward out = g * gelu'(x). */
+void gq_gelu(const float *x, const float *g, float *out, int64_t n, int nthreads) {
     const int64_t chunk = 4096;
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && n >= PAR_MIN)
     for (int64_t c0 = 0; c0 < n; c0 += chunk) {
@@ -477,15 +461,19 @@ void gq_gelu_backward(const float *x, const float *g, float *dx, int64_t n, int 
             const __m256 v = _mm256_loadu_ps(x + i), v2 = _mm256_mul_ps(v, v);
             __m256 e;
             const __m256 s = sigmoid8_e(_mm256_mul_ps(v, _mm256_fmadd_ps(v2, ck, c)), &e);
+            if (!g) {
+                _mm256_storeu_ps(out + i, _mm256_mul_ps(v, s));
+                continue;
+            }
             const __m256 dz = _mm256_fmadd_ps(v2, ck3, c);  /* dz/dx */
             const __m256 d = _mm256_fmadd_ps(_mm256_mul_ps(v, _mm256_mul_ps(s, _mm256_mul_ps(e, s))), dz, s);
-            _mm256_storeu_ps(dx + i, _mm256_mul_ps(d, _mm256_loadu_ps(g + i)));
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(d, _mm256_loadu_ps(g + i)));
         }
 #endif
         for (; i < end; i++) {
             const float v = x[i], z = v * (GELU_C + GELU_C * GELU_K * v * v);
             const float e = expf(-z), s = 1.f / (1.f + e);
-            dx[i] = g[i] * (s + v * s * (e * s) * (GELU_C + 3.f * GELU_C * GELU_K * v * v));
+            out[i] = g ? g[i] * (s + v * s * (e * s) * (GELU_C + 3.f * GELU_C * GELU_K * v * v)) : v * s;
         }
     }
 }

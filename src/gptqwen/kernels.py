@@ -1,8 +1,9 @@
-"""CPU kernels in C (`kernels.c`: block-quantised matmuls and dequantisation, RMSNorm, a whole decode step),
-built on first use.
+"""CPU kernels in C (`kernels.c`: float and block-quantised matmuls, a whole decode step, causal attention, and
+the RMSNorm / SwiGLU / GELU / QK-norm+RoPE passes, forward and backward), built on first use.
 
     from gptqwen.kernels import library, rms_norm
     lib = library()          # None when no C compiler works here: callers fall back to PyTorch ops
+    y = rms_norm(x, w, 1e-6) # the wrappers below return None in that case (or when a layout does not suit)
 
 The C file is built once per machine with the system compiler (`$CC`, else `cc`/`gcc`) into
 `$GPTQWEN_CACHE/kernels` (default `~/.cache/gptqwen/kernels`), named by a hash of the source, the flags and
@@ -106,12 +107,11 @@ def load() -> ctypes.CDLL | None:
     lib.gq_rms_norm.argtypes = [_P, _P, _P, _P, _I64, _I64, ctypes.c_float, _INT]
     lib.gq_rms_norm_backward.argtypes = [_P, _P, _P, _P, _P, _P, _I64, _I64, _INT]
     lib.gq_swiglu.argtypes = [_P, _P, _I64, _I64, _INT]
-    lib.gq_gelu.argtypes = [_P, _P, _I64, _INT]
+    lib.gq_swiglu_backward.argtypes = [_P, _P, _P, _I64, _I64, _INT]
+    lib.gq_gelu.argtypes = [_P, _P, _P, _I64, _INT]
     lib.gq_attention_forward.argtypes = [_P, _I64, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT]
     lib.gq_attention_backward.argtypes = [_P, _I64, _P, _I64, _P, _I64, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64,
                                           _I64, _I64, _INT]
-    lib.gq_gelu_backward.argtypes = [_P, _P, _P, _I64, _INT]
-    lib.gq_swiglu_backward.argtypes = [_P, _P, _P, _I64, _I64, _INT]
     lib.gq_norm_rope.argtypes = [_P, _I64, _P, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, ctypes.c_float, _INT]
     lib.gq_norm_rope_backward.argtypes = [_P, _I64, _P, _P, _I64, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _INT]
     lib.gq_dequantize.argtypes = [_INT, _P, _P, _P, _I64, _I64, _P, _INT]
@@ -119,7 +119,7 @@ def load() -> ctypes.CDLL | None:
     # simd): gptqwen/infer/native.py builds the model struct
     lib.gq_decode_step.argtypes = [_P, _I64, _P, _P, _P, _I64, _P, _P, _P, _P, _I64, _P, _INT, _INT]
     for f in (lib.gq_matmul, lib.gq_rms_norm, lib.gq_dequantize, lib.gq_decode_step, lib.gq_rms_norm_backward,
-              lib.gq_swiglu, lib.gq_swiglu_backward, lib.gq_gelu, lib.gq_gelu_backward, lib.gq_norm_rope,
+              lib.gq_swiglu, lib.gq_swiglu_backward, lib.gq_gelu, lib.gq_norm_rope,
               lib.gq_norm_rope_backward, lib.gq_attention_forward, lib.gq_attention_backward):
         f.restype = None
     return lib
@@ -182,14 +182,14 @@ def gelu(x):
     if lib is None:
         return None
     y = torch.empty_like(x)
-    lib.gq_gelu(x.data_ptr(), y.data_ptr(), x.numel(), _threads())
+    lib.gq_gelu(x.data_ptr(), None, y.data_ptr(), x.numel(), _threads())
     return y
 
 
 def gelu_backward(x, grad):
     """The gradient w.r.t. x of `gelu(x)` given `grad` (both contiguous float32 CPU)."""
     dx = torch.empty_like(x)
-    library().gq_gelu_backward(x.data_ptr(), grad.data_ptr(), dx.data_ptr(), x.numel(), _threads())
+    library().gq_gelu(x.data_ptr(), grad.data_ptr(), dx.data_ptr(), x.numel(), _threads())
     return dx
 
 
