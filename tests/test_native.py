@@ -23,6 +23,7 @@ CONFIGS = {
     "qwen3-yarn": Config.from_name("qwen3-tiny", n_layer=2, max_seq_len=128,
                                    rope_scaling={"rope_type": "yarn", "factor": 4.0,
                                                  "original_max_position_embeddings": 32}),
+    "gpt2-layernorm-gelu-learned": Config.from_name("gpt2-tiny"),
 }
 
 
@@ -61,11 +62,12 @@ def test_step_matches_pytorch_forward(name, fmt):
     torch.testing.assert_close(cache.v, ref_cache.v, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("fmt", [None, "q4_1"])
-def test_engine_padded_batch_same_as_pytorch_path(fmt):
+@pytest.mark.parametrize("name, fmt", [("qwen3-qknorm-gqa", None), ("qwen3-qknorm-gqa", "q4_1"),
+                                       ("gpt2-layernorm-gelu-learned", None)])
+def test_engine_padded_batch_same_as_pytorch_path(name, fmt):
     """Left-padded prompts of different lengths: native and PyTorch decoding pick the same tokens with the same
     log-probs (and the PyTorch path is itself checked against full recomputation in test_engine.py)."""
-    cfg = CONFIGS["qwen3-qknorm-gqa"]
+    cfg = CONFIGS[name]
     model = make_model(cfg, fmt, seed=1)
     prompts = [torch.randint(0, cfg.vocab_size, (n,)).tolist() for n in (17, 4, 11)]
     params = SamplingParams(temperature=0, max_new_tokens=12, logprobs=3, ignore_eos=True)
@@ -88,7 +90,7 @@ def test_sampling_and_stop_strings_unchanged():
 
 
 @pytest.mark.parametrize("name, reason", [
-    ("gpt2-tiny", "layout"), ("qwen3-moe-tiny", "MoE"), ("qwen-tiny", "logn"), ("gpt3-tiny", "layout")])
+    ("gpt1-tiny", "post-norm"), ("qwen3-moe-tiny", "MoE"), ("qwen-tiny", "logn"), ("gpt3-tiny", "banded")])
 def test_declines_other_layouts(name, reason):
     model = Transformer(Config.from_name(name)).eval()
     assert NativeDecoder.build(model) is None and reason in why_not(model)

@@ -734,8 +734,9 @@ void gq_attention_backward(const float *q, int64_t qs, const float *k, int64_t k
 }
 
 /* ------------------------------------------------------------------------------------- decode step */
-/* One decode step of a whole Llama/Qwen-layout model (RMSNorm, RoPE, GQA attention with optional QKV bias and
- * QK-norm, SwiGLU) in one call: a token per sequence in, logits out. The PyTorch forward computes the same
+/* One decode step of a whole pre-norm model in one call — Llama/Qwen layout (RMSNorm, RoPE, GQA with optional
+ * QKV bias and QK-norm, SwiGLU) or GPT-2 layout (LayerNorm, learned positions, GELU, biases): a token per
+ * sequence in, logits out. The PyTorch forward computes the same
  * thing (gptqwen/model); a step there is ~400 small ops whose Python and dispatch overhead (~8 ms on SmolLM2)
  * rivals the products themselves at batch 1. Products go through matmul() above (float32 or block weights).
  * The KV cache is the model's own (`KVCache`: [n_layer, B, n_kv_head, max_len, head_dim] float32), so
@@ -748,19 +749,38 @@ typedef struct {
 } gq_linear;
 
 typedef struct {
-    gq_linear qkv, proj, gate_up, down;  /* qkv rows: [q heads | k heads | v heads]; gate_up: [gate | up] */
-    const float *ln1, *ln2;              /* RMSNorm weights [dim] */
-    const float *q_norm, *k_norm;        /* QK-norm weights [head_dim], or NULL */
+    gq_linear qkv, proj, up, down;    /* qkv rows: [q heads | k heads | v heads]; up: [gate | up] (SwiGLU) or fc */
+    const float *ln1, *ln2;           /* norm weights [dim] */
+    const float *ln1_b, *ln2_b;       /* LayerNorm biases [dim]; NULL: RMSNorm */
+    const float *q_norm, *k_norm;     /* QK-norm weights [head_dim], or NULL */
 } gq_layer;
 
 typedef struct {
-    int64_t n_layer, dim, n_head, n_kv_head, head_dim, inter, vocab;
+    int64_t n_layer, dim, n_head, n_kv_head, head_dim, inter, vocab, gelu;  /* gelu 0: SwiGLU MLP */
     float eps, qk_eps;
     const float *embed;  /* [vocab, dim] */
-    const float *ln_f;   /* [dim] */
+    const float *wpe;    /* learned positions [max_len, dim], or NULL: RoPE tables passed to the step */
+    const float *ln_f, *ln_f_b;
     gq_linear head;
     const gq_layer *layers;
 } gq_model;
+
+/* RMSNorm rows, or LayerNorm rows when b is given (two-pass mean and biased variance, as torch). */
+static void norm_rows(const float *x, const float *w, const float *b, float *y, int64_t rows, int64_t D, float eps) {
+    if (!b) {
+        rms_rows(x, w, y, NULL, rows, D, eps);
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * D;
+        float *yr = y + r * D, mean = 0.f, var = 0.f;
+        for (int64_t i = 0; i < D; i++) mean += xr[i];
+        mean /= (float)D;
+        for (int64_t i = 0; i < D; i++) var += (xr[i] - mean) * (xr[i] - mean);
+        const float rstd = 1.f / sqrtf(var / (float)D + eps);
+        for (int64_t i = 0; i < D; i++) yr[i] = (xr[i] - mean) * rstd * w[i] + b[i];
+    }
+}
 
 static void linear(const gq_linear *L, const float *x, int64_t M, float *y, int nthreads, int simd) {
     matmul((int)L->fmt, x, M, L->K, L->w, L->d, L->m, L->N, y, nthreads, simd);
@@ -786,18 +806,21 @@ void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const i
     float *qkv = malloc(sizeof(float) * B * QKV), *att = malloc(sizeof(float) * B * hq * hd);
     float *gu = malloc(sizeof(float) * B * 2 * I), *act = malloc(sizeof(float) * B * I);
     float *tmp = malloc(sizeof(float) * hd);
-    for (int64_t b = 0; b < B; b++) memcpy(x + b * D, M->embed + tokens[b] * D, sizeof(float) * D);
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(x + b * D, M->embed + tokens[b] * D, sizeof(float) * D);
+        if (M->wpe)
+            for (int64_t i = 0; i < D; i++) x[b * D + i] += M->wpe[positions[b] * D + i];
+    }
     for (int64_t l = 0; l < M->n_layer; l++) {
         const gq_layer *L = M->layers + l;
-        rms_rows(x, L->ln1, h, NULL, B, D, M->eps);
+        norm_rows(x, L->ln1, L->ln1_b, h, B, D, M->eps);
         linear(&L->qkv, h, B, qkv, nthreads, simd);
         for (int64_t b = 0; b < B; b++) {
-            const float *c = cos + positions[b] * hd, *s = sin + positions[b] * hd;
-            for (int64_t j = 0; j < hq + hk; j++) { /* q and k heads: QK-norm, then RoPE */
+            for (int64_t j = 0; j < hq + hk && cos; j++) { /* q and k heads: QK-norm, then RoPE */
                 float *v = qkv + b * QKV + j * hd;
                 const float *w = j < hq ? L->q_norm : L->k_norm;
                 if (w) rms_rows(v, w, v, NULL, 1, hd, M->qk_eps);
-                rope(v, c, s, hd, tmp);
+                rope(v, cos + positions[b] * hd, sin + positions[b] * hd, hd, tmp);
             }
             for (int64_t j = 0; j < hk; j++) { /* this token's keys and values into slot `fill` */
                 const int64_t slot = (((l * B + b) * hk + j) * max_len + fill) * hd;
@@ -836,13 +859,14 @@ void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const i
         }
         linear(&L->proj, att, B, h, nthreads, simd);
         for (int64_t i = 0; i < B * D; i++) x[i] += h[i];
-        rms_rows(x, L->ln2, h, NULL, B, D, M->eps);
-        linear(&L->gate_up, h, B, gu, nthreads, simd);
-        gq_swiglu(gu, act, B, I, nthreads);
+        norm_rows(x, L->ln2, L->ln2_b, h, B, D, M->eps);
+        linear(&L->up, h, B, gu, nthreads, simd);
+        if (M->gelu) gq_gelu(gu, NULL, act, B * I, nthreads);
+        else gq_swiglu(gu, act, B, I, nthreads);
         linear(&L->down, act, B, h, nthreads, simd);
         for (int64_t i = 0; i < B * D; i++) x[i] += h[i];
     }
-    rms_rows(x, M->ln_f, h, NULL, B, D, M->eps);
+    norm_rows(x, M->ln_f, M->ln_f_b, h, B, D, M->eps);
     linear(&M->head, h, B, logits, nthreads, simd);
     free(x); free(h); free(qkv); free(att); free(gu); free(act); free(tmp);
 }

@@ -1,4 +1,4 @@
-"""A whole decode step in one C call for Llama/Qwen-layout models on CPU (`gq_decode_step`, gptqwen/kernels.c).
+"""A whole decode step in one C call for pre-norm models on CPU (`gq_decode_step`, gptqwen/kernels.c).
 
     from gptqwen.infer.native import NativeDecoder, why_not
     dec = NativeDecoder.build(model)    # None when the model or the machine does not qualify: why_not(model) says why
@@ -13,10 +13,10 @@ tests compare their logits at every step, float32 and q8_0/q4_1 weights, padded 
 a faster route through the same model, not a second model: the weights, the KV cache and the RoPE tables are
 the PyTorch model's own tensors, read in place.
 
-It covers the dense pre-norm RMSNorm/RoPE/SwiGLU layout (Llama, Qwen2, Qwen2.5, Qwen3: QKV bias, QK-norm,
-GQA, YaRN tables) with float32 or `QuantLinear` weights. Everything else — GPT-1/2/3 (LayerNorm, learned
-positions, banded layers), Qwen v1's logn/NTK, MoE, bf16, LoRA-wrapped or hooked layers, GPUs — decodes
-through PyTorch.
+It covers the dense pre-norm layouts with float32 or `QuantLinear` weights: Llama, Qwen2, Qwen2.5, Qwen3
+(RMSNorm, RoPE incl. YaRN tables, GQA, QKV bias, QK-norm, SwiGLU) and GPT-2 (LayerNorm, learned positions,
+GELU, biases). Everything else — GPT-1's post-norm, GPT-3's banded layers, Qwen v1's logn/NTK, MoE, bf16,
+LoRA-wrapped or hooked layers, GPUs — decodes through PyTorch.
 """
 
 from __future__ import annotations
@@ -38,14 +38,23 @@ class _Linear(ctypes.Structure):
 
 
 class _Layer(ctypes.Structure):
-    _fields_ = [("qkv", _Linear), ("proj", _Linear), ("gate_up", _Linear), ("down", _Linear),
-                ("ln1", _P), ("ln2", _P), ("q_norm", _P), ("k_norm", _P)]
+    _fields_ = [("qkv", _Linear), ("proj", _Linear), ("up", _Linear), ("down", _Linear),
+                ("ln1", _P), ("ln2", _P), ("ln1_b", _P), ("ln2_b", _P), ("q_norm", _P), ("k_norm", _P)]
 
 
 class _Model(ctypes.Structure):
     _fields_ = [("n_layer", _I64), ("dim", _I64), ("n_head", _I64), ("n_kv_head", _I64), ("head_dim", _I64),
-                ("inter", _I64), ("vocab", _I64), ("eps", _F), ("qk_eps", _F), ("embed", _P), ("ln_f", _P),
-                ("head", _Linear), ("layers", ctypes.POINTER(_Layer))]
+                ("inter", _I64), ("vocab", _I64), ("gelu", _I64), ("eps", _F), ("qk_eps", _F), ("embed", _P),
+                ("wpe", _P), ("ln_f", _P), ("ln_f_b", _P), ("head", _Linear), ("layers", ctypes.POINTER(_Layer))]
+
+
+def _mlp_linears(mlp: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(the MLP's input projection, its output projection): gate_up/down (SwiGLU) or fc/proj (GELU)."""
+    return (mlp.gate_up, mlp.down) if mlp.kind == "swiglu" else (mlp.fc, mlp.proj)
+
+
+def _norm_ok(norm: nn.Module) -> bool:
+    return _f32(norm.weight) and _f32(getattr(norm, "bias", None))
 
 
 def _f32(t: torch.Tensor | None) -> bool:
@@ -69,20 +78,20 @@ def why_not(model: nn.Module) -> str | None:
         return "not a gptqwen Transformer"
     if model.training:
         return "the model is in training mode"
-    if cfg.pos != "rope" or cfg.norm != "rmsnorm" or not cfg.pre_norm or cfg.mlp != "swiglu":
-        return "only the pre-norm RMSNorm/RoPE/SwiGLU layout (Llama, Qwen2/2.5/3) decodes natively"
+    if not cfg.pre_norm:
+        return "GPT-1's post-norm layout decodes through PyTorch"
     if cfg.n_experts or cfg.local_layers != "none" or cfg.logn_attn or cfg.dynamic_ntk:
         return "MoE, banded attention and Qwen v1's logn/NTK decode through PyTorch"
     if model.wte.weight.dtype != torch.float32 or not model.wte.weight.is_cpu:
         return "the native step runs float32 activations on CPU"
     for block in model.blocks:
-        a, mlp = block.attn, block.mlp
-        if not all(_linear_ok(m) for m in (a.qkv, a.proj, mlp.gate_up, mlp.down)):
+        a = block.attn
+        if not all(_linear_ok(m) for m in (a.qkv, a.proj, *_mlp_linears(block.mlp))):
             return "a layer is neither a float32 nn.Linear nor a QuantLinear (LoRA, hooks, bf16?)"
         norms = [block.ln_1, block.ln_2] + ([a.q_norm, a.k_norm] if a.q_norm is not None else [])
-        if not all(_f32(n.weight) for n in norms):
+        if not all(_norm_ok(n) for n in norms):
             return "a norm weight is not float32"
-    if not _linear_ok(model.lm_head) or not _f32(model.ln_f.weight):
+    if not _linear_ok(model.lm_head) or not _norm_ok(model.ln_f) or (model.wpe is not None and not _f32(model.wpe.weight)):
         return "the LM head or final norm is not float32 / QuantLinear"
     if kernels.library() is None:
         return "the C kernels are not available here (no C compiler, or GPTQWEN_NO_KERNELS is set)"
@@ -112,17 +121,24 @@ class NativeDecoder:
 
         cfg = self.cfg
         layers = (_Layer * cfg.n_layer)()
+        def bias(norm: nn.Module) -> int | None:  # LayerNorm's; RMSNorm has none
+            return ptr(getattr(norm, "bias", None))
+
         for i, block in enumerate(model.blocks):
-            a, mlp = block.attn, block.mlp
+            a = block.attn
+            up, down = _mlp_linears(block.mlp)
             qk = a.q_norm is not None
-            layers[i] = _Layer(lin(a.qkv), lin(a.proj), lin(mlp.gate_up), lin(mlp.down), ptr(block.ln_1.weight),
-                               ptr(block.ln_2.weight), ptr(a.q_norm.weight) if qk else None,
-                               ptr(a.k_norm.weight) if qk else None)
+            layers[i] = _Layer(lin(a.qkv), lin(a.proj), lin(up), lin(down), ptr(block.ln_1.weight),
+                               ptr(block.ln_2.weight), bias(block.ln_1), bias(block.ln_2),
+                               ptr(a.q_norm.weight) if qk else None, ptr(a.k_norm.weight) if qk else None)
         qk_eps = model.blocks[0].attn.q_norm.eps if cfg.qk_norm else 0.0
+        gelu = cfg.mlp == "gelu"
         self._layers, self._keep = layers, keep
         self._model = _Model(cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim,
-                             cfg.intermediate_size, cfg.vocab_size, model.ln_f.eps, qk_eps,
-                             ptr(model.wte.weight), ptr(model.ln_f.weight), lin(model.lm_head), layers)
+                             up.out_features if gelu else up.out_features // 2, cfg.vocab_size, int(gelu),
+                             model.ln_f.eps, qk_eps, ptr(model.wte.weight),
+                             ptr(model.wpe.weight) if model.wpe is not None else None, ptr(model.ln_f.weight),
+                             bias(model.ln_f), lin(model.lm_head), layers)
 
     @classmethod
     def build(cls, model: nn.Module) -> NativeDecoder | None:
@@ -138,10 +154,13 @@ class NativeDecoder:
         if cache.k.dtype != torch.float32 or cache.batch_size != B or not cache.k.is_contiguous():
             raise ValueError("the native decode step needs a contiguous float32 KV cache of the batch's size")
         tokens, positions, starts = (t.to(torch.int64).contiguous() for t in (tokens, positions, starts))
-        cos, sin = self.model.rotary(None, cache.max_len, tokens.device)  # views of the full tables [1, L, 1, D]
+        cos = sin = None
+        if self.model.rotary is not None:  # views of the full tables [1, L, 1, D]
+            cos, sin = self.model.rotary(None, cache.max_len, tokens.device)
         logits = torch.empty(B, self.cfg.vocab_size)
         self.lib.gq_decode_step(ctypes.byref(self._model), B, tokens.data_ptr(), positions.data_ptr(),
-                                starts.data_ptr(), fill, cos.data_ptr(), sin.data_ptr(), cache.k.data_ptr(),
+                                starts.data_ptr(), fill, cos.data_ptr() if cos is not None else None,
+                                sin.data_ptr() if sin is not None else None, cache.k.data_ptr(),
                                 cache.v.data_ptr(), cache.max_len, logits.data_ptr(), torch.get_num_threads(), 1)
         cache.length = fill + 1
         return logits
