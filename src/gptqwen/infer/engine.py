@@ -14,7 +14,7 @@ one token per row. Rows that finished keep feeding a pad token until the whole b
 fixed. A row can be given *forced* tokens (the thinking budget's stop text): they are fed through the cache
 instead of the sampled token, one per step, exactly as if the model had written them.
 
-On CPU, decode steps of Llama/Qwen-layout models (float32 or q8_0/q4_1 weights) run as one C call each
+On CPU, decode steps of Llama/Qwen- and GPT-2-layout models (float32 or q8_0/q4_1 weights) run as one C call each
 (`infer/native.py`, same logits as the PyTorch forward); prefill and every other model go through PyTorch.
 """
 

@@ -134,6 +134,7 @@ class NativeDecoder:
         qk_eps = model.blocks[0].attn.q_norm.eps if cfg.qk_norm else 0.0
         gelu = cfg.mlp == "gelu"
         self._layers, self._keep = layers, keep
+        self._logits: torch.Tensor | None = None
         self._model = _Model(cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim,
                              up.out_features if gelu else up.out_features // 2, cfg.vocab_size, int(gelu),
                              model.ln_f.eps, qk_eps, ptr(model.wte.weight),
@@ -145,8 +146,9 @@ class NativeDecoder:
         return cls(model) if why_not(model) is None else None
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor, starts: torch.Tensor, cache) -> torch.Tensor:
-        """Logits [B, V] after feeding tokens[b] at RoPE position positions[b]; row b attends to cache slots
-        starts[b] .. cache.length (its left padding ends at starts[b]). Writes the K/V and advances the cache."""
+        """Logits [B, V] after feeding tokens[b] at position positions[b]; row b attends to cache slots
+        starts[b] .. cache.length (its left padding ends at starts[b]). Writes the K/V and advances the cache.
+        The logits live in a buffer the next step overwrites (no allocation per step): copy them to keep them."""
         B, fill = tokens.shape[0], cache.length
         if fill >= cache.max_len:
             raise UserError(f"sequence of {fill + 1} tokens does not fit the KV cache of {cache.max_len}; "
@@ -157,7 +159,9 @@ class NativeDecoder:
         cos = sin = None
         if self.model.rotary is not None:  # views of the full tables [1, L, 1, D]
             cos, sin = self.model.rotary(None, cache.max_len, tokens.device)
-        logits = torch.empty(B, self.cfg.vocab_size)
+        if self._logits is None or self._logits.shape[0] != B:
+            self._logits = torch.empty(B, self.cfg.vocab_size)
+        logits = self._logits
         self.lib.gq_decode_step(ctypes.byref(self._model), B, tokens.data_ptr(), positions.data_ptr(),
                                 starts.data_ptr(), fill, cos.data_ptr() if cos is not None else None,
                                 sin.data_ptr() if sin is not None else None, cache.k.data_ptr(),
