@@ -236,7 +236,7 @@ def norm_rope_backward(x, cos, sin, weight, rstd, grad, need_weight_grad: bool):
 ATTENTION_MAX_LEN = 1024  # the C attention keeps a head's T x T scores (4 MB at 1024); longer goes to SDPA
 
 
-def _heads_layout(t, B: int, T: int) -> int | None:
+def heads_row_stride(t, B: int, T: int) -> int | None:
     """Row stride of t [B, T, H, d] when its heads are contiguous within uniformly strided rows, else None."""
     H, d = t.shape[2], t.shape[3]
     ok = t.shape[:2] == (B, T) and t.stride(3) == 1 and t.stride(2) == d and t.stride(0) == T * t.stride(1)
@@ -250,7 +250,7 @@ def causal_attention(q, k, v):
     lib = library()
     B, T, hq, d = q.shape
     hk = k.shape[2]
-    strides = [_heads_layout(t, B, T) for t in (q, k, v)]
+    strides = [heads_row_stride(t, B, T) for t in (q, k, v)]
     if lib is None or None in strides or T > ATTENTION_MAX_LEN or hq % hk or v.shape[2] != hk or k.shape[3] != d:
         return None
     o = torch.empty(B, T, hq, d)
