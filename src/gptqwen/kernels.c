@@ -299,7 +299,8 @@ static inline float dot3(const float *a, const float *b, const float *c, int64_t
 #ifdef __AVX2__
     __m256 acc = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)), _mm256_loadu_ps(c + i), acc);
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)), _mm256_loadu_ps(c + i),
+                              acc);
     t = hsum(acc);
 #endif
     for (; i < n; i++) t += a[i] * b[i] * c[i];

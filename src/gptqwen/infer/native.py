@@ -91,7 +91,8 @@ def why_not(model: nn.Module) -> str | None:
         norms = [block.ln_1, block.ln_2] + ([a.q_norm, a.k_norm] if a.q_norm is not None else [])
         if not all(_norm_ok(n) for n in norms):
             return "a norm weight is not float32"
-    if not _linear_ok(model.lm_head) or not _norm_ok(model.ln_f) or (model.wpe is not None and not _f32(model.wpe.weight)):
+    wpe = model.wpe.weight if model.wpe is not None else None
+    if not _linear_ok(model.lm_head) or not _norm_ok(model.ln_f) or not _f32(wpe):
         return "the LM head or final norm is not float32 / QuantLinear"
     if kernels.library() is None:
         return "the C kernels are not available here (no C compiler, or GPTQWEN_NO_KERNELS is set)"
