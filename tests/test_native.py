@@ -113,3 +113,15 @@ def test_full_cache_is_a_user_error():
         model(torch.tensor([[1, 2, 3, 4]]), cache=cache, logits_to_keep=1)
         with pytest.raises(UserError, match="does not fit the KV cache"):
             dec.step(torch.tensor([5]), torch.tensor([4]), torch.tensor([0]), cache)
+
+
+def test_out_of_range_inputs_never_reach_the_c_code():
+    model = make_model(CONFIGS["qwen3-qknorm-gqa"], None)
+    dec = NativeDecoder.build(model)
+    cache = model.new_cache(1, 8)
+    with torch.inference_mode():
+        model(torch.tensor([[1, 2, 3]]), cache=cache, logits_to_keep=1)
+        for tok, pos, start in [(512, 3, 0), (-1, 3, 0), (5, 8, 0), (5, 3, 4)]:
+            with pytest.raises(ValueError, match="must lie in"):
+                dec.step(torch.tensor([tok]), torch.tensor([pos]), torch.tensor([start]), cache)
+        assert cache.length == 3  # nothing written

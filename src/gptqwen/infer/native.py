@@ -120,11 +120,11 @@ class NativeDecoder:
                                ptr(b.get("m")), ptr(m.bias))
             return _Linear(0, m.out_features, m.in_features, ptr(m.weight), None, None, ptr(m.bias))
 
-        cfg = self.cfg
-        layers = (_Layer * cfg.n_layer)()
         def bias(norm: nn.Module) -> int | None:  # LayerNorm's; RMSNorm has none
             return ptr(getattr(norm, "bias", None))
 
+        cfg = self.cfg
+        layers = (_Layer * cfg.n_layer)()
         for i, block in enumerate(model.blocks):
             a = block.attn
             up, down = _mlp_linears(block.mlp)
@@ -157,6 +157,12 @@ class NativeDecoder:
         if cache.k.dtype != torch.float32 or cache.batch_size != B or not cache.k.is_contiguous():
             raise ValueError("the native decode step needs a contiguous float32 KV cache of the batch's size")
         tokens, positions, starts = (t.to(torch.int64).contiguous() for t in (tokens, positions, starts))
+        # the C code indexes tables with these: out-of-range values must never reach it
+        if not (0 <= int(tokens.min()) and int(tokens.max()) < self.cfg.vocab_size
+                and 0 <= int(positions.min()) and int(positions.max()) < cache.max_len
+                and 0 <= int(starts.min()) and int(starts.max()) <= fill):
+            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}), positions in [0, {cache.max_len}) "
+                             f"and starts in [0, {fill}]")
         cos = sin = None
         if self.model.rotary is not None:  # views of the full tables [1, L, 1, D]
             cos, sin = self.model.rotary(None, cache.max_len, tokens.device)
