@@ -145,3 +145,53 @@ def test_training_step_same_with_kernels_off(name):
     torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-5)
     for n in ga:
         torch.testing.assert_close(ga[n], gb[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_extreme_inputs_give_finite_gradients():
+    """Past exp's range (|x| > 88) in the SIMD body and the scalar tail alike: no inf * 0 = NaN."""
+    x = torch.tensor([-200.0, -100.0, -89.0, -30.0, 0.0, 30.0, 89.0, 100.0, 200.0] * 3).requires_grad_()
+    gelu_tanh(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad, torch.autograd.grad(
+        torch.nn.functional.gelu(x, approximate="tanh").sum(), x)[0], atol=1e-5, rtol=1e-5)
+    h = torch.cat([x.detach(), x.detach()]).reshape(1, -1).requires_grad_()  # gate | up
+    swiglu(h).sum().backward()
+    assert torch.isfinite(h.grad).all()
+
+
+def test_portable_build_agrees_with_the_simd_build(tmp_path, monkeypatch):
+    """The C file without AVX2 (what an ARM or older x86 machine builds) computes what the SIMD build does:
+    a training step of each layout and native decode steps, float32 and q4_1."""
+    from gptqwen.config import Config
+    from gptqwen.infer.native import NativeDecoder
+    from gptqwen.infer.quant import quantize
+    from gptqwen.model import Transformer
+
+    simd = kernels.library()
+    monkeypatch.setattr(kernels, "_simd_flags", lambda: [])
+    monkeypatch.setenv("GPTQWEN_CACHE", str(tmp_path))
+    portable = kernels.load()
+    assert portable is not None
+
+    def outputs(lib, name: str, fmt: str | None) -> list[torch.Tensor]:
+        monkeypatch.setattr(kernels, "library", lambda: lib)
+        torch.manual_seed(0)
+        model = Transformer(Config.from_name(name))
+        ids = torch.randint(0, model.config.vocab_size, (4, 33))
+        loss = model(ids[:, :-1], targets=ids[:, 1:]).loss
+        loss.backward()
+        out = [loss.detach()] + [p.grad for p in model.parameters()]
+        model.eval()
+        if fmt:
+            quantize(model, fmt)
+        dec = NativeDecoder.build(model)
+        cache = model.new_cache(4, 40)
+        with torch.inference_mode():
+            model(ids, cache=cache, logits_to_keep=1)
+            for i in range(3):
+                out.append(dec.step(ids[:, i], torch.full((4,), 33 + i), torch.zeros(4, dtype=torch.long), cache).clone())
+        return out
+
+    for name, fmt in [("qwen3-tiny", "q4_1"), ("gpt2-tiny", None)]:
+        for a, b in zip(outputs(simd, name, fmt), outputs(portable, name, fmt)):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

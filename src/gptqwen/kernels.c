@@ -366,6 +366,9 @@ void gq_rms_norm_backward(const float *x, const float *w, const float *rstd, con
     free(part);
 }
 
+/* e^-x with x clamped so it stays finite (then 1 - sigmoid = e^-x sigmoid never becomes inf * 0) */
+static inline float exp_neg(float x) { return expf(x < -88.f ? 88.f : -x); }
+
 #ifdef __AVX2__
 /* e^x for 8 floats (Cephes' expf: range reduction by ln 2, degree-5 polynomial; ~1 ulp). */
 static inline __m256 exp8(__m256 x) {
@@ -412,7 +415,7 @@ void gq_swiglu(const float *h, float *out, int64_t rows, int64_t I, int nthreads
             _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_mul_ps(gv, sigmoid8(gv)), _mm256_loadu_ps(u + i)));
         }
 #endif
-        for (; i < I; i++) o[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+        for (; i < I; i++) o[i] = g[i] / (1.f + exp_neg(g[i])) * u[i];
     }
 }
 
@@ -435,7 +438,7 @@ void gq_swiglu_backward(const float *h, const float *grad, float *grad_h, int64_
         }
 #endif
         for (; i < I; i++) {
-            const float e = expf(-g[i]), s = 1.f / (1.f + e);
+            const float e = exp_neg(g[i]), s = 1.f / (1.f + e);
             du[i] = go[i] * g[i] * s;
             dg[i] = go[i] * u[i] * (s * (1.f + g[i] * (e * s)));
         }
@@ -473,7 +476,7 @@ void gq_gelu(const float *x, const float *g, float *out, int64_t n, int nthreads
 #endif
         for (; i < end; i++) {
             const float v = x[i], z = v * (GELU_C + GELU_C * GELU_K * v * v);
-            const float e = expf(-z), s = 1.f / (1.f + e);
+            const float e = exp_neg(z), s = 1.f / (1.f + e);
             out[i] = g ? g[i] * (s + v * s * (e * s) * (GELU_C + 3.f * GELU_C * GELU_K * v * v)) : v * s;
         }
     }
