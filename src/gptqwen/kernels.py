@@ -125,6 +125,10 @@ def load() -> ctypes.CDLL | None:
     return lib
 
 
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
 def rms_norm(x, weight, eps: float, with_rstd: bool = False):
     """RMSNorm of a contiguous float32 CPU tensor over its last dim with a 1-D float32 weight: y, or (y, rstd)
     with rstd shaped [..., 1]; None when the kernels are not available (the caller then uses torch's)."""
@@ -134,12 +138,8 @@ def rms_norm(x, weight, eps: float, with_rstd: bool = False):
     y = torch.empty_like(x)
     rstd = torch.empty(*x.shape[:-1], 1) if with_rstd else None
     lib.gq_rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), rstd.data_ptr() if with_rstd else None,
-                    x.numel() // x.shape[-1], x.shape[-1], eps, torch.get_num_threads())
+                    x.numel() // x.shape[-1], x.shape[-1], eps, _threads())
     return (y, rstd) if with_rstd else y
-
-
-def _threads() -> int:
-    return torch.get_num_threads()
 
 
 def rms_norm_backward(x, weight, rstd, grad, need_weight_grad: bool):
@@ -209,9 +209,9 @@ def norm_rope(x, cos, sin, weight, eps: float):
     tables [B|1, T, 1, D] and weight [H, D] or None (no norm); None when the kernels cannot take it."""
     lib = library()
     layout = _rope_layout(x, cos) if lib is not None else None
-    if layout is None:
-        return None
     B, T, H, D = x.shape
+    if layout is None or (weight is not None and weight.shape != (H, D)):
+        return None
     y = torch.empty(B, T, H, D)
     rstd = torch.empty(B, T, H) if weight is not None else None
     lib.gq_norm_rope(x.data_ptr(), layout[0], cos.data_ptr(), sin.data_ptr(), layout[1],
