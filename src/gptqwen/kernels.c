@@ -207,6 +207,8 @@ static inline __attribute__((always_inline)) void row_dot_f32(int mb, const floa
             }
         }
     for (; k + 8 <= K; k += 8) {
+        if (mb > 4 && !(k & 15)) /* many rows: the arithmetic per weight slows the stream; fetch the next row early */
+            _mm_prefetch((const char *)(w + K + k), _MM_HINT_T0);
         const __m256 w0 = _mm256_loadu_ps(w + k);
         for (int r = 0; r < mb; r++) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k), w0, acc[r]);
     }
