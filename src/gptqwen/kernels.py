@@ -1,12 +1,12 @@
-"""CPU kernels in C (`kernels.c`: float and block-quantised matmuls, a whole decode step, causal attention, and
-the RMSNorm / SwiGLU / GELU / QK-norm+RoPE passes, forward and backward), built on first use.
+"""CPU kernels in C (`csrc/`: float and block-quantised matmuls, a whole decode step, causal attention, and the
+RMSNorm / SwiGLU / GELU / QK-norm+RoPE passes, forward and backward), built on first use.
 
     from gptqwen.kernels import library, rms_norm
     lib = library()          # None when no C compiler works here: callers fall back to PyTorch ops
     y = rms_norm(x, w, 1e-6) # the wrappers below return None in that case (or when a layout does not suit)
 
-The C file is built once per machine with the system compiler (`$CC`, else `cc`/`gcc`) into
-`$GPTQWEN_CACHE/kernels` (default `~/.cache/gptqwen/kernels`), named by a hash of the source, the flags and
+The C files are built into one library once per machine with the system compiler (`$CC`, else `cc`/`gcc`) into
+`$GPTQWEN_CACHE/kernels` (default `~/.cache/gptqwen/kernels`), named by a hash of the sources, the flags and
 the compiler, and written atomically so concurrent first uses do not see half a file. AVX2/FMA/F16C code is
 used where the CPU has them (x86-64 since ~2013); elsewhere the portable C loops, which the compiler
 vectorises as it can. No Python headers or torch headers are needed, so a build takes about a second.
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("kernels.c")
-# The C text is read with this module, not at first use: a process whose Python was loaded before kernels.c
+SOURCE_DIR = Path(__file__).with_name("csrc")
+# The C text is read with this module, not at first use: a process whose Python was loaded before the sources
 # changed on disk must still build the C its ctypes signatures below were written for.
-_SOURCE_TEXT = SOURCE.read_bytes()
+_SOURCES = {p.name: p.read_bytes() for p in sorted(SOURCE_DIR.iterdir()) if p.suffix in (".c", ".h")}
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -61,9 +61,11 @@ def _compiler() -> str | None:
 def _build(cc: str, flags: list[str], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src, lib = Path(tmp) / "kernels.c", Path(tmp) / out.name
-        src.write_bytes(_SOURCE_TEXT)
-        base = [cc, "-O3", "-shared", "-fPIC", "-ffp-contract=off", *flags, str(src), "-o", str(lib)]
+        for name, text in _SOURCES.items():
+            (Path(tmp) / name).write_bytes(text)
+        lib = Path(tmp) / out.name
+        units = [str(Path(tmp) / name) for name in _SOURCES if name.endswith(".c")]
+        base = [cc, "-O3", "-shared", "-fPIC", "-ffp-contract=off", *flags, *units, "-o", str(lib)]
         # OpenMP when the compiler has it (gcc: yes; Apple clang: not without libomp), else one thread
         for extra in (["-fopenmp"], ["-Wno-unknown-pragmas"]):
             proc = subprocess.run(base[:1] + extra + base[1:], capture_output=True, text=True)
@@ -93,7 +95,8 @@ def load() -> ctypes.CDLL | None:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     except OSError:
         version = ""
-    key = hashlib.sha256(_SOURCE_TEXT + " ".join([cc, *flags, version]).encode()).hexdigest()[:16]
+    text = b"".join(name.encode() + b"\0" + body for name, body in _SOURCES.items())
+    key = hashlib.sha256(text + " ".join([cc, *flags, version]).encode()).hexdigest()[:16]
     path = cache_dir() / f"kernels-{key}.so"
     try:
         if not path.exists():

@@ -1,4 +1,4 @@
-"""A whole decode step in one C call for pre-norm models on CPU (`gq_decode_step`, gptqwen/kernels.c).
+"""A whole decode step in one C call for pre-norm models on CPU (`gq_decode_step`, gptqwen/csrc/decode.c).
 
     from gptqwen.infer.native import NativeDecoder, why_not
     dec = NativeDecoder.build(model)    # None when the model or the machine does not qualify: why_not(model) says why

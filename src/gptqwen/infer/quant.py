@@ -8,7 +8,7 @@ Quantising weights that came from a GGUF file of the same format gives back the 
 scales and values; q4_1's nibbles in the kernels' order), tested on SmolLM2's Q4_1 layers and Q8_0 head, so
 `--quant q4_1` on that model runs exactly its weights.
 
-Batch-1 decoding is bound by reading the weights; the C kernels (`gptqwen/kernels.c`) read the blocks
+Batch-1 decoding is bound by reading the weights; the C kernels (`gptqwen/csrc/products.c`) read the blocks
 directly, so a decode step moves ~4x (q8_0) or ~6x (q4_1) fewer bytes than float32, and multiply them with
 float32 activations: the result is a float32 product with exactly the dequantised weights (rounding the
 activations to int8 too, llama.cpp's way, flipped near-tied answers of SmolLM2). Inputs of more than
@@ -28,7 +28,7 @@ from gptqwen import kernels
 
 FORMATS = ("q8_0", "q4_1")
 BLOCK = 32
-KERNEL_FORMATS = {"f32": 0, "q8_0": 1, "q4_1": 2}  # gq_matmul's fmt codes (kernels.c)
+KERNEL_FORMATS = {"f32": 0, "q8_0": 1, "q4_1": 2}  # gq_matmul's fmt codes (csrc/common.h)
 KERNEL_ROWS = 32  # longer inputs (prefills) dequantise the weight once and use the float GEMM: faster there
 
 
@@ -46,7 +46,7 @@ def quantize_blocks(w: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
         d = (hi - lo) / 15.0
         inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
         q = torch.floor((wb - lo[..., None]) * inv[..., None] + 0.5).clamp(0, 15).to(torch.uint8)
-        # the kernels' nibble order (kernels.c): value e = 8i + 4j + l goes to word l, nibble 2i + j
+        # the kernels' nibble order (csrc/products.c): value e = 8i + 4j + l goes to word l, nibble 2i + j
         nib = q.reshape(n, -1, 4, 2, 4).permute(0, 1, 4, 2, 3).reshape(n, -1, 4, 8)
         packed = nib[..., 0::2] | (nib[..., 1::2] << 4)
         return {"qs": packed.reshape(n, k // 2), "d": d.half(), "m": lo.half()}

@@ -2,7 +2,7 @@
 
 One fused QKV matmul, RoPE from precomputed tables, and `F.scaled_dot_product_attention`; when no mask is
 needed (training without padding or packing, dense layer) the fast `is_causal=True` path is taken, and on
-fp32 CPU our C attention (`kernels.c`: the lower triangle only, forward and backward) instead.
+fp32 CPU our C attention (`csrc/attention.c`: the lower triangle only, forward and backward) instead.
 Masks are built once per forward in `build_masks` and shared by all layers of the same kind.
 """
 
@@ -95,7 +95,7 @@ def build_masks(cfg: Config, T: int, past: int, attention_mask: torch.Tensor | N
 
 
 class _CausalAttentionFn(torch.autograd.Function):
-    """Causal attention of fp32 CPU q [B, T, hq, d], k, v [B, T, hk, d] by the C kernels (`kernels.c`): output
+    """Causal attention of fp32 CPU q [B, T, hq, d], k, v [B, T, hk, d] by the C kernels (`csrc/attention.c`): output
     [B, T, hq, d], the layout the output projection reads, so no transposes either way."""
 
     @staticmethod

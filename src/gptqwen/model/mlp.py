@@ -1,7 +1,7 @@
 """Dense feed-forward blocks: GELU (tanh approximation, GPT) and SwiGLU (Qwen) with a fused gate|up matmul.
 
 Both activations have hand-written backwards for training on CPU, where elementwise passes over the wide
-hidden tensor cost as much as a matmul. On fp32 CPU each direction is one C pass (`gptqwen/kernels.c`, which
+hidden tensor cost as much as a matmul. On fp32 CPU each direction is one C pass (`gptqwen/csrc/norms.c`, which
 recomputes the sigmoid in the backward rather than keeping it); elsewhere torch ops:
   * GELU-tanh is computed as x * sigmoid(2u) (= 0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3)):
     the same function to fp32 rounding, but sigmoid is several times cheaper than tanh in torch's CPU kernels.

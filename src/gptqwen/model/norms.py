@@ -2,7 +2,7 @@
 
 RMSNorm has a hand-written backward: autograd's decomposition of `F.rms_norm` records about a dozen small ops
 (upcasts, pow, mean, rsqrt, ...) per call, which dominates tiny models on CPU; the closed form needs a handful.
-On CPU in fp32 the forward and the backward are our C kernels (`gptqwen/kernels.c`; torch's CPU rms_norm itself
+On CPU in fp32 the forward and the backward are our C kernels (`gptqwen/csrc/norms.c`; torch's CPU rms_norm itself
 runs as ~8 ops), in training and inference alike so both give the same numbers; elsewhere torch's fused kernel,
 which also returns the rstd the backward needs.
 """
@@ -27,7 +27,7 @@ except (AttributeError, RuntimeError):
 
 
 def _kernel_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the C kernel (gptqwen/kernels.c) can normalise x: fp32 CPU, contiguous, a 1-D contiguous fp32
+    """Whether the C kernel (gptqwen/csrc/norms.c) can normalise x: fp32 CPU, contiguous, a 1-D contiguous fp32
     weight, and not while torch.compile traces (it cannot see into a ctypes call; it fuses torch's ops itself)."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and weight.dim() == 1
             and weight.dtype == torch.float32 and weight.is_contiguous() and not torch.compiler.is_compiling())
@@ -53,7 +53,7 @@ class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight, rstd = ctx.saved_tensors
-        if _kernel_ok(x, weight) and rstd.dtype == torch.float32:  # one C pass (kernels.c)
+        if _kernel_ok(x, weight) and rstd.dtype == torch.float32:  # one C pass (csrc/norms.c)
             fast = kernels.rms_norm_backward(x, weight, rstd, grad.contiguous(), ctx.needs_input_grad[1])
             if fast is not None:
                 return fast[0], fast[1], None

@@ -143,7 +143,7 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def _kernel_ok(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
-    """fp32 CPU tensors outside torch.compile tracing: the C kernels (gptqwen/kernels.c) may take them."""
+    """fp32 CPU tensors outside torch.compile tracing: the C kernels (gptqwen/csrc/norms.c) may take them."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
             and (weight is None or (weight.dtype == torch.float32 and weight.is_contiguous())))
 
