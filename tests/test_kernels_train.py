@@ -195,3 +195,30 @@ def test_portable_build_agrees_with_the_simd_build(tmp_path, monkeypatch):
     for name, fmt in [("qwen3-tiny", "q4_1"), ("gpt2-tiny", None)]:
         for a, b in zip(outputs(simd, name, fmt), outputs(portable, name, fmt)):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_torch_compile_traces_without_graph_breaks_and_matches_eager():
+    """Under torch.compile the C passes stand aside (it cannot see into them); the torch formulas then trace
+    into one graph — no `out=` into strided views — and give eager's loss and gradients."""
+    from torch._dynamo.utils import counters
+
+    from gptqwen.config import Config
+    from gptqwen.model import Transformer
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = Transformer(Config.from_name("qwen3-tiny", n_layer=2))
+    ids = torch.randint(0, model.config.vocab_size, (2, 17))
+    results = []
+    for fn in (model, torch.compile(model)):
+        model.zero_grad(set_to_none=True)
+        loss = fn(ids[:, :-1], targets=ids[:, 1:]).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    (la, ga), (lb, gb) = results
+    torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-5)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

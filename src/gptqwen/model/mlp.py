@@ -88,6 +88,8 @@ class _SwiGLUFn(torch.autograd.Function):
             return kernels.swiglu_backward(ctx.saved_tensors[0], grad.contiguous())
         h, act = ctx.saved_tensors
         gate, up = h.chunk(2, dim=-1)
+        if torch.compiler.is_compiling():  # out= into strided views breaks the graph; the compiler fuses this anyway
+            return torch.cat((torch.ops.aten.silu_backward(grad * up, gate), grad * act), dim=-1)
         grad_h = torch.empty_like(h)
         grad_gate, grad_up = grad_h.chunk(2, dim=-1)
         torch.mul(grad, act, out=grad_up)
