@@ -132,6 +132,16 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+def usable(*tensors, contiguous: bool = True) -> bool:
+    """Whether the kernels can read these tensors in place: they are built here, torch.compile is not tracing (it
+    cannot see into a ctypes call, and fuses torch's ops itself), and each tensor (None skipped) is float32 on
+    the CPU — and contiguous, unless `contiguous=False` (the caller then checks the layout it needs)."""
+    if torch.compiler.is_compiling() or library() is None:
+        return False
+    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu"
+                             and (t.is_contiguous() or not contiguous)) for t in tensors)
+
+
 def rms_norm(x, weight, eps: float, with_rstd: bool = False):
     """RMSNorm of a contiguous float32 CPU tensor over its last dim with a 1-D float32 weight: y, or (y, rstd)
     with rstd shaped [..., 1]; None when the kernels are not available (the caller then uses torch's)."""

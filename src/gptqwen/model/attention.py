@@ -112,7 +112,7 @@ class _CausalAttentionFn(torch.autograd.Function):
 def _c_attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """fp32 CPU, outside torch.compile tracing, a layout/length the C attention takes (kernels.py), and at least
     one (sequence, KV head) pair per thread: its threads split those pairs, where SDPA also splits query blocks."""
-    if q.device.type != "cpu" or q.dtype != torch.float32 or torch.compiler.is_compiling() or kernels.library() is None:
+    if not kernels.usable(q, contiguous=False):
         return False
     B, T = q.shape[:2]
     return (T <= kernels.ATTENTION_MAX_LEN and B * k.shape[2] >= torch.get_num_threads()

@@ -31,7 +31,7 @@ def _gelu_gate(x: torch.Tensor) -> torch.Tensor:
 class _GeluTanhFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        y = kernels.gelu(x) if _kernel_ok(x) else None
+        y = kernels.gelu(x) if kernels.usable(x) else None
         ctx.fast = y is not None
         if y is not None:  # the C pass recomputes the sigmoid in the backward: only x is kept
             ctx.save_for_backward(x)
@@ -54,16 +54,11 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's GELU (tanh approximation)."""
     big = x.dtype == torch.float32 and x.numel() >= 32768  # tiny tensors in torch ops: one native kernel beats six
     if torch.is_grad_enabled() and x.requires_grad:
-        return _GeluTanhFn.apply(x) if big or _kernel_ok(x) else F.gelu(x, approximate="tanh")
-    y = kernels.gelu(x) if _kernel_ok(x) else None
+        return _GeluTanhFn.apply(x) if big or kernels.usable(x) else F.gelu(x, approximate="tanh")
+    y = kernels.gelu(x) if kernels.usable(x) else None
     if y is not None:
         return y
     return x * _gelu_gate(x) if big else F.gelu(x, approximate="tanh")
-
-
-def _kernel_ok(h: torch.Tensor) -> bool:
-    return (h.device.type == "cpu" and h.dtype == torch.float32 and h.is_contiguous()
-            and not torch.compiler.is_compiling())
 
 
 class _SwiGLUFn(torch.autograd.Function):
@@ -72,7 +67,7 @@ class _SwiGLUFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor) -> torch.Tensor:
-        out = kernels.swiglu(h) if _kernel_ok(h) else None
+        out = kernels.swiglu(h) if kernels.usable(h) else None
         ctx.fast = out is not None
         if out is not None:
             ctx.save_for_backward(h)
@@ -101,7 +96,7 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up where h = [..., gate | up]."""
     if torch.is_grad_enabled() and h.requires_grad:
         return _SwiGLUFn.apply(h)
-    if _kernel_ok(h):
+    if kernels.usable(h):
         out = kernels.swiglu(h)
         if out is not None:
             return out

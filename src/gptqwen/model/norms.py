@@ -27,10 +27,8 @@ except (AttributeError, RuntimeError):
 
 
 def _kernel_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the C kernel (gptqwen/csrc/norms.c) can normalise x: fp32 CPU, contiguous, a 1-D contiguous fp32
-    weight, and not while torch.compile traces (it cannot see into a ctypes call; it fuses torch's ops itself)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous() and weight.dim() == 1
-            and weight.dtype == torch.float32 and weight.is_contiguous() and not torch.compiler.is_compiling())
+    """Whether the C kernel (gptqwen/csrc/norms.c) can normalise x: see `kernels.usable`, and a 1-D weight."""
+    return weight.dim() == 1 and kernels.usable(x, weight)
 
 
 class _RMSNormFn(torch.autograd.Function):

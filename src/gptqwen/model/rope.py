@@ -143,9 +143,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def _kernel_ok(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
-    """fp32 CPU tensors outside torch.compile tracing: the C kernels (gptqwen/csrc/norms.c) may take them."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
-            and (weight is None or (weight.dtype == torch.float32 and weight.is_contiguous())))
+    """Whether the C kernels (gptqwen/csrc/norms.c) may take x (a strided view: `kernels.norm_rope` checks its
+    layout) and the weight; see `kernels.usable`."""
+    return kernels.usable(x, contiguous=False) and kernels.usable(weight)
 
 
 class _NormRotaryFn(torch.autograd.Function):
