@@ -139,6 +139,14 @@ static inline void rms_rows(const float *x, const float *w, float *y, float *rst
     }
 }
 
+/* The rotation of RoPE: out = z cos + swap_halves(z) sin over D values, the tables' sine pre-signed as
+ * [-sin, sin] (model/rope.py); out must not alias z. */
+static inline void rope_rotate(const float *z, const float *cos, const float *sin, float *out, int64_t D) {
+    const int64_t half = D / 2;
+    for (int64_t i = 0; i < half; i++) out[i] = z[i] * cos[i] + z[i + half] * sin[i];
+    for (int64_t i = half; i < D; i++) out[i] = z[i] * cos[i] + z[i - half] * sin[i];
+}
+
 /* entry points that other files call */
 void gq_matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w, const uint16_t *d, const uint16_t *m,
                int64_t N, float *y, int nthreads, int simd);

@@ -55,13 +55,6 @@ static void linear(const gq_linear *L, const float *x, int64_t M, float *y, int 
             for (int64_t n = 0; n < L->N; n++) y[r * L->N + n] += L->bias[n];
 }
 
-/* In place: v = v * cos + swap_halves(v) * sin, the tables' sine pre-signed as [-sin, sin] (model/rope.py). */
-static void rope(float *v, const float *cos, const float *sin, int64_t hd, float *tmp) {
-    const int64_t half = hd / 2;
-    memcpy(tmp, v, sizeof(float) * hd);
-    for (int64_t i = 0; i < hd; i++) v[i] = tmp[i] * cos[i] + tmp[(i + half) % hd] * sin[i];
-}
-
 void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const int64_t *positions,
                     const int64_t *starts, int64_t fill, const float *cos, const float *sin, float *k_cache,
                     float *v_cache, int64_t max_len, float *logits, int nthreads, int simd) {
@@ -86,7 +79,8 @@ void gq_decode_step(const gq_model *M, int64_t B, const int64_t *tokens, const i
                 float *v = qkv + b * QKV + j * hd;
                 const float *w = j < hq ? L->q_norm : L->k_norm;
                 if (w) rms_rows(v, w, v, NULL, 1, hd, M->qk_eps);
-                rope(v, cos + positions[b] * hd, sin + positions[b] * hd, hd, tmp);
+                memcpy(tmp, v, sizeof(float) * hd);
+                rope_rotate(tmp, cos + positions[b] * hd, sin + positions[b] * hd, v, hd);
             }
             for (int64_t j = 0; j < hk; j++) { /* this token's keys and values into slot `fill` */
                 const int64_t slot = (((l * B + b) * hk + j) * max_len + fill) * hd;

@@ -117,7 +117,6 @@ void gq_gelu(const float *x, const float *g, float *out, int64_t n, int nthreads
  * cos/sin + b cbs + t D (cbs 0: shared by the batch; sine pre-signed, model/rope.py). rstd [B, T, H] out. */
 void gq_norm_rope(const float *x, int64_t xs, const float *cos, const float *sin, int64_t cbs, const float *w,
                   float *y, float *rstd, int64_t B, int64_t T, int64_t H, int64_t D, float eps, int nthreads) {
-    const int64_t half = D / 2;
     #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1 && B * T * H * D >= PAR_MIN)
     for (int64_t bt = 0; bt < B * T; bt++) {
         const float *c = cos + (bt / T) * cbs + (bt % T) * D, *s = sin + (bt / T) * cbs + (bt % T) * D;
@@ -125,15 +124,9 @@ void gq_norm_rope(const float *x, int64_t xs, const float *cos, const float *sin
         for (int64_t h = 0; h < H; h++) {
             const float *v = x + bt * xs + h * D;
             float *out = y + (bt * H + h) * D;
-            if (w) {
-                const float r = 1.f / sqrtf(dot(v, v, D) / (float)D + eps);
-                rstd[bt * H + h] = r;
-                for (int64_t i = 0; i < D; i++) z[i] = v[i] * r * w[h * D + i];
-            } else {
-                memcpy(z, v, sizeof(float) * D);
-            }
-            for (int64_t i = 0; i < half; i++) out[i] = z[i] * c[i] + z[i + half] * s[i];
-            for (int64_t i = half; i < D; i++) out[i] = z[i] * c[i] + z[i - half] * s[i];
+            if (w) rms_rows(v, w + h * D, z, rstd + bt * H + h, 1, D, eps);
+            else memcpy(z, v, sizeof(float) * D);
+            rope_rotate(z, c, s, out, D);
         }
     }
 }
