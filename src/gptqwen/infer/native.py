@@ -118,7 +118,8 @@ class NativeDecoder:
                 b = m._buffers
                 return _Linear(KERNEL_FORMATS[m.fmt], m.out_features, m.in_features, ptr(b["qs"]), ptr(b["d"]),
                                ptr(b.get("m")), ptr(m.bias))
-            return _Linear(0, m.out_features, m.in_features, ptr(m.weight), None, None, ptr(m.bias))
+            return _Linear(KERNEL_FORMATS["f32"], m.out_features, m.in_features, ptr(m.weight), None, None,
+                           ptr(m.bias))
 
         def bias(norm: nn.Module) -> int | None:  # LayerNorm's; RMSNorm has none
             return ptr(getattr(norm, "bias", None))
