@@ -1,0 +1,140 @@
+"""`gptqwen scaling`: fit scaling laws to training runs and predict the loss of a bigger run.
+
+    gptqwen scaling fit runs.csv --law chinchilla --json          # E, A, B, alpha, beta with bootstrap intervals
+    gptqwen scaling fit runs.csv --law gpt4 --plot fit.png        # L(C) = a·C^b + c, loss-vs-compute plot
+    gptqwen scaling predict runs.csv --law gpt4 --target-flops 1e15 --max-fraction 0.01 --actual 3.21
+    gptqwen scaling predict runs.csv --law chinchilla --target-params 1e8 --target-tokens 2e9
+
+The CSV has one row per run with columns params, tokens, loss and optionally flops (default 6·N·D);
+other columns are ignored. Laws: chinchilla L(N,D) = E + A/N^alpha + B/D^beta (Hoffmann et al.'s Huber
+fit from a grid of starts), kaplan L(N), L(D), L(C) power laws, gpt4 L(C) = a·C^b + c.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gptqwen.errors import UserError
+from gptqwen.utils import print_json
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="CSV of runs with columns params,tokens,loss[,flops]")
+    p.add_argument("--law", choices=["chinchilla", "kaplan", "gpt4"], default="chinchilla", help="default: chinchilla")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="write the loss-vs-compute / IsoFLOP figure here (needs matplotlib)")
+    p.add_argument("--bootstrap", type=int, default=100, metavar="N",
+                   help="resamples for the confidence intervals (default: 100; 0 = none)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval coverage (default: 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
+    p.add_argument("--starts", default="128", metavar="K|all",
+                   help="chinchilla: L-BFGS from the K best points of Hoffmann's 4,500-point grid, or 'all' (default: 128)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _common(sub.add_parser("fit", help="fit a law to the runs in a CSV"))
+    p = sub.add_parser("predict", help="fit, then predict a target run's loss with an interval")
+    _common(p)
+    p.add_argument("--target-params", type=float, metavar="N", help="parameters of the target run")
+    p.add_argument("--target-tokens", type=float, metavar="D", help="training tokens of the target run")
+    p.add_argument("--target-flops", type=float, metavar="C", help="training compute of the target run (FLOPs)")
+    p.add_argument("--max-fraction", type=float, metavar="F",
+                   help="fit only on runs using at most this fraction of the target's compute (e.g. 0.01)")
+    p.add_argument("--actual", type=float, metavar="LOSS", help="the target's real loss: report the relative error")
+
+
+def _starts(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--starts takes a number of grid points or 'all', not {text!r}") from None
+
+
+def _target(args: argparse.Namespace):
+    from gptqwen.scaling.fit import Target
+
+    given = {k: getattr(args, f"target_{k}") for k in ("params", "tokens", "flops")}
+    if not any(v is not None for v in given.values()):
+        raise UserError("predict needs a target: --target-params and --target-tokens, or --target-flops")
+    bad = [f"--target-{k}" for k, v in given.items() if v is not None and not v > 0]
+    if bad:
+        raise UserError(f"{', '.join(bad)} must be positive")
+    return Target(**given)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gptqwen.scaling.analysis import exclude_above, report
+    from gptqwen.scaling.data import read_runs
+    from gptqwen.scaling.fit import get_law
+
+    law = get_law(args.law, **({"starts": _starts(args.starts)} if args.law == "chinchilla" else {}))
+    runs = read_runs(args.file)
+    target, excluded, dropped = None, None, []
+    if args.action == "predict":
+        target = _target(args)
+        if args.max_fraction is not None:
+            if not target.compute:
+                raise UserError("--max-fraction needs the target's compute: --target-flops, or --target-params "
+                                "with --target-tokens")
+            runs, excluded = exclude_above(runs, target.compute, args.max_fraction)
+            dropped = [int(n) for n in excluded.lines]
+            if dropped:
+                print(f"left out of the fit (compute above {args.max_fraction:g} of the target's "
+                      f"{target.compute:.3g} FLOPs): {excluded.describe_lines()}", file=sys.stderr)
+    out, fit = report(law, runs, args.bootstrap, args.seed, args.confidence, target,
+                      getattr(args, "actual", None))
+    if target is not None:
+        out["prediction"]["excluded_lines"] = dropped
+    if args.plot:
+        from gptqwen.scaling.plot import plot_fit
+
+        out["plot"] = str(plot_fit(args.plot, runs, fit, out.get("prediction"), excluded))
+    if args.json:
+        print_json(out)
+    else:
+        _print_table(out)
+    return 0
+
+
+def _interval(out: dict, key: str) -> str:
+    lo_hi = out["intervals"].get(key)
+    return f"[{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""
+
+
+def _print_table(out: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    diag = out["diagnostics"]
+    boot = diag.get("bootstrap")
+    title = f"{out['law']} fit on {diag['n_runs']} runs of {out['file']}"
+    table = Table(title=title)
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    table.add_column(f"{100 * boot['confidence']:.0f}% interval" if boot else "interval", justify="right")
+    for key, value in {**out["params"], **out["derived"]}.items():
+        table.add_row(key, f"{value:.4g}", _interval(out, key))
+    console = Console()
+    console.print(table)
+    lines = [f"objective {diag['objective']:.4g}, residual RMS {diag['rms_log_loss']:.4g} in log-loss, "
+             f"converged {diag['converged']}"]
+    if boot:
+        lines.append(f"bootstrap: {boot['samples']} resamples, {boot['failed']} could not be fitted")
+    lines += diag["notes"]
+    pred = out.get("prediction")
+    if pred:
+        interval = f" [{pred['interval'][0]:.4g}, {pred['interval'][1]:.4g}]" if pred.get("interval") else ""
+        target = ", ".join(f"{k} {v:.3g}" for k, v in pred["target"].items())
+        lines.append(f"predicted loss at {target}: {pred['loss']:.4f}{interval}")
+        if "actual" in pred:
+            lines.append(f"actual loss {pred['actual']:.4f}: relative error {100 * pred['relative_error']:+.2f}%")
+    if out.get("plot"):
+        lines.append(f"plot: {out['plot']}")
+    for line in lines:
+        console.print(line, highlight=False)
