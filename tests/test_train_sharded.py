@@ -97,7 +97,7 @@ def test_corrupt_sharded_checkpoint(tmp_path, tiny_data, sharded_run, capsys):  
 KILL_SCRIPT = r"""
 import os, signal, sys
 from torch.distributed.checkpoint.filesystem import FileSystemWriter
-from gptqwen.train.config import Recipe
+from gptqwen.train.recipe import Recipe
 from gptqwen.train.trainer import pretrain
 real_finish = FileSystemWriter.finish
 def dying_finish(self, metadata, results):  # the second checkpoint: shards written, .metadata not yet
@@ -125,7 +125,7 @@ def test_killed_while_writing_sharded_keeps_previous(tmp_path, tiny_data, sharde
 TORCHRUN_SCRIPT = r"""
 import sys
 import torch.distributed as dist
-from gptqwen.train.config import Recipe
+from gptqwen.train.recipe import Recipe
 from gptqwen.train.trainer import pretrain
 recipe, root = Recipe.from_dict(eval(sys.argv[1])), sys.argv[2]
 dist.init_process_group("gloo")  # one group for all three runs: pretrain leaves a group it did not create

@@ -4,6 +4,7 @@
     gptqwen pretrain --config gpt2-shakespeare train.max_steps=300 train.lr=2e-3
     gptqwen pretrain --preset qwen3-tiny --out runs/x     # a preset with the default data and schedule
     gptqwen pretrain --config my.yaml --resume            # continue the run in --out bit-identically
+    gptqwen pretrain -c qwen3-3stage --print-config       # the resolved recipe, as YAML
     torchrun --nproc-per-node 2 -m gptqwen pretrain train.dist=fsdp
     torchrun --nproc-per-node 2 -m gptqwen pretrain train.dist=fsdp train.ckpt_format=sharded   # DCP, no gather
 
@@ -15,48 +16,28 @@ from __future__ import annotations
 
 import argparse
 
+from gptqwen.commands.recipe_args import add_recipe_arguments, resolve_recipe
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.lr=1e-3 model.n_layer=6")
-    parser.add_argument("--config", "-c", help="built-in recipe name or YAML file (default: qwen3-shakespeare)")
+    add_recipe_arguments(parser, "pretrain", out_default=None)
     parser.add_argument("--preset", help="model preset to train instead of the recipe's model (e.g. gpt2-tiny)")
-    parser.add_argument("--out", help="run folder (default: runs/<recipe name>)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--overwrite", action="store_true", help="delete the checkpoints in --out and start over")
     parser.add_argument("--stage", help="run only this stage of a staged recipe (it starts from the previous stage's weights)")
-    parser.add_argument("--stop-at", type=int, metavar="STEP", help="save a checkpoint and stop at this step (finish later with --resume)")
-    parser.add_argument("--list", action="store_true", help="list the built-in recipes and exit")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, log lines or samples (metrics still go to metrics.jsonl)")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary at the end (implies --quiet)")
-    # overrides may come before and after options (`--out x train.lr=1e-3 --resume`)
-    parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
 
 
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from gptqwen.errors import UserError
-    from gptqwen.train.config import load_recipe, recipe_names
-
-    if args.list:
-        import importlib.resources
-
-        import yaml
-
-        for name in recipe_names():
-            raw = yaml.safe_load((importlib.resources.files("gptqwen") / "recipes" / f"{name}.yaml").read_text())
-            print(f"{name:<24} {raw.get('description', '')}")
+    recipe = resolve_recipe(args, "pretrain", preset=args.preset)
+    if recipe is None:
         return 0
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite contradict each other; choose one")
-    recipe = load_recipe(args.config, args.overrides, preset=args.preset)
     from gptqwen.train.trainer import run_recipe
 
     out = args.out or f"runs/{recipe.name}"
     results = run_recipe(recipe, out, resume=args.resume, overwrite=args.overwrite, stage=args.stage,
-                          quiet=args.quiet or args.json, stop_at=args.stop_at)
+                         quiet=args.quiet or args.json, stop_at=args.stop_at)  # fmt: skip
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports
         return 0
     if args.json:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from gptqwen.utils import pick_device
+
 
 @dataclass
 class DistInfo:
@@ -39,19 +41,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
 def setup(device_name: str = "auto") -> DistInfo:
     """Initialise the process group when launched by torchrun; pick this process's device."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -66,6 +55,18 @@ def setup(device_name: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, device, owns)
 
 
+def apply_activation_checkpointing(decoder: torch.nn.Module) -> None:
+    """Wrap each decoder block so its activations are recomputed in the backward pass instead of stored.
+
+    Applied from outside the model, as torchtitan does: the model stays plain, and torch's wrapper keeps the
+    state-dict names of the blocks (checkpoints and exports do not see it). Non-reentrant checkpointing, so
+    blocks with keyword inputs, frozen parameters (LoRA) and `torch.compile` work; gradients are unchanged."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+    for i, block in enumerate(decoder.blocks):
+        decoder.blocks[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+
+
 def wrap_model(model: torch.nn.Module, info: DistInfo, strategy: str) -> torch.nn.Module:
     """DDP or FSDP2 around `model` (already on its device); unchanged for a single process."""
     if not info.enabled:
@@ -73,7 +74,8 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, strategy: str) -> torch.n
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.blocks:
+        decoders = [m for m in model.modules() if isinstance(getattr(m, "blocks", None), torch.nn.ModuleList)]
+        for block in decoders[0].blocks if decoders else []:
             fully_shard(block)
         fully_shard(model)
         return model

@@ -9,6 +9,7 @@ those get none — GPT-2/nanoGPT and Qwen practice. Schedules:
   * ``cosine``: linear warmup, then cosine from `lr` down to `min_lr`;
   * ``wsd`` (warmup-stable-decay, MiniCPM/DeepSeek): warmup, constant `lr`, then a linear decay to
     `min_lr` over the last `decay_fraction` of the steps — a run can be extended before the decay starts;
+  * ``linear`` (GPT-1): warmup, then a linear decay to `min_lr` over all remaining steps (WSD decaying throughout);
   * ``constant``: warmup, then `lr`.
 """
 
@@ -19,7 +20,7 @@ from typing import Iterable
 
 import torch
 
-SCHEDULES = ("cosine", "wsd", "constant")
+SCHEDULES = ("cosine", "wsd", "linear", "constant")
 
 
 def _no_decay(name: str, param: torch.Tensor) -> bool:
@@ -70,6 +71,8 @@ def lr_at(
         return lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return lr
+    if schedule == "linear":
+        schedule, decay_fraction = "wsd", 1.0
     if schedule == "cosine":
         progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
         return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
