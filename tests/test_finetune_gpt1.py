@@ -205,7 +205,7 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main([*base, "--task", "classification", "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main([*base, "--task", "sentiment", "--data", str(bad)]) == 2
-    assert "unknown task type" in capsys.readouterr().err
+    assert "task.task = 'sentiment' is out of range; it must be one of classification" in capsys.readouterr().err
     assert main(["predict", "--model", str(tmp_path), "--data", str(bad)]) == 2
     assert "not a fine-tuned task model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -1,8 +1,11 @@
-"""What `gptqwen finetune` and `gptqwen sft` share: loading the base model, saving the result."""
+"""What `gptqwen finetune` and `gptqwen sft` share: loading the base model, exporting the result."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import torch
 from torch import nn
 
 from gptqwen.errors import UserError
-from gptqwen.utils import atomic_dir, default_device
+from gptqwen.utils import fsync_dir, pick_device
 
 
 def load_base(spec: str, tokenizer_path: str | None = None, device: str | None = None, seed: int = 0,
@@ -36,35 +39,41 @@ def load_base(spec: str, tokenizer_path: str | None = None, device: str | None =
     if tokenizer.vocab_size > model.config.vocab_size:
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                         f"{model.config.vocab_size} embedding rows; use a matching tokenizer")
-    model = model.float().to(device or default_device())
+    model = model.float().to(pick_device(device))
     return model, tokenizer
 
 
 def save_model_dir(out: str | Path, model: nn.Module, tokenizer, files: dict[str, Callable[[Path], None]]) -> Path:
-    """Write an HF checkpoint directory (weights, config, tokenizer) plus extra files, atomically:
-    a crash leaves either the old directory or the complete new one."""
+    """Write an HF checkpoint (weights, config, tokenizer) plus extra files into the run folder `out`.
+
+    Everything is built in a temporary folder inside `out`, then each entry is renamed into place, so
+    no file is ever half-written; the run's checkpoints and logs beside them stay (a crash before the
+    last rename is repaired by `--resume`, which exports again from the final checkpoint)."""
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export.", suffix=".tmp", dir=out))
+    try:
         model.save_pretrained(tmp)
         tokenizer.save(tmp)
         for name, write in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             write(tmp / name)
+        for entry in sorted(tmp.iterdir()):
+            for f in [entry, *entry.rglob("*")] if entry.is_dir() else [entry]:
+                if f.is_file():
+                    with open(f, "rb") as handle:
+                        os.fsync(handle.fileno())
+            target = out / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        fsync_dir(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def write_jsonl(records: list[dict]) -> Callable[[Path], None]:
-    def write(path: Path) -> None:
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return write
 
 
 def write_json(obj) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         path.write_text(json.dumps(obj, indent=2) + "\n")
     return write
-
-
-def set_threads(n: int | None) -> None:
-    if n:
-        torch.set_num_threads(n)

@@ -1,32 +1,31 @@
-"""Running chat SFT end to end: read conversations, train (full or LoRA), save, evaluate.
+"""Running chat SFT end to end: read conversations, train (full or LoRA) on the training core, export, evaluate.
 
     gptqwen sft --data conversations.jsonl --from runs/qwen3 --out sft/ [--lora-r 8 --lora-targets q,k,v,o]
 
+    from gptqwen.train.recipe import load_recipe
+    run_sft(load_recipe("sft-qwen3", ["model.base=qwen3-tiny", "sft.synthetic=200"], trainer="sft"), "sft/")
+
 Loss: mean cross-entropy over assistant tokens of the batch, plus the MoE auxiliary loss for MoE
-presets. The output directory is an HF checkpoint with the tokenizer (LoRA adapters merged into the
-weights; the adapter alone is kept as `lora/adapter.safetensors`), `metrics.jsonl` and `sft.json`.
+presets. Training runs on the shared core (`gptqwen.train.loop`): metrics.jsonl, checkpoints and exact
+`--resume` in the output folder. At the end the folder also becomes an HF checkpoint with the tokenizer
+(LoRA adapters merged into the weights; the adapter alone is kept as `lora/adapter.safetensors`) and `sft.json`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from gptqwen.errors import UserError
 from gptqwen.finetune import lora as lora_mod
 from gptqwen.finetune import sft as data
-from gptqwen.finetune import train as loop
-from gptqwen.finetune.common import load_base, save_model_dir, write_json, write_jsonl
+from gptqwen.finetune.common import load_base, save_model_dir, write_json
+from gptqwen.train import distributed as D
+from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
+from gptqwen.train.recipe import Recipe
 from gptqwen.utils import read_jsonl
-
-
-@dataclass
-class LoraOptions:
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: tuple[str, ...] = ("q", "k", "v", "o")
 
 
 def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -41,50 +40,79 @@ def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[s
     return losses
 
 
-def run_sft(data_path: str, base: str, out: str, tokenizer: str | None = None, max_len: int | None = None,
-            epochs: float = 1.0, batch_size: int = 8, packing: bool = True, too_long: str = "drop",
-            flag_prob: float = 0.0, lora: LoraOptions | None = None, seed: int = 0, device: str | None = None,
-            loop_cfg: loop.LoopConfig | None = None, max_steps: int | None = None, quiet: bool = False,
-            after_training=None) -> dict:
-    """Fine-tune `base` on a conversations file and save it to `out`; returns a summary.
+def conversations(recipe: Recipe) -> tuple[list[tuple[int, dict]], str]:
+    """The training rows `(line, row)` and their source name: the --data file or built-in synthetic ones."""
+    s = recipe.sft
+    if (s.data is None) == (s.synthetic is None):
+        raise UserError("pass exactly one of --data FILE or --synthetic N (sft.data or sft.synthetic)")
+    if s.synthetic is not None:
+        from gptqwen.finetune.synthetic import GENERATORS, reasoning_conversations
 
-    `after_training(model, tokenizer)` may add entries to the summary (e.g. held-out accuracy)
-    before the model is saved.
-    """
-    rows = read_jsonl(data_path, "conversation data")
+        unknown = [k for k in s.synthetic_kinds if k not in GENERATORS]
+        if unknown or not s.synthetic_kinds:
+            raise UserError(f"unknown --synthetic-kinds {unknown}; choose from {', '.join(GENERATORS)}")
+        rows = reasoning_conversations(s.synthetic, recipe.train.seed, s.think_ratio, s.flag_prob, tuple(s.synthetic_kinds))
+        return list(enumerate(rows, 1)), "synthetic"
+    rows = read_jsonl(s.data, "conversation data")
     for line, row in rows:  # fail on bad rows before spending time on loading the model
-        data.validate_conversation(row, f"{data_path}:{line}")
-    torch.manual_seed(seed)
-    model, tok = load_base(base, tokenizer, device, seed)
-    max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
-    examples, stats = data.build_examples(tok, rows, max_len, data_path, too_long, flag_prob, seed)
+        data.validate_conversation(row, f"{s.data}:{line}")
+    return rows, s.data
+
+
+def run_sft(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+            stop_at: int | None = None,
+            after_training: Callable[[torch.nn.Module, Any, list[tuple[int, dict]]], dict] | None = None) -> dict:  # fmt: skip
+    """Fine-tune `recipe.model.base` on conversations into the run folder `out`; returns a summary.
+
+    `after_training(model, tokenizer, rows)` may add entries to the summary (e.g. held-out accuracy)
+    before the model is exported."""
+    s, tc, lo = recipe.sft, recipe.train, recipe.lora
+    if not recipe.model.base:
+        raise UserError("no model to start from; pass --from (a run dir, HF dir, .gguf or preset) or set model.base")
+    rows, source = conversations(recipe)
+    check_run_dir(Path(out), resume, overwrite)
+    info = setup_process(tc, single="sft")
+    torch.manual_seed(tc.seed)
+    model, tok = load_base(recipe.model.base, recipe.model.tokenizer, info.device, tc.seed)
+    max_len = min(s.max_len or model.config.max_seq_len, model.config.max_seq_len)
+    flag_prob = 0.0 if s.synthetic is not None else s.flag_prob  # synthetic rows carry their flags already
+    examples, stats = data.build_examples(tok, rows, max_len, source, s.too_long, flag_prob, tc.seed)
     if not quiet:
         print(stats.summary())
-    wrapped = []
-    if lora is not None:
-        wrapped = lora_mod.apply_lora(model, lora.targets, lora.r, lora.alpha, lora.dropout)
+    wrapped = lora_mod.apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout) if lo.r is not None else []
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     pad = tok.pad_id if tok.pad_id is not None else 0
-    dev = next(model.parameters()).device
-    epoch_batches = lambda e: data.make_batches(examples, max_len, batch_size, packing, seed + e, pad)  # noqa: E731
-    per_epoch = len(epoch_batches(0))
-    steps = max_steps or max(1, round(epochs * per_epoch))
+    batches = EpochBatches(lambda e: data.make_batches(examples, max_len, tc.batch_size, s.packing, tc.seed + e, pad))
 
-    def loss_fn(batch: dict) -> dict:
-        model.train()
-        return batch_loss(model, {k: v.to(dev) for k, v in batch.items()})
+    def loss(fwd: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        losses = batch_loss(fwd, {k: v.to(info.device) for k, v in batch.items()})
+        logged = {"loss": losses["ce"], **({"aux_loss": losses["aux"]} if "aux" in losses else {})}
+        return losses["loss"], logged
 
-    history = loop.run(model, loop.cycle(epoch_batches), steps, loss_fn, loop_cfg or loop.LoopConfig(), quiet)
-    summary = {
+    work = Workload(
+        model=model, model_config={**model.config.to_dict(), "lora": wrapped}, steps=steps_for(tc, batches.per_epoch),
+        micro_batches=batches, loss=loss, count_tokens=lambda b: int((b["document_ids"] >= 0).sum()),
+        order={"train.batch_size": tc.batch_size, "train.seed": tc.seed, "sft.max_len": max_len, "sft.packing": s.packing},
+        epoch_of=batches.epoch_of,
+        describe=f"[bold]{recipe.name}[/]: {model.config.name} from {recipe.model.base}, {n_train / 1e6:.2f}M trainable params, "
+                 f"{stats.kept} conversations, {batches.per_epoch} batches of {tc.batch_size} per epoch, ",
+    )  # fmt: skip
+    try:
+        summary = train(work, tc, out, recipe, info, resume, overwrite, quiet, stop_at, label="sft")
+    finally:
+        D.cleanup(info)
+    summary.update({
         "conversations": stats.rows, "kept": stats.kept, "thinking": stats.thinking,
         "direct": stats.kept - stats.thinking, "dropped_too_long": stats.dropped_too_long,
         "dropped_lines": stats.skipped_lines[:50], "truncated": stats.truncated, "flags_added": stats.flagged,
-        "packing": packing, "rows_per_epoch": per_epoch * batch_size if packing else stats.kept,
-        "steps": steps, "trainable_params": n_train, "final_loss": history[-1]["ce"],
-        "lora": {"targets": list(lora.targets), "r": lora.r, "alpha": lora.alpha, "layers": len(wrapped)} if lora else None,
-    }
-    files = {"metrics.jsonl": write_jsonl(history)}
-    if lora is not None:
+        "packing": s.packing, "rows_per_epoch": batches.per_epoch * tc.batch_size if s.packing else stats.kept,
+        "steps": work.steps, "trainable_params": n_train, "final_loss": summary.get("loss"),
+        "lora": {"targets": list(lo.targets), "r": lo.r, "alpha": lo.alpha, "layers": len(wrapped)} if wrapped else None,
+    })  # fmt: skip
+    if summary["step"] < work.steps:  # stopped early (--stop-at): no export until the run is finished
+        return summary
+    files = {}
+    if wrapped:
         from safetensors.torch import save_file
 
         adapter = lora_mod.lora_state_dict(model)
@@ -92,17 +120,8 @@ def run_sft(data_path: str, base: str, out: str, tokenizer: str | None = None, m
         lora_mod.merge_lora(model)
     model.eval()
     if after_training is not None:
-        summary.update(after_training(model, tok))
+        summary.update(after_training(model, tok, rows))
     files["sft.json"] = write_json(summary)
     save_model_dir(out, model, tok, files)
     summary["out"] = str(out)
     return summary
-
-
-def check_options(too_long: str, flag_prob: float, batch_size: int) -> None:
-    if too_long not in data.TOO_LONG:
-        raise UserError(f"--too-long must be one of {', '.join(data.TOO_LONG)}")
-    if not 0 <= flag_prob <= 1:
-        raise UserError(f"--flag-prob must be between 0 and 1, got {flag_prob}")
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")

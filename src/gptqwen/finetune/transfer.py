@@ -3,9 +3,10 @@
     gptqwen finetune --task entailment --data train.jsonl --eval dev.jsonl --from RUN_DIR --out ft/
     gptqwen predict --model ft/ --data test.jsonl --json
 
-The output directory is an HF checkpoint (the model with its three new token rows) plus
-`task_head/head.safetensors` (the linear head), `task.json` (task, label set, token ids, context) and
-`metrics.jsonl`.
+Training runs on the shared core (`gptqwen.train.loop`): metrics.jsonl, checkpoints and exact `--resume`
+in the output folder. At the end the folder also becomes an HF checkpoint (the model with its three new
+token rows) plus `task_head/head.safetensors` (the linear head), `task.json` (task, label set, token ids,
+context) and `finetune.json` (the summary).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch
 
 from gptqwen.errors import UserError
 from gptqwen.finetune import gpt1
-from gptqwen.finetune import train as loop
-from gptqwen.finetune.common import load_base, save_model_dir, write_json, write_jsonl
+from gptqwen.finetune.common import load_base, save_model_dir, write_json
+from gptqwen.train import distributed as D
+from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
+from gptqwen.train.recipe import Recipe
 from gptqwen.utils import read_jsonl
 
 # in a subfolder: HF loaders read every *.safetensors at the top of a checkpoint directory as model weights
@@ -30,64 +33,72 @@ def accuracy(probs: torch.Tensor, examples: list[gpt1.TaskExample]) -> float:
     return float((probs.argmax(-1) == labels).float().mean())
 
 
-def finetune_task(task: str, data: str, base: str, out: str, eval_path: str | None = None,
-                  tokenizer: str | None = None, labels: list[str] | None = None, epochs: float = 3,
-                  batch_size: int = 32, lm_coef: float = 0.5, max_len: int | None = None,
-                  too_long: str = "drop", dropout: float = 0.1, seed: int = 0, device: str | None = None,
-                  loop_cfg: loop.LoopConfig | None = None, quiet: bool = False, scratch: bool = False) -> dict:
-    """Fine-tune `base` on a task file; returns a summary with the dev accuracy (if --eval)."""
-    gpt1.check_task(task)
-    if too_long not in ("drop", "truncate", "error"):
-        raise UserError(f"--too-long must be drop, truncate or error, got '{too_long}'")
-    rows = read_jsonl(data, "training data")
-    dev_rows = read_jsonl(eval_path, "eval data") if eval_path else []
-    labels = labels or gpt1.collect_labels(task, rows, data)
-    torch.manual_seed(seed)
-    model, tok = load_base(base, tokenizer, device, seed, scratch)
-    max_len = min(max_len or model.config.max_seq_len, model.config.max_seq_len)
+def finetune_task(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False,
+                  quiet: bool = False, stop_at: int | None = None) -> dict:  # fmt: skip
+    """Fine-tune `recipe.model.base` on a task file into the run folder `out`; returns a summary with the
+    dev accuracy (if task.eval)."""
+    t, tc, base = recipe.task, recipe.train, recipe.model.base
+    if not (t.task and t.data and base):
+        raise UserError("finetune needs a task, training data and a model: pass --task, --data and --from "
+                        "(task.task, task.data, model.base)")  # fmt: skip
+    gpt1.check_task(t.task)
+    rows = read_jsonl(t.data, "training data")
+    dev_rows = read_jsonl(t.eval, "eval data") if t.eval else []
+    labels = [str(x) for x in t.labels] if t.labels else gpt1.collect_labels(t.task, rows, t.data)
+    check_run_dir(Path(out), resume, overwrite)
+    info = setup_process(tc, single="finetune")
+    torch.manual_seed(tc.seed)
+    model, tok = load_base(base, recipe.model.tokenizer, info.device, tc.seed, recipe.model.from_scratch)
+    max_len = min(t.max_len or model.config.max_seq_len, model.config.max_seq_len)
     tokens = gpt1.add_task_tokens(model, tok)
-    train_ex, dropped = gpt1.encode_rows(task, rows, tok, tokens, labels, max_len, data, too_long)
-    dev_ex, dev_dropped = gpt1.encode_rows(task, dev_rows, tok, tokens, labels, max_len, eval_path or "", too_long)
+    train_ex, dropped = gpt1.encode_rows(t.task, rows, tok, tokens, labels, max_len, t.data, t.too_long)
+    dev_ex, dev_dropped = gpt1.encode_rows(t.task, dev_rows, tok, tokens, labels, max_len, t.eval or "", t.too_long)
     if not train_ex:
         raise UserError(f"no training example fits the context of {max_len} tokens ({len(dropped)} dropped)")
     if not quiet:
         for name, exs, lost in (("training", train_ex, dropped), ("eval", dev_ex, dev_dropped)):
             print(too_long_note(name, lost, sum(e.truncated for e in exs), max_len), end="")
-    n_out = 1 if task == "multiple-choice" else len(labels)
-    head = gpt1.TaskHead(model.config.n_embd, n_out, dropout).to(next(model.parameters()).device)
-    device_ = next(model.parameters()).device
+    n_out = 1 if t.task == "multiple-choice" else len(labels)
+    head = gpt1.TaskHead(model.config.n_embd, n_out, t.dropout).to(info.device)
 
-    def epoch_batches(epoch: int) -> list[dict]:
+    def epoch(e: int) -> list[dict]:
         order = list(range(len(train_ex)))
-        random.Random(seed + epoch).shuffle(order)
-        return [gpt1.make_batch([train_ex[i] for i in order[j:j + batch_size]])
-                for j in range(0, len(order), batch_size)]
+        random.Random(tc.seed + e).shuffle(order)
+        return [gpt1.make_batch([train_ex[i] for i in order[j:j + tc.batch_size]]) for j in range(0, len(order), tc.batch_size)]
 
-    def loss_fn(batch: dict) -> dict:
-        model.train()
-        head.train()
-        batch = {k: v.to(device_) for k, v in batch.items()}
-        res = gpt1.task_forward(model, head, task, batch, lm_coef)
-        return {k: res[k] for k in ("loss", "task_loss", "lm_loss")}
+    def loss(fwd: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        res = gpt1.task_forward(model, head, t.task, {k: v.to(info.device) for k, v in batch.items()}, t.lm_coef)
+        return res["loss"], {k: res[k] for k in ("loss", "task_loss", "lm_loss")}
 
-    steps = max(1, round(epochs * -(-len(train_ex) // batch_size)))
-    history = loop.run(torch.nn.ModuleList([model, head]), loop.cycle(epoch_batches), steps, loss_fn,
-                       loop_cfg or loop.LoopConfig(), quiet=quiet)
-    summary = {"task": task, "from": base, "from_scratch": scratch, "train_examples": len(train_ex),
-               "dropped_too_long": len(dropped), "truncated": sum(e.truncated for e in train_ex), "labels": labels,
-               "steps": steps, "final_loss": history[-1]["loss"]}
+    batches = EpochBatches(epoch)
+    work = Workload(
+        model=torch.nn.ModuleList([model, head]), model_config={**model.config.to_dict(), "task": t.task, "labels": labels},
+        steps=steps_for(tc, batches.per_epoch), micro_batches=batches, loss=loss,
+        count_tokens=lambda b: int(b["input_ids"].numel()), epoch_of=batches.epoch_of,
+        order={"train.batch_size": tc.batch_size, "train.seed": tc.seed, "task.max_len": max_len},
+        describe=f"[bold]{recipe.name}[/]: {t.task} on {len(train_ex)} examples from {base}"
+                 f"{' (re-initialised)' if recipe.model.from_scratch else ''}, ",
+    )  # fmt: skip
+    try:
+        summary = train(work, tc, out, recipe, info, resume, overwrite, quiet, stop_at, label="finetune")
+    finally:
+        D.cleanup(info)
+    summary.update({"task": t.task, "from": base, "from_scratch": recipe.model.from_scratch, "train_examples": len(train_ex),
+                    "dropped_too_long": len(dropped), "truncated": sum(e.truncated for e in train_ex), "labels": labels,
+                    "steps": work.steps, "final_loss": summary.get("loss")})  # fmt: skip
+    if summary["step"] < work.steps:  # stopped early (--stop-at): no export until the run is finished
+        return summary
     if dev_ex:
         summary["eval_examples"] = len(dev_ex)
         summary["eval_dropped_too_long"] = len(dev_dropped)
         summary["eval_truncated"] = sum(e.truncated for e in dev_ex)
-        summary["eval_accuracy"] = accuracy(gpt1.predict(model, head, task, dev_ex), dev_ex)
-    spec = gpt1.TaskSpec(task, labels, tokens, max_len, lm_coef)
+        summary["eval_accuracy"] = accuracy(gpt1.predict(model, head, t.task, dev_ex), dev_ex)
+    spec = gpt1.TaskSpec(t.task, labels, tokens, max_len, t.lm_coef)
     from safetensors.torch import save_file
 
     save_model_dir(out, model, tok, {
         HEAD_FILE: lambda p: save_file({k: v.contiguous().cpu() for k, v in head.state_dict().items()}, p),
         "task.json": spec.save,
-        "metrics.jsonl": write_jsonl(history),
         "finetune.json": write_json(summary),
     })
     summary["out"] = str(out)

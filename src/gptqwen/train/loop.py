@@ -62,6 +62,40 @@ class Workload:
     describe: str = ""  # the first console line
 
 
+class EpochBatches:
+    """`Workload.micro_batches` for data served in epochs: epoch e is `make_epoch(e)` (shuffled by its own
+    seed), so the batch of any step is known without replaying the run — a resume reads the same batches."""
+
+    def __init__(self, make_epoch: Callable[[int], list[Any]]):
+        self.make_epoch = make_epoch
+        self.epoch, self.batches = 0, make_epoch(0)
+        self.per_epoch = len(self.batches)
+        if not self.per_epoch:
+            raise UserError("the training data makes no batch; add rows")
+
+    def __call__(self, step: int, info: D.DistInfo) -> list[Any]:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self.epoch:
+            self.epoch, self.batches = epoch, self.make_epoch(epoch)
+        return [self.batches[i]]
+
+    def epoch_of(self, done: int) -> float:
+        return done / self.per_epoch
+
+
+def setup_process(tc: TrainConfig, single: str | None = None) -> D.DistInfo:
+    """This process's device and process group (under torchrun) and CPU threads, from train.device / threads.
+
+    `single` names a trainer that runs in one process only: it refuses torchrun with a clear message."""
+    info = D.setup(tc.device)
+    if single and info.world_size > 1:
+        D.cleanup(info)
+        raise UserError(f"gptqwen {single} runs in a single process; start it without torchrun")
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    return info
+
+
 def check_run_dir(out: Path, resume: bool, overwrite: bool) -> list[Path]:
     """The run folder's checkpoints, after refusing to clobber or to resume nothing (call before any work)."""
     if resume and overwrite:

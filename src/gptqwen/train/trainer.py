@@ -24,7 +24,7 @@ from gptqwen.errors import UserError
 from gptqwen.train import checkpoint as ckpt_io
 from gptqwen.train import distributed as D
 from gptqwen.train.loader import WindowSampler, eval_windows, read_windows
-from gptqwen.train.loop import Workload, check_run_dir, steps_for, train
+from gptqwen.train.loop import Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.metrics import bits_per_byte
 from gptqwen.train.recipe import Recipe
 
@@ -104,9 +104,7 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: b
     later finishes it exactly as if it had never stopped."""
     tc, out = recipe.train, Path(out)
     check_run_dir(out, resume, overwrite)  # before the dataset is built
-    info = D.setup(tc.device)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
+    info = setup_process(tc)
     try:
         work = _workload(recipe, info, init_from if not resume else None, quiet)
         if info.is_main:
