@@ -168,13 +168,8 @@ def test_loss_options_and_gradients():
     want = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, cfg.vocab_size), targets[:, :-1].reshape(-1))
     assert out.loss.item() == pytest.approx(want.item(), rel=1e-5)
     assert out.hidden.shape == (2, 12, cfg.n_embd) and out.aux_loss is None and out.router_logits is None
-    out.loss.backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.gradient_checkpointing = True
-    model(ids, targets=targets).loss.backward()
-    for n, p in model.named_parameters():
-        assert torch.allclose(p.grad, grads[n], atol=1e-6), n
+    out.loss.backward()  # activation checkpointing (applied from outside the model) is tested in test_train.py
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_context_overflow_is_a_user_error():

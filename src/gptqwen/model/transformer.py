@@ -21,7 +21,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from gptqwen.config import Config
 from gptqwen.errors import UserError
@@ -89,7 +88,6 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.gradient_checkpointing = False
         if not self.wte.weight.is_meta:  # a meta-built model is about to be loaded: nothing to initialise
             self.apply(self._init_module)
             self._init_residual_projections()
@@ -195,10 +193,7 @@ class Transformer(nn.Module):
 
         router_logits = []
         for block in self.blocks:
-            if self.gradient_checkpointing and self.training:
-                x, rl = checkpoint(block, x, ctx, use_reentrant=False)
-            else:
-                x, rl = block(x, ctx)
+            x, rl = block(x, ctx)
             if rl is not None:
                 router_logits.append(rl)
         if self.ln_f is not None:

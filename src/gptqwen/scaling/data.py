@@ -33,7 +33,7 @@ class Runs:
     def __len__(self) -> int:
         return len(self.loss)
 
-    def subset(self, idx: np.ndarray) -> "Runs":
+    def subset(self, idx: np.ndarray) -> Runs:
         """The runs at positions `idx` (a boolean mask or indices; repeats allowed, for the bootstrap)."""
         return Runs(self.params[idx], self.tokens[idx], self.loss[idx], self.flops[idx], self.lines[idx], self.source)
 

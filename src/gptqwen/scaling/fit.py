@@ -25,7 +25,7 @@ import numpy as np
 
 from gptqwen.errors import UserError, require
 from gptqwen.scaling.data import Runs, require_spread
-from gptqwen.scaling.laws import compute_optimal, chinchilla_loss, gpt4_loss, hoffmann_objective, huber, power_law
+from gptqwen.scaling.laws import chinchilla_loss, compute_optimal, gpt4_loss, hoffmann_objective, huber, power_law
 
 
 @dataclass
