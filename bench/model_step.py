@@ -21,7 +21,7 @@ import time
 import torch
 
 from gptqwen.config import Config, config_to_hf
-from gptqwen.hf import from_pretrained
+from gptqwen.loading import from_pretrained
 
 SIZES = {  # the project's CPU training regime ("tiny") and a larger one where matmuls dominate ("small")
     "tiny": {"gpt2-style": Config.from_name("gpt2-tiny"), "qwen3-style": Config.from_name("qwen3-tiny")},

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Set up with the test/reference packages and run the test suite: the fast set by default,
-# everything (slow tests too, ~3 min more) when CI=true or with `-m "slow or not slow"`.
+# Set up with the test/reference packages, lint (ruff, configured in pyproject.toml), then run the test suite:
+# the fast set by default, everything (slow tests too, ~3 min more) when CI=true or with `-m "slow or not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
+.venv/bin/ruff check src tests bench
 if [ "${CI:-}" = "true" ]; then
   exec .venv/bin/python -m pytest -q -m "slow or not slow" "$@"
 fi

@@ -28,7 +28,8 @@ def test_gopher_quality_thresholds():
     assert reason("gopher_quality", words(60) + " #" * 7) == "gopher_too_many_hashes"
     ten_lines = [words(6, stops=2) for _ in range(10)]
     assert reason("gopher_quality", "\n".join(ln + "..." if i < 3 else ln for i, ln in enumerate(ten_lines))) is None
-    assert reason("gopher_quality", "\n".join(ln + "..." if i < 4 else ln for i, ln in enumerate(ten_lines))) == "gopher_too_many_end_ellipsis"
+    four = "\n".join(ln + "..." if i < 4 else ln for i, ln in enumerate(ten_lines))
+    assert reason("gopher_quality", four) == "gopher_too_many_end_ellipsis"
     assert reason("gopher_quality", "\n".join("• " + ln for ln in ten_lines)) == "gopher_too_many_bullets"
     assert reason("gopher_quality", words(40) + " 1" * 11) == "gopher_below_alpha_threshold"  # 40/51 < 0.8
 

@@ -196,7 +196,7 @@ def test_streaming_never_breaks_utf8_and_stop_strings_hold_back():
 def test_hf_checkpoint_greedy_matches_transformers_generate(tmp_path):
     transformers = pytest.importorskip("transformers")
     from gptqwen.config import config_to_hf
-    from gptqwen.hf import from_pretrained
+    from gptqwen.loading import from_pretrained
 
     for name in ("qwen3-tiny", "gpt2-tiny"):
         cfg = Config.from_name(name, n_layer=2)

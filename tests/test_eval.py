@@ -11,7 +11,7 @@ import torch
 from gptqwen.errors import UserError
 from gptqwen.eval import ScoringModel, evaluate, load_task
 from gptqwen.eval.lm import rolling_windows
-from gptqwen.eval.tasks import Task
+from gptqwen.eval.taskspec import Task
 
 transformers = pytest.importorskip("transformers")
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "eval"
@@ -28,7 +28,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from gptqwen.eval.perplexity import shakespeare_text
+    from gptqwen.data.corpus import shakespeare_text
     from gptqwen.tokenizer.train import train_tokenizer
 
     return train_tokenizer([shakespeare_text()[:40000]], vocab_size=320, style="gpt2", show_progress=False)
@@ -62,7 +62,7 @@ def checkpoint(request, tokenizer, tmp_path_factory):
 
 def _load(path) -> ScoringModel:
     from gptqwen import from_pretrained
-    from gptqwen.hf import load_tokenizer
+    from gptqwen.loading import load_tokenizer
 
     return ScoringModel(from_pretrained(path), load_tokenizer(path), batch_size=3, progress=False, name=str(path))
 
@@ -140,7 +140,7 @@ def test_generation_matches_transformers_greedy(lm, checkpoint):
 
 def _word_choice_task(n: int = 24) -> Task:
     """A local multiple-choice task: which word follows the arrow? (four Shakespeare words each)."""
-    from gptqwen.eval.synthetic import shakespeare_words
+    from gptqwen.data.corpus import shakespeare_words
 
     words = shakespeare_words(4, 8)[::97]
     docs = [{"q": f"{words[i]} ->", "options": [words[(i + k) % len(words)] for k in range(4)], "gold": i % 4}

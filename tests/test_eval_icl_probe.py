@@ -9,7 +9,7 @@ import pytest
 from gptqwen.errors import UserError
 from gptqwen.eval import synthetic
 from gptqwen.eval.harness import fewshot_indices, fewshot_prefix
-from gptqwen.eval.tasks import load_task
+from gptqwen.eval.taskspec import load_task
 
 TASKS = ["recall_continue", "recall_pairs"]
 

@@ -14,9 +14,15 @@ from gptqwen.eval import synthetic
 from gptqwen.eval.harness import fewshot_indices, fewshot_prefix, format_example
 from gptqwen.eval.lm import rolling_windows
 from gptqwen.eval.scorers import (
-    aggregate, corpus_perplexities, generation_scores, mean_stderr, multiple_choice_scores, normalize_answer, token_f1,
+    aggregate,
+    corpus_perplexities,
+    generation_scores,
+    mean_stderr,
+    multiple_choice_scores,
+    normalize_answer,
+    token_f1,
 )
-from gptqwen.eval.tasks import Task, builtin_task_names, load_task
+from gptqwen.eval.taskspec import Task, builtin_task_names, load_task
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
@@ -254,7 +260,7 @@ def test_rolling_windows_score_each_token_once(n, max_len, stride):
         assert 0 <= start < end <= n and end - start <= max_len and 1 <= k <= end - start
         scored += range(end - k + 1, end + 1)  # positions in [prefix] + tokens
     assert scored == list(range(1, n + 1))
-    for start, end, k in windows[1:]:  # later windows keep a full context when there is one
+    for start, end, _ in windows[1:]:  # later windows keep a full context when there is one
         assert end - start == min(max_len, end)
 
 

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from gptqwen.errors import UserError
-from gptqwen.gguf import _GPT2_GLOBAL, _GPT2_LAYER, _LLAMA_GLOBAL, _LLAMA_LAYER, load_gguf, load_tokenizer, read_gguf
+from gptqwen.gguf import _GPT2_GLOBAL, _GPT2_LAYER, _LLAMA_GLOBAL, _LLAMA_LAYER, read_gguf
+from gptqwen.loading import from_pretrained as load_gguf
+from gptqwen.loading import load_tokenizer
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
@@ -240,7 +242,7 @@ def test_smollm2_requantised_blocks_are_the_files(smol):
     the same values (q4_1's nibbles are stored in the kernels' order)."""
     import gguf
 
-    from gptqwen.infer.quant import dequantize_blocks, quantize_blocks
+    from gptqwen.ops.quant import dequantize_blocks, quantize_blocks
 
     tensors = {t.name: t for t in read_gguf(SMOL).tensors}
     for name, fmt in [("blk.0.ffn_down.weight", "q4_1"), ("blk.3.attn_v.weight", "q4_1"),

@@ -4,12 +4,14 @@ plus the checkpoint error paths (missing / unexpected / mis-shaped tensors, no w
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
 
 from gptqwen.config import Config, config_to_hf
 from gptqwen.errors import UserError
-from gptqwen.hf import from_pretrained, save_pretrained
+from gptqwen.hf import save_pretrained
+from gptqwen.loading import from_pretrained
 from gptqwen.model import Transformer
 
 transformers = pytest.importorskip("transformers")

@@ -45,8 +45,8 @@ def _resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
 
 def _dynamic_targets(node: ast.AST, modules: dict[str, Path]) -> set[str]:
     """Modules named by strings: `import_module("gptqwen.x")` tables and `f"gptqwen.commands.{verb}"`."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in modules:
-        return {node.value}
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value and node.value in modules:
+        return {node.value}  # dotted only: a bare "gptqwen" is a package-data anchor (importlib.resources), not code
     if isinstance(node, ast.JoinedStr) and node.values:
         head = node.values[0]
         if isinstance(head, ast.Constant) and isinstance(head.value, str) and head.value.startswith(ROOT + "."):

@@ -12,6 +12,7 @@ from gptqwen.data import prepare as prep
 from gptqwen.data.shards import TokenDataset, dtype_for_vocab, read_index
 from gptqwen.data.sources import SourceSpec, iter_documents, shakespeare_files, shakespeare_plain
 from gptqwen.errors import UserError
+from gptqwen.tokenizer import Tokenizer
 
 DOCS = [
     "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n",
@@ -60,14 +61,15 @@ def _stream(out: Path, block: int, f: float) -> list[int]:
 
 
 def test_roundtrip_exact_ids(tmp_path, corpus, tokenizer_dir):
-    tok = prep.load_tokenizer(str(tokenizer_dir))
+    tok = Tokenizer.load(str(tokenizer_dir))
     sep = prep.document_separator(tok)
     files = [corpus / "a.txt", corpus / "c.jsonl", corpus / "sub" / "b.md"]  # sorted folder order
     texts = [DOCS[0], DOCS[2], DOCS[3], DOCS[1]]
     assert [p.source for p in iter_documents([str(corpus)])] == [str(files[0]), f"{files[1]}#0", f"{files[1]}#1", str(files[2])]
     expected = [i for t in texts for i in tok.encode(t) + [sep]]
     out = tmp_path / "ds"
-    index = prep.prepare([str(corpus)], out, tokenizer=str(tokenizer_dir), val_fraction=0.25, block_tokens=16, shard_tokens=40, progress=False)
+    index = prep.prepare([str(corpus)], out, tokenizer=str(tokenizer_dir), val_fraction=0.25, block_tokens=16,
+                         shard_tokens=40, progress=False)
     assert index["dtype"] == "uint16" and index["meta"]["documents"] == 4
     assert len(index["splits"]["train"]) > 1  # rolled over into several shards
     assert _stream(out, 16, 0.25) == expected

@@ -161,9 +161,8 @@ def test_decode_rejects_unknown_ids(qwen):
 
 def _check_export(tok: Tokenizer, ref, directory: Path) -> None:
     """Save `tok` as tokenizer.json; the `tokenizers` engine (ours and transformers') must give tiktoken's ids."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     import tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tok.save(directory)
     reloaded = Tokenizer.from_file(directory)  # through the rank file saved beside tokenizer.json

@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Config": "gptqwen.config",
     "Transformer": "gptqwen.model",
-    "from_pretrained": "gptqwen.hf",
+    "from_pretrained": "gptqwen.loading",
     "Tokenizer": "gptqwen.tokenizer",
     "Engine": "gptqwen.infer",
 }

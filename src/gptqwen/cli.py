@@ -24,6 +24,7 @@ VERBS: dict[str, str] = {
     "finetune": "GPT-1 task-aware fine-tuning (classification, entailment, similarity, multiple choice)",
     "predict": "apply a fine-tuned GPT-1 task model to a JSONL file",
     "sft": "supervised chat fine-tuning with thinking and non-thinking data (full or LoRA)",
+    "synth": "write built-in synthetic fine-tuning data (reasoning, entailment, typos) or a demo tokenizer",
     "eval": "few-shot evaluation, perplexity and GPT-3 style shot plots",
     "generate": "one-shot text generation from a prompt",
     "chat": "interactive multi-turn chat with thinking mode and thinking budget",

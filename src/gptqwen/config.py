@@ -94,7 +94,7 @@ class Config:
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> "Config":
+    def from_name(cls, name: str, **overrides: Any) -> Config:
         """The preset `name` (e.g. 'gpt2-124m', 'qwen3-0.6b', 'qwen3-tiny'), with optional overrides."""
         key = name.lower()
         if key not in PRESETS:
@@ -109,14 +109,14 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
+    def from_dict(cls, d: dict[str, Any]) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"unknown model config keys {unknown}; valid keys are: {', '.join(sorted(known))}")
         return cls(**d)
 
-    def replace(self, **overrides: Any) -> "Config":
+    def replace(self, **overrides: Any) -> Config:
         return dataclasses.replace(self, **overrides)
 
     # ---- structure ----------------------------------------------------------------------------

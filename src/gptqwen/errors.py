@@ -8,7 +8,7 @@ a single line and exits non-zero, without a traceback. Programming errors stay o
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class UserError(Exception):

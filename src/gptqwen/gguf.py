@@ -1,13 +1,14 @@
 """GGUF import: llama.cpp model files → a `Transformer` and a `Tokenizer`.
 
-    from gptqwen.gguf import load_gguf, load_tokenizer
-    model = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")      # dequantised to fp32 (or `dtype=`)
-    tok = load_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf")   # vocabulary, merges, chat template
+    from gptqwen.loading import from_pretrained, load_tokenizer   # what most callers want
+    model = from_pretrained("SmolLM2-135M-Instruct.Q4_1.gguf")      # dequantised to fp32 (or `dtype=`)
+    tok = load_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf")         # vocabulary, merges, chat template
 
 The file is read with the `gguf` package (extra `gguf`). Supported architectures: llama, qwen2, qwen3,
 gpt2, qwen2moe, qwen3moe; tensor types F32, F16, BF16, Q8_0, Q4_0, Q4_1 (dequantised with
 `gguf.quants.dequantize`). The metadata becomes a Hugging Face `config.json` dict and the tensors get
-their Hugging Face names, so the HF importer (`gptqwen.hf`) does the rest — one name map per format.
+their Hugging Face names (`read_as_hf`), so `gptqwen.loading` fills the model through the HF importer
+(`gptqwen.hf`) — one name map per format.
 llama.cpp permutes the rows of llama-architecture Q and K projections (its rope pairs adjacent dims);
 we undo that here so the rotate-half rope of the model sees the original layout.
 """
@@ -22,8 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
 
 from gptqwen.errors import UserError, require
+from gptqwen.tokenizer import Tokenizer
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gpt2", "qwen2moe", "qwen3moe")
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
@@ -49,7 +53,6 @@ _GPT2_LAYER = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "a
 _GPT2_GLOBAL = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe",
                 "output_norm": "transformer.ln_f", "output": "lm_head"}
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
 
 
 @dataclass
@@ -262,25 +265,15 @@ def _to_torch(w: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.array(w, dtype=np.float32, order="C")).to(dtype)
 
 
-def load_gguf(path: str | Path, dtype: torch.dtype | str | None = None, device: str | None = None):
-    """A `Transformer` (eval mode) with the weights of a GGUF file, dequantised to `dtype` (fp32)."""
+def read_as_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A GGUF file as a Hugging Face `config.json` dict and HF-named tensors, dequantised to `dtype`."""
     f = read_gguf(path)
     _arch(f.metadata, path)
     cfg = hf_config(f.metadata, {t.name: t.shape[0] for t in f.tensors})
-    from gptqwen.config import config_from_hf
-    from gptqwen.hf import model_from_tensors, resolve_dtype  # the HF importer's loader, shared, not repeated
-
-    # GGUF weights are dequantised to fp32 anyway: that is the "stored" dtype
-    dtype = resolve_dtype(dtype, torch.float32, torch.device(device or "cpu"))
-
-    tensors = hf_tensors(f, cfg, dtype)
-    shapes = {k: tuple(t.shape) for k, t in tensors.items()}
-    return model_from_tensors(config_from_hf(cfg, name=Path(path).stem), shapes, tensors.pop, dtype, device,
-                              source=f"GGUF file '{path}' does not match its metadata")
+    return cfg, hf_tensors(f, cfg, dtype)
 
 
 # How each `tokenizer.ggml.pre` splits text before BPE (llama.cpp's pre-tokenizer names).
-_GPT2_SPLIT = None  # the ByteLevel pre-tokenizer's own regex
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
@@ -290,8 +283,6 @@ _PRE_SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "smaug-bpe":
 
 
 def _pre_tokenizer(pre: str):
-    from tokenizers import Regex, pre_tokenizers
-
     if pre in _PRE_SPLITS:
         return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_PRE_SPLITS[pre]), behavior="isolated"),
                                         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -303,10 +294,6 @@ def _pre_tokenizer(pre: str):
 
 def tokenizer_from_metadata(meta: dict[str, Any], path: str | Path = "<gguf>"):
     """Build our `Tokenizer` from GGUF tokenizer metadata (byte-level BPE vocabularies only)."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models
-
-    from gptqwen.tokenizer import Tokenizer
-
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":
         raise UserError(f"GGUF tokenizer type '{kind}' in '{path}' is not supported; only byte-level BPE "
@@ -330,6 +317,6 @@ def tokenizer_from_metadata(meta: dict[str, Any], path: str | Path = "<gguf>"):
                              eos_token=tokens[eos_id] if eos_id is not None else None)
 
 
-def load_tokenizer(path: str | Path):
+def read_tokenizer(path: str | Path) -> Tokenizer:
     """The `Tokenizer` a GGUF file describes, with the chat template stored in the file."""
     return tokenizer_from_metadata(read_gguf(path).metadata, path)

@@ -1,24 +1,30 @@
 """Hugging Face checkpoint import/export: config.json + safetensors (sharded too), logit parity with transformers.
 
-    from gptqwen.hf import from_pretrained, save_pretrained, load_tokenizer
-    model = from_pretrained("path/to/Qwen3-0.6B")            # or a .gguf file
+    from gptqwen.loading import from_pretrained               # builds the model; this module moves tensors
+    model = from_pretrained("path/to/Qwen3-0.6B")
     model.save_pretrained("out/")                             # loadable by transformers.AutoModelForCausalLM
 
 Model types: openai-gpt, gpt2, qwen (v1 remote-code names), qwen2, qwen2_moe, qwen3, qwen3_moe, llama.
 Each of our parameters maps to one or more HF tensors through a `Rule` (rename, concatenate, transpose the GPT
 Conv1D layout, stack per-expert tensors); the same rules drive both directions. Loading is lazy: tensors are
 read one parameter at a time from memory-mapped files into a model built on the meta device.
+This module never builds a model (that is `gptqwen.loading`): the reader fills any module whose parameter
+names follow `weight_rules`, the writer takes any module with `.config` and `.state_dict()`, so `model` may
+call `save_pretrained` here without an import cycle.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from gptqwen.config import SUPPORTED_MODEL_TYPES, Config, config_from_hf, config_to_hf
 from gptqwen.errors import UserError
@@ -157,8 +163,6 @@ class _Checkpoint:
     """Lazy access to the tensors of all safetensors files in a directory (sharded or not)."""
 
     def __init__(self, path: Path) -> None:
-        from safetensors import safe_open
-
         # Like transformers: the index names the shards; else model.safetensors; other *.safetensors files
         # beside it (adapters, task heads) are not model weights.
         files = sorted(path.glob("*.safetensors"))
@@ -210,21 +214,6 @@ class _Checkpoint:
         return torch.float32
 
 
-def resolve_dtype(dtype: Any, stored: torch.dtype, device: torch.device) -> torch.dtype:
-    """The load dtype for a user's `dtype` (torch dtype, name like "bf16", "auto" = `stored`, None = default)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None:  # fp32 on CPU (bf16/fp16 matmuls are slow there); the stored dtype on accelerators
-        return torch.float32 if device.type == "cpu" else stored
-    if dtype == "auto":
-        return stored
-    names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
-    resolved = getattr(torch, names.get(str(dtype), str(dtype)), None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
-    return resolved
-
-
 def _check_keys(rules: list[Rule], theirs: Mapping[str, tuple[int, ...]], ours: dict[str, tuple[int, ...]],
                 cfg: Config, source: str) -> None:
     missing, wrong = [], []
@@ -247,24 +236,21 @@ def _check_keys(rules: list[Rule], theirs: Mapping[str, tuple[int, ...]], ours: 
                         + "; check that the weights and the model description belong together")
 
 
-def model_from_tensors(cfg: Config, shapes: Mapping[str, tuple[int, ...]], get_tensor: Callable[[str], torch.Tensor],
-                       dtype: torch.dtype = torch.float32, device: str | torch.device | None = None,
-                       rules: list[Rule] | None = None, source: str = "checkpoint does not match its config.json"):
-    """A `Transformer` (eval mode) for `cfg` from Hugging Face-named tensors.
+def fill_model(model: torch.nn.Module, shapes: Mapping[str, tuple[int, ...]], get_tensor: Callable[[str], torch.Tensor],
+               dtype: torch.dtype = torch.float32, device: torch.device | None = None, rules: list[Rule] | None = None,
+               source: str = "checkpoint does not match its config.json") -> torch.nn.Module:
+    """Fill `model` (built on the meta device from its `.config`) with Hugging Face-named tensors; eval mode.
 
-    `shapes` lists the available tensors (name -> shape); they are checked against `cfg` before any memory is
-    allocated (a UserError starting with `source` names missing, unexpected and mis-shaped ones). The model is
-    built on the meta device (no initialisation), materialised once in `dtype` on `device`, and filled one
-    parameter at a time with `get_tensor(name)`, so a lazy or consuming reader keeps peak memory low.
+    `shapes` lists the available tensors (name -> shape); they are checked against the model before any memory
+    is allocated (a UserError starting with `source` names missing, unexpected and mis-shaped ones). The model
+    is materialised once in `dtype` on `device` and filled one parameter at a time with `get_tensor(name)`, so a
+    lazy or consuming reader keeps peak memory low.
     """
-    from gptqwen.model import Transformer
-
+    cfg: Config = model.config
     rules = weight_rules(cfg) if rules is None else rules
-    with torch.device("meta"):
-        model = Transformer(cfg)
     _check_keys(rules, shapes, {k: tuple(p.shape) for k, p in model.named_parameters()}, cfg, source)
     model.to(dtype)  # free on the meta device, so real memory is allocated once, in the final dtype
-    model.to_empty(device=torch.device(device) if device is not None else torch.device("cpu"))
+    model.to_empty(device=device if device is not None else torch.device("cpu"))
     params = dict(model.named_parameters())  # to_empty may have replaced the objects
     with torch.no_grad():
         for r in rules:
@@ -274,15 +260,19 @@ def model_from_tensors(cfg: Config, shapes: Mapping[str, tuple[int, ...]], get_t
     return model.eval()
 
 
-def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: str | torch.device | None = None):
-    """Load a `Transformer` (eval mode) from an HF checkpoint directory or a `.gguf` file."""
-    path = Path(path).expanduser()
-    if path.suffix == ".gguf":
-        from gptqwen.gguf import load_gguf
+@dataclass
+class HFCheckpoint:
+    """What `read_checkpoint` finds in a checkpoint directory: the config, the lazy tensors and their name map."""
 
-        return load_gguf(path, dtype, device)
-    if not path.is_dir():
-        raise UserError(f"'{path}' is not a checkpoint directory; pass a folder with config.json and *.safetensors")
+    config: Config
+    shapes: dict[str, tuple[int, ...]]
+    get_tensor: Callable[[str], torch.Tensor]
+    stored_dtype: torch.dtype
+    rules: list[Rule]
+
+
+def read_checkpoint(path: Path) -> HFCheckpoint:
+    """Read config.json and the safetensors headers of an HF checkpoint directory (no tensor data yet)."""
     cfg_file = path / "config.json"
     if not cfg_file.exists():
         raise UserError(f"'{path}' has no config.json; pass a Hugging Face checkpoint directory")
@@ -295,9 +285,8 @@ def from_pretrained(path: str | os.PathLike, dtype: Any = None, device: str | to
     fused = any(k.endswith("experts.gate_up_proj") for k in ckpt.where)
     rules = weight_rules(cfg, fused_experts=fused)
     ckpt.alias(rules)
-    device = torch.device(device) if device is not None else torch.device("cpu")
     shapes = {k: ckpt.shape(k) for k in ckpt.where}  # header reads only
-    return model_from_tensors(cfg, shapes, ckpt.get, resolve_dtype(dtype, ckpt.float_dtype(), device), device, rules)
+    return HFCheckpoint(cfg, shapes, ckpt.get, ckpt.float_dtype(), rules)
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -313,9 +302,8 @@ def _parse_size(s: str | int) -> int:
 
 def save_pretrained(model, path: str | os.PathLike, max_shard_size: str | int = "5GB", tokenizer=None,
                     dtype: torch.dtype | None = None) -> Path:
-    """Write `model` as an HF checkpoint directory (atomically); shards with an index above `max_shard_size`."""
-    from safetensors.torch import save_file
-
+    """Write `model` (any module with `.config` and `.state_dict()`) as an HF checkpoint directory, atomically;
+    shards with an index above `max_shard_size`."""
     cfg: Config = model.config
     hf_cfg = config_to_hf(cfg)  # raises for architectures transformers cannot represent
     state = model.state_dict()
@@ -356,18 +344,5 @@ def save_pretrained(model, path: str | os.PathLike, max_shard_size: str | int = 
     return path
 
 
-def load_tokenizer(path: str | os.PathLike):
-    """The tokenizer stored beside a checkpoint (tokenizer.json) or inside a .gguf file; None if there is none."""
-    path = Path(path).expanduser()
-    if path.suffix == ".gguf":
-        from gptqwen.gguf import load_tokenizer as gguf_tokenizer
-
-        return gguf_tokenizer(path)
-    if (path / "tokenizer.json").exists():
-        from gptqwen.tokenizer import Tokenizer
-
-        return Tokenizer.from_file(path / "tokenizer.json")
-    return None
-
-
-__all__ = ["from_pretrained", "save_pretrained", "load_tokenizer", "model_from_tensors", "weight_rules", "Rule", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["HFCheckpoint", "Rule", "SUPPORTED_MODEL_TYPES", "fill_model", "read_checkpoint", "save_pretrained",
+           "weight_rules"]

@@ -8,10 +8,14 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, TYPE_CHECKING, Any
 
 from gptqwen.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @contextlib.contextmanager
@@ -85,14 +89,46 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def default_device() -> str:
+# dtype names users write (CLI flags, recipes, config files) -> torch dtype attribute names
+_DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+                "float16": "float16", "fp16": "float16", "half": "float16"}
+
+
+def parse_dtype(value: str | torch.dtype) -> torch.dtype:
+    """The one dtype parser: a torch dtype, or a name such as `float32`/`fp32`, `bfloat16`/`bf16`, `float16`/`fp16`."""
+    import torch  # deferred: data and tokenizer workers import this module and need no torch
+
+    if isinstance(value, torch.dtype):
+        return value
+    name = _DTYPE_NAMES.get(str(value).lower())
+    if name is None:
+        raise UserError(f"unknown dtype '{value}'; use float32, bfloat16 or float16 (or fp32, bf16, fp16)")
+    return getattr(torch, name)
+
+
+def pick_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
+    """The one device picker: `auto` (or None) takes CUDA, then MPS, then the CPU; `cuda` means this
+    process's GPU (`local_rank` under torchrun). A device that does not exist here is a UserError."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    if name is None or name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"unknown device '{name}' ({e}); use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device '{name}' asked for, but CUDA is not available here; use --device cpu or auto")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError(f"device '{name}' asked for, but MPS is not available here; use --device cpu or auto")
+    return device
 
 
 def read_jsonl(path: str | Path, what: str = "data") -> list[tuple[int, dict]]:

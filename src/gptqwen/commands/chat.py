@@ -13,8 +13,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gptqwen.commands.engine_options import (
+    add_model_arguments,
+    add_sampling_arguments,
+    engine_from_args,
+    sampling_from_args,
+)
 from gptqwen.errors import UserError
-from gptqwen.infer.options import add_model_arguments, add_sampling_arguments, engine_from_args, sampling_from_args
 
 HELP = ("/think  /no_think  thinking on / off      /budget N | off   cap thinking at N tokens\n"
         "/system TEXT       set the system message /show             expand the last thinking\n"

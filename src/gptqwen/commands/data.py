@@ -7,7 +7,8 @@
     gptqwen data classify --train labelled.jsonl --model domains.npz      # train
     gptqwen data classify raw.jsonl --model domains.npz -o labelled.jsonl  # apply
     gptqwen data mix labelled.jsonl --weights code=0.3,web=0.7 -o mixed.jsonl
-    gptqwen data prepare ...        # token shards (gptqwen.data.prepare)
+    gptqwen data prepare shakespeare --out data/shakespeare --train-tokenizer 4096   # token shards
+    gptqwen data prepare corpus/ "more/*.jsonl" --tokenizer qwen --out data/mine --workers 4
 
 Single-step commands run a one-step pipeline in `<output>.work/` (resumable) and write `-o`.
 """
@@ -15,7 +16,15 @@ Single-step commands run a one-step pipeline in `<output>.work/` (resumable) and
 from __future__ import annotations
 
 import argparse
+import os
 
+import yaml
+
+from gptqwen.data.filters import FILTERS
+from gptqwen.data.io import read_documents
+from gptqwen.data.mixing import HashedNgramClassifier
+from gptqwen.data.pipeline import PipelineSpec, format_report, load_spec, run_pipeline
+from gptqwen.data.prepare import prepare
 from gptqwen.errors import UserError
 from gptqwen.utils import print_json
 
@@ -47,8 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--bands", type=int, default=14)
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--ngram", type=int, default=5)
-
-    from gptqwen.data.filters import FILTERS
 
     p = sub.add_parser("filter", help="quality filters, language filter, PII masking")
     _common(p)
@@ -88,21 +95,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_prepare(sub) -> None:
-    """`prepare` belongs to gptqwen.data.prepare; if it cannot be imported the other commands still work."""
-    try:
-        from gptqwen.data import prepare
-    except ImportError as e:
-        p = sub.add_parser("prepare", help=f"tokenise a corpus into shards (unavailable: {e})")
-        p.set_defaults(prepare_error=str(e))
-        return
-    p = sub.add_parser("prepare", help=(prepare.__doc__ or "tokenise a corpus into token shards").strip().splitlines()[0])
-    prepare.add_arguments(p)
-    p.set_defaults(prepare_run=prepare.run)
+    p = sub.add_parser("prepare", help="tokenise text sources into token shards (index.json + <split>_<n>.bin)")
+    p.add_argument("sources", nargs="+", help="files, folders, globs, 'shakespeare' or "
+                   "'synthetic:arithmetic|repeats|wordlists[:N]'; append @WEIGHT to up/down-sample")
+    p.add_argument("--out", required=True, help="dataset folder to create (index.json + <split>_<n>.bin)")
+    tok = p.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--tokenizer", help="tokenizer preset (qwen, gpt2, ...), tokenizer.json/.tiktoken file or folder")
+    tok.add_argument("--train-tokenizer", type=int, metavar="VOCAB", help="train a byte-level BPE of this size on the sources")
+    p.add_argument("--style", default="qwen", help="pre-tokenizer style of a trained BPE (default: qwen)")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of tokens held out for validation (default 0.05)")
+    p.add_argument("--block-tokens", type=int, default=1024, help="granularity of the train/validation split (default 1024)")
+    p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file (default 1e8)")
+    p.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)), help="tokenizer processes")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="unreadable or non-UTF-8 files: stop, or skip with a warning")
+    p.add_argument("--text-key", default="text", help="JSONL field holding the document text (default: text)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    p.add_argument("--json", action="store_true", help="print the dataset index as JSON")
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    index = prepare(
+        args.sources, args.out, tokenizer=args.tokenizer, train_vocab=args.train_tokenizer, style=args.style,
+        val_fraction=args.val_fraction, block_tokens=args.block_tokens, shard_tokens=args.shard_tokens,
+        workers=args.workers, on_error=args.on_error, text_key=args.text_key, overwrite=args.overwrite,
+        progress=not args.json,
+    )
+    if args.json:
+        print_json(index)
+        return 0
+    meta = index["meta"]
+    print(f"wrote {args.out}: {meta['documents']:,} documents, {meta['bytes'] / 1e6:.1f} MB -> "
+          f"train {meta['tokens']['train']:,} / val {meta['tokens']['val']:,} tokens ({index['dtype']}, "
+          f"vocab {index['vocab_size']:,}, {index['bytes_per_token']:.2f} bytes/token)")
+    return 0
 
 
 def _parse_set(items: list[str]) -> dict[str, dict]:
-    import yaml
-
     out: dict[str, dict] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -145,8 +174,6 @@ def _steps(args) -> list:
         return [{"decontaminate": {"eval": args.eval, "eval_keys": keys, "method": args.method}}]
     if args.command == "classify":
         if args.rules:
-            import yaml
-
             try:
                 with open(args.rules) as f:
                     return [{"classify": {"rules": yaml.safe_load(f)}}]
@@ -157,32 +184,29 @@ def _steps(args) -> list:
 
 
 def _train(args) -> int:
-    from gptqwen.data.io import read_documents
-    from gptqwen.data.mixing import HashedNgramClassifier
-
     if not args.model:
         raise UserError("--train needs --model PATH.npz to write the classifier to")
     docs = list(read_documents(args.train, args.text_key, args.on_error))
     missing = [i for i, d in enumerate(docs) if args.label_key not in d]
     if missing:
-        raise UserError(f"{len(missing)} training records lack the '{args.label_key}' field (first: record {missing[0] + 1}); set --label-key")
+        raise UserError(f"{len(missing)} training records lack the '{args.label_key}' field "
+                        f"(first: record {missing[0] + 1}); set --label-key")
     texts, labels = [d[args.text_key] for d in docs], [str(d[args.label_key]) for d in docs]
     clf = HashedNgramClassifier.train(texts, labels, epochs=args.epochs)
     pred, _ = clf.predict(texts)
     acc = sum(p == y for p, y in zip(pred, labels)) / len(labels)
     clf.save(args.model)
     result = {"model": args.model, "labels": clf.labels, "examples": len(labels), "train_accuracy": round(acc, 4)}
-    print_json(result) if args.json else print(f"trained on {len(labels)} examples, labels {clf.labels}, train accuracy {acc:.3f} -> {args.model}")
+    if args.json:
+        print_json(result)
+    else:
+        print(f"trained on {len(labels)} examples, labels {clf.labels}, train accuracy {acc:.3f} -> {args.model}")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from gptqwen.data.pipeline import PipelineSpec, format_report, load_spec, run_pipeline
-
     if args.command == "prepare":
-        if getattr(args, "prepare_error", None):
-            raise UserError(f"'gptqwen data prepare' is unavailable: {args.prepare_error}")
-        return int(args.prepare_run(args) or 0)
+        return _prepare(args)
     overrides = {"workers": args.workers, "executor": args.executor}
     if args.dask_address:
         overrides["dask"] = {"address": args.dask_address}

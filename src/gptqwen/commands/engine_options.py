@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from gptqwen.errors import UserError
+from gptqwen.infer.engine import Engine
+from gptqwen.infer.quant import quantize
 from gptqwen.infer.sampling import SamplingParams
+from gptqwen.loading import load_model_and_tokenizer
+from gptqwen.utils import parse_dtype, pick_device
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -53,21 +59,14 @@ def sampling_from_args(args: argparse.Namespace, **extra) -> SamplingParams:
         truncate_prompt=args.truncate, **extra)
 
 
-def engine_from_args(args: argparse.Namespace):
+def engine_from_args(args: argparse.Namespace) -> Engine:
     """Load the model named by `--model` and wrap it in an `Engine` (quantised / compiled as asked)."""
-    import torch
-
-    from gptqwen.infer.engine import Engine
-    from gptqwen.infer.quant import quantize
-    from gptqwen.loading import load_model_and_tokenizer
-    from gptqwen.utils import default_device
-
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads {args.threads} is invalid; give 1 or more")
         torch.set_num_threads(args.threads)
-    device = args.device or default_device()
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
+    device = pick_device(args.device)
+    dtype = parse_dtype(args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     model, tok = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
     if tok is None:
         raise UserError(f"'{args.model}' has no tokenizer to turn text into tokens; "

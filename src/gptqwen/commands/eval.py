@@ -19,6 +19,13 @@ import json
 import sys
 
 from gptqwen.errors import UserError
+from gptqwen.eval.harness import evaluate
+from gptqwen.eval.lm import ScoringModel
+from gptqwen.eval.lm_eval_adapter import evaluate_with_lm_eval
+from gptqwen.eval.perplexity import file_task
+from gptqwen.eval.plot import model_label, plot_shot_curves
+from gptqwen.eval.taskspec import BUILTIN_DIR, builtin_task_names, load_task
+from gptqwen.utils import atomic_write, print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,8 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gptqwen.eval import tasks as task_mod
-
     if args.list_tasks:
         return _list_tasks(args.json)
     if not args.model:
@@ -63,9 +68,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--shots must be >= 0, got {min(shots)}")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UserError(f"--plot writes a PNG; give a file name ending in .png, not '{args.plot}'")
-    from gptqwen.eval.perplexity import file_task
-
-    loaded = [task_mod.load_task(t) for t in args.task] + [file_task(f) for f in args.perplexity]
+    loaded = [load_task(t) for t in args.task] + [file_task(f) for f in args.perplexity]
     progress = sys.stderr.isatty() and not args.no_progress
 
     results = []
@@ -76,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
            "config": {"shots": shots, "limit": args.limit, "seed": args.seed, "backend": args.backend}}
     _write_outputs(results, doc, args)
     if args.json:
-        from gptqwen.utils import print_json
-
         print_json(doc)
     else:
         _print_table(results)
@@ -85,17 +86,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(spec: str, loaded, shots: list[int], args, progress: bool):
-    from gptqwen.eval.harness import evaluate
-    from gptqwen.eval.lm import ScoringModel
-
     lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, batch_size=args.batch_size, progress=progress)
     out = []
     for task in loaded:
         # perplexity takes no examples: measure it once, whatever the shot counts
         for k in ([0] if task.output_type == "perplexity" else shots):
             if args.backend == "lm-eval":
-                from gptqwen.eval.lm_eval_adapter import evaluate_with_lm_eval
-
                 out.append(evaluate_with_lm_eval(lm, task, shots=k, limit=args.limit, seed=args.seed))
             else:
                 out.append(evaluate(lm, task, shots=k, limit=args.limit, seed=args.seed, stride=args.stride))
@@ -103,8 +99,6 @@ def _evaluate_model(spec: str, loaded, shots: list[int], args, progress: bool):
 
 
 def _write_outputs(results, doc: dict, args) -> None:
-    from gptqwen.utils import atomic_write
-
     if args.output:
         with atomic_write(args.output) as f:
             json.dump(doc, f, indent=2)
@@ -114,8 +108,6 @@ def _write_outputs(results, doc: dict, args) -> None:
                 for s in r.samples:
                     f.write(json.dumps({"model": r.model, "task": r.task, "shots": r.shots, **s}, default=str) + "\n")
     if args.plot:
-        from gptqwen.eval.plot import plot_shot_curves
-
         plot_shot_curves([r.to_dict() for r in results], args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
 
@@ -123,8 +115,6 @@ def _write_outputs(results, doc: dict, args) -> None:
 def _print_table(results) -> None:
     from rich.console import Console
     from rich.table import Table
-
-    from gptqwen.eval.plot import model_label
 
     table = Table(title="gptqwen eval")
     for col in ("model", "task", "shots", "n", "metric", "value", "± stderr"):
@@ -145,18 +135,12 @@ def _number(x: float) -> str:
 
 
 def _list_tasks(as_json: bool) -> int:
-    from importlib import resources
-
-    from gptqwen.eval.tasks import BUILTIN_DIR, builtin_task_names
-
     rows = []
     for name in builtin_task_names():
-        text = resources.files("gptqwen.eval").joinpath(BUILTIN_DIR, f"{name}.yaml").read_text(encoding="utf-8")
+        text = (BUILTIN_DIR / f"{name}.yaml").read_text(encoding="utf-8")
         first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
         rows.append({"task": name, "about": first})
     if as_json:
-        from gptqwen.utils import print_json
-
         print_json(rows)
     else:
         width = max(len(r["task"]) for r in rows)

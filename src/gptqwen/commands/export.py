@@ -12,6 +12,13 @@ The result loads with `transformers.AutoModelForCausalLM.from_pretrained(dir)` a
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from gptqwen.errors import UserError
+from gptqwen.hf import save_pretrained
+from gptqwen.loading import load_tokenizer
+from gptqwen.train.checkpoint import load_model, read_state, resolve_checkpoint
+from gptqwen.utils import print_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,12 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from gptqwen.errors import UserError
-    from gptqwen.hf import save_pretrained
-    from gptqwen.train.checkpoint import load_model, load_tokenizer, read_state, resolve_checkpoint
-
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise UserError(f"'{out}' exists and is not empty; pass --overwrite or choose another folder")
@@ -40,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     summary = {"checkpoint": str(ckpt), "step": read_state(ckpt)["step"], "out": str(out), "dtype": args.dtype,
                "params": model.num_params(), "files": sorted(p.name for p in out.iterdir())}  # fmt: skip
     if args.json:
-        from gptqwen.utils import print_json
-
         print_json(summary)
     else:
         print(f"exported {ckpt} (step {summary['step']}, {summary['params'] / 1e6:.2f}M params, {args.dtype}) to {out}: "

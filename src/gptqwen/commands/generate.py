@@ -14,8 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gptqwen.commands.engine_options import (
+    add_model_arguments,
+    add_sampling_arguments,
+    engine_from_args,
+    sampling_from_args,
+)
 from gptqwen.errors import UserError
-from gptqwen.infer.options import add_model_arguments, add_sampling_arguments, engine_from_args, sampling_from_args
+from gptqwen.utils import print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,8 +53,6 @@ def _result_json(r, tok) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gptqwen.utils import print_json
-
     prompts = [sys.stdin.read() if p == "-" else p for p in args.prompt]
     if args.thinking_budget is not None and not args.chat:
         raise UserError("--thinking-budget needs --chat (thinking is part of the chat format)")

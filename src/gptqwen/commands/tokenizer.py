@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 from gptqwen.errors import UserError
-from gptqwen.utils import print_json
+from gptqwen.tokenizer import Tokenizer, train_tokenizer
+from gptqwen.tokenizer.stats import compression_stats
+from gptqwen.utils import atomic_dir, print_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args) -> int:
-    from gptqwen.tokenizer import train_tokenizer
-    from gptqwen.utils import atomic_dir
-
     for f in args.files:
         if not f.is_file():
             raise UserError(f"training file '{f}' does not exist")
@@ -87,8 +86,6 @@ def _train(args) -> int:
 
 
 def _encode(args) -> int:
-    from gptqwen.tokenizer import Tokenizer
-
     tok = Tokenizer.load(args.tokenizer)
     if args.file is not None:
         if not args.file.is_file():
@@ -106,8 +103,6 @@ def _encode(args) -> int:
 
 
 def _decode(args) -> int:
-    from gptqwen.tokenizer import Tokenizer
-
     raw = " ".join(args.ids) if args.ids else sys.stdin.read()
     try:
         ids = [int(x) for x in raw.replace(",", " ").replace("[", " ").replace("]", " ").split()]
@@ -126,9 +121,6 @@ def _decode(args) -> int:
 
 
 def _stats(args) -> int:
-    from gptqwen.tokenizer import Tokenizer
-    from gptqwen.tokenizer.stats import compression_stats
-
     for f in args.files:
         if not f.is_file():
             raise UserError(f"file '{f}' does not exist")
@@ -155,8 +147,6 @@ def _stats(args) -> int:
 
 
 def _info(args) -> int:
-    from gptqwen.tokenizer import Tokenizer
-
     tok = Tokenizer.load(args.tokenizer)
     info = {"name": tok.name, "vocab_size": tok.vocab_size, "eos": tok.eos_token, "eos_id": tok.eos_id,
             "bos": tok.bos_token, "pad": tok.pad_token, "pad_id": tok.pad_id,

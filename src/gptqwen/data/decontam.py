@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class NgramIndex:
     item: np.ndarray  # int64, item number per hash
 
     @classmethod
-    def build(cls, items: Sequence[EvalItem], n: int) -> "NgramIndex":
+    def build(cls, items: Sequence[EvalItem], n: int) -> NgramIndex:
         per_item = ngram_hashes([tokens_with_spans(it.text)[0] for it in items], n)
         item = np.repeat(np.arange(len(items)), [len(h) for h in per_item]) if items else np.zeros(0, np.int64)
         hashes = np.concatenate(per_item) if per_item else np.zeros(0, np.uint64)

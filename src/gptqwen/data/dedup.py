@@ -21,8 +21,8 @@ import hashlib
 import re
 import string
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

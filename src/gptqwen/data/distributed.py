@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from gptqwen.errors import UserError, require
 
@@ -39,7 +40,7 @@ class LocalExecutor:
             self._pool.join()
             self._pool = None
 
-    def __enter__(self) -> "LocalExecutor":
+    def __enter__(self) -> LocalExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -77,7 +78,7 @@ class DaskExecutor:
         if self._cluster is not None:
             self._cluster.close()
 
-    def __enter__(self) -> "DaskExecutor":
+    def __enter__(self) -> DaskExecutor:
         return self
 
     def __exit__(self, *exc: object) -> None:

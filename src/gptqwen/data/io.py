@@ -18,9 +18,10 @@ import gzip
 import io
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 from gptqwen.errors import UserError, require
 from gptqwen.utils import atomic_write

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from gptqwen.data.decontam import tokens_with_spans
 from gptqwen.data.dedup import shingle_hashes
 from gptqwen.errors import UserError
+from gptqwen.utils import atomic_write
 
 
 def hashed_features(texts: Sequence[str], dim: int, ngrams: Sequence[int] = (1, 2)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,7 +91,7 @@ class HashedNgramClassifier:
         l2: float = 1e-6,
         batch_size: int = 64,
         seed: int = 0,
-    ) -> "HashedNgramClassifier":
+    ) -> HashedNgramClassifier:
         names = sorted(set(labels))
         if len(names) < 2:
             raise UserError(f"training a domain classifier needs at least 2 labels, got {names}")
@@ -125,13 +126,11 @@ class HashedNgramClassifier:
         return model
 
     def save(self, path: str | Path) -> None:
-        from gptqwen.utils import atomic_write
-
         with atomic_write(path, "wb") as f:
             np.savez_compressed(f, weights=self.weights, bias=self.bias, labels=np.array(self.labels))
 
     @classmethod
-    def load(cls, path: str | Path) -> "HashedNgramClassifier":
+    def load(cls, path: str | Path) -> HashedNgramClassifier:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls([str(x) for x in z["labels"]], z["weights"], z["bias"])

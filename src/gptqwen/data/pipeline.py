@@ -41,7 +41,7 @@ import numpy as np
 from gptqwen.data.distributed import make_executor
 from gptqwen.data.io import ReadStats, expand_inputs, file_format, read_documents, write_documents
 from gptqwen.data.steps import ShardStats, Step, build_step
-from gptqwen.errors import UserError
+from gptqwen.errors import UserError, closest
 from gptqwen.utils import atomic_write
 
 FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet")
@@ -65,13 +65,11 @@ class PipelineSpec:
     output_file: str | None = None
 
     @classmethod
-    def from_dict(cls, raw: Any, base: Path = Path(".")) -> "PipelineSpec":
+    def from_dict(cls, raw: Any, base: Path = Path(".")) -> PipelineSpec:
         if not isinstance(raw, dict):
             raise UserError("a pipeline file must be a YAML mapping with at least input, output and steps")
         unknown = set(raw) - SETTINGS
         if unknown:
-            from gptqwen.errors import closest
-
             key = sorted(unknown)[0]
             raise UserError(f"unknown pipeline setting '{key}'.{closest(key, SETTINGS)} Settings: {', '.join(sorted(SETTINGS))}")
         for key in ("input", "output", "steps"):
@@ -341,7 +339,8 @@ def format_report(summary: dict) -> str:
                      f"{r['modified']:>9,} {_size(r['bytes_in']):>9} {_size(r['bytes_out']):>9}  {why}")
         if "mixture" in r:
             m = r["mixture"]
-            lines.append("    mixture " + ", ".join(f"{d}: target {m['target'].get(d, 0):.3f} realised {v:.3f}" for d, v in m["realised"].items()))
+            shares = (f"{d}: target {m['target'].get(d, 0):.3f} realised {v:.3f}" for d, v in m["realised"].items())
+            lines.append("    mixture " + ", ".join(shares))
         if "dirty_eval" in r:
             for name, s in r["dirty_eval"]["sets"].items():
                 lines.append(f"    eval {name}: {s['dirty']}/{s['total']} dirty (N={s['n']}), {s['clean']} clean")

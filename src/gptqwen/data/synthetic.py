@@ -1,8 +1,10 @@
-"""Generated corpora: planted near-duplicates, and Shakespeare excerpts with a repeated passage.
+"""Generated corpora: planted near-duplicates, worked arithmetic, and Shakespeare excerpts with a repeated passage.
 
 `planted_pairs` is used by the dedup tests and `bench/dedup.py`: each pair's similarity is the exact
 Jaccard index of the two documents' word 5-gram sets, so recall and false-positive rates can be
 measured per similarity band.
+
+`synthetic_arithmetic` is the `synthetic:arithmetic[:N]` pretraining source: worked problems, step by step.
 
 `repeated_passages` is the `synthetic:repeats[:N]` pretraining source (`gptqwen data prepare`,
 `data.sources` of a recipe): excerpts of the plays in which a passage of a few lines comes back
@@ -20,11 +22,13 @@ alone made a 2-layer one copy between steps 2000 and 3000 (recipe `qwen3-icl`; R
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Iterator
+import random
+from collections.abc import Iterator
+from functools import lru_cache, partial
 
 import numpy as np
 
+from gptqwen.data.corpus import shakespeare_text, shakespeare_words
 from gptqwen.data.dedup import normalize_text
 from gptqwen.errors import UserError
 
@@ -74,13 +78,7 @@ def planted_pairs(
         base_sh = _shingles(base, n)
         positions = rng.permutation(words)
         fresh = [vocab[i] for i in rng.integers(0, len(vocab), size=words)]
-
-        def mutated(k: int) -> tuple[list[str], float]:
-            copy = list(base)
-            for pos, word in zip(positions[:k], fresh):
-                copy[pos] = word
-            sh = _shingles(copy, n)
-            return copy, len(base_sh & sh) / len(base_sh | sh)
+        mutated = partial(_mutated, base, base_sh, positions, fresh, n)
 
         # Similarity falls as more positions change: bisect for the count closest to the target.
         lo, hi = 0, words
@@ -93,6 +91,43 @@ def planted_pairs(
         texts += [" ".join(base), " ".join(copy)]
     texts += [" ".join(doc()) for _ in range(n_singletons)]
     return texts, pairs, sims
+
+
+def synthetic_arithmetic(n: int, seed: int = 0) -> Iterator[str]:
+    """Worked multi-digit addition / subtraction / multiplication, written out step by step."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        a, b = rng.randint(10, 9999), rng.randint(10, 999)
+        op = rng.choice("+-*")
+        if op == "+":
+            steps, carry, digits = [], 0, []
+            for i, (x, y) in enumerate(zip(str(a).zfill(6)[::-1], str(b).zfill(6)[::-1])):
+                s = int(x) + int(y) + carry
+                if i >= max(len(str(a)), len(str(b))) and s == 0:
+                    break
+                steps.append(f"{x} + {y} + carry {carry} = {s}, write {s % 10}, carry {s // 10}.")
+                digits.append(str(s % 10))
+                carry = s // 10
+            work = " ".join(steps)
+        elif op == "-":
+            a, b = max(a, b), min(a, b)
+            work = f"Start from {a}, take away {b // 100 * 100} to get {a - b // 100 * 100}, then take away {b % 100}."
+        else:
+            b = rng.randint(2, 99)
+            work = f"{a} * {b // 10 * 10} = {a * (b // 10 * 10)} and {a} * {b % 10} = {a * (b % 10)}; add them."
+        result = {"+": a + b, "-": a - b, "*": a * b}[op]
+        yield f"Question: what is {a} {op} {b}?\nReasoning: {work}\nAnswer: {result}\n"
+
+
+def _mutated(base: list[str], base_sh: set, positions: np.ndarray, fresh: list[str], n: int,
+             k: int) -> tuple[list[str], float]:
+    """`base` with the words at the first `k` of `positions` replaced by `fresh` ones, and its n-gram Jaccard
+    similarity to `base`."""
+    copy = list(base)
+    for pos, word in zip(positions[:k], fresh):
+        copy[pos] = word
+    sh = _shingles(copy, n)
+    return copy, len(base_sh & sh) / len(base_sh | sh)
 
 
 def repeated_passages(n: int, seed: int = 0, min_words: int = 15, max_words: int = 70,
@@ -148,8 +183,6 @@ def repeated_word_lists(n: int, seed: int = 0, min_words: int = 8, max_words: in
     if n < 1 or copies < 2 or not 1 <= min_words <= max_words:
         raise UserError(f"repeated word lists: need n >= 1, copies >= 2 and 1 <= min_words <= max_words, got n={n}, "
                         f"copies={copies}, words {min_words}..{max_words}")
-    from gptqwen.eval.synthetic import shakespeare_words
-
     words = shakespeare_words(3, 10, 20, as_written=True)
     rng = np.random.default_rng(seed)
     for _ in range(n):
@@ -168,7 +201,4 @@ def _pick_span(lines: list[str], rng: np.random.Generator, lo: int, hi: int) -> 
 @lru_cache(maxsize=1)
 def _play_lines() -> list[str]:
     """The lines of the plays as plain script text (blank lines between speeches kept), in a fixed order."""
-    from gptqwen.data.sources import shakespeare_files, shakespeare_plain
-
-    text = "\n".join(shakespeare_plain(p.read_text(encoding="utf-8")) for p in shakespeare_files())
-    return text.split("\n")
+    return shakespeare_text().split("\n")

@@ -1,4 +1,4 @@
-"""The few-shot harness: GPT-3's evaluation protocol over tasks from `gptqwen.eval.tasks`.
+"""The few-shot harness: GPT-3's evaluation protocol over tasks from `gptqwen.eval.taskspec`.
 
 For each test record the prompt is
 
@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from gptqwen.errors import UserError
 from gptqwen.eval import scorers
 from gptqwen.eval.lm import ScoringModel
-from gptqwen.eval.tasks import Task
+from gptqwen.eval.perplexity import token_segments
+from gptqwen.eval.taskspec import Task
 
 
 @dataclass
@@ -166,8 +167,6 @@ def _generate(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stri
 
 def _perplexity(lm: ScoringModel, task: Task, indices, shots: int, seed: int, stride, limit) -> list[dict]:
     if task.token_source is not None:  # documents made with the model's tokenizer: only now is it known
-        from gptqwen.eval.perplexity import token_segments
-
         segments = token_segments(task.token_source, lm.tokenizer)[:limit]
         texts = [lm.tokenizer.decode(s) for s in segments]
         indices = range(len(segments))

@@ -16,12 +16,15 @@ Prompts that do not fit the model's context raise a UserError rather than being 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import torch
 
+from gptqwen.data.prepare import document_separator
 from gptqwen.errors import UserError
+from gptqwen.infer import Engine, SamplingParams
+from gptqwen.loading import load_model_and_tokenizer
 
 
 @dataclass
@@ -65,19 +68,14 @@ class ScoringModel:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def load(cls, spec: str, device: str | None = None, dtype: str | None = None, **kwargs) -> "ScoringModel":
+    def load(cls, spec: str, device: str | None = None, dtype: str | None = None, **kwargs) -> ScoringModel:
         """Load through `gptqwen.loading` (run dir, HF dir, .gguf or preset)."""
-        from gptqwen.loading import load_model_and_tokenizer
-
-        torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        model, tok = load_model_and_tokenizer(spec, dtype=torch_dtype, device=device)
+        model, tok = load_model_and_tokenizer(spec, dtype=dtype, device=device)
         return cls(model, tok, name=spec, **kwargs)
 
     @property
     def prefix_id(self) -> int:
         """The token that conditions an empty context: the pretraining document separator (<|endoftext|>)."""
-        from gptqwen.data.prepare import document_separator
-
         return int(document_separator(self.tokenizer))
 
     def encode(self, text: str) -> list[int]:
@@ -173,8 +171,6 @@ class ScoringModel:
         return [cut_at_stop(text, until) for text in outputs]
 
     def _generate(self, prompts: list[list[int]], until: list[str], max_new_tokens: int) -> list[str]:
-        from gptqwen.infer import Engine, SamplingParams
-
         if getattr(self, "_engine", None) is None:
             self._engine = Engine(self.model, self.tokenizer)
         params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=until)

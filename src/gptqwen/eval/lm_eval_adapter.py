@@ -11,7 +11,7 @@ that registers it and then runs lm-eval's own command line:
 optional `dtype=`, `max_length=`. From Python, pass an instance instead of a name:
 `lm_eval.simple_evaluate(model=GptqwenLM(path=...), tasks=[...])`.
 
-`evaluate_with_lm_eval(scorer, task, shots)` runs one of this project's tasks (`gptqwen.eval.tasks`)
+`evaluate_with_lm_eval(scorer, task, shots)` runs one of this project's tasks (`gptqwen.eval.taskspec`)
 through lm-eval: lm-eval builds the prompts, draws the few-shot examples and computes the metrics,
 while our task supplies the per-record text; it backs `gptqwen eval --backend lm-eval`.
 """
@@ -32,7 +32,9 @@ require("lm_eval", "eval", "the lm-evaluation-harness adapter")
 import torch  # noqa: E402
 from lm_eval.api.model import LM  # noqa: E402
 
+from gptqwen.eval.harness import EvalResult  # noqa: E402
 from gptqwen.eval.lm import ScoringModel  # noqa: E402
+from gptqwen.eval.scorers import generation_scores  # noqa: E402
 
 
 class GptqwenLM(LM):
@@ -158,8 +160,6 @@ def lm_eval_task_config(task) -> dict[str, Any]:
         cfg["doc_to_target"] = lambda d: task.targets(d)[0]
     if task.output_type == "generate_until":
         # lm-eval's exact_match/f1 are not SQuAD's: score generations with our scorers
-        from gptqwen.eval.scorers import generation_scores
-
         cfg["generation_kwargs"] = {"until": list(task.until), "max_gen_toks": task.max_new_tokens, "do_sample": False}
         cfg["process_results"] = lambda d, res: generation_scores(res[0], task.targets(d))
         cfg["metric_list"] = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in task.metrics]
@@ -175,8 +175,6 @@ def evaluate_with_lm_eval(scorer: ScoringModel, task, shots: int = 0, limit: int
     """Run `task` through `lm_eval.simple_evaluate` with this model; returns an `EvalResult`."""
     import lm_eval
     from lm_eval.tasks import TaskManager
-
-    from gptqwen.eval.harness import EvalResult
 
     t0 = time.perf_counter()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)

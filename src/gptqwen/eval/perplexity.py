@@ -16,19 +16,13 @@ defaults (0.05, 1024) and the model's training tokenizer, these are exactly the 
 
 from __future__ import annotations
 
-from functools import lru_cache
+import tempfile
 from pathlib import Path
 
+from gptqwen.data.prepare import prepare
+from gptqwen.data.shards import TokenDataset
 from gptqwen.errors import UserError
-from gptqwen.eval.tasks import Task
-
-
-@lru_cache(maxsize=1)
-def shakespeare_text() -> str:
-    """The whole corpus as plain script text (the word lists of the synthetic probes come from it)."""
-    from gptqwen.data.sources import shakespeare_files, shakespeare_plain
-
-    return "\n".join(shakespeare_plain(p.read_text(encoding="utf-8")) for p in shakespeare_files())
+from gptqwen.eval.taskspec import DEFAULT_METRICS, Task
 
 
 def heldout_blocks(sources: list[str], tokenizer, val_fraction: float = 0.05, block_tokens: int = 1024) -> list[list[int]]:
@@ -37,11 +31,6 @@ def heldout_blocks(sources: list[str], tokenizer, val_fraction: float = 0.05, bl
     The split is not re-implemented here: the corpus goes through `gptqwen.data.prepare` itself (into a
     temporary folder), so the held-out tokens are exactly those of a dataset built the same way.
     """
-    import tempfile
-
-    from gptqwen.data.prepare import prepare
-    from gptqwen.data.shards import TokenDataset
-
     if not 0 < val_fraction < 1 or block_tokens < 2:
         raise UserError(f"held-out text needs 0 < val_fraction < 1 and block_tokens >= 2, "
                         f"got {val_fraction} and {block_tokens}")
@@ -76,8 +65,6 @@ def token_segments(source: dict, tokenizer) -> list[list[int]]:
 
 def file_task(path: str | Path) -> Task:
     """A one-document perplexity task over a UTF-8 text file."""
-    from gptqwen.eval.tasks import DEFAULT_METRICS
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"text file '{path}' does not exist")

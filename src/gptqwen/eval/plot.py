@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from gptqwen.errors import UserError, require
+from gptqwen.utils import atomic_write
 
 
 def model_label(model: str) -> str:
@@ -29,8 +30,6 @@ def plot_shot_curves(results: list[dict], out: str | Path, metric: str | None = 
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
-
-    from gptqwen.utils import atomic_write
 
     # task -> model -> [(shots, value, stderr)]
     curves: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))

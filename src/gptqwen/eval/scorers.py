@@ -16,7 +16,7 @@ import random
 import re
 import string
 from collections import Counter
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 # keep a minus sign or decimal point that belongs to a number: "-12" must not match "12"

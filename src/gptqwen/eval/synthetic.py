@@ -22,12 +22,11 @@ in-distribution for the small models this project pretrains.
 from __future__ import annotations
 
 import random
-import re
 import string
-from collections import Counter
-from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from functools import cache
 
+from gptqwen.data.corpus import shakespeare_words
 from gptqwen.errors import UserError
 
 _OP_WORDS = {"+": "plus", "-": "minus", "*": "times"}
@@ -80,7 +79,7 @@ def substitution(rng: random.Random, cipher: str = "shift", shift: int = 1, ciph
     return {"context": f"{word} ->", "completion": " " + word.translate(table)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cipher(cipher: str, shift: int, cipher_seed: int) -> dict:
     letters = string.ascii_lowercase
     if cipher == "shift":
@@ -164,7 +163,7 @@ def recall(rng: random.Random, kind: str = "continue", n_words: int = 6, n_choic
     return {"context": context, "completion": f" {answer}", "choices": options, "label": options.index(answer)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dictionary(size: int, seed: int, min_len: int, max_len: int, min_count: int) -> tuple[list[str], list[str]]:
     """A fixed dictionary of `size` word pairs: keys and values, 2 * size distinct Shakespeare words."""
     words = shakespeare_words(min_len, max_len, min_count, as_written=True)
@@ -212,20 +211,3 @@ def generate_splits(name: str, seed: int = 1234, splits: dict[str, int] | None =
         out[split] = records[start:start + int(n)]
         start += int(n)
     return out
-
-
-@lru_cache(maxsize=None)
-def shakespeare_words(min_len: int = 4, max_len: int = 12, min_count: int = 5, as_written: bool = False) -> list[str]:
-    """Lower-case words of the Shakespeare corpus seen at least `min_count` times, in a fixed order.
-
-    `as_written` counts only occurrences written in lower case, which leaves out names ("claudius")
-    that a model has only seen capitalised.
-    """
-    from gptqwen.eval.perplexity import shakespeare_text
-
-    text = shakespeare_text()
-    counts = Counter(re.findall(r"\b[a-z]+\b", text) if as_written else re.findall(r"[a-z]+", text.lower()))
-    words = sorted(w for w, c in counts.items() if c >= min_count and min_len <= len(w) <= max_len)
-    if not words:
-        raise UserError(f"no Shakespeare words of length {min_len}..{max_len}; widen the range")
-    return words

@@ -1,6 +1,7 @@
-"""Evaluation tasks: a small YAML file describing how to turn JSONL records into prompts.
+"""Evaluation task specs: a small YAML file describing how to turn JSONL records into prompts.
 
-A task is a YAML file (or a built-in name, see `gptqwen eval --list-tasks`). The keys follow
+A task is a YAML file (or a built-in name, see `gptqwen eval --list-tasks`: the files of the data folder
+`gptqwen/eval/tasks/`). The keys follow
 lm-evaluation-harness so a task written for one reads naturally in the other:
 
     task: hellaswag_mini                 # name (default: the file name)
@@ -24,15 +25,14 @@ perplexity task a `token_source` (`{name: shakespeare_heldout}`, see `gptqwen.ev
 from __future__ import annotations
 
 import ast
-import json
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from gptqwen import utils
 from gptqwen.errors import UserError, closest
+from gptqwen.eval.synthetic import generate_splits
 
 OUTPUT_TYPES = ("multiple_choice", "cloze", "generate_until", "perplexity")
 METRICS: dict[str, tuple[str, ...]] = {
@@ -55,7 +55,7 @@ _KEYS = {
     "target_delimiter", "fewshot_delimiter", "metrics", "until", "max_new_tokens", "uncond_context",
     "token_source",
 }
-BUILTIN_DIR = "tasks"  # package data: gptqwen/eval/tasks/*.yaml
+BUILTIN_DIR = Path(__file__).with_name("tasks")  # package data: the built-in task YAMLs
 
 
 @dataclass
@@ -193,8 +193,7 @@ def read_jsonl(path: Path, what: str = "task data") -> list[dict]:
 
 
 def builtin_task_names() -> list[str]:
-    root = resources.files("gptqwen.eval").joinpath(BUILTIN_DIR)
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
 
 
 def load_task(spec: str | os.PathLike) -> Task:
@@ -208,9 +207,8 @@ def load_task(spec: str | os.PathLike) -> Task:
     if str(spec) not in names:
         raise UserError(f"unknown task '{spec}'.{closest(str(spec), names)} Pass a task .yaml file or "
                         f"one of the built-in tasks (gptqwen eval --list-tasks)")
-    res = resources.files("gptqwen.eval").joinpath(BUILTIN_DIR, f"{spec}.yaml")
-    with resources.as_file(res) as p:
-        return task_from_config(_read_yaml(p), base_dir=p.parent, default_name=str(spec), source=f"built-in:{spec}")
+    path = BUILTIN_DIR / f"{spec}.yaml"
+    return task_from_config(_read_yaml(path), base_dir=BUILTIN_DIR, default_name=str(spec), source=f"built-in:{spec}")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -298,8 +296,6 @@ def _load_splits(cfg: dict, base_dir: Path, where: str) -> dict[str, list[dict]]
             raise UserError(f"task '{where}': token_source is for perplexity tasks and must be a mapping with a 'name'")
         return {"test": []}  # the documents are made with the model's tokenizer at evaluation time
     if "generator" in cfg:
-        from gptqwen.eval.synthetic import generate_splits
-
         gen = cfg["generator"]
         if not isinstance(gen, dict) or "name" not in gen:
             raise UserError(f"task '{where}': generator must be a mapping with a 'name' (and its settings)")

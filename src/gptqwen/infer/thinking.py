@@ -15,12 +15,14 @@ model answer. Models without think tokens (e.g. SmolLM2) simply answer; the budg
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from gptqwen.errors import UserError
-from gptqwen.infer.engine import Result, Row
+from gptqwen.infer.request import Result, Row
 from gptqwen.infer.sampling import SamplingParams
+from gptqwen.tokenizer.chat import parse_assistant
 
 STOP_THINKING = ("Considering the limited time by the user, I have to give the solution based on the thinking "
                  "directly now.\n</think>\n\n")
@@ -125,8 +127,6 @@ def stream_chat(engine, messages: list[dict], enable_thinking: bool = True, thin
 
 
 def _result(row: Row, router: ThinkingRouter, timings: dict[str, float]) -> ChatResult:
-    from gptqwen.tokenizer.chat import parse_assistant
-
     base = row.result(timings)
     reasoning = row.channels["reasoning"].text.strip() if "reasoning" in row.channels else ""
     parsed = parse_assistant(base.text)

@@ -22,8 +22,8 @@ import multiprocessing
 import re
 import sys
 import weakref
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
 
 import numpy as np
 import tiktoken
@@ -272,7 +272,7 @@ class HFBackend:
             self.token_bytes[i] = b
         if not self.byte_level:  # e.g. SentencePiece-style vocabularies: let the engine's decoder spell tokens
             self.token_bytes = [None] * self.n_vocab
-            for s, i in vocab.items():
+            for i in vocab.values():
                 self.token_bytes[i] = tok.decode([i], skip_special_tokens=False).encode()
 
     @property

@@ -20,15 +20,16 @@ import functools
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import tokenizers
 
 from gptqwen.errors import UserError, closest
-from gptqwen.tokenizer import presets
+from gptqwen.tokenizer import chat, presets
 from gptqwen.tokenizer.backends import HFBackend, TiktokenBackend, bytes_to_token_string, token_string_to_bytes
+from gptqwen.utils import atomic_write
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 RANK_FILE = "tokenizer.tiktoken"  # written beside tokenizer.json for tiktoken-backed vocabularies
@@ -38,7 +39,7 @@ class DecodeStream:
     """Incremental decoder: `step(id)` returns only complete UTF-8 characters (no mojibake when a
     character spans several tokens); `finish()` flushes what is left (invalid bytes become U+FFFD)."""
 
-    def __init__(self, tokenizer: "Tokenizer"):
+    def __init__(self, tokenizer: Tokenizer):
         self._tok = tokenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -71,7 +72,7 @@ class Tokenizer:
 
     # ----------------------------------------------------------------- constructors
     @classmethod
-    def load(cls, spec: str | os.PathLike) -> "Tokenizer":
+    def load(cls, spec: str | os.PathLike) -> Tokenizer:
         """What a `--tokenizer` option accepts: a preset name, a tokenizer.json / .tiktoken file, a
         directory holding tokenizer.json, or `encoder.json,vocab.bpe` for GPT-2's files."""
         text = str(spec)
@@ -86,7 +87,7 @@ class Tokenizer:
                         f"{closest(text, presets.PRESETS)} Presets: {', '.join(presets.PRESETS)}")  # fmt: skip
 
     @classmethod
-    def from_preset(cls, name: str) -> "Tokenizer":
+    def from_preset(cls, name: str) -> Tokenizer:
         """`qwen` (= `qwen3`, `qwen2.5`: the Qwen2.5/Qwen3 vocabulary and chat format) or `cl100k` (GPT-4).
         `gpt2` has no vocabulary shipped here: use `Tokenizer.from_gpt2_files(encoder.json, vocab.bpe)`."""
         presets.check_preset(name)
@@ -100,7 +101,7 @@ class Tokenizer:
                         "(Tokenizer.from_gpt2_files, or --tokenizer encoder.json,vocab.bpe on the command line)")
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, style: str | None = None) -> "Tokenizer":
+    def from_file(cls, path: str | os.PathLike, style: str | None = None) -> Tokenizer:
         """Load a `tokenizer.json` (or a directory holding one) or a `.tiktoken` rank file.
 
         A rank file carries no regex or control tokens: they are taken from `style` (`qwen`, `cl100k`,
@@ -127,7 +128,7 @@ class Tokenizer:
                    chat_template="qwen3" if style == "qwen" else None, name=path.stem)  # fmt: skip
 
     @classmethod
-    def from_gpt2_files(cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> "Tokenizer":
+    def from_gpt2_files(cls, encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> Tokenizer:
         """GPT-2's original `encoder.json` + `vocab.bpe` pair (50,257 ids)."""
         ranks = load_gpt2_files(Path(encoder_json), Path(vocab_bpe))
         backend = TiktokenBackend(ranks, presets.GPT2_PATTERN, _style_specials("gpt2", len(ranks)), name="gpt2")
@@ -136,14 +137,14 @@ class Tokenizer:
     @classmethod
     def from_hf(cls, tok: tokenizers.Tokenizer, chat_template: str | None = None, eos_token: str | None = None,
                 bos_token: str | None = None, pad_token: str | None = None, name: str = "hf",
-                take_ownership: bool = False) -> "Tokenizer":  # fmt: skip
+                take_ownership: bool = False) -> Tokenizer:  # fmt: skip
         """Wrap a `tokenizers.Tokenizer` (e.g. one rebuilt from GGUF metadata). With `take_ownership`
         the object may be reconfigured instead of copied (faster for large vocabularies)."""
         return cls(HFBackend(tok, owned=take_ownership), eos_token=eos_token, bos_token=bos_token,
                    pad_token=pad_token, chat_template=chat_template, name=name)  # fmt: skip
 
     @classmethod
-    def _from_tokenizer_json(cls, path: Path) -> "Tokenizer":
+    def _from_tokenizer_json(cls, path: Path) -> Tokenizer:
         cfg = _read_tokenizer_config(path.parent / "tokenizer_config.json")
         template = cfg.get("chat_template_name") or cfg.get("chat_template")
         if isinstance(template, list):  # the named-templates form: [{"name": "default", "template": ...}, ...]
@@ -268,16 +269,12 @@ class Tokenizer:
                             add_generation_prompt: bool = True, enable_thinking: bool = True,
                             tokenize: bool = False, **kwargs) -> str | list[int]:  # fmt: skip
         """Render a conversation in this tokenizer's chat format (text, or ids with `tokenize=True`)."""
-        from gptqwen.tokenizer import chat
-
         return chat.apply_chat_template(self, messages, tools=tools, add_generation_prompt=add_generation_prompt,
                                         enable_thinking=enable_thinking, tokenize=tokenize, **kwargs)  # fmt: skip
 
     def render_for_sft(self, messages: list[dict], tools: list[dict] | None = None,
                        enable_thinking: bool = True) -> tuple[list[int], list[int]]:  # fmt: skip
         """Ids of a whole conversation and a 0/1 mask that is 1 exactly on assistant-generated tokens."""
-        from gptqwen.tokenizer import chat
-
         return chat.render_for_sft(self, messages, tools=tools, enable_thinking=enable_thinking)
 
     # ----------------------------------------------------------------- save
@@ -290,8 +287,6 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write tokenizer.json + tokenizer_config.json, loadable by transformers' PreTrainedTokenizerFast
         and by `Tokenizer.from_file(directory)`."""
-        from gptqwen.utils import atomic_write
-
         directory = Path(directory)
         doc = self._backend.to_json()
         with atomic_write(directory / "tokenizer.json") as f:
@@ -380,7 +375,7 @@ def load_gpt2_files(encoder_json: Path, vocab_bpe: Path) -> dict[bytes, int]:
     return ranks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _preset_backend(family: str) -> TiktokenBackend:
     # Shared between Tokenizer objects: a backend is never modified after construction.
     if family == "qwen":

@@ -40,7 +40,6 @@ CL100K_SPECIAL_TOKENS = {
     "<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
     "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276,
 }  # fmt: skip
-GPT2_SPECIAL_TOKENS = {"<|endoftext|>": 50256}
 
 # What each style adds when a new vocabulary is trained: the family's control tokens and roles.
 # eos = what ends a generation, pad = padding / document separator; chat = the chat format name.

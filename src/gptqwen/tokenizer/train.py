@@ -11,8 +11,8 @@ control tokens, which are appended after the learned tokens as in the real vocab
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers

@@ -22,7 +22,7 @@ Each `ckpt_<step>` is built in a temporary folder (`.ckpt_<step>.*.tmp`), fsynce
 place (`atomic_dir`; for sharded checkpoints rank 0 owns the rename after every rank has written), so
 a crash at any moment leaves the previous checkpoint intact.
 
-    from gptqwen.train.checkpoint import load_model, load_tokenizer
+    from gptqwen.train.checkpoint import load_model
     model = load_model("runs/qwen3-shakespeare")        # latest checkpoint of the run
 """
 
@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 
 from gptqwen.errors import UserError
-from gptqwen.utils import atomic_dir, atomic_write
+from gptqwen.utils import atomic_dir, atomic_write, parse_dtype
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)$")
 FORMATS = ("gathered", "sharded")
@@ -339,36 +339,10 @@ def load_model(path: str | os.PathLike, dtype: Any = None, device: str | torch.d
     model = Transformer(cfg)
     load_weights_into(model, ckpt)
     if dtype is not None:
-        model = model.to(_dtype(dtype))
+        model = model.to(parse_dtype(dtype))
     if device is not None:
         model = model.to(device)
     return model.eval()
-
-
-def _dtype(dtype: Any) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if dtype not in names:
-        raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(names)}")
-    return names[dtype]
-
-
-def run_dir_of(path: str | os.PathLike) -> Path:
-    """The run folder that owns a run or checkpoint folder (the first ancestor holding tokenizer/)."""
-    path = Path(path).expanduser().resolve()
-    for p in (path, *path.parents):
-        if (p / "tokenizer").is_dir():
-            return p
-    raise UserError(f"no tokenizer/ folder found in '{path}' or above it; is it a gptqwen run folder?")
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """The `Tokenizer` a run trained with, from the run folder or one of its checkpoint folders."""
-    from gptqwen.data.prepare import load_tokenizer as load_spec
-
-    return load_spec(str(run_dir_of(path) / "tokenizer"))
 
 
 def write_config(run_dir: Path, recipe_dict: dict[str, Any]) -> None:
