@@ -167,9 +167,10 @@ class Config:
             n += self.vocab_size * h
         return n
 
-    def num_params(self) -> int:
-        """Total parameters (tied embeddings counted once)."""
-        return self._count(active=False)
+    def num_params(self, embeddings: bool = True) -> int:
+        """Total parameters (tied embeddings counted once); `embeddings=False` leaves out token/position
+        embeddings and an untied LM head (Kaplan's non-embedding N)."""
+        return self._count(active=False, embeddings=embeddings)
 
     def num_active_params(self) -> int:
         """Parameters touched per token: only the top-k routed experts of MoE layers."""
