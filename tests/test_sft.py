@@ -50,7 +50,8 @@ def test_targets_cover_exactly_the_assistant_tokens(tok):
 def test_multi_turn_and_tool_calls_are_all_learned(tok):
     msgs = [
         {"role": "user", "content": "Add 2 and 3."},
-        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
+        {"role": "assistant", "content": "",
+         "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
         {"role": "tool", "content": "5"},
         {"role": "assistant", "content": "It is 5."},
     ]

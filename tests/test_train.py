@@ -15,9 +15,9 @@ from gptqwen.data.sources import shakespeare_files, shakespeare_plain
 from gptqwen.errors import UserError
 from gptqwen.loading import load_tokenizer
 from gptqwen.train import checkpoint as ck
-from gptqwen.train.recipe import Recipe, load_recipe, recipe_names
 from gptqwen.train.metrics import MetricsLog
 from gptqwen.train.optim import build_optimizer, lr_at, param_groups
+from gptqwen.train.recipe import Recipe, load_recipe, recipe_names
 from gptqwen.train.trainer import pretrain, run_recipe
 
 TINY_MODEL = {"preset": "qwen3-tiny", "n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 2, "head_dim": 16, "intermediate_size": 128}
@@ -152,7 +152,8 @@ def test_export_loads_in_transformers(tmp_path, tiny_data):
 @pytest.mark.parametrize("fmt", ["gathered", "sharded"])
 def test_stages_chain_weights(tmp_path, tiny_data, fmt):
     raw = tiny_recipe(tiny_data, max_steps=2, ckpt_interval=0, ckpt_format=fmt).to_dict()
-    raw["stages"] = [{"name": "one"}, {"name": "long", "model": {"rope_theta": 1e6, "max_seq_len": 64}, "train": {"seq_len": 64, "batch_size": 2}}]
+    long = {"name": "long", "model": {"rope_theta": 1e6, "max_seq_len": 64}, "train": {"seq_len": 64, "batch_size": 2}}
+    raw["stages"] = [{"name": "one"}, long]
     results = run_recipe(Recipe.from_dict(raw), tmp_path / "staged", quiet=True)
     assert [r["step"] for r in results] == [2, 2]
     one = losses(tmp_path / "staged" / "one")

@@ -12,7 +12,6 @@ import yaml
 from gptqwen.train import checkpoint as ck
 from gptqwen.train.metrics import MetricsLog
 from gptqwen.train.trainer import pretrain
-
 from test_train import losses, tiny_data, tiny_recipe  # noqa: F401  (tiny_data is a fixture)
 
 

@@ -16,7 +16,6 @@ import yaml
 from gptqwen.cli import main
 from gptqwen.data.sources import shakespeare_files, shakespeare_plain
 from gptqwen.train.trainer import pretrain
-
 from test_train import tiny_data, tiny_recipe  # noqa: F401  (tiny_data is a fixture)
 
 

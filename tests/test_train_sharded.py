@@ -15,7 +15,6 @@ import torch
 from gptqwen.errors import UserError
 from gptqwen.train import checkpoint as ck
 from gptqwen.train.trainer import pretrain
-
 from test_train import TINY_MODEL, losses, tiny_data, tiny_recipe  # noqa: F401  (tiny_data is a fixture)
 
 SHARDED = {"max_steps": 4, "ckpt_interval": 2, "eval_interval": 2, "ckpt_format": "sharded"}

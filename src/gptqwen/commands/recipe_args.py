@@ -12,6 +12,7 @@ shorthand flags, then `section.key=value` overrides.
 from __future__ import annotations
 
 import argparse
+
 from gptqwen.errors import UserError
 from gptqwen.train.recipe import DEFAULT_RECIPES, Recipe, load_recipe, recipe_names
 
@@ -29,7 +30,7 @@ SHORTHANDS: dict[str, tuple[dict[str, str] | str, str, str | None]] = {
     "--synthetic-kinds": ("sft.synthetic_kinds", "--synthetic: problem kinds to mix (comma-separated)", None),
     "--flag-prob": ("sft.flag_prob", "chance of appending /think or /no_think to the last user turn of a row without one", None),
     "--max-len": ({"sft": "sft.max_len", "finetune": "task.max_len"}, "tokens per row / sequence (default: the model's context)", None),
-    "--too-long": ({"sft": "sft.too_long", "finetune": "task.too_long"}, "rows over --max-len: drop with a count, truncate, or error", None),
+    "--too-long": ({"sft": "sft.too_long", "finetune": "task.too_long"}, "rows over --max-len: drop (counted), truncate, or error", None),
     "--no-packing": ("sft.packing", "one conversation per row, right-padded", "false"),
     "--task": ("task.task", "classification, entailment, similarity or multiple-choice", None),
     "--eval": ("task.eval", "dev JSONL, scored after training", None),

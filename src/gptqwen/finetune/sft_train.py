@@ -13,8 +13,9 @@ presets. Training runs on the shared core (`gptqwen.train.loop`): metrics.jsonl,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

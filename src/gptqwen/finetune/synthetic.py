@@ -18,19 +18,16 @@ Two families:
   "contradiction"). Telling a slip of the pen from a different word needs a lexicon, which a model
   pretrained on Shakespeare has and one trained on a thousand task examples does not.
 
-From the shell:  python -m gptqwen.finetune.synthetic reasoning --n 1000 --seed 0 > train.jsonl
-                 python -m gptqwen.finetune.synthetic entailment --n 1000 --seed 0 > train.jsonl
-                 python -m gptqwen.finetune.synthetic typos --split dev --n 600 > dev.jsonl
-                 python -m gptqwen.finetune.synthetic tokenizer --out tok/   # a small BPE for tiny models
+From the shell:  gptqwen synth reasoning --n 1000 --seed 0 > train.jsonl
+                 gptqwen synth entailment --n 1000 --seed 0 > train.jsonl
+                 gptqwen synth typos --split dev --n 600 > dev.jsonl
+                 gptqwen synth tokenizer --out tok/   # a small BPE for tiny models
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import re
-import sys
 from dataclasses import dataclass
 
 ANSWER_RE = re.compile(r"answer is\s*([^\s.]+)", re.IGNORECASE)
@@ -229,36 +226,3 @@ def demo_tokenizer(vocab_size: int = 512, extra_texts: tuple[str, ...] = ()):
     texts = [p.question + "\n" + "\n".join(p.steps) + f"\nThe answer is {p.answer}." for p in problems(2000, 7)]
     texts += [f"{e['premise']} {e['hypothesis']} {e['label']}" for e in entailment_examples(500, 7)]
     return train_tokenizer([*texts, *extra_texts], vocab_size, style="qwen", show_progress=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="write synthetic fine-tuning data as JSONL to stdout")
-    p.add_argument("kind", choices=["reasoning", "entailment", "typos", "tokenizer"],
-                   help="tokenizer: write a small Qwen-style tokenizer for this data to --out")
-    p.add_argument("--out", help="tokenizer: output directory")
-    p.add_argument("--vocab-size", type=int, default=512)
-    p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--think-ratio", type=float, default=0.5, help="reasoning: share of thinking examples")
-    p.add_argument("--split", choices=["train", "dev"], default="train",
-                   help="typos: which half of the plays' lines the premises come from")
-    p.add_argument("--flag-prob", type=float, default=0.5, help="reasoning: chance of a /think or /no_think flag")
-    args = p.parse_args(argv)
-    if args.kind == "tokenizer":
-        if not args.out:
-            p.error("tokenizer needs --out DIR")
-        print(demo_tokenizer(args.vocab_size).save(args.out))
-        return 0
-    if args.kind == "reasoning":
-        rows = reasoning_conversations(args.n, args.seed, args.think_ratio, args.flag_prob)
-    elif args.kind == "typos":
-        rows = typo_entailment_examples(args.n, args.seed, args.split)
-    else:
-        rows = entailment_examples(args.n, args.seed)
-    for row in rows:
-        sys.stdout.write(json.dumps(row) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

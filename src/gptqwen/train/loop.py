@@ -102,7 +102,8 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool) -> list[Path]:
         raise UserError("--resume and --overwrite contradict each other; choose one")
     existing = ckpt_io.list_checkpoints(out)
     if existing and not (resume or overwrite):
-        raise UserError(f"'{out}' already holds checkpoints; pass --resume to continue that run, --overwrite to start over, or --out NEW_DIR")
+        raise UserError(f"'{out}' already holds checkpoints; pass --resume to continue that run, "
+                        "--overwrite to start over, or --out NEW_DIR")
     if resume and not existing:
         raise UserError(f"nothing to resume in '{out}' (no ckpt_<step> folder)")
     return existing
@@ -230,7 +231,8 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
                 for k, v in logged.items():
                     sums[k] = sums.get(k, 0) + v.detach().float() / len(micro)
                 last["tokens"] += work.count_tokens(batch)
-            gnorm = torch.nn.utils.clip_grad_norm_([p for p in trainable if p.grad is not None], tc.grad_clip if tc.grad_clip > 0 else float("inf"))
+            clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            gnorm = torch.nn.utils.clip_grad_norm_([p for p in trainable if p.grad is not None], clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -252,15 +254,16 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
                 extra = "".join(f" | {k} {record[k]:.4f}" for k in sums if k != "loss")
                 console.print(f"step {step:>6} | loss {record['loss']:.4f}{extra} | lr {lr:.2e} | grad {record['grad_norm']:.2f} | "
                               f"{tps:,.0f} tok/s{mfu}")  # fmt: skip
-            if work.evaluate is not None and ((tc.eval_interval and step % tc.eval_interval == 0) or step == work.steps):
+            if work.evaluate is not None and _due(step, tc.eval_interval, work.steps):
                 found = in_eval_mode(lambda: work.evaluate(fwd))
                 record.update(found)
-                console.print(f"[green]step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in found.items() if v is not None) + "[/]")
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in found.items() if v is not None)
+                console.print(f"[green]step {step}: {shown}[/]")
             if log is not None:
                 log.write(record)
             console.advance(step, f"loss {record['loss']:.3f}")
-            if work.sample is not None and tc.sample_tokens and ((tc.sample_interval and step % tc.sample_interval == 0) or step == work.steps):
-                text = in_eval_mode(lambda: work.sample(model, step))
+            if work.sample is not None and tc.sample_tokens and _due(step, tc.sample_interval, work.steps):
+                text = in_eval_mode(lambda at=step: work.sample(model, at))
                 console.print(f"[dim]--- sample at step {step} ---[/]")
                 console.print(text, markup=False, highlight=False)
                 console.print("[dim]---[/]")
@@ -273,6 +276,11 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
         log.close()
     summary["step"] = step
     return summary
+
+
+def _due(step: int, interval: int, last: int) -> bool:
+    """True at every `interval`-th step (0 = never) and at the last step."""
+    return bool(interval and step % interval == 0) or step == last
 
 
 def _grad_sync(model: nn.Module, info: D.DistInfo, strategy: str, last_micro: bool):

@@ -16,7 +16,7 @@ those get none — GPT-2/nanoGPT and Qwen practice. Schedules:
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

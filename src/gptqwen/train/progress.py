@@ -9,14 +9,21 @@ class Console:
     """A progress bar over the run's steps; `print` writes above it. Silent when not `enabled`."""
 
     def __init__(self, enabled: bool, total: int, start: int, label: str = "train"):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.enabled = enabled
         self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)  # fmt: skip
         self.task = self.progress.add_task(label, total=total, completed=start, info="")
 
-    def __enter__(self) -> "Console":
+    def __enter__(self) -> Console:
         self.progress.__enter__()
         return self
 

@@ -164,15 +164,17 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"), "train.schedule": _one_of("cosine", "wsd", "linear", "constant"),
     "train.decay_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"), "train.weight_decay": (lambda v: 0 <= v < 10, "in [0, 10)"),
     "train.beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "train.beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "train.grad_clip": _NON_NEGATIVE, "train.dtype": _one_of("auto", "bf16", "fp32"), "train.dist": (lambda v: v in ("ddp", "fsdp"), "ddp or fsdp"),
+    "train.grad_clip": _NON_NEGATIVE, "train.dtype": _one_of("auto", "bf16", "fp32"), "train.dist": _one_of("ddp", "fsdp"),
     "train.threads": _NON_NEGATIVE, "train.log_interval": _POSITIVE, "train.eval_interval": (lambda v: v >= 0, ">= 0 (0 = off)"),
-    "train.eval_tokens": _POSITIVE, "train.sample_interval": (lambda v: v >= 0, ">= 0 (0 = off)"), "train.sample_tokens": _NON_NEGATIVE,
-    "train.temperature": _NON_NEGATIVE, "train.top_k": _NON_NEGATIVE, "train.ckpt_interval": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
-    "train.keep_last": _POSITIVE, "train.ckpt_format": (lambda v: v in ("gathered", "sharded"), "gathered or sharded"),
+    "train.eval_tokens": _POSITIVE, "train.sample_interval": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "train.sample_tokens": _NON_NEGATIVE, "train.temperature": _NON_NEGATIVE, "train.top_k": _NON_NEGATIVE,
+    "train.ckpt_interval": (lambda v: v >= 0, ">= 0 (0 = only at the end)"), "train.keep_last": _POSITIVE,
+    "train.ckpt_format": (lambda v: v in ("gathered", "sharded"), "gathered or sharded"),
     "train.peak_flops": (lambda v: v is None or v > 0, "> 0"),
     "data.val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"), "data.on_error": (lambda v: v in ("fail", "skip"), "fail or skip"),
     "data.train_vocab": (lambda v: v is None or 256 < v <= 1_000_000, "in 257..1000000"),
-    "sft.synthetic": _POSITIVE, "sft.think_ratio": _FRACTION, "sft.flag_prob": _FRACTION, "sft.max_len": (lambda v: v is None or v >= 2, ">= 2"),
+    "sft.synthetic": _POSITIVE, "sft.think_ratio": _FRACTION, "sft.flag_prob": _FRACTION,
+    "sft.max_len": (lambda v: v is None or v >= 2, ">= 2"),
     "sft.too_long": _one_of(*TOO_LONG), "sft.eval_reasoning": _POSITIVE, "sft.eval_max_new_tokens": _POSITIVE,
     "lora.r": _POSITIVE, "lora.alpha": (lambda v: v > 0, "> 0"), "lora.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "task.task": (lambda v: v is None or v in ("classification", "entailment", "similarity", "multiple-choice"),
@@ -275,7 +277,7 @@ class Recipe:
             return sections[section]
         raise AttributeError(section)
 
-    def stage(self, index: int) -> "Recipe":
+    def stage(self, index: int) -> Recipe:
         """The recipe of stage `index`: this recipe with the stage's sections merged over it."""
         spec = self.stages[index]
         raw = copy.deepcopy(self.raw)
@@ -297,7 +299,7 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], trainer: str | None = None) -> "Recipe":
+    def from_dict(cls, raw: dict[str, Any], trainer: str | None = None) -> Recipe:
         if not isinstance(raw, dict):
             raise UserError("a recipe must be a YAML mapping of sections (model, train, ...)")
         kind = raw.get("trainer", trainer or "pretrain")

@@ -160,7 +160,8 @@ def _workload(recipe: Recipe, info: D.DistInfo, init_from: Path | None, quiet: b
 
     return Workload(
         model=model, model_config=cfg.to_dict(), steps=steps, micro_batches=micro_batches, loss=loss,
-        count_tokens=lambda batch: batch[0].numel(), order={"train.seq_len": tc.seq_len, "train.batch_size": tc.batch_size, "train.seed": tc.seed},
+        count_tokens=lambda batch: batch[0].numel(),
+        order={"train.seq_len": tc.seq_len, "train.batch_size": tc.batch_size, "train.seed": tc.seed},
         flops_per_token=cfg.flops_per_token(tc.seq_len), evaluate=validate if windows else None, sample=show_sample,
         epoch_of=lambda done: sampler.epoch_of(done * tc.batch_size),
         describe=f"[bold]{recipe.name}[/]: {cfg.name} {model.num_params() / 1e6:.2f}M params, {len(train_ds):,} train tokens, "
