@@ -9,14 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptqwen import kernels
 from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.infer import Engine, SamplingParams
-from gptqwen.infer.quant import FORMATS, KERNEL_FORMATS, QuantLinear, dequantize_blocks, quantize, quantize_blocks
+from gptqwen.infer.quant import QuantLinear, quantize
+from gptqwen.ops import _clib
+from gptqwen.ops.quant import FORMATS, dequantize_blocks, float_matmul, quant_linear, quantize_blocks
 from gptqwen.model import Transformer
 
-needs_kernels = pytest.mark.skipif(kernels.library() is None, reason="no C compiler here")
+needs_kernels = pytest.mark.skipif(_clib.library() is None, reason="no C compiler here")
 
 
 def _layer(fmt: str, n: int = 96, k: int = 160, bias: bool = True, seed: int = 0) -> tuple[torch.nn.Linear, QuantLinear]:
@@ -58,17 +59,11 @@ def test_portable_loop_threads_and_shapes_agree(fmt):
     x = torch.randn(2, 6, 256)
     fast = q(x)
     assert fast.shape == (2, 6, 70)
-    lib = kernels.library()
-    x2 = x.reshape(-1, 256).contiguous()
-    out = {}
-    for simd, threads in [(0, 1), (1, 1), (1, 2)]:
-        y = torch.empty(12, 70)
-        lib.gq_matmul(KERNEL_FORMATS[fmt], x2.data_ptr(), 12, 256, q.qs.data_ptr(), q.d.data_ptr(),
-                      q.m.data_ptr() if fmt == "q4_1" else None, 70, y.data_ptr(), threads, simd)
-        out[simd, threads] = y
-    assert torch.equal(out[1, 1], out[1, 2])  # each output is summed by one thread, in one order
-    assert torch.allclose(out[0, 1], out[1, 1], rtol=1e-5, atol=1e-5)
-    assert torch.equal(out[1, 1], fast.reshape(12, 70))
+    out = {(simd, threads): quant_linear(x, q.qs, q.d, q.m, fmt, simd=simd, threads=threads).reshape(12, 70)
+           for simd, threads in [(False, 1), (True, 1), (True, 2)]}
+    assert torch.equal(out[True, 1], out[True, 2])  # each output is summed by one thread, in one order
+    assert torch.allclose(out[False, 1], out[True, 1], rtol=1e-5, atol=1e-5)
+    assert torch.equal(out[True, 1], fast.reshape(12, 70))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -76,7 +71,7 @@ def test_without_kernels_layers_dequantise(fmt, monkeypatch):
     lin, q = _layer(fmt)
     x = torch.randn(4, lin.in_features)
     expected = F.linear(x, q.dequantize(), lin.bias)
-    monkeypatch.setattr(kernels, "library", lambda: None)
+    monkeypatch.setattr(_clib, "library", lambda: None)
     plain = QuantLinear(lin, fmt)
     assert torch.allclose(plain(x), expected, atol=1e-6)
     # scales cast by model.to(...) are no longer fp16 bits: the PyTorch path takes over
@@ -89,15 +84,16 @@ def test_a_broken_compiler_gives_a_warning_and_no_kernels(monkeypatch, tmp_path)
     monkeypatch.setenv("CC", "false")
     monkeypatch.setenv("GPTQWEN_CACHE", str(tmp_path))
     with pytest.warns(UserWarning, match="could not build"):
-        assert kernels.load() is None
+        assert _clib.load() is None
     assert list((tmp_path / "kernels").glob("*")) == []  # nothing half-written left behind
 
 
 @needs_kernels
 def test_kernel_rms_norm_matches_torch():
     x, w = torch.randn(3, 5, 200), torch.randn(200)
-    assert torch.allclose(kernels.rms_norm(x, w, 1e-6), F.rms_norm(x, (200,), w, 1e-6), rtol=1e-5, atol=1e-6)
-    assert isinstance(kernels.library(), ctypes.CDLL)
+    assert torch.allclose(torch.ops.gptqwen.rms_norm(x, w, 1e-6)[0], F.rms_norm(x, (200,), w, 1e-6), rtol=1e-5,
+                          atol=1e-6)
+    assert isinstance(_clib.library(), ctypes.CDLL)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -146,13 +142,11 @@ def test_cli_generates_with_a_quantised_model(capsys):
     assert json.loads(capsys.readouterr().out)["text"] == text
 
 
+@needs_kernels
 @pytest.mark.parametrize("m, n, k", [(1, 7, 64), (4, 9, 40), (5, 10, 33), (8, 70, 256), (11, 31, 96)])
 def test_float_products_match_torch(m, n, k):
     """gq_matmul on float32 weights (the native decode step's fp32 path), every row count of a pass and more
     rows than one pass, K not a multiple of 8, one and two threads, against torch's matmul."""
-    lib = kernels.library()
     x, w = torch.randn(m, k), torch.randn(n, k)
     for threads in (1, 2):
-        y = torch.empty(m, n)
-        lib.gq_matmul(KERNEL_FORMATS["f32"], x.data_ptr(), m, k, w.data_ptr(), None, None, n, y.data_ptr(), threads, 1)
-        torch.testing.assert_close(y, x @ w.T, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(float_matmul(x, w, threads), x @ w.T, atol=1e-4, rtol=1e-5)

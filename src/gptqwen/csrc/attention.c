@@ -3,7 +3,8 @@
  * computed, and every product is one register-tiled loop (tile_gemm). torch's CPU flash attention processes
  * such shapes at a fraction of the FMA rate and computes masked blocks it then discards. Same results as
  * softmax(Q K^T / sqrt(d) + causal mask) V up to summation order; the backward recomputes the scores from the
- * saved log-sum-exp per row, as flash attention does. */
+ * saved log-sum-exp per row, as flash attention does. Entry points (ops/attention.py): gq_attention_forward,
+ * gq_attention_backward; both return GQ_ENOMEM when a thread's workspace cannot be allocated. */
 #include "common.h"
 
 #define TM 4 /* rows of C per register tile */
@@ -118,16 +119,23 @@ static void transpose_head(const float *rows, int64_t rs, int64_t T, int64_t d, 
 
 /* q [B, T, hq, d], k and v [B, T, hk, d], row (b, t) of each at base + (b T + t) * stride (heads contiguous);
  * o [B, T, hq, d] contiguous, lse [B, hq, T]. Query head h reads KV head h / (hq / hk). */
-void gq_attention_forward(const float *q, int64_t qs, const float *k, int64_t ks, const float *v, int64_t vs,
-                          float *o, float *lse, int64_t B, int64_t T, int64_t hq, int64_t hk, int64_t d,
-                          int nthreads) {
+int gq_attention_forward(const float *q, int64_t qs, const float *k, int64_t ks, const float *v, int64_t vs,
+                         float *o, float *lse, int64_t B, int64_t T, int64_t hq, int64_t hk, int64_t d,
+                         int nthreads) {
     const int64_t group = hq / hk;
     const float scale = 1.f / sqrtf((float)d);
+    int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         float *P = malloc(sizeof(float) * T * T), *kt = malloc(sizeof(float) * d * T);
+        const int ok = P && kt;
+        if (!ok) { /* the loop must still be entered by every thread: this one skips its share */
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t bg = 0; bg < B * hk; bg++) {
+            if (!ok) continue;
             const int64_t b = bg / hk, g = bg % hk;
             const float *kb = k + b * T * ks + g * d, *vb = v + b * T * vs + g * d;
             transpose_head(kb, ks, T, d, kt);
@@ -141,22 +149,30 @@ void gq_attention_forward(const float *q, int64_t qs, const float *k, int64_t ks
         }
         free(P); free(kt);
     }
+    return failed ? GQ_ENOMEM : GQ_OK;
 }
 
 /* The backward: go (dO) and o [B, T, hq, d] contiguous; dq [B, T, hq, d], dk and dv [B, T, hk, d] contiguous
  * (overwritten). Per head: P from the saved lse, dP = dO V^T, dS = P (dP - rowsum(dO o)) / sqrt(d),
  * dV += P^T dO, dK += dS^T Q, dQ = dS K (the KV gradients summed over the heads that share them). */
-void gq_attention_backward(const float *q, int64_t qs, const float *k, int64_t ks, const float *v, int64_t vs,
-                           const float *o, const float *lse, const float *go, float *dq, float *dk, float *dv,
-                           int64_t B, int64_t T, int64_t hq, int64_t hk, int64_t d, int nthreads) {
+int gq_attention_backward(const float *q, int64_t qs, const float *k, int64_t ks, const float *v, int64_t vs,
+                          const float *o, const float *lse, const float *go, float *dq, float *dk, float *dv,
+                          int64_t B, int64_t T, int64_t hq, int64_t hk, int64_t d, int nthreads) {
     const int64_t group = hq / hk;
     const float scale = 1.f / sqrtf((float)d);
+    int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         float *P = malloc(sizeof(float) * T * T), *dS = malloc(sizeof(float) * T * T);
         float *kt = malloc(sizeof(float) * d * T), *vt = malloc(sizeof(float) * d * T), *D = malloc(sizeof(float) * T);
+        const int ok = P && dS && kt && vt && D;
+        if (!ok) {
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t bg = 0; bg < B * hk; bg++) {
+            if (!ok) continue;
             const int64_t b = bg / hk, g = bg % hk;
             const float *kb = k + b * T * ks + g * d, *vb = v + b * T * vs + g * d;
             float *dkb = dk + (b * T * hk + g) * d, *dvb = dv + (b * T * hk + g) * d;
@@ -190,5 +206,6 @@ void gq_attention_backward(const float *q, int64_t qs, const float *k, int64_t k
         }
         free(P); free(dS); free(kt); free(vt); free(D);
     }
+    return failed ? GQ_ENOMEM : GQ_OK;
 }
 

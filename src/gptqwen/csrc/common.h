@@ -1,5 +1,6 @@
-/* Shared by the C kernels (products.c, norms.c, attention.c, decode.c; kernels.py builds them into one library):
- * includes, formats, fp16 conversion and the small SIMD helpers. Everything here is static inline. */
+/* Shared by the C kernels (products.c, norms.c, activations.c, rope.c, attention.c, decode.c; gptqwen/ops/_clib.py
+ * builds them into one library): includes, formats, return codes, fp16 conversion and the small SIMD helpers.
+ * Everything here is static inline. */
 #ifndef GQ_COMMON_H
 #define GQ_COMMON_H
 #include <stdint.h>
@@ -14,7 +15,8 @@
 #define MB 8       /* rows of x per pass of the products */
 #define PAR_MIN 32768 /* elements below which a pass stays on one thread (an OpenMP region costs microseconds) */
 
-enum { F32 = 0, Q8_0 = 1, Q4_1 = 2 }; /* weight formats of the products */
+enum { F32 = 0, Q8_0 = 1, Q4_1 = 2 }; /* weight formats of the products (ops/_clib.py FORMAT_CODES mirrors them) */
+enum { GQ_OK = 0, GQ_ENOMEM = 1 };    /* what the entry points that allocate return (ops/_clib.py `check`) */
 
 static inline float half_to_float(uint16_t h) {
 #if defined(__F16C__)
@@ -148,8 +150,8 @@ static inline void rope_rotate(const float *z, const float *cos, const float *si
 }
 
 /* entry points that other files call */
-void gq_matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w, const uint16_t *d, const uint16_t *m,
-               int64_t N, float *y, int nthreads, int simd);
+int gq_matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w, const uint16_t *d, const uint16_t *m,
+              int64_t N, float *y, int nthreads, int simd);
 void gq_swiglu(const float *h, float *out, int64_t rows, int64_t I, int nthreads);
 void gq_gelu(const float *x, const float *g, float *out, int64_t n, int nthreads);
 

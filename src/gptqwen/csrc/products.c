@@ -1,12 +1,16 @@
-/* The CPU kernels, float32, called through ctypes (gptqwen/kernels.py builds this folder into one library):
- *   products.c  — gq_matmul: float32 and block-quantised matrix products (this file), and gq_dequantize;
- *   norms.c     — gq_rms_norm (+ _backward), gq_swiglu (+ _backward), gq_gelu, gq_norm_rope (+ _backward): the
- *                 elementwise passes of a training step and of inference, each one pass over the data where
- *                 torch runs several ops (its CPU rms_norm alone is ~8, ~17 us for one 576-wide row);
- *   attention.c — gq_attention_forward / _backward: causal attention of short sequences, lower triangle only;
- *   decode.c    — gq_decode_step: a whole decode step of a Llama/Qwen- or GPT-2-layout model (infer/native.py);
- *   common.h    — formats, fp16 conversion, SIMD helpers.
- * Each entry point has a PyTorch counterpart that the tests compare it with.
+/* The CPU kernels, float32, called through ctypes (gptqwen/ops/_clib.py builds this folder into one library and
+ * holds every declaration; gptqwen/ops/ wraps each entry point beside its PyTorch reference):
+ *   products.c    — gq_matmul: float32 and block-quantised matrix products (this file), and gq_dequantize;
+ *   norms.c       — gq_rms_norm (+ _backward);
+ *   activations.c — gq_swiglu (+ _backward), gq_gelu (forward and backward);
+ *   rope.c        — gq_norm_rope (+ _backward): QK-norm + RoPE on the query/key heads;
+ *                   (the elementwise passes of a training step and of inference, each one pass over the data
+ *                   where torch runs several ops: its CPU rms_norm alone is ~8, ~17 us for one 576-wide row)
+ *   attention.c   — gq_attention_forward / _backward: causal attention of short sequences, lower triangle only;
+ *   decode.c      — gq_decode_step: a whole decode step of a Llama/Qwen- or GPT-2-layout model (ops/decode.py),
+ *                   and gq_sizeof_* (the struct sizes the Python mirrors are checked against);
+ *   common.h      — formats, return codes, fp16 conversion, SIMD helpers.
+ * Entry points that allocate return GQ_OK or GQ_ENOMEM (common.h); the Python side raises on the latter.
  *
  * Block-quantised products for CPU decoding: y[M,N] = x[M,K] @ W[N,K]^T, x and y float32.
  *
@@ -198,26 +202,32 @@ static void matmul_f32(const float *x, int64_t M, int64_t K, const float *w, int
 #endif
 
 /* y[M, N] = x[M, K] @ W[N, K]^T for W in format `fmt`; OpenMP over output rows, MB rows of x per pass. */
-static void matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w, const uint16_t *d,
-                   const uint16_t *m, int64_t N, float *y, int nthreads, int simd) {
+static int matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w, const uint16_t *d,
+                  const uint16_t *m, int64_t N, float *y, int nthreads, int simd) {
 #ifdef __AVX2__
     if (fmt == F32 && simd) {
         matmul_f32(x, M, K, w, N, y, nthreads);
-        return;
+        return GQ_OK;
     }
 #endif
     const int64_t G = K / QK, row_bytes = fmt == Q4_1 ? K / 2 : fmt == Q8_0 ? K : K * 4;
     const uint8_t *qs = w;
     float *sums = malloc(sizeof(float) * MB * (G + 1));
-    for (int64_t m0 = 0; m0 < M; m0 += MB) {
+    int failed = !sums;
+    for (int64_t m0 = 0; m0 < M && !failed; m0 += MB) {
         const int mb = (int)(M - m0 < MB ? M - m0 : MB);
         const float *xb = x + m0 * K;
         if (fmt == Q4_1) block_sums(xb, mb, K, sums);
         #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
         {
         float *scratch = malloc(sizeof(float) * 2 * (G + 1));
+        if (!scratch) { /* every thread still enters the loop below; this one skips its share */
+            #pragma omp atomic write
+            failed = 1;
+        }
         #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n++) {
+            if (!scratch) continue;
             float out[MB];
             const uint8_t *qrow = qs + n * row_bytes;
             const uint16_t *mrow = fmt == Q4_1 ? m + n * G : 0, *drow = fmt == F32 ? 0 : d + n * G;
@@ -239,13 +249,14 @@ static void matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w,
     }
     free(sums);
     (void)simd;
+    return failed ? GQ_ENOMEM : GQ_OK;
 }
 
-/* The products for Python (quant.py, tests): fmt 0 float32 (w [N, K] floats), 1 q8_0, 2 q4_1 (w = qs; d, m the
+/* The products for Python (ops/quant.py): fmt 0 float32 (w [N, K] floats), 1 q8_0, 2 q4_1 (w = qs; d, m the
  * fp16 scales and mins, NULL where the format has none). simd = 0 forces the portable loop (tests compare). */
-void gq_matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w, const uint16_t *d, const uint16_t *m,
-               int64_t N, float *y, int nthreads, int simd) {
-    matmul(fmt, x, M, K, w, d, m, N, y, nthreads, simd);
+int gq_matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w, const uint16_t *d, const uint16_t *m,
+              int64_t N, float *y, int nthreads, int simd) {
+    return matmul(fmt, x, M, K, w, d, m, N, y, nthreads, simd);
 }
 
 /* The float32 matrix out [N, K] the blocks stand for: long prefills multiply it with the float GEMM, which

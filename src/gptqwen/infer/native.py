@@ -1,4 +1,4 @@
-"""A whole decode step in one C call for pre-norm models on CPU (`gq_decode_step`, gptqwen/csrc/decode.c).
+"""A whole decode step in one C call for pre-norm models on CPU (`ops.decode_step`, gptqwen/csrc/decode.c).
 
     from gptqwen.infer.native import NativeDecoder, why_not
     dec = NativeDecoder.build(model)    # None when the model or the machine does not qualify: why_not(model) says why
@@ -11,7 +11,8 @@ quantised products' Python wrappers) costing ~8 ms of dispatch on top of ~13 ms 
 overhead is one ctypes call. The C step computes exactly what `Transformer.forward` does with a cache (the
 tests compare their logits at every step, float32 and q8_0/q4_1 weights, padded batches included), so it is
 a faster route through the same model, not a second model: the weights, the KV cache and the RoPE tables are
-the PyTorch model's own tensors, read in place.
+the PyTorch model's own tensors, read in place. This module decides which models qualify and hands their
+tensors to `ops.decode` (`DecodeWeights`), which owns the C structs.
 
 It covers the dense pre-norm layouts with float32 or `QuantLinear` weights: Llama, Qwen2, Qwen2.5, Qwen3
 (RMSNorm, RoPE incl. YaRN tables, GQA, QKV bias, QK-norm, SwiGLU) and GPT-2 (LayerNorm, learned positions,
@@ -21,31 +22,12 @@ LoRA-wrapped or hooked layers, GPUs — decodes through PyTorch.
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 from torch import nn
 
-from gptqwen import kernels
+from gptqwen import ops
 from gptqwen.errors import UserError
-from gptqwen.infer.quant import KERNEL_FORMATS, QuantLinear
-
-_I64, _P, _F = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
-
-
-class _Linear(ctypes.Structure):
-    _fields_ = [("fmt", _I64), ("N", _I64), ("K", _I64), ("w", _P), ("d", _P), ("m", _P), ("bias", _P)]
-
-
-class _Layer(ctypes.Structure):
-    _fields_ = [("qkv", _Linear), ("proj", _Linear), ("up", _Linear), ("down", _Linear),
-                ("ln1", _P), ("ln2", _P), ("ln1_b", _P), ("ln2_b", _P), ("q_norm", _P), ("k_norm", _P)]
-
-
-class _Model(ctypes.Structure):
-    _fields_ = [("n_layer", _I64), ("dim", _I64), ("n_head", _I64), ("n_kv_head", _I64), ("head_dim", _I64),
-                ("inter", _I64), ("vocab", _I64), ("gelu", _I64), ("eps", _F), ("qk_eps", _F), ("embed", _P),
-                ("wpe", _P), ("ln_f", _P), ("ln_f_b", _P), ("head", _Linear), ("layers", ctypes.POINTER(_Layer))]
+from gptqwen.infer.quant import QuantLinear
 
 
 def _mlp_linears(mlp: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -67,7 +49,7 @@ def _linear_ok(m: nn.Module) -> bool:
     if type(m) is nn.Linear:
         return _f32(m.weight) and _f32(m.bias)
     if type(m) is QuantLinear:
-        return m._lib() is not None and _f32(m.bias)
+        return m.kernels_apply() and _f32(m.bias)
     return False
 
 
@@ -94,7 +76,7 @@ def why_not(model: nn.Module) -> str | None:
     wpe = model.wpe.weight if model.wpe is not None else None
     if not _linear_ok(model.lm_head) or not _norm_ok(model.ln_f) or not _f32(wpe):
         return "the LM head or final norm is not float32 / QuantLinear"
-    if kernels.library() is None:
+    if not ops.available():
         return "the C kernels are not available here (no C compiler, or GPTQWEN_NO_KERNELS is set)"
     return None
 
@@ -104,44 +86,35 @@ class NativeDecoder:
     it reads the model's weights in place, so it must not outlive changes to them."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model, self.cfg, self.lib = model, model.config, kernels.library()
-        keep: list[torch.Tensor] = []  # every tensor the struct points into stays alive with the decoder
+        self.model, self.cfg = model, model.config
+        cfg = self.cfg
 
-        def ptr(t: torch.Tensor | None) -> int | None:
-            if t is None:
-                return None
-            keep.append(t)
-            return t.data_ptr()
-
-        def lin(m: nn.Module) -> _Linear:
+        def lin(m: nn.Module) -> ops.LinearWeights:
             if type(m) is QuantLinear:
                 b = m._buffers
-                return _Linear(KERNEL_FORMATS[m.fmt], m.out_features, m.in_features, ptr(b["qs"]), ptr(b["d"]),
-                               ptr(b.get("m")), ptr(m.bias))
-            return _Linear(KERNEL_FORMATS["f32"], m.out_features, m.in_features, ptr(m.weight), None, None,
-                           ptr(m.bias))
+                return ops.LinearWeights(m.fmt, m.out_features, m.in_features, b["qs"], b["d"], b.get("m"), m.bias)
+            return ops.LinearWeights("f32", m.out_features, m.in_features, m.weight, bias=m.bias)
 
-        def bias(norm: nn.Module) -> int | None:  # LayerNorm's; RMSNorm has none
-            return ptr(getattr(norm, "bias", None))
+        def bias(norm: nn.Module) -> torch.Tensor | None:  # LayerNorm's; RMSNorm has none
+            return getattr(norm, "bias", None)
 
-        cfg = self.cfg
-        layers = (_Layer * cfg.n_layer)()
-        for i, block in enumerate(model.blocks):
+        layers = []
+        for block in model.blocks:
             a = block.attn
             up, down = _mlp_linears(block.mlp)
             qk = a.q_norm is not None
-            layers[i] = _Layer(lin(a.qkv), lin(a.proj), lin(up), lin(down), ptr(block.ln_1.weight),
-                               ptr(block.ln_2.weight), bias(block.ln_1), bias(block.ln_2),
-                               ptr(a.q_norm.weight) if qk else None, ptr(a.k_norm.weight) if qk else None)
-        qk_eps = model.blocks[0].attn.q_norm.eps if cfg.qk_norm else 0.0
+            layers.append(ops.LayerWeights(lin(a.qkv), lin(a.proj), lin(up), lin(down), block.ln_1.weight,
+                                           block.ln_2.weight, bias(block.ln_1), bias(block.ln_2),
+                                           a.q_norm.weight if qk else None, a.k_norm.weight if qk else None))
         gelu = cfg.mlp == "gelu"
-        self._layers, self._keep = layers, keep
+        up = _mlp_linears(model.blocks[0].mlp)[0]
+        weights = ops.DecodeWeights(
+            cfg.n_head, cfg.n_kv_head, cfg.head_dim, up.out_features if gelu else up.out_features // 2, gelu,
+            model.ln_f.eps, model.blocks[0].attn.q_norm.eps if cfg.qk_norm else 0.0, model.wte.weight,
+            model.wpe.weight if model.wpe is not None else None, model.ln_f.weight, bias(model.ln_f),
+            lin(model.lm_head), layers)
+        self._packed = ops.PackedModel(weights)
         self._logits: torch.Tensor | None = None
-        self._model = _Model(cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim,
-                             up.out_features if gelu else up.out_features // 2, cfg.vocab_size, int(gelu),
-                             model.ln_f.eps, qk_eps, ptr(model.wte.weight),
-                             ptr(model.wpe.weight) if model.wpe is not None else None, ptr(model.ln_f.weight),
-                             bias(model.ln_f), lin(model.lm_head), layers)
 
     @classmethod
     def build(cls, model: nn.Module) -> NativeDecoder | None:
@@ -168,11 +141,7 @@ class NativeDecoder:
         if self.model.rotary is not None:  # views of the full tables [1, L, 1, D]
             cos, sin = self.model.rotary(None, cache.max_len, tokens.device)
         if self._logits is None or self._logits.shape[0] != B:
-            self._logits = torch.empty(B, self.cfg.vocab_size)
-        logits = self._logits
-        self.lib.gq_decode_step(ctypes.byref(self._model), B, tokens.data_ptr(), positions.data_ptr(),
-                                starts.data_ptr(), fill, cos.data_ptr() if cos is not None else None,
-                                sin.data_ptr() if sin is not None else None, cache.k.data_ptr(),
-                                cache.v.data_ptr(), cache.max_len, logits.data_ptr(), torch.get_num_threads(), 1)
+            self._logits = torch.empty(B, self.cfg.vocab_size, dtype=torch.float32, device=cache.k.device)
+        ops.decode_step(self._packed, tokens, positions, starts, fill, cos, sin, cache.k, cache.v, self._logits)
         cache.length = fill + 1
-        return logits
+        return self._logits

@@ -1,9 +1,9 @@
 """Causal self-attention (MHA / GQA, optional QKV bias, QK-norm, local band) and the static KV cache.
 
-One fused QKV matmul, RoPE from precomputed tables, and `F.scaled_dot_product_attention`; when no mask is
-needed (training without padding or packing, dense layer) the fast `is_causal=True` path is taken, and on
-fp32 CPU our C attention (`csrc/attention.c`: the lower triangle only, forward and backward) instead.
-Masks are built once per forward in `build_masks` and shared by all layers of the same kind.
+One fused QKV matmul, QK-norm + RoPE from precomputed tables (`ops.norm_rope`), then attention: a whole
+sequence without a mask (training without padding or packing, dense layer) is `ops.causal_attention`; masks,
+KV caches and decoding use `F.scaled_dot_product_attention`. Masks are built once per forward in
+`build_masks` and shared by all layers of the same kind.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gptqwen import kernels
+from gptqwen import ops
 from gptqwen.config import Config
 from gptqwen.errors import UserError
-from gptqwen.model.norms import RMSNorm, rms_norm
-from gptqwen.model.rope import rotate_qk
+from gptqwen.model.norms import RMSNorm
 
 
 class KVCache:
@@ -94,31 +93,6 @@ def build_masks(cfg: Config, T: int, past: int, attention_mask: torch.Tensor | N
     return dense, local, is_causal
 
 
-class _CausalAttentionFn(torch.autograd.Function):
-    """Causal attention of fp32 CPU q [B, T, hq, d], k, v [B, T, hk, d] by the C kernels (`csrc/attention.c`): output
-    [B, T, hq, d], the layout the output projection reads, so no transposes either way."""
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        o, lse = kernels.causal_attention(q, k, v)
-        ctx.save_for_backward(q, k, v, o, lse)
-        return o
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return kernels.causal_attention_backward(*ctx.saved_tensors, grad.contiguous())
-
-
-def _c_attention_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """fp32 CPU, outside torch.compile tracing, a layout/length the C attention takes (kernels.py), and at least
-    one (sequence, KV head) pair per thread: its threads split those pairs, where SDPA also splits query blocks."""
-    if not kernels.usable(q, contiguous=False):
-        return False
-    B, T = q.shape[:2]
-    return (T <= kernels.ATTENTION_MAX_LEN and B * k.shape[2] >= torch.get_num_threads()
-            and all(kernels.heads_row_stride(t, B, T) is not None for t in (q, k, v)))
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: Config, layer_idx: int) -> None:
         super().__init__()
@@ -140,16 +114,15 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             w = torch.cat((self.q_norm.weight.expand(hq, d), self.k_norm.weight.expand(hk, d)))
         if ctx.cos is not None:
-            qk = rotate_qk(qk, ctx.cos, ctx.sin, w, self.q_norm.eps if w is not None else 0.0)
+            qk = ops.norm_rope(qk, ctx.cos, ctx.sin, w, self.q_norm.eps if w is not None else 0.0)
         elif w is not None:
-            qk = rms_norm(qk, w, self.q_norm.eps)
+            qk = ops.rms_norm(qk, w, self.q_norm.eps)
         q, k = qk.split((hq, hk), dim=2)
         if ctx.q_scale is not None:
             q = (q.float() * ctx.q_scale).to(q.dtype)
         mask = ctx.local_mask if self.local else ctx.dense_mask
-        if ctx.cache is None and mask is None and ctx.is_causal and _c_attention_applies(q, k, v):
-            # training / scoring on CPU: the C kernels read q, k, v in place and skip the masked half
-            return self.proj(_CausalAttentionFn.apply(q, k, v).reshape(B, T, hq * d))
+        if ctx.cache is None and mask is None and ctx.is_causal:  # training / scoring a whole sequence
+            return self.proj(ops.causal_attention(q, k, v).reshape(B, T, hq * d))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)

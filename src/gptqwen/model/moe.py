@@ -17,8 +17,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from gptqwen import ops
 from gptqwen.config import Config
-from gptqwen.model.mlp import MLP, swiglu
+from gptqwen.model.mlp import MLP
 
 
 class MoE(nn.Module):
@@ -55,7 +56,7 @@ class MoE(nn.Module):
         for e, n in enumerate(counts):
             if n == 0:
                 continue
-            outs.append(F.linear(swiglu(F.linear(xs[start:start + n], self.w_gate_up[e])), self.w_down[e]))
+            outs.append(F.linear(ops.swiglu(F.linear(xs[start:start + n], self.w_gate_up[e])), self.w_down[e]))
             start += n
         ys = torch.cat(outs) * weights.reshape(-1)[order, None]
         y = torch.zeros_like(x).index_add_(0, token, ys)

@@ -2,7 +2,7 @@
 
 Frequencies follow transformers' `modeling_rope_utils.py` (fp32, half-split "rotate_half" layout). The cos/sin
 tables are computed once per length and indexed by position ids, so a training or decode step does no
-trigonometry.
+trigonometry. Applying them (with Qwen3's QK-norm) is `ops.norm_rope`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import math
 import torch
 from torch import nn
 
-from gptqwen import kernels
 from gptqwen.errors import UserError
-from gptqwen.model.norms import fused_rms_norm, rms_norm
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn", "llama3")
 
@@ -129,83 +127,3 @@ class Rotary(nn.Module):
             end = bound if length is None else start + length
             return cos[None, start:end, None], sin[None, start:end, None]
         return cos[position_ids].unsqueeze(2), sin[position_ids].unsqueeze(2)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, D] (half-split layout): x*cos + rotate_half(x)*sin, with `sin` pre-signed as
-    [-sin, sin], so rotate_half reduces to swapping the halves. Same arithmetic as transformers."""
-    return _rotate(x, cos.to(x.dtype), sin.to(x.dtype))
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x*cos + swap_halves(x)*sin (tables in x's dtype, broadcasting against it)."""
-    return torch.mul(x, cos).addcmul_(x.roll(x.shape[-1] // 2, dims=-1), sin)
-
-
-def _kernel_ok(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
-    """Whether the C kernels (gptqwen/csrc/norms.c) may take x (a strided view: `kernels.norm_rope` checks its
-    layout) and the weight; see `kernels.usable`."""
-    return kernels.usable(x, contiguous=False) and kernels.usable(weight)
-
-
-class _NormRotaryFn(torch.autograd.Function):
-    """RoPE of x [B, T, H, D], optionally after a per-head RMSNorm (weight [H, D], QK-norm), with a closed-form
-    backward (the rotation's transpose is the rotation by -angle). On fp32 CPU both directions are one C pass
-    each (`kernels.norm_rope`), reading x in place inside the fused QKV output; elsewhere the tables are
-    expanded over the heads once per call and the norm weight is folded into them, ~12 kernels forward and
-    backward instead of ~25."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight: torch.Tensor | None,
-                eps: float) -> torch.Tensor:
-        fast = kernels.norm_rope(x, cos, sin, weight, eps) if _kernel_ok(x, weight) else None
-        ctx.fast = fast is not None
-        if fast is not None:
-            y, rstd = fast
-            ctx.save_for_backward(x, rstd, cos, sin, weight)
-            return y
-        shape = (*cos.shape[:-2], *x.shape[-2:])
-        cos, sin = cos.expand(shape).contiguous(), sin.expand(shape).contiguous()
-        if weight is None:
-            xhat, rstd, c, s = x, None, cos, sin
-        else:
-            xhat, rstd = fused_rms_norm(x, [x.shape[-1]], None, eps)
-            # rotate(xhat * w) = xhat * (cos w) + swap(xhat) * (sin swap(w))
-            c, s = cos * weight, sin * weight.roll(weight.shape[-1] // 2, dims=-1)
-        ctx.save_for_backward(xhat, rstd, cos, sin, weight)
-        return _rotate(xhat, c, s)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        if ctx.fast:
-            x, rstd, cos, sin, weight = ctx.saved_tensors
-            grad_x, grad_w = kernels.norm_rope_backward(x, cos, sin, weight, rstd, grad.contiguous(),
-                                                        ctx.needs_input_grad[3])
-            return grad_x, None, None, grad_w, None
-        xhat, rstd, cos, sin, weight = ctx.saved_tensors
-        grad_z = _rotate(grad, cos, -sin)  # d/d(xhat * w)
-        if weight is None:
-            return grad_z, None, None, None, None
-        prod = grad_z * xhat
-        grad_w = prod.sum_to_size(weight.shape) if ctx.needs_input_grad[3] else None
-        # RMSNorm without weight: dx = rstd * (g - xhat * mean(g * xhat)), g = grad_z * w
-        coef = (prod * weight).sum(-1, keepdim=True).div_(xhat.shape[-1])
-        grad_x = grad_z.mul_(weight).addcmul_(xhat, coef, value=-1).mul_(rstd)
-        return grad_x, None, None, grad_w, None
-
-
-def rotate_qk(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor | None = None,
-              eps: float = 1e-6) -> torch.Tensor:
-    """RoPE on the query/key heads x [B, T, H, D] (tables from `Rotary`), after an optional per-head RMSNorm
-    with weight [H, D] (Qwen3's QK-norm). Training in fp32 takes the fused autograd path; fp32 CPU inference
-    the same C kernel."""
-    needs_grad = x.requires_grad or (norm_weight is not None and norm_weight.requires_grad)
-    if torch.is_grad_enabled() and needs_grad and x.dtype == torch.float32 and fused_rms_norm is not None:
-        return _NormRotaryFn.apply(x, cos, sin, norm_weight, eps)
-    if _kernel_ok(x, norm_weight):
-        fast = kernels.norm_rope(x, cos, sin, norm_weight, eps)
-        if fast is not None:
-            return fast[0]
-    if norm_weight is not None:
-        x = rms_norm(x, norm_weight, eps)
-    return apply_rotary(x, cos, sin)

@@ -8,8 +8,8 @@
     out = model(prompt_ids, cache=cache, logits_to_keep=1)   # prefill, then one token at a time
 
 Interface: docs/contracts.md "Model". Family differences are switches read here and in the submodules.
-A training forward with targets fuses the LM head with the loss (`model/loss.py`); `out.logits` is then
-built on first access.
+A training forward with targets fuses the LM head with the loss (`ops.linear_cross_entropy`); `out.logits` is
+then built on first access.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gptqwen import ops
 from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.model.attention import Attention, AttnContext, KVCache, build_masks
-from gptqwen.model.loss import linear_cross_entropy
 from gptqwen.model.mlp import MLP
 from gptqwen.model.moe import MoE, load_balancing_loss
 from gptqwen.model.norms import make_norm
@@ -34,7 +34,7 @@ from gptqwen.model.rope import Rotary, logn_scale, qwen_ntk_alpha
 
 @dataclass(eq=False)
 class ModelOutput:
-    """Forward results. When a training forward fused the loss with the LM head (see `model.loss`), the
+    """Forward results. When a training forward fused the loss with the LM head (`ops.linear_cross_entropy`), the
     logits were never built: `logits` then runs the head on first access (differentiable, same values)."""
 
     _logits: torch.Tensor | None = field(default=None, repr=False)
@@ -203,7 +203,7 @@ class Transformer(nn.Module):
 
         logits = loss = head = None
         if targets is not None and not logits_to_keep and self._fused_loss_applies(x):
-            loss = linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            loss = ops.linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
             head = lambda: self.lm_head(x)  # noqa: E731
         else:
             logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
@@ -216,11 +216,8 @@ class Transformer(nn.Module):
         return ModelOutput(logits, loss, aux, tuple(router_logits) or None, x if return_hidden else None, head)
 
     def _fused_loss_applies(self, x: torch.Tensor) -> bool:
-        """The chunked head+loss computes gradients in the forward: only when a backward will follow, in fp32
-        without autocast, with a plain head (not quantised, LoRA-wrapped or hooked) and outside torch.compile."""
+        """Whether the loss may skip the logits: a plain head (not quantised, LoRA-wrapped or hooked) that
+        `ops.linear_cross_entropy` fuses (training in fp32)."""
         head = self.lm_head
-        return (torch.is_grad_enabled() and (x.requires_grad or head.weight.requires_grad)
-                and type(head) is nn.Linear and head.bias is None
-                and not (head._forward_hooks or head._forward_pre_hooks)
-                and x.dtype == head.weight.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type)
-                and not torch.compiler.is_compiling())
+        return (type(head) is nn.Linear and head.bias is None and not (head._forward_hooks or head._forward_pre_hooks)
+                and ops.fuses_linear_cross_entropy(x, head.weight))
