@@ -262,3 +262,59 @@ def test_screened_starts_find_the_full_grid_optimum():
     full = get_law("chinchilla", starts="all").fit(runs)
     screened = get_law("chinchilla").fit(runs)
     assert screened.objective == pytest.approx(full.objective, rel=1e-6)
+
+
+# --- sweeps -------------------------------------------------------------------------------------------
+
+SIZES = ["n_layer=1,n_embd=32,n_head=2,n_kv_head=1,head_dim=16,intermediate_size=64",
+         "n_layer=2,n_embd=48,n_head=3,n_kv_head=1,head_dim=16,intermediate_size=96"]
+
+
+@pytest.fixture(scope="module")
+def sweep_recipe(tmp_path_factory) -> Path:
+    from gptqwen.data.prepare import prepare
+    from gptqwen.data.sources import shakespeare_files, shakespeare_plain
+
+    root = tmp_path_factory.mktemp("sweep-data")
+    (root / "plays.txt").write_text(shakespeare_plain(shakespeare_files()[0].read_text())[:40_000])
+    prepare([str(root / "plays.txt")], root / "ds", train_vocab=300, val_fraction=0.1, block_tokens=256, progress=False)
+    recipe = root / "tiny.yaml"
+    recipe.write_text(json.dumps({  # JSON is YAML
+        "name": "tiny-sweep", "model": {"preset": "qwen3-tiny"}, "data": {"dir": str(root / "ds"), "sources": []},
+        "train": {"seq_len": 32, "batch_size": 4, "lr": 1e-2, "warmup_steps": 1, "eval_interval": 0, "eval_tokens": 256,
+                  "sample_tokens": 0, "ckpt_interval": 0, "log_interval": 2, "threads": 1, "tensorboard": False,
+                  "peak_flops": 1e12}}))
+    return recipe
+
+
+def test_sweep_plans_isoflop_budgets(sweep_recipe):
+    from gptqwen.scaling.sweep import parse_size, plan_sweep
+
+    specs = plan_sweep(str(sweep_recipe), [], [parse_size(s) for s in SIZES], flops=[3e9, 1e10])
+    assert len(specs) == 4
+    for spec, c in zip(specs, [3e9, 1e10, 3e9, 1e10]):
+        assert spec.tokens % 128 == 0 and spec.flops == 6.0 * spec.params * spec.tokens
+        assert spec.flops == pytest.approx(c, rel=0.05)  # D = C/6N, rounded to whole steps of 128 tokens
+        assert spec.params_nonembed < spec.params < spec.flops_exact / spec.tokens
+    with pytest.raises(UserError, match="either as token counts"):
+        plan_sweep(str(sweep_recipe), [], [parse_size(SIZES[0])])
+    with pytest.raises(UserError, match="key=value"):
+        parse_size("n_layer:2")
+
+
+def test_sweep_trains_skips_finished_runs_and_writes_the_csv(sweep_recipe, tmp_path, capsys, monkeypatch):
+    argv = ["scaling", "sweep", "-c", str(sweep_recipe), "--out", str(tmp_path), "--size", SIZES[0], "--size", SIZES[1],
+            "--tokens", "384,768", "--json"]
+    assert main([*argv, "--shard", "1/2"]) == 0  # runs 1 and 3 only
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert main(argv) == 0  # the other two; 1 and 3 are skipped
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["tokens"] for r in rows] == [384, 768, 384, 768] and all(r["loss"] > 0 and r["wall_s"] > 0 for r in rows)
+    runs = read_runs(tmp_path / "runs.csv")
+    assert len(runs) == 4 and runs.flops.tolist() == [6.0 * r["params"] * r["tokens"] for r in rows]
+
+    import gptqwen.train.trainer
+
+    monkeypatch.setattr(gptqwen.train.trainer, "pretrain", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out) == rows

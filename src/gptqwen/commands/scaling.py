@@ -4,6 +4,8 @@
     gptqwen scaling fit runs.csv --law gpt4 --plot fit.png        # L(C) = a·C^b + c, loss-vs-compute plot
     gptqwen scaling predict runs.csv --law gpt4 --target-flops 1e15 --max-fraction 0.01 --actual 3.21
     gptqwen scaling predict runs.csv --law chinchilla --target-params 1e8 --target-tokens 2e9
+    gptqwen scaling sweep -c qwen3-shakespeare --out runs/sweep --size n_layer=2,n_embd=64 \
+        --size n_layer=4,n_embd=128 --flops 1e12,1e13 train.warmup_steps=10   # then: fit runs/sweep/runs.csv
 
 The CSV has one row per run with columns params, tokens, loss and optionally flops (default 6·N·D);
 other columns are ignored. Laws: chinchilla L(N,D) = E + A/N^alpha + B/D^beta (Hoffmann et al.'s Huber
@@ -46,6 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="fit only on runs using at most this fraction of the target's compute (e.g. 0.01)")
     p.add_argument("--actual", type=float, metavar="LOSS", help="the target's real loss: report the relative error")
 
+    p = sub.add_parser("sweep", help="train a grid of model sizes x token (or IsoFLOP) budgets into one runs CSV")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides for every run, e.g. train.lr=1e-3")
+    p.add_argument("--config", "-c", help="pretraining recipe name or YAML file (default: qwen3-shakespeare)")
+    p.add_argument("--out", required=True, help="sweep folder: one run folder per run, and runs.csv")
+    p.add_argument("--size", action="append", required=True, metavar="K=V,...",
+                   help="model overrides of one size (repeat per size), e.g. n_layer=2,n_embd=64,n_head=2")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--tokens", metavar="D,...", help="training tokens per run, comma-separated (a grid)")
+    budget.add_argument("--flops", metavar="C,...", help="IsoFLOP compute budgets: each size gets D = C / 6N")
+    p.add_argument("--shard", default="0/1", metavar="I/K", help="train only runs I, I+K, ... (split a sweep over K processes)")
+    p.add_argument("--dry-run", action="store_true", help="print the planned runs (N, D, C) and train nothing")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.parse_args = p.parse_intermixed_args  # type: ignore[method-assign]
+
 
 def _starts(text: str) -> int | str:
     if text == "all":
@@ -68,7 +84,42 @@ def _target(args: argparse.Namespace):
     return Target(**given)
 
 
+def _numbers(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers, e.g. 1e5,3e5, not {text!r}") from None
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from gptqwen.scaling.sweep import parse_size, plan_sweep, run_sweep, write_csv
+
+    index, sep, count = args.shard.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(count) > 0):
+        raise UserError(f"--shard takes I/K, e.g. 0/2, not {args.shard!r}")
+    tokens = _numbers(args.tokens, "--tokens") if args.tokens else None
+    flops = _numbers(args.flops, "--flops") if args.flops else None
+    specs = plan_sweep(args.config, args.overrides, [parse_size(s) for s in args.size], tokens, flops)
+    if args.dry_run:
+        rows = [{"run": s.name, "params": s.params, "params_nonembed": s.params_nonembed, "tokens": s.tokens,
+                 "flops": s.flops, "flops_exact": s.flops_exact, "steps": s.steps} for s in specs]
+    else:
+        rows = run_sweep(args.config, args.overrides, specs, args.out, (int(index), int(count)),
+                         log=lambda line: print(line, file=sys.stderr))
+        path = write_csv(rows, f"{args.out}/runs.csv")
+        print(f"{len(rows)} of {len(specs)} runs finished; rows in {path}", file=sys.stderr)
+    if args.json:
+        print_json(rows)
+    else:
+        for r in rows:
+            loss = f"  loss {r['loss']:.4f}" if "loss" in r else ""
+            print(f"{r['run']:<40} N {r['params']:>12,}  D {r['tokens']:>12,}  C {r['flops']:.3g}{loss}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.action == "sweep":
+        return _sweep(args)
     from gptqwen.scaling.analysis import exclude_above, report
     from gptqwen.scaling.data import read_runs
     from gptqwen.scaling.fit import get_law

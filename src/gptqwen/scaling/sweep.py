@@ -1,0 +1,158 @@
+"""Scaling sweeps: a grid of model sizes × token budgets (or IsoFLOP profiles) trained from one recipe.
+
+    specs = plan_sweep("qwen3-shakespeare", overrides, sizes=[{"n_layer": 2, "n_embd": 64}, ...], tokens=[2e5, 1e6])
+    rows = run_sweep(specs, "runs/sweep")          # trains what is not finished, returns every finished row
+    write_csv(rows, "runs/sweep/runs.csv")         # what `gptqwen scaling fit` reads
+
+A size is a dict of model overrides on the recipe; a budget is D tokens (rounded to whole optimizer steps of
+batch_size × seq_len tokens), or, with `flops`, an IsoFLOP budget C giving each size D = C / 6N. Each run is a
+folder trained through the normal pretraining entry point (`gptqwen.train.trainer.pretrain`), so it is
+logged, checkpointed and resumable; a finished run has `result.json` and is skipped, an interrupted one is
+resumed. `shard=(i, k)` trains only every k-th run starting at i, so k processes or machines sharing the
+folder split a sweep between them. N counts all parameters (params_nonembed leaves out the embeddings),
+`flops` is 6ND and `flops_exact` the project's own count (6N plus attention, `Config.flops_per_token`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gptqwen.errors import UserError
+from gptqwen.utils import atomic_write
+
+RESULT = "result.json"
+COLUMNS = ("run", "params", "params_nonembed", "tokens", "flops", "flops_exact", "steps", "loss", "train_loss",
+           "val_loss", "wall_s")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One planned run: its folder name, recipe overrides and the N, D, C it will have."""
+
+    name: str
+    overrides: tuple[str, ...]
+    steps: int
+    params: int
+    params_nonembed: int
+    tokens: int
+    flops: float
+    flops_exact: float
+
+
+def _dataset_vocab(recipe) -> tuple[int, int | None]:
+    """Vocabulary size and EOS id of the recipe's token dataset (built now if missing, as pretraining would)."""
+    from gptqwen.data.prepare import ensure_dataset
+    from gptqwen.data.shards import TokenDataset
+
+    d = recipe.data
+    ensure_dataset(d.sources, d.dir, progress=False, tokenizer=d.tokenizer, train_vocab=None if d.tokenizer else d.train_vocab,
+                   style=d.style, val_fraction=d.val_fraction, on_error=d.on_error, text_key=d.text_key)  # fmt: skip
+    ds = TokenDataset(d.dir, "train")
+    return ds.vocab_size, ds.eos_id
+
+
+def _size_name(size: dict[str, Any]) -> str:
+    return "-".join(f"{k}{v}" for k, v in size.items()) or "base"
+
+
+def plan_sweep(recipe_name: str | None, overrides: list[str], sizes: list[dict[str, Any]],
+               tokens: list[float] | None = None, flops: list[float] | None = None) -> list[RunSpec]:
+    """Every (size, budget) run of the sweep, with its N, D and C worked out before any training."""
+    from gptqwen.train.recipe import load_recipe
+    from gptqwen.train.trainer import model_config
+
+    if (tokens is None) == (flops is None):
+        raise UserError("give the budgets either as token counts (--tokens) or as IsoFLOP compute budgets (--flops)")
+    budgets = tokens if tokens is not None else flops
+    if not budgets or any(not (b > 0 and math.isfinite(b)) for b in budgets):
+        raise UserError(f"the budgets must be positive numbers, not {budgets}")
+    if not sizes:
+        raise UserError("give at least one model size (--size n_layer=2,n_embd=64)")
+    base = load_recipe(recipe_name, overrides)
+    vocab, eos = _dataset_vocab(base)
+    step_tokens = base.train.batch_size * base.train.seq_len
+    specs = []
+    for size in sizes:
+        size_overrides = [f"model.{k}={v}" for k, v in size.items()]
+        cfg = model_config(load_recipe(recipe_name, overrides + size_overrides), vocab, eos)
+        n = cfg.num_params()
+        for budget in budgets:
+            d = budget if tokens is not None else budget / (6 * n)
+            steps = max(1, round(d / step_tokens))
+            d_real = steps * step_tokens
+            specs.append(RunSpec(
+                name=f"{_size_name(size)}-steps{steps}", overrides=tuple(size_overrides + [f"train.max_steps={steps}"]),
+                steps=steps, params=n, params_nonembed=cfg.num_params(embeddings=False), tokens=d_real,
+                flops=6.0 * n * d_real, flops_exact=float(cfg.flops_per_token(base.train.seq_len)) * d_real,
+            ))  # fmt: skip
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise UserError("two runs of the sweep round to the same size and number of steps; use budgets further apart")
+    return specs
+
+
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    """The row of a finished run, or None while it is unfinished."""
+    path = run_dir / RESULT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_sweep(recipe_name: str | None, overrides: list[str], specs: list[RunSpec], out: str | Path,
+              shard: tuple[int, int] = (0, 1), quiet: bool = True, log=print) -> list[dict[str, Any]]:
+    """Train this shard's unfinished runs into `out/<run name>`; return the rows of every finished run."""
+    from gptqwen.train import checkpoint as ckpt_io
+    from gptqwen.train.recipe import load_recipe
+    from gptqwen.train.trainer import pretrain
+
+    index, count = shard
+    if not 0 <= index < count:
+        raise UserError(f"shard {index}/{count} does not exist; use i/k with 0 <= i < k")
+    out = Path(out)
+    for i, spec in enumerate(specs):
+        run_dir = out / spec.name
+        if i % count != index or read_result(run_dir) is not None:
+            continue
+        recipe = load_recipe(recipe_name, overrides + list(spec.overrides))
+        resume = bool(ckpt_io.list_checkpoints(run_dir))
+        log(f"[{i + 1}/{len(specs)}] {spec.name}: N {spec.params:,}, D {spec.tokens:,}, C {spec.flops:.3g}"
+            + (" (resuming)" if resume else ""))
+        start = time.perf_counter()
+        summary = pretrain(recipe, run_dir, resume=resume, quiet=quiet)
+        row = {k: v for k, v in asdict(spec).items() if k not in ("name", "overrides")}
+        row.update(run=spec.name, train_loss=summary.get("loss"), val_loss=summary.get("val_loss"),
+                   wall_s=round(time.perf_counter() - start, 3))
+        row["loss"] = row["val_loss"] if row["val_loss"] is not None else row["train_loss"]
+        with atomic_write(run_dir / RESULT) as f:
+            json.dump(row, f, indent=2)
+    return [r for r in (read_result(out / s.name) for s in specs) if r is not None]
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write the rows (one per finished run) as the CSV `gptqwen scaling fit` reads."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
+    return Path(path)
+
+
+def parse_size(text: str) -> dict[str, Any]:
+    """'n_layer=2,n_embd=64' -> {'n_layer': '2', 'n_embd': '64'} (values stay text: the recipe parses them)."""
+    size = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UserError(f"--size '{text}': write model fields as key=value pairs, e.g. n_layer=2,n_embd=64")
+        size[key.strip()] = value.strip()
+    if not size:
+        raise UserError("--size needs at least one key=value model field")
+    return size
