@@ -8,6 +8,7 @@ a single line and exits non-zero, without a traceback. Programming errors stay o
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Iterable
 
 
@@ -23,8 +24,6 @@ def closest(name: str, candidates: Iterable[str], n: int = 5) -> str:
 
 def require(package: str, extra: str, feature: str):
     """Import an optional dependency or raise a UserError naming the extra that provides it."""
-    import importlib
-
     try:
         return importlib.import_module(package)
     except ImportError as e:

@@ -109,7 +109,7 @@ def parse_dtype(value: str | torch.dtype) -> torch.dtype:
 def pick_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
     """The one device picker: `auto` (or None) takes CUDA, then MPS, then the CPU; `cuda` means this
     process's GPU (`local_rank` under torchrun). A device that does not exist here is a UserError."""
-    import torch
+    import torch  # deferred, as in parse_dtype
 
     if name is None or name == "auto":
         if torch.cuda.is_available():

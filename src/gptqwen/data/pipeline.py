@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from gptqwen.data.distributed import make_executor
 from gptqwen.data.io import ReadStats, expand_inputs, file_format, read_documents, write_documents
@@ -116,8 +117,6 @@ class PipelineSpec:
 
 
 def load_spec(path: str | Path, overrides: dict | None = None) -> PipelineSpec:
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pipeline file '{path}' does not exist")

@@ -13,6 +13,7 @@ gopher_repetition, c4, fineweb, language, pii, decontaminate, classify, mix.
 from __future__ import annotations
 
 import functools
+import json
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -222,10 +223,7 @@ def _lcs_tokenizer(spec: str | None):
     (preset name such as "qwen", or a tokenizer.json / .tiktoken path) as Qwen2.5 counts them."""
     if not spec:
         return lambda text: dc.tokens_with_spans(text)[0]
-    from pathlib import Path
-
-    tok = Tokenizer.from_file(spec) if Path(spec).exists() else Tokenizer.from_preset(spec)
-    return tok.encode
+    return Tokenizer.load(spec).encode
 
 
 class Decontaminate(Step):
@@ -267,8 +265,6 @@ class Decontaminate(Step):
         return out
 
     def plan(self, prepass, step_dir):
-        import json
-
         items, n_of_set, indexes = self._setup()
         totals = {m: Counter() for m in indexes}
         for r in prepass.values():

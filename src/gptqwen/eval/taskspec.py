@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gptqwen import utils
 from gptqwen.errors import UserError, closest
 from gptqwen.eval.synthetic import generate_splits
@@ -212,8 +214,6 @@ def load_task(spec: str | os.PathLike) -> Task:
 
 
 def _read_yaml(path: Path) -> dict:
-    import yaml
-
     try:
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
