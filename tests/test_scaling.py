@@ -171,6 +171,29 @@ def test_nonsense_fits_are_refused():
         get_law("kaplan").fit(make_runs(np.geomspace(1e6, 1e9, 5), np.full(5, 1e9), np.linspace(2, 3, 5)))
 
 
+def test_unconverged_and_edge_fits_are_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    import gptqwen.scaling.fit as fit_module
+
+    def stalled_minimize(fun, x0, **kwargs):
+        return SimpleNamespace(x=np.asarray(x0, float), fun=fun(x0, *kwargs["args"])[0], success=False,
+                               message="STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT")
+
+    monkeypatch.setattr(fit_module, "_scipy_optimize", lambda: SimpleNamespace(minimize=stalled_minimize))
+    with pytest.raises(UserError, match="did not converge.*ITERATIONS"):
+        get_law("chinchilla", starts=4).fit(synthetic_chinchilla())
+
+    def floor_at_min_loss(residual, x0, bounds, **kwargs):  # c pinned at its upper bound (the smallest loss)
+        x = np.array([x0[0], -0.3, bounds[1][2]])
+        return SimpleNamespace(x=x, fun=residual(x), cost=0.0, success=True, message="")
+
+    monkeypatch.setattr(fit_module, "_scipy_optimize", lambda: SimpleNamespace(least_squares=floor_at_min_loss))
+    c = np.geomspace(1e12, 1e16, 6)
+    with pytest.raises(UserError, match="edge of its search space.*smallest observed loss"):
+        get_law("gpt4").fit(make_runs(c, np.ones(6), [3, 2.5, 2.2, 2.1, 2.05, 2.04], flops=c))
+
+
 def test_bootstrap_refuses_when_most_resamples_fail():
     class FailsOnFirstRun:  # fails on the ~2/3 of resamples that draw line 2, as a degenerate law would
         name = "stub"

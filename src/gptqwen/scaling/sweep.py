@@ -34,7 +34,9 @@ COLUMNS = ("run", "params", "params_nonembed", "tokens", "flops", "flops_exact",
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One planned run: its folder name, recipe overrides and the N, D, C it will have."""
+    """One planned run: its folder name, recipe overrides and the N, D, C it will have.
+
+    A resumed run's `wall_s` (in its row) counts only the invocation that finished it."""
 
     name: str
     overrides: tuple[str, ...]
