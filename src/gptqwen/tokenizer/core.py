@@ -74,7 +74,8 @@ class Tokenizer:
     @classmethod
     def load(cls, spec: str | os.PathLike) -> Tokenizer:
         """What a `--tokenizer` option accepts: a preset name, a tokenizer.json / .tiktoken file, a
-        directory holding tokenizer.json, or `encoder.json,vocab.bpe` for GPT-2's files."""
+        directory holding tokenizer.json, or `encoder.json,vocab.bpe` for GPT-2's files. The one resolver of
+        tokenizer specs; the tokenizer that comes with a model spec is `gptqwen.loading.load_tokenizer`."""
         text = str(spec)
         if text in presets.PRESETS and not Path(text).exists():
             return cls.from_preset(text)
