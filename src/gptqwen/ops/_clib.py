@@ -188,6 +188,7 @@ def check(code: int, what: str) -> None:
         raise RuntimeError(f"the C kernel {what} failed (code {code})")
 
 
+@torch.compiler.assume_constant_result  # read once when torch.compile traces a dispatch decision
 def threads() -> int:
     """Threads the C passes use: torch's intra-op setting, so `torch.set_num_threads` governs both."""
     return torch.get_num_threads()
