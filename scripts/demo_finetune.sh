@@ -19,8 +19,8 @@ if [[ $PART == a || $PART == all ]]; then
   echo "== (a) GPT-1 transfer: pretrained on Shakespeare vs from scratch, on a typo-vs-other-word entailment task"
   # premise: a verse line of the plays; hypothesis: the line with two words misspelt ("entailment") or
   # replaced by other words of the plays ("contradiction"); dev premises come from the other half of the lines
-  $PY -m gptqwen.finetune.synthetic typos --n 1000 --seed 1 > "$OUT/typos_train.jsonl"
-  $PY -m gptqwen.finetune.synthetic typos --n 600 --seed 2 --split dev > "$OUT/typos_dev.jsonl"
+  gptqwen synth typos --n 1000 --seed 1 > "$OUT/typos_train.jsonl"
+  gptqwen synth typos --n 600 --seed 2 --split dev > "$OUT/typos_dev.jsonl"
   # a small GPT-2-style decoder pretrained on Shakespeare by the project's trainer (~1 epoch, 1.5M tokens; a
   # third of an epoch at a 1024-token vocabulary left too little word knowledge to transfer)
   [[ -d $OUT/pretrain ]] || gptqwen pretrain --preset gpt2-tiny --out "$OUT/pretrain" --quiet \
@@ -39,7 +39,7 @@ if [[ $PART == a || $PART == all ]]; then
       if [[ ! -f $DIR.json ]]; then  # finished runs are kept: rerunning the demo only adds what is missing
         gptqwen finetune --task entailment --data "$OUT/typos_train.jsonl" --eval "$OUT/typos_dev.jsonl" \
             --from "$OUT/pretrain" "${FLAG[@]}" --epochs 6 --batch-size 32 --lr "$LR" --warmup 0.05 \
-            --seed "$SEED" --threads "$THREADS" --out "$DIR" --json > "$DIR.tmp"
+            --seed "$SEED" --threads "$THREADS" --out "$DIR" --overwrite --json > "$DIR.tmp"
         mv "$DIR.tmp" "$DIR.json"
       fi
       echo "  $NAME lr $LR seed $SEED: dev accuracy $($PY -c "import json,sys; print(round(json.load(open(sys.argv[1]))['eval_accuracy'], 3))" "$DIR.json")"
@@ -73,7 +73,7 @@ fi
 
 if [[ $PART == b || $PART == all ]]; then
   echo "== (b) SFT with thinking and non-thinking data; held-out accuracy in both modes"
-  $PY -m gptqwen.finetune.synthetic tokenizer --out "$OUT/reasoning_tok" > /dev/null
+  gptqwen synth tokenizer --out "$OUT/reasoning_tok" > /dev/null
   gptqwen sft --synthetic 8000 --synthetic-kinds arithmetic --from qwen3-tiny --tokenizer "$OUT/reasoning_tok" \
-      --out "$OUT/sft" --max-steps 1500 --batch-size 4 --lr 3e-3 --min-lr 1e-4 --threads "$THREADS" --eval-reasoning 100
+      --out "$OUT/sft" --overwrite --max-steps 1500 --batch-size 4 --lr 3e-3 --min-lr 1e-4 --threads "$THREADS" --eval-reasoning 100
 fi

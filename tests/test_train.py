@@ -181,10 +181,11 @@ def test_resume_with_other_model_config_refused(tmp_path, tiny_data):
 
 def test_recipes_and_overrides():
     assert {"qwen3-shakespeare", "gpt2-shakespeare", "qwen3-moe-shakespeare", "qwen3-3stage"} <= set(recipe_names())
-    for name in recipe_names():
-        r = load_recipe(name)
-        for i in range(len(r.stages)):
-            r.stage(i)
+    for trainer in ("pretrain", "sft", "finetune"):
+        for name in recipe_names(trainer):
+            r = load_recipe(name, trainer=trainer)
+            for i in range(len(r.stages)):
+                r.stage(i)
     r = load_recipe(None, ["train.lr=3e-4", "max_steps=7", "model.n_layer=6", "train.compile=true"])
     assert r.train.lr == 3e-4 and r.train.max_steps == 7 and r.model["n_layer"] == 6 and r.train.compile is True
     staged = load_recipe("qwen3-3stage", ["train.seq_len=128"])

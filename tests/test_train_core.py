@@ -26,7 +26,6 @@ from gptqwen.train import distributed as D
 from gptqwen.train.metrics import MetricsLog
 from gptqwen.train.recipe import DEFAULT_RECIPES, load_recipe, recipe_names
 from gptqwen.train.trainer import pretrain
-
 from test_train import losses, tiny_data, tiny_recipe  # noqa: F401  (tiny_data is a fixture)
 
 

@@ -22,17 +22,15 @@ FLAGS = ("--task", "--data", "--eval", "--from", "--tokenizer", "--from-scratch"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = __doc__.split("\n\n", 1)[1]
-    add_recipe_arguments(p, "finetune", out_default="finetuned", shorthands=FLAGS)
+    add_recipe_arguments(p, "finetune", out_default="finetuned", shorthands=FLAGS, doc=__doc__)
 
 
 def run(args: argparse.Namespace) -> int:
-    from gptqwen.finetune.transfer import finetune_task
-
     recipe = resolve_recipe(args, "finetune")
-    if recipe is None:
+    if recipe is None:  # --list or --print-config did the work
         return 0
+    from gptqwen.finetune.transfer import finetune_task  # not needed (nor imported) for --print-config
+
     summary = finetune_task(recipe, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet or args.json,
                             stop_at=args.stop_at)  # fmt: skip
     if args.json:

@@ -20,9 +20,7 @@ from gptqwen.commands.recipe_args import add_recipe_arguments, resolve_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
-    add_recipe_arguments(parser, "pretrain", out_default=None)
+    add_recipe_arguments(parser, "pretrain", out_default=None, doc=__doc__)
     parser.add_argument("--preset", help="model preset to train instead of the recipe's model (e.g. gpt2-tiny)")
     parser.add_argument("--stage", help="run only this stage of a staged recipe (it starts from the previous stage's weights)")
 

@@ -69,8 +69,12 @@ def _key(flag: str, trainer: str) -> str | None:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, trainer: str, out_default: str | None,
-                         shorthands: tuple[str, ...] = ()) -> None:  # fmt: skip
-    """The shared trainer options, plus the named shorthand flags (each a recipe key)."""
+                         shorthands: tuple[str, ...] = (), doc: str | None = None) -> None:  # fmt: skip
+    """The shared trainer options, plus the named shorthand flags (each a recipe key); `doc` (the verb
+    module's docstring) becomes the help's epilog after its first paragraph."""
+    if doc:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = doc.split("\n\n", 1)[1]
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. train.lr=1e-3")
     r = parser.add_argument_group("recipe and run")
     r.add_argument("--config", "-c", help=f"built-in recipe name or YAML file (default: {DEFAULT_RECIPES[trainer]})")

@@ -25,17 +25,15 @@ FLAGS = ("--data", "--synthetic", "--think-ratio", "--synthetic-kinds", "--flag-
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = __doc__.split("\n\n", 1)[1]
-    add_recipe_arguments(p, "sft", out_default="sft", shorthands=FLAGS)
+    add_recipe_arguments(p, "sft", out_default="sft", shorthands=FLAGS, doc=__doc__)
 
 
 def run(args: argparse.Namespace) -> int:
+    recipe = resolve_recipe(args, "sft")
+    if recipe is None:  # --list or --print-config did the work
+        return 0
     from gptqwen.finetune.sft_train import run_sft
 
-    recipe = resolve_recipe(args, "sft")
-    if recipe is None:
-        return 0
     after = _evaluator(recipe) if recipe.sft.eval_reasoning else None
     summary = run_sft(recipe, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet or args.json,
                       stop_at=args.stop_at, after_training=after)  # fmt: skip

@@ -23,7 +23,6 @@ from gptqwen.errors import UserError
 from gptqwen.finetune import lora as lora_mod
 from gptqwen.finetune import sft as data
 from gptqwen.finetune.common import load_base, save_model_dir, write_json
-from gptqwen.train import distributed as D
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
 from gptqwen.utils import read_jsonl
@@ -98,10 +97,8 @@ def run_sft(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bo
         describe=f"[bold]{recipe.name}[/]: {model.config.name} from {recipe.model.base}, {n_train / 1e6:.2f}M trainable params, "
                  f"{stats.kept} conversations, {batches.per_epoch} batches of {tc.batch_size} per epoch, ",
     )  # fmt: skip
-    try:
-        summary = train(work, tc, out, recipe, info, resume, overwrite, quiet, stop_at, label="sft")
-    finally:
-        D.cleanup(info)
+    # one process (setup_process refused torchrun), so there is no process group to clean up afterwards
+    summary = train(work, tc, out, recipe, info, resume, overwrite, quiet, stop_at, label="sft")
     summary.update({
         "conversations": stats.rows, "kept": stats.kept, "thinking": stats.thinking,
         "direct": stats.kept - stats.thinking, "dropped_too_long": stats.dropped_too_long,

@@ -19,7 +19,6 @@ import torch
 from gptqwen.errors import UserError
 from gptqwen.finetune import gpt1
 from gptqwen.finetune.common import load_base, save_model_dir, write_json
-from gptqwen.train import distributed as D
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
 from gptqwen.utils import read_jsonl
@@ -79,10 +78,8 @@ def finetune_task(recipe: Recipe, out: str | Path, resume: bool = False, overwri
         describe=f"[bold]{recipe.name}[/]: {t.task} on {len(train_ex)} examples from {base}"
                  f"{' (re-initialised)' if recipe.model.from_scratch else ''}, ",
     )  # fmt: skip
-    try:
-        summary = train(work, tc, out, recipe, info, resume, overwrite, quiet, stop_at, label="finetune")
-    finally:
-        D.cleanup(info)
+    # one process (setup_process refused torchrun), so there is no process group to clean up afterwards
+    summary = train(work, tc, out, recipe, info, resume, overwrite, quiet, stop_at, label="finetune")
     summary.update({"task": t.task, "from": base, "from_scratch": recipe.model.from_scratch, "train_examples": len(train_ex),
                     "dropped_too_long": len(dropped), "truncated": sum(e.truncated for e in train_ex), "labels": labels,
                     "steps": work.steps, "final_loss": summary.get("loss")})  # fmt: skip

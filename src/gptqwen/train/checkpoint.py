@@ -35,8 +35,9 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -75,7 +76,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             if ckpts:
                 break
     if not ckpts:
-        raise UserError(f"no training checkpoint found in '{path}'; pass a run folder written by gptqwen pretrain or one of its ckpt_<step> folders")
+        raise UserError(f"no training checkpoint found in '{path}'; pass a run folder written by gptqwen pretrain "
+                        "or one of its ckpt_<step> folders")
     return ckpts[-1]
 
 
