@@ -164,6 +164,9 @@ def test_nonsense_fits_are_refused():
     rising = make_runs(rising.params, rising.tokens, 10.0 - rising.loss)  # loss grows with N and D
     with pytest.raises(UserError, match="does not fall|edge of the initialisation grid"):
         get_law("chinchilla", starts=16).fit(rising)
+    no_floor = synthetic_chinchilla(noise=0.0, params={**HOFFMANN, "E": 0.0})  # nothing sets E
+    with pytest.raises(UserError, match="do not determine the irreducible loss E"):
+        get_law("chinchilla", starts=16).fit(no_floor)
     c = np.geomspace(1e12, 1e16, 8)
     with pytest.raises(UserError, match="does not fall with compute"):
         get_law("gpt4").fit(make_runs(c, np.ones(8), 2.0 + 0.01 * np.log(c), flops=c))

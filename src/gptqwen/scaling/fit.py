@@ -110,12 +110,12 @@ class Chinchilla:
         if not best.success:
             raise UserError(f"the chinchilla fit did not converge on {runs.source} ({best.message}); "
                             "add runs or check them for outliers")
-        self._check(params, a, b, runs)
+        self._check(params, a, b, e, runs)
         pred = chinchilla_loss(runs.params, runs.tokens, **params)
         rms = float(np.sqrt(np.mean((np.log(pred) - data[2]) ** 2)))
         return Fit(self.name, params, float(best.fun), rms, len(runs), True, theta=best.x)
 
-    def _check(self, params: dict[str, float], a: float, b: float, runs: Runs) -> None:
+    def _check(self, params: dict[str, float], a: float, b: float, e: float, runs: Runs) -> None:
         _check_finite(self.name, params)
         for k, col in (("alpha", "params"), ("beta", "tokens")):
             if params[k] <= 1e-6:
@@ -124,6 +124,9 @@ class Chinchilla:
             if params[k] > 2.5:
                 raise UserError(f"the chinchilla fit ran past the edge of the initialisation grid ({k} = {params[k]:.3g} "
                                 f"> 2): the runs do not pin the law down; add runs spanning a wider range of {col}")
+        if e < -5.0:  # E = e^e vanished: nothing in the runs sets the irreducible loss
+            raise UserError(f"the chinchilla fit ran past the edge of the initialisation grid (log E = {e:.3g}, grid -1..1): "
+                            f"the runs in {runs.source} do not determine the irreducible loss E; add larger or longer runs")
         for k, v in (("log A", a), ("log B", b)):
             if not -5.0 <= v <= 40.0:
                 raise UserError(f"the chinchilla fit ran past the edge of the initialisation grid ({k} = {v:.3g}, grid "
