@@ -56,6 +56,7 @@ def test_every_trainer_has_a_default_recipe(trainer):
     ("pretrain", "train.lr_max=1", "unknown train setting 'lr_max'. Did you mean: lr"),
     ("pretrain", "model.n_layers=3", "unknown model setting 'n_layers'. Did you mean: n_layer"),
     ("pretrain", "trian.lr=1", "section must be one of model, data, train. Did you mean: train"),
+    ("pretrain", "model.max_seq_len=16", "train.seq_len 256 exceeds model.max_seq_len 16"),
     ("sft", "sft.packng=false", "unknown sft setting 'packng'. Did you mean: packing"),
     ("sft", "lora.rank=4", "unknown lora setting 'rank'"),
     ("finetune", "task.lm_coeff=1", "unknown task setting 'lm_coeff'. Did you mean: lm_coef"),

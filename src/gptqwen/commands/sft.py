@@ -19,9 +19,9 @@ from gptqwen.commands.recipe_args import add_recipe_arguments, resolve_recipe
 from gptqwen.utils import print_json
 
 FLAGS = ("--data", "--synthetic", "--think-ratio", "--synthetic-kinds", "--flag-prob", "--max-len", "--too-long", "--no-packing",
-         "--from", "--tokenizer", "--epochs", "--max-steps", "--batch-size", "--lr", "--min-lr", "--warmup", "--schedule",
-         "--weight-decay", "--grad-clip", "--seed", "--device", "--threads", "--lora-r", "--lora-alpha", "--lora-dropout",
-         "--lora-targets", "--eval-reasoning", "--eval-seed", "--eval-max-new-tokens")  # fmt: skip
+         "--from", "--tokenizer", "--from-scratch", "--epochs", "--max-steps", "--batch-size", "--lr", "--min-lr", "--warmup",
+         "--schedule", "--weight-decay", "--grad-clip", "--seed", "--device", "--threads", "--lora-r", "--lora-alpha",
+         "--lora-dropout", "--lora-targets", "--eval-reasoning", "--eval-seed", "--eval-max-new-tokens")  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ from gptqwen.errors import UserError
 from gptqwen.finetune import lora as lora_mod
 from gptqwen.finetune import sft as data
 from gptqwen.finetune.common import load_base, save_model_dir, write_json
+from gptqwen.finetune.synthetic import GENERATORS, reasoning_conversations
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
 from gptqwen.utils import read_jsonl
@@ -46,8 +47,6 @@ def conversations(recipe: Recipe) -> tuple[list[tuple[int, dict]], str]:
     if (s.data is None) == (s.synthetic is None):
         raise UserError("pass exactly one of --data FILE or --synthetic N (sft.data or sft.synthetic)")
     if s.synthetic is not None:
-        from gptqwen.finetune.synthetic import GENERATORS, reasoning_conversations
-
         unknown = [k for k in s.synthetic_kinds if k not in GENERATORS]
         if unknown or not s.synthetic_kinds:
             raise UserError(f"unknown --synthetic-kinds {unknown}; choose from {', '.join(GENERATORS)}")
@@ -73,7 +72,7 @@ def run_sft(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bo
     check_run_dir(Path(out), resume, overwrite)
     info = setup_process(tc, single="sft")
     torch.manual_seed(tc.seed)
-    model, tok = load_base(recipe.model.base, recipe.model.tokenizer, info.device, tc.seed)
+    model, tok = load_base(recipe.model.base, recipe.model.tokenizer, info.device, tc.seed, recipe.model.from_scratch)
     max_len = min(s.max_len or model.config.max_seq_len, model.config.max_seq_len)
     flag_prob = 0.0 if s.synthetic is not None else s.flag_prob  # synthetic rows carry their flags already
     examples, stats = data.build_examples(tok, rows, max_len, source, s.too_long, flag_prob, tc.seed)

@@ -54,7 +54,7 @@ class BaseModelConfig:
 
     base: str | None = None  # run dir, HF dir, .gguf or preset (`--from`)
     tokenizer: str | None = None  # tokenizer.json or preset, when `base` has none
-    from_scratch: bool = False  # finetune: same architecture and tokenizer, fresh weights (the baseline)
+    from_scratch: bool = False  # same architecture and tokenizer, fresh weights (the baseline transfer is measured against)
 
 
 @dataclass
@@ -318,6 +318,8 @@ class Recipe:
         for i, s in enumerate(stages):
             if not isinstance(s, dict) or not s.get("name") or set(s) - {"name", *schema}:
                 raise UserError(f"stage {i} must be a mapping with a name and optional {', '.join(schema)} sections")
+        if kind == "pretrain" and sections["model"].get("max_seq_len", sections["train"].seq_len) < sections["train"].seq_len:
+            raise UserError(f"train.seq_len {sections['train'].seq_len} exceeds model.max_seq_len {sections['model']['max_seq_len']}")
         recipe = cls(name=str(raw.get("name", "run")), trainer=kind, sections=sections, stages=stages, raw=copy.deepcopy(raw))
         for i in range(len(stages)):  # every stage is checked now, not when it starts
             recipe.stage(i)
