@@ -89,9 +89,10 @@ def run_sft(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bo
         return losses["loss"], logged
 
     work = Workload(
-        model=model, model_config={**model.config.to_dict(), "lora": wrapped}, steps=steps_for(tc, batches.per_epoch),
+        model=model, model_config=model.config.to_dict(), steps=steps_for(tc, batches.per_epoch),
         micro_batches=batches, loss=loss, count_tokens=lambda b: int((b["document_ids"] >= 0).sum()),
-        order={"train.batch_size": tc.batch_size, "train.seed": tc.seed, "sft.max_len": max_len, "sft.packing": s.packing},
+        order={"train.batch_size": tc.batch_size, "train.seed": tc.seed, "sft.max_len": max_len, "sft.packing": s.packing,
+               "lora layers": wrapped},
         epoch_of=batches.epoch_of,
         describe=f"[bold]{recipe.name}[/]: {model.config.name} from {recipe.model.base}, {n_train / 1e6:.2f}M trainable params, "
                  f"{stats.kept} conversations, {batches.per_epoch} batches of {tc.batch_size} per epoch, ",

@@ -71,10 +71,11 @@ def finetune_task(recipe: Recipe, out: str | Path, resume: bool = False, overwri
 
     batches = EpochBatches(epoch)
     work = Workload(
-        model=torch.nn.ModuleList([model, head]), model_config={**model.config.to_dict(), "task": t.task, "labels": labels},
+        model=torch.nn.ModuleList([model, head]), model_config=model.config.to_dict(),
         steps=steps_for(tc, batches.per_epoch), micro_batches=batches, loss=loss,
         count_tokens=lambda b: int(b["input_ids"].numel()), epoch_of=batches.epoch_of,
-        order={"train.batch_size": tc.batch_size, "train.seed": tc.seed, "task.max_len": max_len},
+        order={"train.batch_size": tc.batch_size, "train.seed": tc.seed, "task.max_len": max_len, "task.task": t.task,
+               "task.labels": labels},
         describe=f"[bold]{recipe.name}[/]: {t.task} on {len(train_ex)} examples from {base}"
                  f"{' (re-initialised)' if recipe.model.from_scratch else ''}, ",
     )  # fmt: skip

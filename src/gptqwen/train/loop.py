@@ -54,7 +54,7 @@ class Workload:
     micro_batches: Callable[[int, D.DistInfo], list[Any]]  # step -> this rank's micro-batches of that step
     loss: LossFn
     count_tokens: Callable[[Any], int]  # tokens in a micro-batch, for tokens/s
-    order: dict[str, Any] = field(default_factory=dict)  # settings the data order depends on; a resume must match
+    order: dict[str, Any] = field(default_factory=dict)  # other settings a resume must match (the data order's)
     flops_per_token: float | None = None  # for MFU
     evaluate: Callable[[nn.Module], dict[str, Any]] | None = None  # (forward module) -> metrics, in eval mode
     sample: Callable[[nn.Module, int], str] | None = None  # (model, step) -> a generation to show
@@ -140,8 +140,8 @@ def _check_resume(state: dict[str, Any], work: Workload, ckpt: Path) -> None:
     for key, now in work.order.items():
         was = state.get("order", {}).get(key, now)
         if was != now:
-            raise UserError(f"cannot resume {ckpt}: {key} was {was}, now {now}; "
-                            "the data order depends on it. Use the original value or start a new run with --out")  # fmt: skip
+            raise UserError(f"cannot resume {ckpt}: {key} was {was}, now {now}; the run (its data order, its "
+                            "trained layers) depends on it. Use the original value or start a new run with --out")  # fmt: skip
 
 
 def _prepare_run_dir(out: Path, existing: list[Path], overwrite: bool, recipe: Recipe) -> None:
