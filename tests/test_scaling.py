@@ -15,6 +15,7 @@ from gptqwen.errors import UserError
 from gptqwen.scaling import Target, bootstrap, get_law, make_runs, read_runs, report
 from gptqwen.scaling.fit import compute_frontier
 from gptqwen.scaling.laws import chinchilla_loss, compute_optimal, hoffmann_objective
+from gptqwen.scaling.plot import isoflop_groups
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scaling"
 HOFFMANN = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
@@ -236,10 +237,20 @@ def test_cli_predict_leaves_out_big_runs_and_plots(tmp_path, capsys):
     assert rc == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
-    assert out["prediction"]["excluded_lines"] == [10] and "line 10" in captured.err
+    assert out["excluded_lines"] == [10] and "line 10" in captured.err
     assert out["diagnostics"]["n_runs"] == 8
     assert abs(out["prediction"]["relative_error"]) < 0.02
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_frontier_fits_only_the_best_run_per_budget(capsys):
+    assert main(["scaling", "fit", str(FIXTURES / "isoflop.csv"), "--law", "gpt4", "--frontier", "--bootstrap", "0",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    runs = read_runs(FIXTURES / "isoflop.csv")
+    best = {int(runs.lines[g[np.argmin(runs.loss[g])]]) for g in isoflop_groups(runs)}
+    assert not best & set(out["excluded_lines"])  # each budget's best run is fitted, most others are not
+    assert 5 <= out["diagnostics"]["n_runs"] <= 10 and out["diagnostics"]["n_runs"] + len(out["excluded_lines"]) == 35
 
 
 def test_cli_table_and_isoflop_plot(tmp_path, capsys):

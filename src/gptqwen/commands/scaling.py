@@ -32,6 +32,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
     p.add_argument("--starts", default="128", metavar="K|all",
                    help="chinchilla: L-BFGS from the K best points of Hoffmann's 4,500-point grid, or 'all' (default: 128)")
+    p.add_argument("--frontier", action="store_true",
+                   help="fit only the compute frontier: runs with a lower loss than every cheaper run (e.g. gpt4 on a grid)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,28 +122,31 @@ def _sweep(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.action == "sweep":
         return _sweep(args)
-    from gptqwen.scaling.analysis import exclude_above, report
+    import numpy as np
+
+    from gptqwen.scaling.analysis import report, within_fraction
     from gptqwen.scaling.data import read_runs
-    from gptqwen.scaling.fit import get_law
+    from gptqwen.scaling.fit import compute_frontier, get_law
 
     law = get_law(args.law, **({"starts": _starts(args.starts)} if args.law == "chinchilla" else {}))
-    runs = read_runs(args.file)
-    target, excluded, dropped = None, None, []
-    if args.action == "predict":
-        target = _target(args)
-        if args.max_fraction is not None:
-            if not target.compute:
-                raise UserError("--max-fraction needs the target's compute: --target-flops, or --target-params "
-                                "with --target-tokens")
-            runs, excluded = exclude_above(runs, target.compute, args.max_fraction)
-            dropped = [int(n) for n in excluded.lines]
-            if dropped:
-                print(f"left out of the fit (compute above {args.max_fraction:g} of the target's "
-                      f"{target.compute:.3g} FLOPs): {excluded.describe_lines()}", file=sys.stderr)
-    out, fit = report(law, runs, args.bootstrap, args.seed, args.confidence, target,
-                      getattr(args, "actual", None))
-    if target is not None:
-        out["prediction"]["excluded_lines"] = dropped
+    everything = read_runs(args.file)
+    used = np.ones(len(everything), dtype=bool)
+    target = _target(args) if args.action == "predict" else None
+    if target is not None and args.max_fraction is not None:
+        if not target.compute:
+            raise UserError("--max-fraction needs the target's compute: --target-flops, or --target-params "
+                            "with --target-tokens")
+        used = within_fraction(everything, target.compute, args.max_fraction)
+        if not used.all():
+            print(f"left out of the fit (compute above {args.max_fraction:g} of the target's {target.compute:.3g} "
+                  f"FLOPs): {everything.describe_lines(~used)}", file=sys.stderr)
+    if args.frontier:
+        candidates = np.flatnonzero(used)
+        used[:] = False
+        used[candidates[compute_frontier(everything.subset(candidates))]] = True
+    runs, excluded = everything.subset(used), everything.subset(~used)
+    out, fit = report(law, runs, args.bootstrap, args.seed, args.confidence, target, getattr(args, "actual", None))
+    out["excluded_lines"] = [int(n) for n in excluded.lines]
     if args.plot:
         from gptqwen.scaling.plot import plot_fit
 

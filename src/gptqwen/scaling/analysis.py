@@ -46,12 +46,11 @@ def bootstrap(law, runs: Runs, fit: Fit, n: int, seed: int = 0, target: Target |
     return {"samples": n, "failed": failed, "confidence": confidence, "intervals": intervals}
 
 
-def exclude_above(runs: Runs, target_compute: float, fraction: float) -> tuple[Runs, Runs]:
-    """Split off the runs using more than `fraction` of the target's compute: (runs kept, runs left out)."""
+def within_fraction(runs: Runs, target_compute: float, fraction: float) -> np.ndarray:
+    """Mask of the runs using at most `fraction` of the target's compute (the GPT-4 report's ≤ 1/100 rule)."""
     if not 0 < fraction <= 1:
         raise UserError(f"--max-fraction must be in (0, 1], not {fraction}")
-    over = runs.flops > fraction * target_compute
-    return runs.subset(~over), runs.subset(over)
+    return runs.flops <= fraction * target_compute
 
 
 def report(law, runs: Runs, n_bootstrap: int = 0, seed: int = 0, confidence: float = 0.95,
