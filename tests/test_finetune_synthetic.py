@@ -92,3 +92,12 @@ def test_extract_answer():
     assert syn.extract_answer("<think>\n1 + 2 = 3.\n</think>\n\nThe answer is 3.") == "3"
     assert syn.extract_answer("The answer is yes. Or: the answer is no.") == "no"
     assert syn.extract_answer("no idea") is None
+
+
+def test_synth_cli(capsys):
+    from gptqwen.cli import main
+
+    assert main(["synth", "entailment", "--n", "3", "--seed", "4"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows == syn.entailment_examples(3, 4)
+    assert main(["synth", "tokenizer"]) == 2 and "needs --out" in capsys.readouterr().err

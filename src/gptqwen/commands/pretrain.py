@@ -15,8 +15,10 @@ the built-in recipes.
 from __future__ import annotations
 
 import argparse
+import os
 
 from gptqwen.commands.recipe_args import add_recipe_arguments, resolve_recipe
+from gptqwen.utils import print_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     recipe = resolve_recipe(args, "pretrain", preset=args.preset)
     if recipe is None:
         return 0
@@ -39,8 +39,6 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports
         return 0
     if args.json:
-        from gptqwen.utils import print_json
-
         print_json(results)
     elif results:
         last = results[-1]

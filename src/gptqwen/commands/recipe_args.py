@@ -12,6 +12,9 @@ shorthand flags, then `section.key=value` overrides.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
+
+import yaml
 
 from gptqwen.errors import UserError
 from gptqwen.train.recipe import DEFAULT_RECIPES, Recipe, load_recipe, recipe_names
@@ -138,10 +141,6 @@ def resolve_recipe(args: argparse.Namespace, trainer: str, preset: str | None = 
 
 
 def list_recipes(trainer: str) -> None:
-    import importlib.resources
-
-    import yaml
-
     for name in recipe_names(trainer):
         raw = yaml.safe_load((importlib.resources.files("gptqwen") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8"))
         print(f"{name:<24} {raw.get('description', '')}")

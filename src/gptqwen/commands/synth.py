@@ -11,8 +11,11 @@ The generators are in `gptqwen.finetune.synthetic`.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 from gptqwen.errors import UserError
+from gptqwen.finetune import synthetic
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,11 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import sys
-
-    from gptqwen.finetune import synthetic
-
     if args.kind == "tokenizer":
         if not args.out:
             raise UserError("gptqwen synth tokenizer needs --out DIR")

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from gptqwen.config import Config
 from gptqwen.errors import UserError, closest
 
 
@@ -245,8 +246,6 @@ def build_section(cls: type, values: dict[str, Any] | None, section: str):
 
 def check_model_section(values: dict[str, Any]) -> dict[str, Any]:
     """pretrain's model section: a known preset and Config fields (checked by building the Config)."""
-    from gptqwen.config import Config
-
     model = dict(values or {})
     preset = model.pop("preset", "qwen3-tiny")
     known = {f.name for f in dataclasses.fields(Config)} - {"name"}

@@ -20,7 +20,13 @@ from typing import Any
 
 import torch
 
+from gptqwen.config import Config
+from gptqwen.data.prepare import ensure_dataset
+from gptqwen.data.shards import TokenDataset
 from gptqwen.errors import UserError
+from gptqwen.infer.sampling import Sampler, SamplingParams
+from gptqwen.model import Transformer
+from gptqwen.tokenizer import Tokenizer
 from gptqwen.train import checkpoint as ckpt_io
 from gptqwen.train import distributed as D
 from gptqwen.train.loader import WindowSampler, eval_windows, read_windows
@@ -31,8 +37,6 @@ from gptqwen.train.recipe import Recipe
 
 def model_config(recipe: Recipe, vocab_size: int, eos_id: int | None):
     """The model `Config`: the recipe's preset and overrides (checked with the recipe); vocab and context follow the data."""
-    from gptqwen.config import Config
-
     overrides = dict(recipe.model)
     preset = overrides.pop("preset")
     overrides.setdefault("vocab_size", vocab_size)
@@ -46,9 +50,6 @@ def model_config(recipe: Recipe, vocab_size: int, eos_id: int | None):
 
 
 def _prepare_data(recipe: Recipe, info: D.DistInfo, progress: bool) -> tuple[Any, Any]:
-    from gptqwen.data.prepare import ensure_dataset
-    from gptqwen.data.shards import TokenDataset
-
     d = recipe.data
     if info.is_main:
         ensure_dataset(d.sources, d.dir, progress=progress, tokenizer=d.tokenizer, train_vocab=None if d.tokenizer else d.train_vocab,
@@ -79,8 +80,6 @@ def evaluate(model, val, windows: list[int], seq_len: int, micro: int, info: D.D
 
 def sample(model, tokenizer, prompt: str, max_new: int, temperature: float, top_k: int, seed: int, device) -> str:
     """Sample a continuation with a KV cache and the engine's sampler (every rank runs it so FSDP all-gathers line up)."""
-    from gptqwen.infer.sampling import Sampler, SamplingParams
-
     context = D.unwrap(model).config.max_seq_len
     max_new = min(max_new, context - 1)
     ids = (tokenizer.encode(prompt) or [tokenizer.eos_id])[-(context - max_new) :]
@@ -118,9 +117,6 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: b
 
 
 def _workload(recipe: Recipe, info: D.DistInfo, init_from: Path | None, quiet: bool) -> Workload:
-    from gptqwen.model import Transformer
-    from gptqwen.tokenizer import Tokenizer
-
     tc = recipe.train
     if tc.batch_size % info.world_size:
         raise UserError(f"train.batch_size {tc.batch_size} must be divisible by the {info.world_size} processes")
