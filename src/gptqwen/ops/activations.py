@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from gptqwen.ops import _clib
+from gptqwen.ops._custom import CustomOp
 
 
 def gelu_reference(x: torch.Tensor) -> torch.Tensor:
@@ -22,7 +23,7 @@ def gelu_reference(x: torch.Tensor) -> torch.Tensor:
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """GPT-2's GELU (tanh approximation)."""
-    return torch.ops.gptqwen.gelu(x) if _clib.usable(x) else gelu_reference(x)
+    return _gelu_op(x) if _clib.usable(x) else gelu_reference(x)
 
 
 def swiglu_reference(h: torch.Tensor) -> torch.Tensor:
@@ -33,11 +34,10 @@ def swiglu_reference(h: torch.Tensor) -> torch.Tensor:
 
 def swiglu(h: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up where h = [..., gate | up]."""
-    return torch.ops.gptqwen.swiglu(h) if _clib.usable(h) else swiglu_reference(h)
+    return _swiglu_op(h) if _clib.usable(h) else swiglu_reference(h)
 
 
 # ---- GELU -----------------------------------------------------------------------------------------------
-@torch.library.custom_op("gptqwen::gelu", mutates_args=(), device_types="cpu")
 def _gelu_c(x: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     y = torch.empty_like(x)
@@ -45,7 +45,6 @@ def _gelu_c(x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-@torch.library.custom_op("gptqwen::gelu_backward", mutates_args=(), device_types="cpu")
 def _gelu_backward_c(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     x, grad = x.contiguous(), grad.contiguous()
     dx = torch.empty_like(x)
@@ -53,8 +52,11 @@ def _gelu_backward_c(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return dx
 
 
+_gelu_op = CustomOp("gptqwen::gelu", _gelu_c)
+_gelu_backward_op = CustomOp("gptqwen::gelu_backward", _gelu_backward_c)
+
+
 # ---- SwiGLU ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("gptqwen::swiglu", mutates_args=(), device_types="cpu")
 def _swiglu_c(h: torch.Tensor) -> torch.Tensor:
     h = h.contiguous()
     width = h.shape[-1] // 2
@@ -63,7 +65,6 @@ def _swiglu_c(h: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@torch.library.custom_op("gptqwen::swiglu_backward", mutates_args=(), device_types="cpu")
 def _swiglu_backward_c(h: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     h, grad = h.contiguous(), grad.contiguous()
     width = h.shape[-1] // 2
@@ -73,14 +74,18 @@ def _swiglu_backward_c(h: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return grad_h
 
 
-@_gelu_c.register_fake
-@_gelu_backward_c.register_fake
-@_swiglu_backward_c.register_fake
+_swiglu_op = CustomOp("gptqwen::swiglu", _swiglu_c)
+_swiglu_backward_op = CustomOp("gptqwen::swiglu_backward", _swiglu_backward_c)
+
+
+@_gelu_op.register_fake
+@_gelu_backward_op.register_fake
+@_swiglu_backward_op.register_fake
 def _(x, grad=None):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@_swiglu_c.register_fake
+@_swiglu_op.register_fake
 def _(h):
     return h.new_empty(*h.shape[:-1], h.shape[-1] // 2)
 
@@ -89,7 +94,7 @@ def _save_input(ctx, inputs, output) -> None:
     ctx.save_for_backward(inputs[0])  # the backward recomputes the sigmoid from the input
 
 
-_gelu_c.register_autograd(lambda ctx, grad: torch.ops.gptqwen.gelu_backward(ctx.saved_tensors[0], grad),
+_gelu_op.register_autograd(lambda ctx, grad: _gelu_backward_op(ctx.saved_tensors[0], grad),
                           setup_context=_save_input)
-_swiglu_c.register_autograd(lambda ctx, grad: torch.ops.gptqwen.swiglu_backward(ctx.saved_tensors[0], grad),
+_swiglu_op.register_autograd(lambda ctx, grad: _swiglu_backward_op(ctx.saved_tensors[0], grad),
                             setup_context=_save_input)

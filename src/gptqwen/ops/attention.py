@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from gptqwen.ops import _clib
+from gptqwen.ops._custom import CustomOp
 
 MAX_LEN = 1024  # the C pass keeps a head's T x T scores (4 MB at 1024); longer goes to SDPA
 
@@ -41,7 +42,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     # pair per thread to keep them all busy
     if (_clib.usable(q, k, v, contiguous=False) and T <= MAX_LEN and B * k.shape[2] >= _clib.threads()
             and all(_heads_contiguous(t) for t in (q, k, v))):
-        return torch.ops.gptqwen.causal_attention(q, k, v)[0]
+        return _attention_op(q, k, v)[0]
     return causal_attention_reference(q, k, v)
 
 
@@ -51,7 +52,6 @@ def _rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     return t, t.stride(1)
 
 
-@torch.library.custom_op("gptqwen::causal_attention", mutates_args=(), device_types="cpu")
 def _attention_c(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(o [B, T, hq, d] contiguous, lse [B, hq, T])."""
     B, T, hq, d = q.shape
@@ -65,13 +65,15 @@ def _attention_c(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[tor
     return o, lse
 
 
-@_attention_c.register_fake
+_attention_op = CustomOp("gptqwen::causal_attention", _attention_c)
+
+
+@_attention_op.register_fake
 def _(q, k, v):
     B, T, hq, d = q.shape
     return q.new_empty(B, T, hq, d), q.new_empty(B, hq, T)
 
 
-@torch.library.custom_op("gptqwen::causal_attention_backward", mutates_args=(), device_types="cpu")
 def _attention_backward_c(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
                           grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), contiguous and shaped like q, k, v."""
@@ -89,7 +91,10 @@ def _attention_backward_c(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: 
     return dq, dk, dv
 
 
-@_attention_backward_c.register_fake
+_attention_backward_op = CustomOp("gptqwen::causal_attention_backward", _attention_backward_c)
+
+
+@_attention_backward_op.register_fake
 def _(q, k, v, o, lse, grad):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
@@ -99,7 +104,7 @@ def _setup(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad: torch.Tensor, _grad_lse: torch.Tensor):
-    return torch.ops.gptqwen.causal_attention_backward(*ctx.saved_tensors, grad)
+    return _attention_backward_op(*ctx.saved_tensors, grad)
 
 
-_attention_c.register_autograd(_backward, setup_context=_setup)
+_attention_op.register_autograd(_backward, setup_context=_setup)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gptqwen.ops._custom import CustomOp
+
 # tokens per chunk: enough columns for full-speed (multi-threaded) GEMMs and reductions — a few dozen run
 # at half speed, and on 2 CPU threads ~700 beat ~300 by 20% — while the chunk's logits stay a fraction of
 # the full tensor (128 MB fp32 at GPT-2's vocabulary, vs 412 MB per copy for 2048 tokens)
@@ -42,10 +44,9 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     """Mean cross-entropy of logits `x @ weight.T` against `targets` (-100 = ignored), computed in chunks."""
     if not fuses_linear_cross_entropy(x, weight):
         return linear_cross_entropy_reference(x, weight, targets)
-    return torch.ops.gptqwen.linear_cross_entropy(x, weight, targets, x.requires_grad, weight.requires_grad)[0]
+    return _fused_op(x, weight, targets, x.requires_grad, weight.requires_grad)[0]
 
 
-@torch.library.custom_op("gptqwen::linear_cross_entropy", mutates_args=())
 def _fused(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, need_x: bool, need_w: bool
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, d loss / d x, d loss / d weight); a gradient not needed is an empty tensor."""
@@ -87,7 +88,10 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, need_x:
     return loss * scale, grad_x, grad_w
 
 
-@_fused.register_fake
+_fused_op = CustomOp("gptqwen::linear_cross_entropy", _fused, device_types=None)  # torch ops: any device
+
+
+@_fused_op.register_fake
 def _(x, weight, targets, need_x, need_w):
     return (x.new_empty((), dtype=torch.float32), x.new_empty(x.shape if need_x else (0,)),
             weight.new_empty(weight.shape if need_w else (0,)))
@@ -105,4 +109,4 @@ def _backward(ctx, grad: torch.Tensor, _grad_gx: torch.Tensor, _grad_gw: torch.T
     return grad_x * grad if need_x else None, grad_w * grad if need_w else None, None, None, None
 
 
-_fused.register_autograd(_backward, setup_context=_setup)
+_fused_op.register_autograd(_backward, setup_context=_setup)

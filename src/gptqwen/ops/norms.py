@@ -3,7 +3,7 @@
 
 torch's CPU rms_norm runs as ~8 ops and autograd records about a dozen more for its backward, which dominates
 small models on CPU; the C pass is one sweep each way. It is the op `gptqwen::rms_norm` (backward
-`gptqwen::rms_norm_backward`), so torch.compile keeps it in its graph.
+`gptqwen::rms_norm_backward`; ops/_custom.py), so torch.compile keeps it in its graph.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from gptqwen.ops import _clib
+from gptqwen.ops._custom import CustomOp
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -25,11 +26,10 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMS-normalise the last dim of x; `weight` broadcasts against x (e.g. [D] or [heads, D])."""
     if weight.dim() == 1 and _clib.usable(x, weight):
-        return torch.ops.gptqwen.rms_norm(x, weight, eps)[0]
+        return _rms_norm_op(x, weight, eps)[0]
     return rms_norm_reference(x, weight, eps)
 
 
-@torch.library.custom_op("gptqwen::rms_norm", mutates_args=(), device_types="cpu")
 def _rms_norm_c(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, rstd [..., 1]) for float32 x and a 1-D weight."""
     x, weight = x.contiguous(), weight.contiguous()
@@ -40,12 +40,14 @@ def _rms_norm_c(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torc
     return y, rstd
 
 
-@_rms_norm_c.register_fake
+_rms_norm_op = CustomOp("gptqwen::rms_norm", _rms_norm_c)
+
+
+@_rms_norm_op.register_fake
 def _(x, weight, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(*x.shape[:-1], 1)
 
 
-@torch.library.custom_op("gptqwen::rms_norm_backward", mutates_args=(), device_types="cpu")
 def _rms_norm_backward_c(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, grad: torch.Tensor,
                          need_weight_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dw) of `rms_norm`; dw is empty when not needed."""
@@ -60,7 +62,10 @@ def _rms_norm_backward_c(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tens
     return dx, dw
 
 
-@_rms_norm_backward_c.register_fake
+_rms_norm_backward_op = CustomOp("gptqwen::rms_norm_backward", _rms_norm_backward_c)
+
+
+@_rms_norm_backward_op.register_fake
 def _(x, weight, rstd, grad, need_weight_grad):
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             x.new_empty(x.shape[-1] if need_weight_grad else 0))
@@ -74,8 +79,8 @@ def _setup(ctx, inputs, output) -> None:
 def _backward(ctx, grad: torch.Tensor, _grad_rstd: torch.Tensor):
     x, weight, rstd = ctx.saved_tensors
     need_w = ctx.needs_input_grad[1]
-    dx, dw = torch.ops.gptqwen.rms_norm_backward(x, weight, rstd, grad, need_w)
+    dx, dw = _rms_norm_backward_op(x, weight, rstd, grad, need_w)
     return dx, dw if need_w else None, None
 
 
-_rms_norm_c.register_autograd(_backward, setup_context=_setup)
+_rms_norm_op.register_autograd(_backward, setup_context=_setup)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from gptqwen.ops import _clib
+from gptqwen.ops._custom import CustomOp
 from gptqwen.ops.norms import rms_norm_reference
 
 
@@ -33,7 +34,7 @@ def norm_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight: tor
     if (_clib.usable(x, contiguous=False) and _clib.usable(cos, sin, weight) and D % 2 == 0
             and cos.shape[-3:] == (T, 1, D) and cos.shape[0] in (1, B) and sin.shape == cos.shape
             and (weight is None or weight.shape == (H, D))):
-        return torch.ops.gptqwen.norm_rope(x, cos, sin, weight, eps)[0]
+        return _norm_rope_op(x, cos, sin, weight, eps)[0]
     return norm_rope_reference(x, cos, sin, weight, eps)
 
 
@@ -46,7 +47,6 @@ def _layout(x: torch.Tensor, cos: torch.Tensor) -> tuple[torch.Tensor, int, int]
     return x, x.stride(1), (T * D if cos.shape[0] == B and B > 1 else 0)
 
 
-@torch.library.custom_op("gptqwen::norm_rope", mutates_args=(), device_types="cpu")
 def _norm_rope_c(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight: torch.Tensor | None,
                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(y [B, T, H, D] contiguous, rstd [B, T, H], empty without a weight)."""
@@ -61,13 +61,15 @@ def _norm_rope_c(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight: 
     return y, rstd
 
 
-@_norm_rope_c.register_fake
+_norm_rope_op = CustomOp("gptqwen::norm_rope", _norm_rope_c)
+
+
+@_norm_rope_op.register_fake
 def _(x, cos, sin, weight, eps):
     B, T, H, D = x.shape
     return x.new_empty(B, T, H, D), x.new_empty((B, T, H) if weight is not None else (0,))
 
 
-@torch.library.custom_op("gptqwen::norm_rope_backward", mutates_args=(), device_types="cpu")
 def _norm_rope_backward_c(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, weight: torch.Tensor | None,
                           rstd: torch.Tensor, grad: torch.Tensor, need_weight_grad: bool
                           ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +88,10 @@ def _norm_rope_backward_c(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return dx, dw
 
 
-@_norm_rope_backward_c.register_fake
+_norm_rope_backward_op = CustomOp("gptqwen::norm_rope_backward", _norm_rope_backward_c)
+
+
+@_norm_rope_backward_op.register_fake
 def _(x, cos, sin, weight, rstd, grad, need_weight_grad):
     B, T, H, D = x.shape
     return x.new_empty(B, T, H, D), x.new_empty((H, D) if need_weight_grad and weight is not None else (0,))
@@ -100,8 +105,8 @@ def _setup(ctx, inputs, output) -> None:
 def _backward(ctx, grad: torch.Tensor, _grad_rstd: torch.Tensor):
     x, cos, sin, weight, rstd = ctx.saved_tensors
     need_w = weight is not None and ctx.needs_input_grad[3]
-    dx, dw = torch.ops.gptqwen.norm_rope_backward(x, cos, sin, weight, rstd, grad, need_w)
+    dx, dw = _norm_rope_backward_op(x, cos, sin, weight, rstd, grad, need_w)
     return dx, None, None, dw if need_w else None, None
 
 
-_norm_rope_c.register_autograd(_backward, setup_context=_setup)
+_norm_rope_op.register_autograd(_backward, setup_context=_setup)
