@@ -13,9 +13,9 @@ from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.infer import Engine, SamplingParams
 from gptqwen.infer.quant import QuantLinear, quantize
+from gptqwen.model import Transformer
 from gptqwen.ops import _clib
 from gptqwen.ops.quant import FORMATS, dequantize_blocks, float_matmul, quant_linear, quantize_blocks
-from gptqwen.model import Transformer
 
 needs_kernels = pytest.mark.skipif(_clib.library() is None, reason="no C compiler here")
 

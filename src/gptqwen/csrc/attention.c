@@ -128,14 +128,10 @@ int gq_attention_forward(const float *q, int64_t qs, const float *k, int64_t ks,
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         float *P = malloc(sizeof(float) * T * T), *kt = malloc(sizeof(float) * d * T);
-        const int ok = P && kt;
-        if (!ok) { /* the loop must still be entered by every thread: this one skips its share */
-            #pragma omp atomic write
-            failed = 1;
-        }
+        if (!P || !kt) note_failure(&failed);
         #pragma omp for schedule(static)
         for (int64_t bg = 0; bg < B * hk; bg++) {
-            if (!ok) continue;
+            if (!P || !kt) continue;
             const int64_t b = bg / hk, g = bg % hk;
             const float *kb = k + b * T * ks + g * d, *vb = v + b * T * vs + g * d;
             transpose_head(kb, ks, T, d, kt);
@@ -163,16 +159,13 @@ int gq_attention_backward(const float *q, int64_t qs, const float *k, int64_t ks
     int failed = 0;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-        float *P = malloc(sizeof(float) * T * T), *dS = malloc(sizeof(float) * T * T);
-        float *kt = malloc(sizeof(float) * d * T), *vt = malloc(sizeof(float) * d * T), *D = malloc(sizeof(float) * T);
-        const int ok = P && dS && kt && vt && D;
-        if (!ok) {
-            #pragma omp atomic write
-            failed = 1;
-        }
+        /* one workspace per thread: P and dS [T, T], the head's keys and values transposed [d, T], D [T] */
+        float *work = malloc(sizeof(float) * (2 * T * T + 2 * d * T + T));
+        if (!work) note_failure(&failed);
         #pragma omp for schedule(static)
         for (int64_t bg = 0; bg < B * hk; bg++) {
-            if (!ok) continue;
+            if (!work) continue;
+            float *P = work, *dS = P + T * T, *kt = dS + T * T, *vt = kt + d * T, *D = vt + d * T;
             const int64_t b = bg / hk, g = bg % hk;
             const float *kb = k + b * T * ks + g * d, *vb = v + b * T * vs + g * d;
             float *dkb = dk + (b * T * hk + g) * d, *dvb = dv + (b * T * hk + g) * d;
@@ -204,7 +197,7 @@ int gq_attention_backward(const float *q, int64_t qs, const float *k, int64_t ks
                 tile_gemm(T, d, T, dS, T, 1, kb, ks, dqb, rs, 2, 0);         /* dQ = dS K */
             }
         }
-        free(P); free(dS); free(kt); free(vt); free(D);
+        free(work);
     }
     return failed ? GQ_ENOMEM : GQ_OK;
 }

@@ -120,6 +120,13 @@ static inline int thread_id(void) { return omp_get_thread_num(); }
 static inline int thread_id(void) { return 0; }
 #endif
 
+/* Inside an OpenMP region: record that this thread could not allocate its workspace (the caller then returns
+ * GQ_ENOMEM; the thread still enters the region's work-sharing loop and skips its share). */
+static inline void note_failure(int *failed) {
+    #pragma omp atomic write
+    *failed = 1;
+}
+
 /* Sums per-thread partial rows part[t * n + j] over t into out[j] (in thread order: deterministic). */
 static inline void reduce_partials(const float *part, int nthreads, int64_t n, float *out) {
     for (int64_t j = 0; j < n; j++) {

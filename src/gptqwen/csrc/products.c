@@ -221,10 +221,7 @@ static int matmul(int fmt, const float *x, int64_t M, int64_t K, const void *w, 
         #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
         {
         float *scratch = malloc(sizeof(float) * 2 * (G + 1));
-        if (!scratch) { /* every thread still enters the loop below; this one skips its share */
-            #pragma omp atomic write
-            failed = 1;
-        }
+        if (!scratch) note_failure(&failed);
         #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n++) {
             if (!scratch) continue;

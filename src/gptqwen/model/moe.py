@@ -10,7 +10,7 @@ sums the expert frequencies over micro-batches and data-parallel ranks first (Qw
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -92,7 +92,7 @@ def load_balancing_loss(router_logits: Sequence[torch.Tensor], n_experts: int, t
 
 def global_load_balancing_loss(router_logits_list: Sequence[Sequence[torch.Tensor]], n_experts: int, top_k: int,
                                attention_masks: Sequence[torch.Tensor | None] | None = None,
-                               group: "dist.ProcessGroup | None" = None) -> torch.Tensor:
+                               group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Global-batch balancing: expert frequencies f_e summed over all micro-batches (and all data-parallel
     ranks when torch.distributed is initialised) before the product with this rank's mean probabilities.
 

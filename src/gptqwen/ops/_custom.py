@@ -15,7 +15,8 @@ Both routes run the same functions, and tests/test_ops.py checks the registered 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
