@@ -66,7 +66,7 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, need_x:
         xc, n = x[start:stop], stop - start
         logits = workspace[: vocab * n].view(vocab, n)  # column j holds token start + j
         torch.mm(weight, xc.t(), out=logits)
-        cols = torch.arange(n, device=x.device)
+        cols = torch.arange(n, dtype=torch.long, device=x.device)
         tgt, keep = safe_targets[start:stop], valid[start:stop].to(x.dtype)
         picked = logits[tgt, cols]
         peak = logits.amax(0)
