@@ -222,19 +222,9 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
         while step < stop_at:
             lr = lr_at(step, tc.lr, work.steps, warmup, tc.min_lr, tc.schedule, tc.decay_fraction)
             set_lr(optimizer, lr)
-            micro = work.micro_batches(step, info)
-            sums: dict[str, torch.Tensor] = {}
-            for m, batch in enumerate(micro):
-                with _grad_sync(model, info, tc.dist, last_micro=m == len(micro) - 1), autocast():
-                    objective, logged = work.loss(fwd, batch)
-                (objective / len(micro)).backward()
-                for k, v in logged.items():
-                    sums[k] = sums.get(k, 0) + v.detach().float() / len(micro)
-                last["tokens"] += work.count_tokens(batch)
-            clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-            gnorm = torch.nn.utils.clip_grad_norm_([p for p in trainable if p.grad is not None], clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            sums, gnorm, tokens = optimizer_step(work, work.micro_batches(step, info), fwd, model, optimizer, trainable,
+                                                 tc, info, autocast)
+            last["tokens"] += tokens
             step += 1
             record = {"step": step, **{k: D.all_reduce_mean(v, info).item() for k, v in sums.items()}, "lr": lr,
                       "grad_norm": float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)}  # fmt: skip
@@ -276,6 +266,28 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
         log.close()
     summary["step"] = step
     return summary
+
+
+def optimizer_step(work: Workload, micro: list[Any], fwd: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+                   trainable: list[nn.Parameter], tc: TrainConfig, info: D.DistInfo,
+                   autocast: Callable[[], Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    """One optimizer step over the micro-batches `micro`: forward/backward each (gradient sync on the last only),
+    clip, step, zero the gradients. Returns the mean of the logged values, the gradient norm and the tokens seen.
+    The loop above runs exactly this; bench/train_step.py times it."""
+    sums: dict[str, torch.Tensor] = {}
+    tokens = 0
+    for m, batch in enumerate(micro):
+        with _grad_sync(model, info, tc.dist, last_micro=m == len(micro) - 1), autocast():
+            objective, logged = work.loss(fwd, batch)
+        (objective / len(micro)).backward()
+        for k, v in logged.items():
+            sums[k] = sums.get(k, 0) + v.detach().float() / len(micro)
+        tokens += work.count_tokens(batch)
+    clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+    gnorm = torch.nn.utils.clip_grad_norm_([p for p in trainable if p.grad is not None], clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sums, gnorm, tokens
 
 
 def _due(step: int, interval: int, last: int) -> bool:
