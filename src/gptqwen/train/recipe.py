@@ -4,7 +4,7 @@ A recipe names its trainer and holds that trainer's sections; each section is a 
 recipe is checked — unknown keys (with the closest names), types, ranges — before any data or model work:
 
     name: qwen3-shakespeare
-    trainer: pretrain                                     # pretrain (default) | sft | finetune
+    trainer: pretrain                                     # pretrain (default) | sft | finetune | reward | dpo | grpo
     model: {preset: qwen3-tiny, n_layer: 4, n_embd: 192}  # pretrain: a Config preset plus field overrides
     data:  {sources: [shakespeare], dir: data/shakespeare-bpe4096, train_vocab: 4096}
     train: {seq_len: 256, batch_size: 16, max_steps: 600, lr: 3.0e-3}
@@ -13,7 +13,8 @@ recipe is checked — unknown keys (with the closest names), types, ranges — b
       - {name: long, train: {seq_len: 1024}, model: {rope_theta: 1.0e6}}
 
 Sections per trainer (`TRAINERS`): pretrain — model (preset), data, train; sft — model (base), sft, lora,
-train; finetune — model (base), task, train. Built-in recipes live in `gptqwen/recipes/*.yaml` and are
+train; finetune — model (base), task, train; reward — model, pref, reward, train; dpo — model, pref, dpo,
+lora, train; grpo — model, grpo, lora, train. Built-in recipes live in `gptqwen/recipes/*.yaml` and are
 found by name (`gptqwen sft -c sft-qwen3`); each trainer has a default one (`DEFAULT_RECIPES`), which is
 where its default hyperparameters live. Overrides are `section.key=value`, or a bare `key=value` when
 the key belongs to one section only.
@@ -140,13 +141,72 @@ class TaskConfig:
     too_long: str = "drop"  # drop | truncate | error
 
 
+@dataclass
+class PrefConfig:
+    """reward / dpo: preference pairs {"prompt", "chosen", "rejected"} (text, or chat messages)."""
+
+    data: str | None = None  # training JSONL
+    eval: str | None = None  # dev JSONL: pairwise / reward accuracy after training
+    max_len: int | None = None  # tokens of prompt + completion; None -> the model's context
+    too_long: str = "drop"  # drop | truncate (the completion's end) | error
+    enable_thinking: bool = True  # chat rows: render as in thinking mode (False: Qwen3's hard switch)
+
+
+@dataclass
+class RewardConfig:
+    """reward: the Bradley–Terry objective (a row's "margin" is subtracted when present)."""
+
+    center_coef: float | None = None  # centring term c·mean((r_c + r_r)²); 0.01 in TRL's docs
+
+
+@dataclass
+class DPOConfig:
+    """dpo: the preference loss; reference log-probs are computed once before training."""
+
+    beta: float = 0.1
+    loss: str = "sigmoid"  # sigmoid | ipo | hinge
+    label_smoothing: float = 0.0  # cDPO (sigmoid only)
+    reference: str | None = None  # reference model; None -> the starting model (with LoRA: adapters off)
+
+
+@dataclass
+class GRPOConfig:
+    """grpo: prompts, reward functions, sampling with the engine, the clipped objective."""
+
+    prompts: str | None = None  # JSONL {"prompt": text or messages, + fields rewards read: answer, tests}
+    synthetic: int | None = None  # instead of prompts: N built-in problems (with answers)
+    synthetic_kinds: list = field(default_factory=lambda: ["arithmetic"])
+    synthetic_seed: int = 0
+    rewards: list = field(default_factory=lambda: ["math"])  # math | format | code | rbrm:RUBRIC | model:DIR
+    reward_weights: list | None = None
+    num_generations: int = 8  # G completions per prompt
+    prompts_per_step: int = 4  # prompts per generation batch
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    enable_thinking: bool = True
+    loss_type: str = "dapo"  # grpo | bnpo | dr_grpo | dapo
+    scale_rewards: str = "group"  # group | batch | none (Dr. GRPO)
+    beta: float = 0.0  # KL weight (k3 estimator); 0 = no reference model
+    epsilon: float = 0.2
+    epsilon_high: float | None = None  # None -> epsilon (DAPO: 0.28)
+    num_iterations: int = 1  # optimizer steps per generation batch (μ)
+    query_selection: bool = False  # Qwen2.5: drop zero-variance groups, highest reward variance first
+    eval_problems: int | None = None  # synthetic: grade N held-out problems greedily before and after
+
+
 MODEL = "model"  # pretrain's model section is a Config preset plus Config fields, checked against Config
 TRAINERS: dict[str, dict[str, type | None]] = {
     "pretrain": {"model": None, "data": DataConfig, "train": TrainConfig},
     "sft": {"model": BaseModelConfig, "sft": SFTConfig, "lora": LoraConfig, "train": TrainConfig},
     "finetune": {"model": BaseModelConfig, "task": TaskConfig, "train": TrainConfig},
+    "reward": {"model": BaseModelConfig, "pref": PrefConfig, "reward": RewardConfig, "train": TrainConfig},
+    "dpo": {"model": BaseModelConfig, "pref": PrefConfig, "dpo": DPOConfig, "lora": LoraConfig, "train": TrainConfig},
+    "grpo": {"model": BaseModelConfig, "grpo": GRPOConfig, "lora": LoraConfig, "train": TrainConfig},
 }
-DEFAULT_RECIPES = {"pretrain": "qwen3-shakespeare", "sft": "sft-qwen3", "finetune": "finetune-gpt1"}
+DEFAULT_RECIPES = {"pretrain": "qwen3-shakespeare", "sft": "sft-qwen3", "finetune": "finetune-gpt1", "reward": "reward-qwen3",
+                   "dpo": "dpo-qwen3", "grpo": "grpo-qwen3"}
 TOO_LONG = ("drop", "truncate", "error")
 
 
@@ -182,6 +242,16 @@ _RANGES: dict[str, tuple[Any, str]] = {
                   "one of classification, entailment, similarity, multiple-choice"),
     "task.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"), "task.max_len": (lambda v: v is None or v >= 3, ">= 3"),
     "task.too_long": _one_of(*TOO_LONG),
+    "pref.max_len": (lambda v: v is None or v >= 2, ">= 2"), "pref.too_long": _one_of(*TOO_LONG),
+    "reward.center_coef": _NON_NEGATIVE, "dpo.beta": (lambda v: v > 0, "> 0"), "dpo.loss": _one_of("sigmoid", "ipo", "hinge"),
+    "dpo.label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"), "grpo.synthetic": _POSITIVE,
+    "grpo.num_generations": (lambda v: v >= 2, ">= 2 (advantages compare completions of one prompt)"),
+    "grpo.prompts_per_step": _POSITIVE, "grpo.max_new_tokens": _POSITIVE, "grpo.temperature": (lambda v: v > 0, "> 0 (sampling)"),
+    "grpo.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"), "grpo.top_k": _NON_NEGATIVE,
+    "grpo.loss_type": _one_of("grpo", "bnpo", "dr_grpo", "dapo"), "grpo.scale_rewards": _one_of("group", "batch", "none"),
+    "grpo.beta": _NON_NEGATIVE, "grpo.epsilon": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "grpo.epsilon_high": (lambda v: v is None or v > 0, "> 0"),
+    "grpo.num_iterations": _POSITIVE, "grpo.eval_problems": _POSITIVE,
 }  # fmt: skip
 
 
