@@ -94,13 +94,12 @@ def build_prompt(engine, messages: list[dict], enable_thinking: bool, tools: lis
     return list(ids)
 
 
-def stream_chat(engine, messages: list[dict], enable_thinking: bool = True, thinking_budget: int | None = None,
-                tools: list | None = None, params: SamplingParams | None = None,
-                start_thinking: bool = False) -> Iterator[ChatDelta]:
-    """Run one assistant turn, yielding reasoning and content pieces, then a "done" delta with the result.
-
-    `start_thinking` opens the think block in the prompt (as Qwen3-2507 templates do), so the model must think.
-    """
+def prepare_chat(engine, messages: list[dict], enable_thinking: bool = True, thinking_budget: int | None = None,
+                 tools: list | None = None, params: SamplingParams | None = None,
+                 start_thinking: bool = False) -> tuple[Row, ThinkingRouter]:
+    """The `Row` of one assistant turn (prompt from the chat template, tokens routed into reasoning / content,
+    budget enforced) and its router; `engine.run` or the continuous-batching scheduler drives the row, and
+    `chat_result(row, router, timings)` turns it into a `ChatResult`. Arguments as for `stream_chat`."""
     if thinking_budget is not None and thinking_budget < 1:
         raise UserError(f"thinking budget must be a positive number of tokens, got {thinking_budget}")
     switch = soft_switch(messages)
@@ -117,16 +116,27 @@ def stream_chat(engine, messages: list[dict], enable_thinking: bool = True, thin
     stop_text = tok.encode(STOP_THINKING, allow_special=True) if has_think else []
     router = ThinkingRouter(think_id if has_think else None, end_id if has_think else None,
                             thinking_budget if has_think and enable else None, stop_text, last_open > last_close)
-    params = params or SamplingParams()
-    [row] = engine.make_rows([prompt], params, route=router, reserve=len(stop_text))
+    [row] = engine.make_rows([prompt], params or SamplingParams(), route=router, reserve=len(stop_text))
+    return row, router
+
+
+def stream_chat(engine, messages: list[dict], enable_thinking: bool = True, thinking_budget: int | None = None,
+                tools: list | None = None, params: SamplingParams | None = None,
+                start_thinking: bool = False) -> Iterator[ChatDelta]:
+    """Run one assistant turn, yielding reasoning and content pieces, then a "done" delta with the result.
+
+    `start_thinking` opens the think block in the prompt (as Qwen3-2507 templates do), so the model must think.
+    """
+    row, router = prepare_chat(engine, messages, enable_thinking, thinking_budget, tools, params, start_thinking)
     timings: dict[str, float] = {}
     for _ in engine.run([row], timings):
         for kind, text in row.deltas():
             yield ChatDelta(kind, text)
-    yield ChatDelta("done", result=_result(row, router, timings))
+    yield ChatDelta("done", result=chat_result(row, router, timings))
 
 
-def _result(row: Row, router: ThinkingRouter, timings: dict[str, float]) -> ChatResult:
+def chat_result(row: Row, router: ThinkingRouter, timings: dict[str, float]) -> ChatResult:
+    """The `ChatResult` of a finished chat row (reasoning, content and tool calls split)."""
     base = row.result(timings)
     reasoning = row.channels["reasoning"].text.strip() if "reasoning" in row.channels else ""
     parsed = parse_assistant(base.text)
