@@ -1,0 +1,210 @@
+"""Reward functions for GRPO and for filtering machine-made data: verifiable rewards and their combination.
+
+    from gptqwen.align.rewards import build_rewards, math_reward
+    math_reward([{"answer": "12"}], ["<think>\\n7 + 5 = 12.\\n</think>\\n\\nThe answer is 12."])   # [1.0]
+    score = build_rewards(["math", "format"], weights=[1.0, 0.2])    # -> RewardSet
+    totals, per_fn = score(rows, completions)
+
+A reward function takes the prompt rows (dicts: the JSONL row of each prompt, so `answer`, `tests`, ...
+travel with it) and the completion texts, and returns one float per completion, or None where it cannot
+judge (an unscorable completion gets advantage 0 in GRPO, as in TRL).
+
+- `math`: the final answer — the last `\\boxed{...}`, else the last "answer is X" / "Answer: X" — equals the
+  row's `answer` as a number (fractions and decimals compared numerically) or as normalised text.
+- `format`: the think/answer structure `<think>\\n...\\n</think>\\n\\n<answer>` with a non-empty answer.
+- `code`: the completion's last ```python block (or the whole text) runs with the row's `tests` (asserts)
+  in a subprocess with CPU-time, memory and wall-clock limits; 1.0 when it exits cleanly.
+- `rbrm:RUBRIC.yaml` (a rubric judge, `align.rbrm`) and `model:DIR` (a trained reward model).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from fractions import Fraction
+
+import torch
+
+from gptqwen.errors import UserError
+
+RewardFn = Callable[[list[dict], list[str]], list[float | None]]
+
+_ANSWER_RE = re.compile(r"(?:answer is|answer:)\s*\$?([^\s$]+)", re.IGNORECASE)
+_FORMAT_RE = re.compile(r"^<think>\n.*?\n?</think>\n\n(?P<answer>.+)$", re.DOTALL)
+_CODE_RE = re.compile(r"```(?:python|py)?\n(.*?)```", re.DOTALL)
+
+
+def _last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (nested braces allowed)."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None
+
+
+def extract_final_answer(text: str) -> str | None:
+    """The final answer a completion states (see the module docstring), or None."""
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    found = _ANSWER_RE.findall(text)
+    return found[-1].rstrip(".,;") if found else None
+
+
+def _number(text: str) -> Fraction | None:
+    s = text.replace(",", "").replace(" ", "").strip().rstrip(".")
+    m = re.fullmatch(r"\\(?:d?frac)\{(-?\d+)\}\{(-?\d+)\}", s)
+    if m:
+        s = f"{m.group(1)}/{m.group(2)}"
+    try:
+        return Fraction(s)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def answers_match(got: str, want: str) -> bool:
+    """Numeric equality when both are numbers (1e-9 relative), else equal normalised text."""
+    a, b = _number(got), _number(want)
+    if a is not None and b is not None:
+        return abs(float(a - b)) <= 1e-9 * max(1.0, abs(float(b)))
+    norm = lambda s: re.sub(r"\s+", " ", s.strip().strip("$").rstrip(".").lower())  # noqa: E731
+    return norm(got) == norm(want)
+
+
+def math_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
+    """1.0 when the completion's final answer matches the row's `answer`, else 0.0."""
+    out: list[float | None] = []
+    for row, text in zip(rows, completions):
+        if "answer" not in row:
+            raise UserError(f"the math reward needs an 'answer' in every prompt row; row {row.get('_where', row)} has none")
+        got = extract_final_answer(text)
+        out.append(float(got is not None and answers_match(got, str(row["answer"]))))
+    return out
+
+
+def format_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
+    """1.0 for `<think>\\n...\\n</think>\\n\\nanswer` with a non-empty answer, else 0.0."""
+    out: list[float | None] = []
+    for text in completions:
+        m = _FORMAT_RE.match(text.strip("\n") if text.startswith("<think>") else text)
+        out.append(float(bool(m and m.group("answer").strip() and "<think>" not in m.group("answer"))))
+    return out
+
+
+def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512) -> tuple[bool, str]:
+    """Run `code` in a fresh Python subprocess (isolated mode, empty temp working directory, CPU-time and
+    address-space limits, wall-clock timeout); (exited cleanly, last lines of its output)."""
+    def limits() -> None:  # runs in the child before exec
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(timeout), math.ceil(timeout) + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    with tempfile.TemporaryDirectory(prefix="gptqwen-code-") as tmp:
+        try:
+            proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp, capture_output=True, text=True,
+                                  timeout=timeout, preexec_fn=limits if os.name == "posix" else None,
+                                  env={"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0"})  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return False, f"timed out after {timeout:g} s"
+    return proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+
+
+def extract_code(text: str) -> str:
+    """The last fenced Python block of a completion, or the whole text."""
+    blocks = _CODE_RE.findall(text)
+    return blocks[-1] if blocks else text
+
+
+def code_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
+    """1.0 when the completion's code passes the row's `tests` (Python asserts) in the subprocess sandbox."""
+    out: list[float | None] = []
+    for row, text in zip(rows, completions):
+        tests = row.get("tests")
+        if not isinstance(tests, (str, list)) or not tests:
+            raise UserError(f"the code reward needs 'tests' (Python asserts) in every prompt row; row "
+                            f"{row.get('_where', row)} has none")  # fmt: skip
+        tests = "\n".join(tests) if isinstance(tests, list) else tests
+        ok, _ = run_python(extract_code(text) + "\n\n" + tests, float(row.get("timeout", 5.0)))
+        out.append(float(ok))
+    return out
+
+
+BUILTIN: dict[str, RewardFn] = {"math": math_reward, "format": format_reward, "code": code_reward}
+
+
+class RewardSet:
+    """Named reward functions and their weights; calling it checks every value and returns the weighted
+    sums [N] (NaN where every function returned None) and the per-function rewards [N, F]."""
+
+    def __init__(self, names: list[str], fns: list[RewardFn], weights: list[float]):
+        self.names, self.fns, self.weights = names, fns, torch.tensor(weights, dtype=torch.float32)
+
+    def __call__(self, rows: list[dict], completions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        per_fn = torch.full((len(completions), len(self.fns)), float("nan"))
+        for j, (name, fn) in enumerate(zip(self.names, self.fns)):
+            try:
+                values = list(fn(rows, completions))
+            except UserError:
+                raise
+            except Exception as e:  # a user's reward function: name it, do not show our traceback
+                raise UserError(f"reward function '{name}' raised {type(e).__name__}: {e}") from None
+            if len(values) != len(completions):
+                raise UserError(f"reward function '{name}' returned {len(values)} values for {len(completions)} completions")
+            for i, v in enumerate(values):
+                if v is None:
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise UserError(f"reward function '{name}' returned {v!r} for completion {i} of prompt row "
+                                    f"{rows[i].get('_where', i)}; rewards must be finite numbers or None")  # fmt: skip
+                per_fn[i, j] = float(v)
+        totals = (torch.nan_to_num(per_fn) * self.weights).sum(1)
+        totals[torch.isnan(per_fn).all(1)] = float("nan")
+        return totals, per_fn
+
+
+def build_rewards(specs: list[str], weights: list[float] | None = None, device: str | None = None) -> RewardSet:
+    """A `RewardSet` from names: math, format, code, rbrm:RUBRIC.yaml, model:REWARD_DIR."""
+    if not specs:
+        raise UserError("no reward functions; set grpo.rewards, e.g. [math] or [math, format]")
+    weights = [1.0] * len(specs) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(specs):
+        raise UserError(f"grpo.reward_weights has {len(weights)} entries for {len(specs)} reward functions")
+    fns = []
+    for spec in specs:
+        kind, _, arg = str(spec).partition(":")
+        if kind in BUILTIN and not arg:
+            fns.append(BUILTIN[kind])
+        elif kind == "rbrm" and arg:
+            from gptqwen.align.rbrm import rubric_reward  # a judge model: loaded only when a rubric is named
+
+            fns.append(rubric_reward(arg, device))
+        elif kind == "model" and arg:
+            fns.append(model_reward(arg, device))
+        else:
+            raise UserError(f"unknown reward '{spec}'; use math, format, code, rbrm:RUBRIC.yaml or model:REWARD_DIR")
+    return RewardSet([str(s) for s in specs], fns, weights)
+
+
+def model_reward(path: str, device: str | None = None) -> RewardFn:
+    """A trained reward model (`gptqwen reward train`) as a reward function; it scores the token ids GRPO
+    passes in each row (`_prompt_ids` + `_completion_ids`, the completion ending in its stop token)."""
+    from gptqwen.align.reward import load_reward_model
+
+    model, tok = load_reward_model(path, device)
+    pad = tok.pad_id if tok.pad_id is not None else 0
+
+    def score(rows: list[dict], completions: list[str]) -> list[float | None]:
+        return model.score_sequences([list(r["_prompt_ids"]) + list(r["_completion_ids"]) for r in rows], pad_id=pad)
+    return score
