@@ -58,6 +58,11 @@ def load_prompt_rows(tokenizer, prompts: str | None, synthetic: int | None, kind
         source = "synthetic"
     else:
         rows, source = read_jsonl(prompts, "prompt data"), prompts
+    return encode_prompt_rows(tokenizer, rows, source, enable_thinking)
+
+
+def encode_prompt_rows(tokenizer, rows: list[tuple[int, dict]], source: str, enable_thinking: bool = True) -> list[dict]:
+    """`(line, row)` pairs as prompt rows with `_prompt_ids` and `_where` (`source:line`), checked."""
     out = []
     for line, row in rows:
         where = f"{source}:{line}"

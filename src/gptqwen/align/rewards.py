@@ -14,6 +14,8 @@ judge (an unscorable completion gets advantage 0 in GRPO, as in TRL).
 - `format`: the think/answer structure `<think>\\n...\\n</think>\\n\\n<answer>` with a non-empty answer.
 - `code`: the completion's last ```python block (or the whole text) runs with the row's `tests` (asserts)
   in a subprocess with CPU-time, memory and wall-clock limits; 1.0 when it exits cleanly.
+- `constraints`: the row's output `constraints` (max_words, end_with, uppercase; `gptqwen synth evolve`
+  adds them) all hold for the answer part.
 - `rbrm:RUBRIC.yaml` (a rubric judge, `align.rbrm`) and `model:DIR` (a trained reward model).
 """
 
@@ -31,6 +33,7 @@ from fractions import Fraction
 import torch
 
 from gptqwen.errors import UserError
+from gptqwen.tokenizer.chat import parse_assistant
 
 RewardFn = Callable[[list[dict], list[str]], list[float | None]]
 
@@ -141,7 +144,36 @@ def code_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
     return out
 
 
-BUILTIN: dict[str, RewardFn] = {"math": math_reward, "format": format_reward, "code": code_reward}
+CONSTRAINTS = (
+    ("max_words", "Answer in at most {v} words.", (8, 12, 16)),
+    ("end_with", "End your reply with the word '{v}'.", ("done", "finished", "ok")),
+    ("uppercase", "Write the whole reply in capital letters.", (True,)),
+)
+
+
+def _meets(answer: str, kind: str, value) -> bool:
+    if kind == "max_words":
+        return len(answer.split()) <= int(value)
+    if kind == "end_with":
+        return answer.rstrip(" .!").lower().endswith(str(value).lower())
+    if kind == "uppercase":
+        return answer == answer.upper() and any(ch.isalpha() for ch in answer)
+    raise UserError(f"unknown constraint kind '{kind}'; known: {', '.join(c[0] for c in CONSTRAINTS)}")
+
+
+def check_constraints(text: str, constraints: list[dict]) -> bool:
+    """True when `text` (the answer part, without the think block) meets every constraint."""
+    answer = parse_assistant(text)["content"] or ""
+    return all(_meets(answer, c.get("kind"), c.get("value")) for c in constraints)
+
+
+def constraints_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
+    """1.0 when a completion meets its row's `constraints` (rows without constraints: None)."""
+    return [float(check_constraints(t, r["constraints"])) if r.get("constraints") else None for r, t in zip(rows, completions)]
+
+
+BUILTIN: dict[str, RewardFn] = {"math": math_reward, "format": format_reward, "code": code_reward,
+                                 "constraints": constraints_reward}
 
 
 class RewardSet:
@@ -193,7 +225,7 @@ def build_rewards(specs: list[str], weights: list[float] | None = None, device: 
         elif kind == "model" and arg:
             fns.append(model_reward(arg, device))
         else:
-            raise UserError(f"unknown reward '{spec}'; use math, format, code, rbrm:RUBRIC.yaml or model:REWARD_DIR")
+            raise UserError(f"unknown reward '{spec}'; use math, format, code, constraints, rbrm:RUBRIC.yaml or model:REWARD_DIR")
     return RewardSet([str(s) for s in specs], fns, weights)
 
 

@@ -5,6 +5,15 @@
     gptqwen synth typos --n 600 --seed 2 --split dev > dev.jsonl     # the transfer demo's task over play lines
     gptqwen synth tokenizer --out tok/                               # a small BPE for tiny models
 
+Machine-made post-training data from a model (Qwen2; `gptqwen.align.synth`):
+
+    gptqwen synth rejection --model sft/ --n 500 --k 8 --sft-out sft.jsonl --prefs-out prefs.jsonl
+    gptqwen synth execution --model sft/ --prompts code.jsonl --k 4 --sft-out code_sft.jsonl
+    gptqwen synth evolve --n 200 --out evolved.jsonl [--model sft/ --k 8]   # harder instructions, filtered
+
+rejection / execution: k samples per problem (built-in arithmetic problems, or --prompts rows with
+"answer" or "tests"), graded by the math or code verifier; accepted answers -> SFT conversations,
+accepted x rejected -> preference pairs for `gptqwen dpo` / `gptqwen reward train`.
 The generators are in `gptqwen.finetune.synthetic`.
 """
 
@@ -16,14 +25,18 @@ import sys
 
 from gptqwen.errors import UserError
 from gptqwen.finetune import synthetic
+from gptqwen.utils import print_json
+
+MODEL_KINDS = ("rejection", "execution", "evolve")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = __doc__.split("\n\n", 1)[1]
-    p.add_argument("kind", choices=["reasoning", "entailment", "typos", "tokenizer"],
-                   help="tokenizer: write a small Qwen-style tokenizer for this data to --out")  # fmt: skip
-    p.add_argument("--out", help="tokenizer: output directory")
+    p.add_argument("kind", choices=["reasoning", "entailment", "typos", "tokenizer", *MODEL_KINDS],
+                   help="tokenizer: write a small Qwen-style tokenizer for this data to --out; rejection, execution, "
+                        "evolve: data made and checked with a model")  # fmt: skip
+    p.add_argument("--out", help="tokenizer: output directory; evolve: output JSONL")
     p.add_argument("--vocab-size", type=int, default=512)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -31,6 +44,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["train", "dev"], default="train",
                    help="typos: which half of the plays' lines the premises come from")  # fmt: skip
     p.add_argument("--flag-prob", type=float, default=0.5, help="reasoning: chance of a /think or /no_think flag")
+    m = p.add_argument_group("rejection, execution, evolve")
+    m.add_argument("--model", help="the model that samples (run dir, HF dir, .gguf or preset)")
+    m.add_argument("--tokenizer", help="tokenizer.json or preset, when --model has none")
+    m.add_argument("--prompts", help="prompt rows JSONL ({\"prompt\", \"answer\"} or {\"prompt\", \"tests\"}); "
+                   "default: --n built-in arithmetic problems")
+    m.add_argument("--kinds", default="arithmetic", help="built-in problem kinds (comma-separated)")
+    m.add_argument("--k", type=int, default=8, help="samples per problem")
+    m.add_argument("--max-new-tokens", type=int, default=128)
+    m.add_argument("--temperature", type=float, default=1.0)
+    m.add_argument("--no-thinking", action="store_true", help="render prompts in non-thinking mode")
+    m.add_argument("--pairs-per-problem", type=int, default=2, help="rejection: preference pairs per problem at most")
+    m.add_argument("--sft-out", help="rejection/execution: accepted answers as SFT conversations (JSONL)")
+    m.add_argument("--prefs-out", help="rejection: accepted vs rejected answers as preference pairs (JSONL)")
+    m.add_argument("--device", help="cpu, cuda, mps (default: best available)")
+    m.add_argument("--json", action="store_true", help="print the statistics as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +69,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
+    if args.kind in MODEL_KINDS:
+        stats = _with_model(args)
+        if args.json:
+            print_json(stats)
+        else:
+            print(", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
+        return 0
     if args.kind == "reasoning":
         rows = synthetic.reasoning_conversations(args.n, args.seed, args.think_ratio, args.flag_prob)
     elif args.kind == "typos":
@@ -50,3 +85,44 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         sys.stdout.write(json.dumps(row) + "\n")
     return 0
+
+
+def _with_model(args: argparse.Namespace) -> dict:
+    """rejection / execution / evolve (see the module docstring)."""
+    from gptqwen.align import synth
+    from gptqwen.align.grpo import load_prompt_rows
+    from gptqwen.finetune.common import load_base
+    from gptqwen.infer import SamplingParams
+
+    if args.kind == "evolve" and not args.out:
+        raise UserError("gptqwen synth evolve needs --out FILE.jsonl")
+    if args.kind != "evolve" and not (args.sft_out or args.prefs_out):
+        raise UserError(f"gptqwen synth {args.kind} needs --sft-out FILE and/or --prefs-out FILE")
+    if args.kind == "execution" and not args.prompts:
+        raise UserError("gptqwen synth execution needs --prompts rows with \"tests\" (Python asserts)")
+    if args.k < 1:
+        raise UserError(f"--k must be at least 1, got {args.k}")
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if args.kind == "evolve" and not args.model:
+        seeds = load_prompt_rows(synthetic.demo_tokenizer(), args.prompts, None if args.prompts else args.n, kinds, args.seed)
+        evolved = synth.evolve([synth.public(r) for r in seeds], args.seed)
+        synth.write_jsonl(args.out, evolved)
+        return {"evolved": len(evolved), "out": args.out}
+    if not args.model:
+        raise UserError(f"gptqwen synth {args.kind} needs --model (the model that samples)")
+    model, tok = load_base(args.model, args.tokenizer, args.device, args.seed)
+    model.eval()
+    rows = load_prompt_rows(tok, args.prompts, None if args.prompts else args.n, kinds, args.seed, not args.no_thinking)
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    if args.kind == "evolve":
+        kept, stats = synth.filter_evolved(model, tok, synth.evolve([synth.public(r) for r in rows], args.seed), args.k,
+                                           params, not args.no_thinking)  # fmt: skip
+        synth.write_jsonl(args.out, kept)
+        return {**stats, "out": args.out}
+    out = synth.rejection_sample(model, tok, rows, args.k, params, "code" if args.kind == "execution" else "auto",
+                                 args.pairs_per_problem if args.prefs_out else 0, seed=args.seed)  # fmt: skip
+    if args.sft_out:
+        synth.write_jsonl(args.sft_out, out["sft"])
+    if args.prefs_out:
+        synth.write_jsonl(args.prefs_out, out["prefs"])
+    return out["stats"]
