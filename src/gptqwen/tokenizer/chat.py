@@ -4,6 +4,7 @@ build SFT ids + assistant masks, and parse a generated assistant turn back into 
     text = tok.apply_chat_template(messages, tools=tools, enable_thinking=False)
     ids, mask = tok.render_for_sft(messages)
     parse_assistant("<think>\\nhmm\\n</think>\\n\\nHi!")  # {"reasoning_content": "hmm", "content": "Hi!", ...}
+    parse_tool_calls(text)   # (content, OpenAI tool_calls, errors); see qwen_format.py
 
 Qwen3 and Qwen2.5 are rendered natively (qwen_format.py), identical to transformers with the templates
 shipped in `trl`. The Qwen3 template does nothing with the `/think` and `/no_think` soft switches (the
@@ -27,7 +28,7 @@ from typing import Any
 
 from gptqwen.errors import UserError
 from gptqwen.tokenizer.qwen_format import NATIVE as _NATIVE
-from gptqwen.tokenizer.qwen_format import tojson
+from gptqwen.tokenizer.qwen_format import parse_tool_calls, tojson
 
 _REASONING_ALIASES = ("reasoning_content", "thinking", "reasoning")
 # Private-use markers wrapped around control-token text found in user data before a jinja template sees it.
@@ -272,13 +273,11 @@ def _jinja_sft(tok, template: str, msgs: list[dict], tools, enable_thinking: boo
     return encode_parts(tok, p.items, split_at_assistant=True)
 
 
-_TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
-
-
 def parse_assistant(text: str) -> dict[str, Any]:
     """Split a generated assistant turn into `reasoning_content` (None when there is no think block),
-    `content` and `tool_calls` (OpenAI-style `{"type": "function", "function": {"name", "arguments"}}`).
-    A think block cut off before `</think>` (e.g. by a thinking budget) is all reasoning. Tool-call
+    `content` and `tool_calls` (`{"type": "function", "function": {"name", "arguments"}}` with the arguments
+    decoded, as chat templates take them; `parse_tool_calls` gives the OpenAI wire form with ids and JSON-string
+    arguments). A think block cut off before `</think>` (e.g. by a thinking budget) is all reasoning. Tool-call
     blocks whose JSON does not parse are left in the content."""
     for stop in ("<|im_end|>", "<|endoftext|>"):
         text = text.split(stop)[0]
@@ -289,21 +288,10 @@ def parse_assistant(text: str) -> dict[str, Any]:
         text = text.lstrip("\n")
     elif text.lstrip().startswith("<think>"):
         reasoning, text = text.lstrip().removeprefix("<think>").strip("\n"), ""
-    calls = []
-
-    def take(m: re.Match) -> str:
-        try:
-            call = json.loads(m.group(1))
-        except ValueError:
-            return m.group(0)
-        if not isinstance(call, dict) or "name" not in call:
-            return m.group(0)
-        calls.append({"type": "function", "function": {"name": call["name"], "arguments": call.get("arguments", {})}})
-        return ""
-
-    content = _TOOL_CALL_RE.sub(take, text)
-    return {"reasoning_content": reasoning, "content": content.strip() if calls else content.rstrip("\n"),
-            "tool_calls": calls}  # fmt: skip
+    content, wire, _ = parse_tool_calls(text)
+    calls = [{"type": "function", "function": {"name": c["function"]["name"],
+                                               "arguments": json.loads(c["function"]["arguments"])}} for c in wire]
+    return {"reasoning_content": reasoning, "content": content if calls else content.rstrip("\n"), "tool_calls": calls}
 
 
 def soft_switch(messages: list[dict]) -> bool | None:

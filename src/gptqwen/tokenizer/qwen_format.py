@@ -14,11 +14,16 @@ shipped in `trl`); this module restates their rules in Python rather than copyin
 
 `p` is a `chat._Parts`: `p.template(s)` for text the template writes, `p.data(s)` for text that came
 from messages or tools, `p.assistant` marks what the model generates (for SFT masks).
+
+`parse_tool_calls(text)` reads the calls back out of a generated turn (the Hermes format both templates
+teach) as OpenAI `tool_calls`; malformed blocks are reported, not raised (as vLLM's hermes parser does).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from typing import Any
 
 QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -175,3 +180,45 @@ def render_qwen25(p, messages: list[dict], tools, add_generation_prompt: bool, *
 
 
 NATIVE = {"qwen3": render_qwen3, "qwen2.5": render_qwen25}
+
+
+# A closed block, or one left open at the end of the text (generation stopped inside it).
+_TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(?!.*<tool_call>)(.*)\Z", re.DOTALL)
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[dict], list[str]]:
+    """Split generated assistant text into (content, tool_calls, errors).
+
+    Each `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` block becomes an OpenAI tool call
+    `{"id": "call_...", "type": "function", "function": {"name": str, "arguments": JSON string}}`, in order.
+    A block whose JSON does not parse, or that names no function, stays in the content and is described in
+    `errors` (nothing raises). The content is the text with the parsed blocks removed, stripped."""
+    calls: list[dict] = []
+    errors: list[str] = []
+
+    def take(m: re.Match) -> str:
+        closed = m.group(1) is not None
+        body = (m.group(1) if closed else m.group(2)).strip()
+        try:
+            call = json.loads(body)
+        except ValueError as e:
+            errors.append(f"tool call {len(calls) + len(errors) + 1}: invalid JSON ({e.msg} at char {e.pos})"
+                          + ("" if closed else "; the block was not closed"))  # fmt: skip
+            return m.group(0)
+        name = call.get("name") if isinstance(call, dict) else None
+        if not isinstance(name, str) or not name:
+            errors.append(f"tool call {len(calls) + len(errors) + 1}: no function name (expected "
+                          '{"name": ..., "arguments": {...}})')
+            return m.group(0)
+        args = call.get("arguments", call.get("parameters", {}))
+        if isinstance(args, str):  # some models write the arguments already encoded
+            try:
+                args = json.loads(args)
+            except ValueError:
+                pass
+        calls.append({"id": f"call_{secrets.token_hex(12)}", "type": "function",
+                      "function": {"name": name, "arguments": tojson(args)}})
+        return ""
+
+    content = _TOOL_CALL_RE.sub(take, text)
+    return (content.strip() if calls else content), calls, errors

@@ -1,0 +1,11 @@
+"""Tool use: function calling, ReAct, the sandboxed code interpreter and tool-integrated reasoning.
+
+    registry.py   tools from Python callables (OpenAI schemas from type hints and docstrings), argument checks
+    builtin.py    the built-in tools: calculator (exact arithmetic) and python (the sandbox)
+    agent.py      the function-calling loop and ReAct over an `Engine`
+    tir.py        tool-integrated reasoning: ```python blocks run as the model writes them
+    sandbox.py    stateful, isolated Python sessions (namespaces, rlimits, seccomp)
+    synthetic.py  tool-use SFT traces and the held-out tool-use evaluation
+
+Parsing of `<tool_call>` blocks lives with the chat format (`gptqwen.tokenizer.qwen_format.parse_tool_calls`).
+"""
