@@ -1,7 +1,8 @@
 """Shorthand flags of the alignment verbs (`reward`, `dpo`, `grpo`): each sets one recipe key, like the
 shared trainer shorthands in `recipe_args.py`, for the keys of the alignment sections (pref, dpo, grpo).
 
-    FLAGS = {"--beta": ("dpo.beta", "β of the DPO loss")}
+    FLAGS = {"--beta": ("dpo.beta", "β of the DPO loss"),
+             "--no-thinking": ("pref.enable_thinking", "render chat rows in non-thinking mode", "false")}  # on/off
     add_flags(parser, FLAGS); args.set[:0] = overrides(args, FLAGS)   # before resolve_recipe
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-Table = dict[str, tuple[str, str]]  # flag -> (recipe key, help)
+Table = dict[str, tuple[str, ...]]  # flag -> (recipe key, help) or (recipe key, help, value it sets when given)
 
 
 def _dest(flag: str) -> str:
@@ -18,12 +19,15 @@ def _dest(flag: str) -> str:
 
 def add_flags(parser: argparse.ArgumentParser, table: Table, title: str = "alignment settings") -> None:
     group = parser.add_argument_group(f"{title} (each sets the recipe key named in brackets)")
-    for flag, (key, text) in table.items():
-        group.add_argument(flag, dest=_dest(flag), metavar=flag.lstrip("-").upper().replace("-", "_"),
-                           help=f"{text} [{key}]")
+    for flag, (key, text, *const) in table.items():
+        if const:
+            group.add_argument(flag, dest=_dest(flag), action="store_const", const=const[0], help=f"{text} [{key}={const[0]}]")
+        else:
+            group.add_argument(flag, dest=_dest(flag), metavar=flag.lstrip("-").upper().replace("-", "_"),
+                               help=f"{text} [{key}]")
 
 
 def overrides(args: argparse.Namespace, table: Table) -> list[str]:
     """`key=value` for each flag given (they come before --set and bare overrides, which win)."""
-    return [f"{key}={getattr(args, _dest(flag))}" for flag, (key, _) in table.items()
+    return [f"{spec[0]}={getattr(args, _dest(flag))}" for flag, spec in table.items()
             if getattr(args, _dest(flag), None) is not None]

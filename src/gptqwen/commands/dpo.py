@@ -25,6 +25,7 @@ FLAGS: align_flags.Table = {
     "--eval": ("pref.eval", "dev preference JSONL: reward accuracy at each eval and at the end"),
     "--max-len": ("pref.max_len", "tokens of prompt + completion (default: the model's context)"),
     "--too-long": ("pref.too_long", "longer pairs: drop, truncate the completions, or error"),
+    "--no-thinking": ("pref.enable_thinking", "render chat rows in non-thinking mode (as generated with thinking off)", "false"),
     "--beta": ("dpo.beta", "β: strength of the pull towards the reference"),
     "--loss": ("dpo.loss", "sigmoid (DPO), ipo or hinge"),
     "--label-smoothing": ("dpo.label_smoothing", "cDPO: assumed share of flipped labels (sigmoid loss)"),

@@ -33,22 +33,18 @@ FLAGS: align_flags.Table = {
     "--beta": ("grpo.beta", "KL weight (k3 estimator); 0 = no reference"),
     "--num-iterations": ("grpo.num_iterations", "μ: optimizer steps per generation batch"),
     "--eval-problems": ("grpo.eval_problems", "--synthetic: grade N held-out problems before and after"),
+    "--no-thinking": ("grpo.enable_thinking", "render prompts in non-thinking mode", "false"),
+    "--query-selection": ("grpo.query_selection", "Qwen2.5: drop zero-variance groups, order by reward variance", "true"),
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_arguments(p, "grpo", out_default="grpo", shorthands=SHORT, doc=__doc__)
     align_flags.add_flags(p, FLAGS, "prompts, rewards and sampling")
-    p.add_argument("--no-thinking", dest="align_no_thinking", action="store_const", const="false",
-                   help="render prompts in non-thinking mode [grpo.enable_thinking=false]")
-    p.add_argument("--query-selection", dest="align_query_selection", action="store_const", const="true",
-                   help="Qwen2.5: drop zero-variance groups, order by reward variance [grpo.query_selection=true]")
 
 
 def run(args: argparse.Namespace) -> int:
-    args.set[:0] = align_flags.overrides(args, FLAGS) + [
-        f"grpo.{key}={value}" for key, value in (("enable_thinking", args.align_no_thinking),
-                                                  ("query_selection", args.align_query_selection)) if value]  # fmt: skip
+    args.set[:0] = align_flags.overrides(args, FLAGS)
     recipe = resolve_recipe(args, "grpo")
     if recipe is None:
         return 0

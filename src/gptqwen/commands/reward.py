@@ -24,6 +24,7 @@ FLAGS: align_flags.Table = {
     "--eval": ("pref.eval", "dev preference JSONL: pairwise accuracy at each eval and at the end"),
     "--max-len": ("pref.max_len", "tokens of prompt + completion (default: the model's context)"),
     "--too-long": ("pref.too_long", "longer pairs: drop, truncate the completions, or error"),
+    "--no-thinking": ("pref.enable_thinking", "render chat rows in non-thinking mode (as generated with thinking off)", "false"),
     "--center-coef": ("reward.center_coef", "centring term c·mean((r_c + r_r)²)"),
 }
 
