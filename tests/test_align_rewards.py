@@ -8,7 +8,7 @@ import torch
 
 from gptqwen.align import rbrm, synth
 from gptqwen.align import rewards as R
-from gptqwen.align.grpo import load_prompt_rows
+from gptqwen.align.grpo import build_rewards, load_prompt_rows
 from gptqwen.cli import main
 from gptqwen.config import Config
 from gptqwen.errors import UserError
@@ -67,7 +67,7 @@ def test_reward_set_weights_and_bad_functions():
     with pytest.raises(UserError, match="returned 2 values for 1 completions"):
         R.RewardSet(["n"], [lambda r, c: [1.0, 2.0]], [1.0])([{}], ["x"])
     with pytest.raises(UserError, match="2 entries for 1 reward"):
-        R.build_rewards(["math"], [1.0, 2.0])
+        build_rewards(["math"], [1.0, 2.0])
 
 
 @pytest.fixture(scope="module")

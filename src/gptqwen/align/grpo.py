@@ -29,7 +29,9 @@ import torch
 
 from gptqwen.align import prefs
 from gptqwen.align.losses import group_advantages, group_variance, grpo_loss
-from gptqwen.align.rewards import RewardSet, build_rewards
+from gptqwen.align.rbrm import rubric_reward
+from gptqwen.align.reward import load_reward_model
+from gptqwen.align.rewards import BUILTIN, RewardFn, RewardSet
 from gptqwen.errors import UserError
 from gptqwen.finetune import lora as lora_mod
 from gptqwen.finetune.common import load_base, save_model_dir, write_json
@@ -95,6 +97,38 @@ def sample(model: torch.nn.Module, tokenizer, prompt_ids: list[list[int]], param
     ids = [list(r.token_ids) for r in results]
     texts = [tokenizer.decode([t for t in (x[:-1] if x and x[-1] in stops else x) if t < tokenizer.vocab_size]) for x in ids]
     return ids, texts
+
+
+def build_rewards(specs: list[str], weights: list[float] | None = None, device: str | None = None) -> RewardSet:
+    """A `RewardSet` from names: math, format, code, rbrm:RUBRIC.yaml, model:REWARD_DIR."""
+    if not specs:
+        raise UserError("no reward functions; set grpo.rewards, e.g. [math] or [math, format]")
+    weights = [1.0] * len(specs) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(specs):
+        raise UserError(f"grpo.reward_weights has {len(weights)} entries for {len(specs)} reward functions")
+    fns = []
+    for spec in specs:
+        kind, _, arg = str(spec).partition(":")
+        if kind in BUILTIN and not arg:
+            fns.append(BUILTIN[kind])
+        elif kind == "rbrm" and arg:
+            fns.append(rubric_reward(arg, device))
+        elif kind == "model" and arg:
+            fns.append(model_reward(arg, device))
+        else:
+            raise UserError(f"unknown reward '{spec}'; use math, format, code, constraints, rbrm:RUBRIC.yaml or model:REWARD_DIR")
+    return RewardSet([str(s) for s in specs], fns, weights)
+
+
+def model_reward(path: str, device: str | None = None) -> RewardFn:
+    """A trained reward model (`gptqwen reward train`) as a reward function; it scores the token ids GRPO
+    passes in each row (`_prompt_ids` + `_completion_ids`, the completion ending in its stop token)."""
+    model, tok = load_reward_model(path, device)
+    pad = tok.pad_id if tok.pad_id is not None else 0
+
+    def score(rows: list[dict], completions: list[str]) -> list[float | None]:
+        return model.score_sequences([list(r["_prompt_ids"]) + list(r["_completion_ids"]) for r in rows], pad_id=pad)
+    return score
 
 
 @contextlib.contextmanager
@@ -229,10 +263,46 @@ def plot_rewards(metrics: Path, png: Path, title: str) -> bool:
     return True
 
 
+def grpo_workload(recipe: Recipe, model: torch.nn.Module, tok, rows: list[dict], rewards: RewardSet, out: Path,
+                  device: torch.device) -> Workload:  # fmt: skip
+    """The GRPO `Workload` for the training core (LoRA applied here when lora.r is set); bench/grpo_step.py
+    times exactly its steps."""
+    g, tc, lo = recipe.grpo, recipe.train, recipe.lora
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if g.beta and lo.r is None else None
+    wrapped = lora_mod.apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout) if lo.r is not None else []
+    with torch.no_grad():  # build the RoPE tables outside inference mode: the engine's would be unusable for training
+        model(torch.zeros(1, 1, dtype=torch.long, device=device))
+    rollouts = Rollouts(recipe, model, tok, rows, rewards, reference, out, device, bool(wrapped))
+    eps_high = g.epsilon_high if g.epsilon_high is not None else g.epsilon
+
+    def loss(fwd: torch.nn.Module, batch: dict):
+        stats = batch["stats"]
+        if "input_ids" not in batch:  # a batch with no disagreeing group: a zero step
+            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            return zero, {"loss": zero.detach(), **stats}
+        b = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        logp = prefs.token_logps(fwd(b["input_ids"]).logits, b["targets"])
+        objective, extra = grpo_loss(logp, b.get("old", logp.detach()), b["advantages"], b["completion_mask"], g.loss_type,
+                                     g.epsilon, eps_high, g.beta, b.get("ref"), g.max_new_tokens, b["num_items"])  # fmt: skip
+        return objective, {"loss": objective.detach(), **extra, **stats}
+
+    def micro_batches(step: int, dist_info) -> list[dict]:
+        return rollouts(step, dist_info) or [{"stats": rollouts.stats}]
+
+    return Workload(
+        model=model, model_config=model.config.to_dict(), steps=tc.max_steps, micro_batches=micro_batches, loss=loss,
+        count_tokens=lambda b: int(b["completion_mask"].sum()) if "completion_mask" in b else 0,
+        order={"train.seed": tc.seed, "grpo.prompts_per_step": g.prompts_per_step, "grpo.num_generations": g.num_generations,
+               "grpo.num_iterations": g.num_iterations, "lora layers": wrapped},
+        describe=f"[bold]{recipe.name}[/]: GRPO ({g.loss_type}, G={g.num_generations}, rewards {', '.join(rewards.names)}) "
+                 f"of {model.config.name} from {recipe.model.base}, {len(rows)} prompts, ",
+    )  # fmt: skip
+
+
 def run_grpo(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False,
              stop_at: int | None = None) -> dict:  # fmt: skip
     """Train `recipe.model.base` with GRPO into `out`; returns the summary."""
-    g, tc, lo = recipe.grpo, recipe.train, recipe.lora
+    g, tc = recipe.grpo, recipe.train
     if not recipe.model.base:
         raise UserError("no model to start from; pass --from (a run dir, HF dir, .gguf or preset) or set model.base")
     if tc.max_steps is None:
@@ -246,37 +316,10 @@ def run_grpo(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: b
     if len(rows) < g.prompts_per_step:
         raise UserError(f"{len(rows)} prompts are fewer than grpo.prompts_per_step={g.prompts_per_step}")
     rewards = build_rewards(list(g.rewards), g.reward_weights, str(info.device))
-    reference = copy.deepcopy(model).eval().requires_grad_(False) if g.beta and lo.r is None else None
-    wrapped = lora_mod.apply_lora(model, lo.targets, lo.r, lo.alpha, lo.dropout) if lo.r is not None else []
     if not resume:  # a generation batch of an earlier run must not be mistaken for this run's
         (out / "rollout.pt").unlink(missing_ok=True)
-    with torch.no_grad():  # build the RoPE tables outside inference mode: the engine's would be unusable for training
-        model(torch.zeros(1, 1, dtype=torch.long, device=info.device))
-    rollouts = Rollouts(recipe, model, tok, rows, rewards, reference, out, info.device, bool(wrapped))
-    eps_high = g.epsilon_high if g.epsilon_high is not None else g.epsilon
-
-    def loss(fwd: torch.nn.Module, batch: dict):
-        stats = batch["stats"]
-        if "input_ids" not in batch:  # a batch with no disagreeing group: a zero step
-            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            return zero, {"loss": zero.detach(), **stats}
-        b = {k: v.to(info.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        logp = prefs.token_logps(fwd(b["input_ids"]).logits, b["targets"])
-        objective, extra = grpo_loss(logp, b.get("old", logp.detach()), b["advantages"], b["completion_mask"], g.loss_type,
-                                     g.epsilon, eps_high, g.beta, b.get("ref"), g.max_new_tokens, b["num_items"])  # fmt: skip
-        return objective, {"loss": objective.detach(), **extra, **stats}
-
-    def micro_batches(step: int, dist_info) -> list[dict]:
-        return rollouts(step, dist_info) or [{"stats": rollouts.stats}]
-
-    work = Workload(
-        model=model, model_config=model.config.to_dict(), steps=tc.max_steps, micro_batches=micro_batches, loss=loss,
-        count_tokens=lambda b: int(b["completion_mask"].sum()) if "completion_mask" in b else 0,
-        order={"train.seed": tc.seed, "grpo.prompts_per_step": g.prompts_per_step, "grpo.num_generations": g.num_generations,
-               "grpo.num_iterations": g.num_iterations, "lora layers": wrapped},
-        describe=f"[bold]{recipe.name}[/]: GRPO ({g.loss_type}, G={g.num_generations}, rewards {', '.join(rewards.names)}) "
-                 f"of {model.config.name} from {recipe.model.base}, {len(rows)} prompts, ",
-    )  # fmt: skip
+    work = grpo_workload(recipe, model, tok, rows, rewards, out, info.device)
+    wrapped = work.order["lora layers"]
     heldout = None
     if g.eval_problems:
         if g.synthetic is None:

@@ -29,6 +29,7 @@ import yaml
 
 from gptqwen.align.rewards import BUILTIN, RewardFn, format_reward
 from gptqwen.errors import UserError, closest
+from gptqwen.finetune.common import load_base
 from gptqwen.tokenizer.chat import parse_assistant
 
 RULE_KINDS = ("regex", "max_words", "min_words", "format", "verifier")
@@ -104,8 +105,6 @@ class Rubric:
 
     def load_judge(self, device: str | None = None) -> None:
         """Load the judge and find each class's token; a clear error when the judge cannot express a class."""
-        from gptqwen.finetune.common import load_base
-
         if not self.judge_spec:
             raise UserError(f"rubric '{self.name}' has classes but no judge; set 'judge:' in the rubric to a model")
         model, tok = load_base(self.judge_spec, None, device)

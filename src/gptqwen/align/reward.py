@@ -27,6 +27,7 @@ from gptqwen.finetune.common import load_base, save_model_dir, write_json
 from gptqwen.loading import load_model_and_tokenizer
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
+from gptqwen.utils import read_jsonl
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -134,8 +135,6 @@ def run_reward_training(recipe: Recipe, out: str | Path, resume: bool = False, o
 def score_file(model_dir: str, data: str, enable_thinking: bool = True, device: str | None = None) -> dict:
     """Score a JSONL file: preference pairs → pairwise accuracy and margins; {"prompt", "completion"} rows
     (text or chat, like a pair's side) → one reward per row."""
-    from gptqwen.utils import read_jsonl
-
     model, tok = load_reward_model(model_dir, device)
     pad = tok.pad_id if tok.pad_id is not None else 0
     rows = read_jsonl(data, "rows to score")

@@ -1,9 +1,9 @@
 """Reward functions for GRPO and for filtering machine-made data: verifiable rewards and their combination.
 
-    from gptqwen.align.rewards import build_rewards, math_reward
+    from gptqwen.align.rewards import RewardSet, format_reward, math_reward
     math_reward([{"answer": "12"}], ["<think>\\n7 + 5 = 12.\\n</think>\\n\\nThe answer is 12."])   # [1.0]
-    score = build_rewards(["math", "format"], weights=[1.0, 0.2])    # -> RewardSet
-    totals, per_fn = score(rows, completions)
+    score = RewardSet(["math", "format"], [math_reward, format_reward], [1.0, 0.2])
+    totals, per_fn = score(rows, completions)       # (recipes name them: gptqwen.align.grpo.build_rewards)
 
 A reward function takes the prompt rows (dicts: the JSONL row of each prompt, so `answer`, `tests`, ...
 travel with it) and the completion texts, and returns one float per completion, or None where it cannot
@@ -204,39 +204,3 @@ class RewardSet:
         totals = (torch.nan_to_num(per_fn) * self.weights).sum(1)
         totals[torch.isnan(per_fn).all(1)] = float("nan")
         return totals, per_fn
-
-
-def build_rewards(specs: list[str], weights: list[float] | None = None, device: str | None = None) -> RewardSet:
-    """A `RewardSet` from names: math, format, code, rbrm:RUBRIC.yaml, model:REWARD_DIR."""
-    if not specs:
-        raise UserError("no reward functions; set grpo.rewards, e.g. [math] or [math, format]")
-    weights = [1.0] * len(specs) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(specs):
-        raise UserError(f"grpo.reward_weights has {len(weights)} entries for {len(specs)} reward functions")
-    fns = []
-    for spec in specs:
-        kind, _, arg = str(spec).partition(":")
-        if kind in BUILTIN and not arg:
-            fns.append(BUILTIN[kind])
-        elif kind == "rbrm" and arg:
-            from gptqwen.align.rbrm import rubric_reward  # a judge model: loaded only when a rubric is named
-
-            fns.append(rubric_reward(arg, device))
-        elif kind == "model" and arg:
-            fns.append(model_reward(arg, device))
-        else:
-            raise UserError(f"unknown reward '{spec}'; use math, format, code, constraints, rbrm:RUBRIC.yaml or model:REWARD_DIR")
-    return RewardSet([str(s) for s in specs], fns, weights)
-
-
-def model_reward(path: str, device: str | None = None) -> RewardFn:
-    """A trained reward model (`gptqwen reward train`) as a reward function; it scores the token ids GRPO
-    passes in each row (`_prompt_ids` + `_completion_ids`, the completion ending in its stop token)."""
-    from gptqwen.align.reward import load_reward_model
-
-    model, tok = load_reward_model(path, device)
-    pad = tok.pad_id if tok.pad_id is not None else 0
-
-    def score(rows: list[dict], completions: list[str]) -> list[float | None]:
-        return model.score_sequences([list(r["_prompt_ids"]) + list(r["_completion_ids"]) for r in rows], pad_id=pad)
-    return score
