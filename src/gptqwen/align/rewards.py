@@ -13,7 +13,8 @@ judge (an unscorable completion gets advantage 0 in GRPO, as in TRL).
   row's `answer` as a number (fractions and decimals compared numerically) or as normalised text.
 - `format`: the think/answer structure `<think>\\n...\\n</think>\\n\\n<answer>` with a non-empty answer.
 - `code`: the completion's last ```python block (or the whole text) runs with the row's `tests` (asserts)
-  in a subprocess with CPU-time, memory and wall-clock limits; 1.0 when it exits cleanly.
+  in the project's sandbox (`gptqwen.tools.sandbox`: isolated process, time and memory limits); 1.0 when
+  it runs to the end.
 - `constraints`: the row's output `constraints` (max_words, end_with, uppercase; `gptqwen synth evolve`
   adds them) all hold for the answer part.
 - `rbrm:RUBRIC.yaml` (a rubric judge, `align.rbrm`) and `model:DIR` (a trained reward model).
@@ -22,11 +23,7 @@ judge (an unscorable completion gets advantage 0 in GRPO, as in TRL).
 from __future__ import annotations
 
 import math
-import os
 import re
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -34,6 +31,7 @@ import torch
 
 from gptqwen.errors import UserError
 from gptqwen.tokenizer.chat import parse_assistant
+from gptqwen.tools.sandbox import Limits, run_code
 
 RewardFn = Callable[[list[dict], list[str]], list[float | None]]
 
@@ -105,23 +103,12 @@ def format_reward(rows: list[dict], completions: list[str]) -> list[float | None
 
 
 def run_python(code: str, timeout: float = 5.0, memory_mb: int = 512) -> tuple[bool, str]:
-    """Run `code` in a fresh Python subprocess (isolated mode, empty temp working directory, CPU-time and
-    address-space limits, wall-clock timeout); (exited cleanly, last lines of its output)."""
-    def limits() -> None:  # runs in the child before exec
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(timeout), math.ceil(timeout) + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-
-    with tempfile.TemporaryDirectory(prefix="gptqwen-code-") as tmp:
-        try:
-            proc = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp, capture_output=True, text=True,
-                                  timeout=timeout, preexec_fn=limits if os.name == "posix" else None,
-                                  env={"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0"})  # fmt: skip
-        except subprocess.TimeoutExpired:
-            return False, f"timed out after {timeout:g} s"
-    return proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    """Run `code` once in the project's sandbox (`gptqwen.tools.sandbox`: its own namespaces where the machine
+    allows, no network, a private tmpfs, CPU / memory / process limits, a wall-clock timeout); returns
+    (it ran to the end without an error, what it said last)."""
+    result = run_code(code, Limits(timeout_s=timeout, memory_mb=memory_mb))
+    ok = result.exit_code == 0 and not result.timed_out and result.error is None
+    return ok, (result.error or "") + (result.stdout + result.stderr)[-2000:]
 
 
 def extract_code(text: str) -> str:
@@ -131,7 +118,7 @@ def extract_code(text: str) -> str:
 
 
 def code_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
-    """1.0 when the completion's code passes the row's `tests` (Python asserts) in the subprocess sandbox."""
+    """1.0 when the completion's code passes the row's `tests` (Python asserts) in the sandbox."""
     out: list[float | None] = []
     for row, text in zip(rows, completions):
         tests = row.get("tests")
