@@ -14,6 +14,7 @@ next step. Errors come back in OpenAI's shape (`protocol.APIError`).
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import secrets
 import time
@@ -342,6 +343,6 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
 
     @app.get("/")
     async def page():
-        return responses.HTMLResponse(PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", model_name))
+        return responses.HTMLResponse(PAGE.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(model_name)))
 
     return app
