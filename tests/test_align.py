@@ -169,3 +169,23 @@ def test_prompt_rows_render_the_generation_prompt(tok):
     rows = load_prompt_rows(tok, None, 3, ["arithmetic"], 0, enable_thinking=False)
     assert all(r["_prompt_ids"] == tok.apply_chat_template(r["prompt"], tokenize=True, enable_thinking=False) for r in rows)
     assert all("answer" in r for r in rows)
+
+
+def test_query_selection_drops_agreeing_groups_and_orders_by_variance(tok, tmp_path, monkeypatch):
+    """Qwen2.5: groups whose rewards are all equal carry no signal; the rest train highest variance first."""
+    from gptqwen.align import grpo
+    from gptqwen.train.recipe import load_recipe
+
+    rows = [{"prompt": f"q{i}", "answer": "1", "_prompt_ids": [5 + i], "_where": f"p:{i}"} for i in range(3)]
+    texts = ["The answer is 1."] * 4 + ["The answer is 1."] + ["no"] * 3 + ["The answer is 1."] * 2 + ["no"] * 2
+    monkeypatch.setattr(grpo, "sample", lambda model, tok, ids, params, native=True: ([[7, 8]] * len(ids), texts))
+    recipe = load_recipe("grpo-qwen3", ["grpo.num_generations=4", "grpo.prompts_per_step=3", "grpo.query_selection=true",
+                                        "grpo.prompts=x"], trainer="grpo")
+    roll = grpo.Rollouts(recipe, None, tok, rows, grpo.build_rewards(["math"]), None, tmp_path, torch.device("cpu"), False)
+    monkeypatch.setattr(roll, "prompts_of", lambda k: rows)
+    [batch], stats = roll.generate(0)
+    assert stats["zero_variance"] == pytest.approx(1 / 3)
+    assert batch["input_ids"].shape[0] == 8  # group 0 (all right) dropped
+    assert batch["input_ids"][:4, 0].tolist() == [7] * 4 and batch["advantages"][:4].tolist() == pytest.approx(
+        grpo.group_advantages(torch.tensor([1.0, 1, 0, 0]), 4).tolist())  # variance 0.25 (group 2) first
+    assert batch["advantages"][4:].tolist() == pytest.approx(grpo.group_advantages(torch.tensor([1.0, 0, 0, 0]), 4).tolist())

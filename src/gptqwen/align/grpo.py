@@ -211,7 +211,9 @@ class Rollouts:
 
     def logps(self, b: dict) -> dict:
         """Log-probs of the sampled tokens by the sampling policy (μ > 1) and by the reference (β > 0)."""
-        out = {}
+        out: dict[str, torch.Tensor] = {}
+        if self.g.num_iterations == 1 and not self.g.beta:
+            return out
         ids, targets = b["input_ids"].to(self.device), b["targets"].to(self.device)
         was = self.model.training
         self.model.eval()
