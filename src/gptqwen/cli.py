@@ -31,6 +31,8 @@ VERBS: dict[str, str] = {
     "eval": "few-shot evaluation, perplexity and GPT-3 style shot plots",
     "generate": "one-shot text generation from a prompt",
     "chat": "interactive multi-turn chat with thinking mode and thinking budget",
+    "sandbox": "run Python in the isolated code interpreter (namespaces, rlimits, seccomp)",
+    "tools": "tool-use data, the tool-using model's evaluation, and tool schemas",
     "serve": "OpenAI-compatible HTTP server with continuous batching and a web chat page",
     "scaling": "fit Chinchilla / Kaplan / GPT-4 scaling laws to runs and predict a bigger run's loss",
 }

@@ -3,7 +3,11 @@
     gptqwen chat --model SmolLM2-135M-Instruct.Q4_1.gguf
     printf 'Hi!\\n/budget 32\\nWhat is 2+2?\\n' | gptqwen chat --model qwen3-dir --temperature 0
 
+    gptqwen chat --model runs/tools/sft --tools calculator,python,my_tools.py [--agent function|react|tir]
+
 Thinking streams dimmed and collapses to one line when the answer starts (`/show` expands the last one).
+With --tools each turn runs the tool loop (`gptqwen.tools`): tool calls and their results are shown as they
+happen (`--agent react` uses Thought/Action/Observation text, `--agent tir` runs ```python blocks).
 Commands: /think, /no_think (thinking on/off), /budget N | /budget off, /system TEXT, /show, /reset,
 /help, /exit. Ctrl-C stops the current answer and keeps the session; Ctrl-D (or end of input) leaves.
 """
@@ -20,6 +24,7 @@ from gptqwen.commands.engine_options import (
     sampling_from_args,
 )
 from gptqwen.errors import UserError
+from gptqwen.tools.styles import STYLES, ToolUse
 
 HELP = ("/think  /no_think  thinking on / off      /budget N | off   cap thinking at N tokens\n"
         "/system TEXT       set the system message /show             expand the last thinking\n"
@@ -30,8 +35,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--no-think", action="store_true", help="start with thinking off")
     p.add_argument("--thinking-budget", type=int, default=None, help="cap thinking at N tokens")
+    add_tool_arguments(p)
     add_model_arguments(p)
     add_sampling_arguments(p, temperature=0.6)
+
+
+def add_tool_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("tools")
+    g.add_argument("--tools", default=None,
+                   help="run the tool loop with these tools: built-in calculator, python (the sandbox), or .py files "
+                        "whose public functions become tools; comma-separated")
+    g.add_argument("--agent", choices=STYLES, default="function",
+                   help="function: the model's <tool_call> format; react: Thought/Action/Observation; "
+                        "tir: ```python blocks run as they are written")
+    g.add_argument("--max-steps", type=int, default=8, help="model turns (tool rounds) per answer")
+
+
+def tool_use_from_args(args: argparse.Namespace) -> ToolUse | None:
+    if args.tools is None and args.agent != "tir":
+        return None
+    return ToolUse(args.tools, args.agent, args.max_steps)
+
+
+def show_tool_events(events, console) -> object:
+    """Print an agent's events (content streamed, reasoning dimmed, tool calls and results as lines); the result."""
+    result, fresh = None, True
+    for ev in events:
+        if ev.kind in ("content", "reasoning"):
+            text = ev.text.lstrip() if fresh else ev.text
+            fresh = fresh and not text
+            console.print(text, end="", markup=False, highlight=False, style="dim" if ev.kind == "reasoning" else None)
+        elif ev.kind == "tool_call":
+            fn = ev.call["function"]
+            console.print(f"\n[cyan]→ {fn['name']}({fn['arguments']})[/cyan]", highlight=False)
+        elif ev.kind == "tool_result":
+            console.print(ev.text, style="dim", markup=False, highlight=False)
+            fresh = True
+        elif ev.kind == "error":
+            console.print(f"\n[red]{ev.text}[/red]", highlight=False)
+        else:
+            result = ev.result
+    console.print()
+    return result
 
 
 class Session:
@@ -125,6 +170,18 @@ def _answer(engine, session: Session, params, console) -> None:
     session.history.append(turn)
 
 
+def _answer_with_tools(engine, session: Session, params, console, tools: ToolUse) -> None:
+    events = tools.stream(engine, session.messages(), enable_thinking=session.thinking,
+                          thinking_budget=session.budget, params=params)
+    try:
+        result = show_tool_events(events, console)
+    except KeyboardInterrupt:
+        events.close()
+        console.print("[dim] [stopped][/dim]")
+        return
+    session.history.extend(tools.history_messages(result))
+
+
 def _read(console, interactive: bool) -> str | None:
     try:
         if interactive:
@@ -137,17 +194,27 @@ def _read(console, interactive: bool) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.markup import escape
 
     if args.thinking_budget is not None and args.thinking_budget < 1:
         raise UserError("--thinking-budget must be a positive number of tokens")
     console = Console(highlight=False)
     params = sampling_from_args(args)
-    engine = engine_from_args(args)
+    tools = tool_use_from_args(args)  # before loading the model: a bad --tools fails fast
     session = Session(args.system, not args.no_think, args.thinking_budget)
+    try:
+        return _loop(engine_from_args(args), session, params, console, tools, args.model)
+    finally:
+        if tools is not None:
+            tools.close()
+
+
+def _loop(engine, session: Session, params, console, tools: ToolUse | None, model: str) -> int:
+    from rich.markup import escape
+
     interactive = sys.stdin.isatty()
     if interactive:
-        console.print(f"[dim]chatting with {args.model}; /help for commands, Ctrl-D to leave[/dim]")
+        extra = f" with tools {', '.join(tools.toolbox.tools)} ({tools.style})" if tools else ""
+        console.print(f"[dim]chatting with {model}{extra}; /help for commands, Ctrl-D to leave[/dim]")
     while True:
         try:
             line = _read(console, interactive)
@@ -168,5 +235,8 @@ def run(args: argparse.Namespace) -> int:
         if not interactive:
             console.print(f"[bold cyan]you>[/bold cyan] {escape(line)}")
         console.print("[bold green]assistant>[/bold green] ", end="")
-        _answer(engine, session, params, console)
+        if tools is not None:
+            _answer_with_tools(engine, session, params, console, tools)
+        else:
+            _answer(engine, session, params, console)
     return 0

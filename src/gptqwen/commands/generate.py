@@ -5,8 +5,12 @@
     gptqwen generate --model model.gguf --chat --prompt "Give me three fruit names." --json
     gptqwen generate --model qwen3-dir --chat --thinking-budget 64 --prompt "What is 17*23?"
 
+    gptqwen generate --model runs/tools/sft --tools calculator --prompt "What is 4821 * 37?" --json
+
 Several `--prompt`s run as one batch. `--chat` wraps each prompt as a user turn with the model's chat
 template (then `--json` also reports reasoning_content / content / tool_calls / thinking_tokens).
+`--tools` (implies --chat) runs the tool loop for each prompt; --json then reports the answer, the new
+messages (assistant turns with tool_calls, tool results), every tool call with its result, and the steps.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gptqwen.commands.chat import add_tool_arguments, show_tool_events, tool_use_from_args
 from gptqwen.commands.engine_options import (
     add_model_arguments,
     add_sampling_arguments,
@@ -33,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thinking-budget", type=int, default=None, help="cap thinking at N tokens (with --chat)")
     p.add_argument("--logprobs", type=int, default=None, help="report log-probs (and N alternatives) per token")
     p.add_argument("--json", action="store_true", help="print one JSON document: text, tokens, timings")
+    add_tool_arguments(p)
     add_model_arguments(p)
     add_sampling_arguments(p)
 
@@ -52,17 +58,43 @@ def _result_json(r, tok) -> dict:
     return d
 
 
+def _messages(args: argparse.Namespace, prompt: str) -> list[dict]:
+    return [{"role": "system", "content": args.system}] * bool(args.system) + [{"role": "user", "content": prompt}]
+
+
+def _run_tools(args: argparse.Namespace, prompts: list[str], params) -> int:
+    from rich.console import Console
+
+    tool_use_from_args(args).close()  # a bad --tools fails before the model loads
+    engine, docs = engine_from_args(args), []
+    for prompt in prompts:
+        with tool_use_from_args(args) as tools:  # each prompt is its own conversation (a fresh python session)
+            events = tools.stream(engine, _messages(args, prompt), enable_thinking=not args.no_think,
+                                  thinking_budget=args.thinking_budget, params=params)  # fmt: skip
+            if not args.json:
+                show_tool_events(events, Console(highlight=False))
+                continue
+            r = next(ev.result for ev in events if ev.kind == "done")
+            docs.append({"content": r.content, "reasoning_content": r.reasoning_content, "messages": r.messages,
+                         "tool_calls": r.tool_calls, "errors": r.errors, "steps": r.steps,
+                         "finish_reason": r.finish_reason})  # fmt: skip
+    if args.json:
+        print_json(docs[0] if len(docs) == 1 else {"results": docs})
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     prompts = [sys.stdin.read() if p == "-" else p for p in args.prompt]
     if args.thinking_budget is not None and not args.chat:
         raise UserError("--thinking-budget needs --chat (thinking is part of the chat format)")
     params = sampling_from_args(args, logprobs=args.logprobs)
+    if args.tools is not None or args.agent == "tir":
+        return _run_tools(args, prompts, params)
     engine = engine_from_args(args)
     if args.chat:
         results = []
         for prompt in prompts:
-            messages = ([{"role": "system", "content": args.system}] if args.system else [])
-            messages.append({"role": "user", "content": prompt})
+            messages = _messages(args, prompt)
             kw = dict(enable_thinking=not args.no_think, thinking_budget=args.thinking_budget, params=params)
             if args.json or len(prompts) > 1:
                 results.append(engine.chat(messages, **kw))

@@ -84,7 +84,7 @@ class CallWatcher:
             return
 
 
-def _template_call(call: dict) -> dict:
+def template_call(call: dict) -> dict:
     """A call as chat templates take it (decoded arguments), keeping its id."""
     fn = call["function"]
     return {"id": call["id"], "type": "function", "function": {"name": fn["name"], "arguments": json.loads(fn["arguments"])}}
@@ -123,7 +123,7 @@ def stream(engine, messages: list[dict], toolbox: Toolbox, max_steps: int = 8, p
         if not calls and not errors:
             res.content, res.finish_reason = content, turn.finish_reason
             break
-        history.append({**reply, "tool_calls": [_template_call(c) for c in calls],
+        history.append({**reply, "tool_calls": [template_call(c) for c in calls],
                         **({"reasoning_content": turn.reasoning_content} if turn.reasoning_content else {})})
         for call in calls:
             name, args = call["function"]["name"], call["function"]["arguments"]

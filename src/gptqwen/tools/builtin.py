@@ -49,10 +49,10 @@ def _eval(node: ast.AST) -> int | float:
 
 
 def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression exactly (integers stay exact).
+    """Evaluate an arithmetic expression exactly.
 
     Args:
-        expression: e.g. "4821 * 37 - 12", using numbers, + - * / // % **, parentheses, sqrt, log, abs, round
+        expression: e.g. "4821 * 37 - 12" (+ - * / // % **, parentheses, sqrt, log, exp, abs, round)
     """
     try:
         tree = ast.parse(expression.strip(), mode="eval")

@@ -56,26 +56,32 @@ def _schema_of(hint: Any) -> dict:
 
 
 def _doc_params(doc: str) -> tuple[str, dict[str, str]]:
-    """(summary, {param: description}) from a Google-style `Args:` section or reST `:param x:` lines."""
-    lines = inspect.cleandoc(doc or "").splitlines()
-    summary, params, current, in_args = [], {}, None, False
-    for line in lines:
-        stripped = line.strip()
-        rest = re.match(r":param\s+(?:\w+\s+)?(\w+):\s*(.*)", stripped)
+    """(description, {param: description}) from a docstring with a Google-style `Args:` section or reST
+    `:param x:` lines; the description is the text before the first section."""
+    summary: list[str] = []
+    params: dict[str, str] = {}
+    section, current, indent = None, None, None
+    for line in inspect.cleandoc(doc or "").splitlines():
+        text, depth = line.strip(), len(line) - len(line.lstrip())
+        if depth == 0 and re.fullmatch(r"[A-Z][A-Za-z ]*:", text):  # Args:, Returns:, Raises: ...
+            section, current, indent = text[:-1].lower(), None, None
+            continue
+        rest = re.match(r":param\s+(?:\w+\s+)?(\w+):\s*(.*)", text)
         if rest:
-            current = rest.group(1)
+            section, current = "rest", rest.group(1)
             params[current] = rest.group(2)
-        elif stripped.lower() in ("args:", "arguments:", "parameters:"):
-            in_args = True
-        elif in_args and (m := re.match(r"(\w+)\s*(?:\([^)]*\))?:\s*(.*)", stripped)) and line.startswith((" ", "\t")):
-            current = m.group(1)
-            params[current] = m.group(2)
-        elif in_args and stripped.endswith(":") and not line.startswith((" ", "\t")):
-            in_args, current = False, None  # Returns:, Raises: ...
-        elif current and stripped and line.startswith((" ", "\t")):
-            params[current] += " " + stripped
-        elif not in_args and current is None and not stripped.startswith(":"):
-            summary.append(stripped)
+        elif section is None:
+            summary.append(text)
+        elif section in ("args", "arguments", "parameters") and text:
+            named = re.match(r"(\w+)\s*(?:\([^)]*\))?:\s*(.*)", text)
+            indent = depth if indent is None else indent
+            if named and depth == indent:
+                current = named.group(1)
+                params[current] = named.group(2)
+            elif current:
+                params[current] += " " + text
+        elif section == "rest" and current and text and depth > 0:
+            params[current] += " " + text
     return " ".join(" ".join(summary).split()), params
 
 

@@ -1,0 +1,148 @@
+"""Tool-use SFT traces and the held-out evaluation of a tool-using model (multi-digit arithmetic).
+
+A problem is `a op b` with 3- and 4-digit numbers (+, -, *): easy for a calculator, hard to do in the head
+for a tiny model. Two kinds of training conversation, in equal shares:
+
+* with tools (the calculator's schema in the system turn): the assistant calls
+  `calculator({"expression": "a op b"})`, reads the tool response and answers "The answer is R.";
+* without tools: the assistant answers "The answer is R." at once (what the model can do unaided).
+
+    rows = tool_traces(4000, seed=0)             # {"messages", "tools"?, "answer"} rows for `gptqwen sft --data`
+    accuracy(engine, heldout_problems(200, seed=1, exclude=...), use_tools=True)
+
+`accuracy` runs the real agent loop (`gptqwen.tools.agent`) with the calculator, or plain generation
+without tools, greedily, and grades the last "The answer is R".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gptqwen.config import Config
+from gptqwen.infer.sampling import SamplingParams
+from gptqwen.model import Transformer
+from gptqwen.tokenizer import Tokenizer
+from gptqwen.tokenizer.train import train_tokenizer
+from gptqwen.tools import agent
+from gptqwen.tools.builtin import calculator, load_toolbox
+from gptqwen.tools.registry import Tool
+from gptqwen.utils import atomic_dir, atomic_write
+
+_ANSWER = re.compile(r"answer is\s*(-?\d+)")
+QUESTIONS = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}.")
+CALCULATOR = Tool.from_function(calculator).schema()
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    expression: str
+    answer: str
+
+
+def problem(rng: random.Random) -> Problem:
+    op = rng.choice("+-*")
+    a, b = rng.randint(100, 9999), rng.randint(100, 9999) if op != "*" else rng.randint(10, 999)
+    expr = f"{a} {op} {b}"
+    return Problem(rng.choice(QUESTIONS).format(a=a, op=op, b=b), expr, calculator(expr))
+
+
+def problems(n: int, seed: int, exclude: set[str] = frozenset()) -> list[Problem]:
+    """`n` distinct problems from `seed` whose expressions are not in `exclude`."""
+    rng, out, seen = random.Random(seed), [], set(exclude)
+    while len(out) < n:
+        p = problem(rng)
+        if p.expression not in seen:
+            seen.add(p.expression)
+            out.append(p)
+    return out
+
+
+def conversation(p: Problem, use_tools: bool) -> dict:
+    answer = {"role": "assistant", "content": f"The answer is {p.answer}."}
+    user = {"role": "user", "content": p.question}
+    if not use_tools:
+        return {"messages": [user, answer], "answer": p.answer}
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": p.expression}}}
+    return {"messages": [user, {"role": "assistant", "content": "", "tool_calls": [call]},
+                         {"role": "tool", "content": p.answer}, answer], "tools": [CALCULATOR], "answer": p.answer}
+
+
+def tool_traces(n: int, seed: int = 0, tool_share: float = 0.5) -> list[dict]:
+    """`n` SFT rows: `tool_share` of them solve the problem through the calculator, the rest answer directly."""
+    rng = random.Random(seed + 1)
+    return [conversation(p, rng.random() < tool_share) for p in problems(n, seed)]
+
+
+def training_expressions(rows: list[dict]) -> set[str]:
+    """The expressions asked in SFT rows (to hold them out of the evaluation)."""
+    out = set()
+    for row in rows:
+        for m in row.get("messages", []):
+            if m.get("role") == "user":
+                found = re.search(r"(\d+ [-+*] \d+)", m.get("content", ""))
+                if found:
+                    out.add(found.group(1))
+    return out
+
+
+def grade(text: str, answer: str) -> bool:
+    found = _ANSWER.findall(text or "")
+    return bool(found) and found[-1] == answer
+
+
+def accuracy(engine, items: list[Problem], use_tools: bool, max_new_tokens: int = 64,
+             samples: int = 2) -> dict:  # fmt: skip
+    """Greedy accuracy on `items` with the calculator offered (the agent loop) or without tools; with the
+    standard error of the mean, how often the calculator was called, and a few transcripts."""
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    box = load_toolbox("calculator")
+    correct, called, shown = [], 0, []
+    for p in items:
+        messages = [{"role": "user", "content": p.question}]
+        if use_tools:
+            res = agent.run(engine, messages, box, max_steps=3, params=params)
+            text, called = res.content, called + bool(res.tool_calls)
+            transcript = messages + res.messages
+        else:
+            text = engine.chat(messages, params=params).content
+            transcript = messages + [{"role": "assistant", "content": text}]
+        correct.append(grade(text, p.answer))
+        if len(shown) < samples:
+            shown.append({"expected": p.answer, "correct": correct[-1], "messages": transcript})
+    n = len(items)
+    acc = sum(correct) / n
+    return {"accuracy": acc, "stderr": math.sqrt(acc * (1 - acc) / n), "n": n, "called_tool": called / n,
+            "examples": shown}
+
+
+def prepare(out: str | Path, n: int, seed: int = 0, vocab_size: int = 768, preset: str = "qwen3-tiny",
+            context: int = 512) -> dict:  # fmt: skip
+    """Everything the tool-use SFT starts from, in `out`: `traces.jsonl` (n rows), `tokenizer/` (a byte-level BPE
+    trained on the rendered traces, so the tool prompt is short) and `base/` (a freshly initialised `preset`
+    with that vocabulary and a `context`-token window, as an HF checkpoint)."""
+    out = Path(out)
+    rows = tool_traces(n, seed)
+    qwen = Tokenizer.from_preset("qwen3")  # any Qwen3-template tokenizer renders the same text
+    texts = [qwen.apply_chat_template(r["messages"], tools=r.get("tools"), add_generation_prompt=False) for r in rows]
+    tok = train_tokenizer(texts, vocab_size, style="qwen", show_progress=False)
+    torch.manual_seed(seed)
+    model = Transformer(Config.from_name(preset, vocab_size=tok.vocab_size, max_seq_len=context))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "traces.jsonl") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    with atomic_dir(out / "tokenizer") as d:
+        tok.save(d)
+    with atomic_dir(out / "base") as d:
+        model.save_pretrained(d)
+        tok.save(d)
+    lengths = [len(tok.render_for_sft(r["messages"], tools=r.get("tools"))[0]) for r in rows[:500]]
+    return {"out": str(out), "rows": n, "with_tools": sum("tools" in r for r in rows), "vocab_size": tok.vocab_size,
+            "longest_tokens": max(lengths), "params": model.num_params()}
