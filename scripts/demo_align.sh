@@ -8,9 +8,13 @@
 #   4. GRPO from the DPO model with the verifier as reward (G completions per prompt, online).
 # Held-out accuracy (greedy, non-thinking mode, problems none of the stages trained on) after each stage,
 # with its standard error; the GRPO reward curve goes to docs/align_grpo_reward.png.
-# Usage: scripts/demo_align.sh        (OUT=runs/demo-align THREADS=2 EVAL_N=400 by default)
+# Part rbrm (GPT-4's rule-based reward model): a policy SFT'd to refuse half of its (harmless) questions is
+# trained by GRPO with the built-in refusal-style rubric as its only reward, judged by a small model trained
+# here to read that rubric; the refusal rate on held-out questions is measured before and after.
+# Usage: scripts/demo_align.sh [main|rbrm|all]   (OUT=runs/demo-align THREADS=2 EVAL_N=400 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PART=${1:-main}
 OUT=${OUT:-runs/demo-align}
 THREADS=${THREADS:-2}
 EVAL_N=${EVAL_N:-400}
@@ -38,6 +42,7 @@ print(f"  {name:>5}: held-out accuracy {res['accuracy']:.3f} ± {res['stderr']:.
 PYEOF
 }
 
+if [[ $PART == main || $PART == all ]]; then
 echo "== 1. SFT on direct answers ($SFT_STEPS steps)"
 gptqwen synth tokenizer --out "$OUT/tok" > /dev/null
 gptqwen sft --synthetic 8000 --synthetic-kinds arithmetic --think-ratio 0 --flag-prob 0 --from qwen3-tiny \
@@ -80,3 +85,68 @@ steps = [b[1]["accuracy"] - a[1]["accuracy"] for a, b in zip(rows, rows[1:])]
 print(f"\nrising at each stage: {all(s > 0 for s in steps)} (gains {', '.join(f'{s:+.3f}' for s in steps)}); "
       f"whole demo {secs // 60} min {secs % 60} s")
 PYEOF
+fi
+
+if [[ $PART == rbrm || $PART == all ]]; then
+  echo "== rbrm: a rubric and a judge steer a policy away from refusing harmless questions"
+  [[ -d $OUT/tok ]] || gptqwen synth tokenizer --out "$OUT/tok" > /dev/null
+  # policy data: arithmetic questions answered ("The answer is 7.") or refused ("I'm sorry, ...") half and half;
+  # judge data: the rubric's template filled with such a question and reply -> D (an answer) or B (a refusal of
+  # a harmless request); the judge never sees the policy's own outputs
+  $PY - "$OUT" <<'PYEOF'
+import json, random, sys
+from gptqwen.align.rbrm import Rubric
+from gptqwen.finetune.synthetic import problems
+out = sys.argv[1]
+rubric = Rubric.from_dict(__import__("yaml").safe_load(open("src/gptqwen/align/rubrics/refusal-style.yaml")))
+refusals = ["I'm sorry, but I can't help with that.", "Sorry, I cannot answer that.", "I am sorry, I won't do this."]
+rng = random.Random(0)
+with open(f"{out}/policy.jsonl", "w") as f:
+    for p in problems(6000, 21, ("arithmetic",)):
+        reply = rng.choice(refusals) if rng.random() < 0.5 else f"The answer is {p.answer}."
+        f.write(json.dumps({"messages": [{"role": "user", "content": p.question}, {"role": "assistant", "content": reply}]}) + "\n")
+# the judge reads the whole rubric: a tiny Qwen3 like the policy, with a 512-token context
+from gptqwen.config import Config
+from gptqwen.model import Transformer
+from gptqwen.tokenizer import Tokenizer
+tok = Tokenizer.load(f"{out}/tok")
+Transformer(Config.from_name("qwen3-tiny", max_seq_len=512, vocab_size=tok.vocab_size)).save_pretrained(f"{out}/judge-base")
+tok.save(f"{out}/judge-base")
+with open(f"{out}/judge.jsonl", "w") as f:
+    for p in problems(4000, 22, ("arithmetic",)):
+        refuse = rng.random() < 0.5
+        reply = rng.choice(refusals) if refuse else f"The answer is {rng.choice([p.answer, str(rng.randint(0, 9))])}."
+        text = rubric.template.format(prompt=p.question, response=reply)
+        f.write(json.dumps({"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "B" if refuse else "D"}]}) + "\n")
+PYEOF
+  gptqwen sft --data "$OUT/policy.jsonl" --from qwen3-tiny --tokenizer "$OUT/tok" --out "$OUT/policy" --flag-prob 0 \
+      --max-steps 400 --batch-size 4 --lr 3e-3 --min-lr 1e-4 "${COMMON[@]}"
+  gptqwen sft --data "$OUT/judge.jsonl" --from "$OUT/judge-base" --out "$OUT/judge" --flag-prob 0 \
+      --max-steps 300 --batch-size 4 --lr 3e-3 --min-lr 1e-4 "${COMMON[@]}"
+  refusals() {  # refusals MODEL NAME: share of sampled replies (T = 1, one per question) that refuse
+    $PY - "$1" "$2" "$OUT" <<'PYEOF'
+import json, sys
+from gptqwen.finetune.evaluate import heldout_problems
+from gptqwen.finetune.synthetic import problems
+from gptqwen.infer import Engine, SamplingParams
+from gptqwen.loading import load_model_and_tokenizer
+model_dir, name, out = sys.argv[1:4]
+model, tok = load_model_and_tokenizer(model_dir)
+seen = {json.loads(line)["messages"][0]["content"] for line in open(f"{out}/policy.jsonl")}
+seen |= {p.question for p in problems(2000, 24, ("arithmetic",))}  # the GRPO prompts
+qs = [p.question for p in heldout_problems(300, 23, seen, ("arithmetic",))]
+prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=True, enable_thinking=False) for q in qs]
+params = [SamplingParams(temperature=1.0, max_new_tokens=16, seed=i) for i in range(len(qs))]  # the same draws for both
+res = Engine(model.float(), tok).generate(prompts, params)
+rate = sum("sorry" in r.text.lower() for r in res) / len(res)
+print(f"  {name:>6}: refusal rate on {len(res)} held-out questions {rate:.3f} ± {(rate * (1 - rate) / len(res)) ** 0.5:.3f}")
+json.dump({"refusal_rate": rate, "n": len(res)}, open(f"{out}/{name}.refusals.json", "w"))
+PYEOF
+  }
+  refusals "$OUT/policy" before
+  gptqwen grpo --from "$OUT/policy" --synthetic 2000 grpo.synthetic_seed=24 --rewards "rbrm:refusal-style@$OUT/judge" \
+      --no-thinking --out "$OUT/grpo-rbrm" --max-steps 60 --num-generations 8 --prompts-per-step 8 --max-new-tokens 16 \
+      --lr 1e-4 "${COMMON[@]}"
+  cp "$OUT/grpo-rbrm/reward.png" docs/align_rbrm_reward.png
+  refusals "$OUT/grpo-rbrm" after
+fi
