@@ -149,7 +149,8 @@ class Session:
         lim, paths = self.limits, _python_paths()
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
-        root = os.geteuid() == 0
+        # root becomes nobody, unless (without a new root to bind it into) nobody could not reach the interpreter
+        root = os.geteuid() == 0 and (mode == "namespaces" or all(_world_reachable(src) for src, _ in paths))
         if mode == "rlimits":
             self._workdir = tempfile.mkdtemp(prefix="gptqwen-sandbox-")
             if root:
@@ -328,6 +329,12 @@ class _Capture:
         self._pending = b""
         s = self.kept.decode(errors="replace")
         return s + (f"\n[... {self.dropped} more bytes not shown]" if self.dropped else "")
+
+
+def _world_reachable(path: str) -> bool:
+    """Whether a user with no privileges can reach `path` (every directory on the way searchable by others)."""
+    p = Path(path)
+    return all(os.stat(d).st_mode & 0o001 for d in [p, *p.parents] if d.exists())
 
 
 def _kill(pid: int) -> None:
