@@ -5,31 +5,16 @@ import json
 import pytest
 import torch
 
+import _align_fixtures
 from gptqwen.align import prefs
 from gptqwen.align.grpo import load_prompt_rows
 from gptqwen.align.reward import load_reward_model
 from gptqwen.cli import main
-from gptqwen.config import Config
 from gptqwen.errors import UserError
-from gptqwen.finetune.synthetic import demo_tokenizer
-from gptqwen.model import Transformer
 
 Q = [{"role": "user", "content": "What is 2 + 3?"}]
 
-
-@pytest.fixture(scope="module")
-def tok():
-    return demo_tokenizer(400)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tok):
-    """A tiny Qwen3 whose embedding matches the demo tokenizer, saved as an HF folder with its tokenizer."""
-    d = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size)).save_pretrained(d)
-    tok.save(d)
-    return d
+tok, model_dir = _align_fixtures.tok, _align_fixtures.model_dir  # shared fixtures
 
 
 def _pref_rows(n=12):

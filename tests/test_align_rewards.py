@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
+import _align_fixtures
 from gptqwen.align import rbrm, synth
 from gptqwen.align import rewards as R
 from gptqwen.align.grpo import build_rewards, load_prompt_rows
 from gptqwen.cli import main
-from gptqwen.config import Config
 from gptqwen.errors import UserError
-from gptqwen.finetune.synthetic import demo_tokenizer
-from gptqwen.model import Transformer
+
+tok, model_dir = _align_fixtures.tok, _align_fixtures.model_dir  # shared fixtures
 
 
 @pytest.mark.parametrize("text, want", [
@@ -68,20 +68,6 @@ def test_reward_set_weights_and_bad_functions():
         R.RewardSet(["n"], [lambda r, c: [1.0, 2.0]], [1.0])([{}], ["x"])
     with pytest.raises(UserError, match="2 entries for 1 reward"):
         build_rewards(["math"], [1.0, 2.0])
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return demo_tokenizer(400)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tok):
-    d = tmp_path_factory.mktemp("judge")
-    torch.manual_seed(0)
-    Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size)).save_pretrained(d)
-    tok.save(d)
-    return d
 
 
 def _rubric(tmp_path, classes, **extra):

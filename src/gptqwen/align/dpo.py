@@ -103,12 +103,8 @@ def run_dpo(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bo
         return preference_metrics(fwd, {k: v.to(info.device) for k, v in batch.items()}, d)
 
     def evaluate(fwd: torch.nn.Module) -> dict:
-        sums: dict[str, float] = {}
-        for idx in prefs.epoch_order(len(dev), tc.batch_size, 0):
-            _, logged = preference_metrics(fwd, {k: v.to(info.device) for k, v in pair_batch(dev, ref_dev, idx, pad).items()}, d)
-            for k, v in logged.items():
-                sums[f"dev_{k}"] = sums.get(f"dev_{k}", 0.0) + v.item() * len(idx) / len(dev)
-        return sums
+        return prefs.dev_metrics(len(dev), tc.batch_size, lambda idx: preference_metrics(
+            fwd, {k: v.to(info.device) for k, v in pair_batch(dev, ref_dev, idx, pad).items()}, d)[1])
 
     work = Workload(
         model=model, model_config=model.config.to_dict(), steps=steps_for(tc, batches.per_epoch), micro_batches=batches,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -179,6 +180,16 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of completion-token log-probs of each sequence [N]."""
     return token_logps(model(batch["input_ids"]).logits, batch["targets"]).sum(-1)
+
+
+def dev_metrics(n: int, batch_size: int, logged_of: Callable[[list[int]], dict[str, torch.Tensor]]) -> dict[str, float]:
+    """The logged values of a trainer's batch function over a dev set of `n` pairs (`logged_of(indices)`),
+    averaged pair-weighted and named `dev_<key>`."""
+    sums: dict[str, float] = {}
+    for idx in epoch_order(n, batch_size, 0):
+        for k, v in logged_of(idx).items():
+            sums[f"dev_{k}"] = sums.get(f"dev_{k}", 0.0) + v.item() * len(idx) / n
+    return sums
 
 
 def epoch_order(n: int, batch_size: int, seed: int) -> list[list[int]]:

@@ -105,12 +105,8 @@ def run_reward_training(recipe: Recipe, out: str | Path, resume: bool = False, o
         return _batch_metrics(fwd, {k: v.to(info.device) for k, v in batch.items()}, center)
 
     def evaluate(fwd: nn.Module) -> dict:
-        sums: dict[str, float] = {}
-        for idx in prefs.epoch_order(len(dev), tc.batch_size, 0):
-            batch = {k: v.to(info.device) for k, v in prefs.collate([dev[i] for i in idx], pad).items()}
-            for k, v in _batch_metrics(fwd, batch, center)[1].items():
-                sums[f"dev_{k}"] = sums.get(f"dev_{k}", 0.0) + v.item() * len(idx) / len(dev)
-        return sums
+        return prefs.dev_metrics(len(dev), tc.batch_size, lambda idx: _batch_metrics(
+            fwd, {k: v.to(info.device) for k, v in prefs.collate([dev[i] for i in idx], pad).items()}, center)[1])
 
     work = Workload(
         model=model, model_config=backbone.config.to_dict(), steps=steps_for(tc, batches.per_epoch), micro_batches=batches,

@@ -15,7 +15,6 @@ import argparse
 
 from gptqwen.commands import align_flags
 from gptqwen.commands.recipe_args import add_recipe_arguments, resolve_recipe
-from gptqwen.utils import print_json
 
 SHORT = ("--from", "--tokenizer", "--epochs", "--max-steps", "--batch-size", "--lr", "--min-lr", "--warmup", "--schedule",
          "--weight-decay", "--grad-clip", "--seed", "--device", "--threads", "--lora-r", "--lora-alpha", "--lora-dropout",
@@ -47,13 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_dpo(recipe, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet or args.json,
                       stop_at=args.stop_at)  # fmt: skip
-    if args.json:
-        print_json(summary)
-    elif "out" not in summary:
-        print(f"stopped at step {summary['step']} of {summary['steps']}; finish with --resume --out {args.out}")
-    else:
-        dev = f"; dev reward accuracy {summary['dev_reward_accuracy']:.3f}" if "dev_reward_accuracy" in summary else ""
-        print(f"trained {summary['steps']} steps on {summary['pairs']} pairs; final loss {summary['loss']:.4f}, "
-              f"reward accuracy {summary['reward_accuracy']:.3f}, margin {summary['margin']:.3f}{dev}")
-        print(f"saved to {summary['out']} (metrics in {summary['run_dir']}/metrics.jsonl)")
-    return 0
+    return align_flags.report(args, summary, lambda s: [
+        f"trained {s['steps']} steps on {s['pairs']} pairs; final loss {s['loss']:.4f}, reward accuracy "
+        f"{s['reward_accuracy']:.3f}, margin {s['margin']:.3f}"
+        + (f"; dev reward accuracy {s['dev_reward_accuracy']:.3f}" if "dev_reward_accuracy" in s else "")])

@@ -15,7 +15,6 @@ import argparse
 
 from gptqwen.commands import align_flags
 from gptqwen.commands.recipe_args import add_recipe_arguments, resolve_recipe
-from gptqwen.utils import print_json
 
 SHORT = ("--from", "--tokenizer", "--max-steps", "--lr", "--min-lr", "--warmup", "--schedule", "--weight-decay", "--grad-clip",
          "--seed", "--device", "--threads", "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-targets")  # fmt: skip
@@ -52,15 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_grpo(recipe, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet or args.json,
                        stop_at=args.stop_at)  # fmt: skip
-    if args.json:
-        print_json(summary)
-    elif "out" not in summary:
-        print(f"stopped at step {summary['step']} of {summary['steps']}; finish with --resume --out {args.out}")
-    else:
-        print(f"trained {summary['steps']} steps on {summary['prompts']} prompts; last batch reward {summary['reward']:.3f}")
-        for key in ("heldout_before", "heldout_after"):
-            if key in summary:
-                h = summary[key]
-                print(f"held-out accuracy {key.split('_')[1]}: {h['accuracy']:.3f} ± {h['stderr']:.3f} (n={h['n']})")
-        print(f"saved to {summary['out']} (metrics in {summary['run_dir']}/metrics.jsonl)")
-    return 0
+    return align_flags.report(args, summary, lambda s: [
+        f"trained {s['steps']} steps on {s['prompts']} prompts; last batch reward {s['reward']:.3f}",
+        *(f"held-out accuracy {key.split('_')[1]}: {s[key]['accuracy']:.3f} ± {s[key]['stderr']:.3f} (n={s[key]['n']})"
+          for key in ("heldout_before", "heldout_after") if key in s)])

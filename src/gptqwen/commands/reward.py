@@ -59,13 +59,6 @@ def run(args: argparse.Namespace) -> int:
 
     summary = run_reward_training(recipe, args.out, resume=args.resume, overwrite=args.overwrite,
                                   quiet=args.quiet or args.json, stop_at=args.stop_at)  # fmt: skip
-    if args.json:
-        print_json(summary)
-    elif "out" not in summary:
-        print(f"stopped at step {summary['step']} of {summary['steps']}; finish with --resume --out {args.out}")
-    else:
-        dev = f"; dev accuracy {summary['dev_accuracy']:.3f}" if "dev_accuracy" in summary else ""
-        print(f"trained {summary['steps']} steps on {summary['pairs']} pairs; final loss {summary['loss']:.4f}, "
-              f"accuracy {summary['accuracy']:.3f}{dev}")
-        print(f"saved to {summary['out']} (metrics in {summary['run_dir']}/metrics.jsonl)")
-    return 0
+    return align_flags.report(args, summary, lambda s: [
+        f"trained {s['steps']} steps on {s['pairs']} pairs; final loss {s['loss']:.4f}, accuracy {s['accuracy']:.3f}"
+        + (f"; dev accuracy {s['dev_accuracy']:.3f}" if "dev_accuracy" in s else "")])
