@@ -163,3 +163,22 @@ def test_tools_cli(capsys, tmp_path):
     assert main(["tools", "call", "calculator", '{"expression": "x"}']) == 1
     assert main(["tools", "call", "calculator", "{bad"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_prepare_then_generate_and_chat_with_tools(tmp_path, capsys, monkeypatch):
+    """The CLI path end to end on an untrained model: what it says is noise, the plumbing is not."""
+    assert main(["tools", "prepare", "--out", str(tmp_path), "--n", "200", "--vocab-size", "400"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rows"] == 200 and info["longest_tokens"] < 512
+    assert {p.name for p in tmp_path.iterdir()} >= {"traces.jsonl", "tokenizer", "base"}
+    base = str(tmp_path / "base")
+    assert main(["generate", "--model", base, "--tools", "calculator", "--prompt", "What is 1 + 1?", "--json",
+                 "--max-new-tokens", "8", "--temperature", "0", "--max-steps", "2"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert set(doc) == {"content", "reasoning_content", "messages", "tool_calls", "errors", "steps", "finish_reason"}
+    assert 1 <= doc["steps"] <= 2
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("Hi\n"))
+    assert main(["chat", "--model", base, "--tools", "calculator", "--agent", "react", "--max-new-tokens", "8"]) == 0
+    assert "does not fit the context window" in capsys.readouterr().out  # reported; the session went on to the end
+    assert main(["chat", "--model", base, "--agent", "tir", "--tools", "calculator"]) == 2
+    assert "needs the python tool" in capsys.readouterr().err

@@ -179,6 +179,10 @@ def _answer_with_tools(engine, session: Session, params, console, tools: ToolUse
         events.close()
         console.print("[dim] [stopped][/dim]")
         return
+    except UserError as e:  # e.g. the conversation outgrew the context: say so, keep the session
+        console.print(f"\n[red]error: {e}[/red]", highlight=False)
+        session.history.pop()
+        return
     session.history.extend(tools.history_messages(result))
 
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Tool use (issue 20), about 8 minutes on 2 CPU threads:
+#   (a) the code interpreter: a program run in the sandbox, and what it cannot do;
+#   (b) a tiny Qwen3 (0.86M parameters, its own 562-token BPE) trained by `gptqwen sft` on calculator traces,
+#       graded on 200 held-out multi-digit problems with the calculator offered (the function-calling loop)
+#       and without tools, then one conversation through `gptqwen generate --tools`.
+# Usage: scripts/demo_tools.sh [a|b|all]      (OUT=runs/demo-tools THREADS=2 STEPS=600 N_EVAL=200 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PART=${1:-all}
+OUT=${OUT:-runs/demo-tools}
+THREADS=${THREADS:-2}
+export OMP_NUM_THREADS=$THREADS
+mkdir -p "$OUT"
+
+if [[ $PART == a || $PART == all ]]; then
+  echo "== (a) the sandbox: $(gptqwen sandbox info)"
+  cat > "$OUT/probe.py" <<'EOF'
+import os, socket
+print("cwd:", os.getcwd(), "| uid:", os.getuid(), "| visible root:", sorted(os.listdir("/")))
+for attempt, action in [("read /etc/passwd", lambda: open("/etc/passwd").read()),
+                        ("connect to 127.0.0.1:22", lambda: socket.create_connection(("127.0.0.1", 22), timeout=1)),
+                        ("write /usr/x", lambda: open("/usr/x", "w")),
+                        ("allocate 4 GB", lambda: bytearray(4 << 30))]:
+    try:
+        action()
+        print(f"{attempt}: ALLOWED")
+    except Exception as e:
+        print(f"{attempt}: refused ({type(e).__name__}: {e})")
+EOF
+  gptqwen sandbox run "$OUT/probe.py" --timeout 5 --memory-mb 512
+  echo 'while True: pass' | gptqwen sandbox run - --timeout 1 --json || true
+fi
+
+if [[ $PART == b || $PART == all ]]; then
+  echo "== (b) a tiny model that uses the calculator"
+  gptqwen tools prepare --out "$OUT" --n "${N_TRAIN:-6000}" --seed 0
+  gptqwen sft -c sft-tools --data "$OUT/traces.jsonl" --from "$OUT/base" --out "$OUT/sft" --overwrite --quiet \
+      --max-steps "${STEPS:-600}" --threads "$THREADS"
+  gptqwen tools eval --model "$OUT/sft" --n "${N_EVAL:-200}" --seed 1234 --exclude "$OUT/traces.jsonl" \
+      --threads "$THREADS" --json > "$OUT/eval.json"
+  python - "$OUT/eval.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for mode in ("with_tools", "without_tools"):
+    m = r[mode]
+    print(f"  {mode.replace('_', ' '):>13}: accuracy {m['accuracy']:.3f} ± {m['stderr']:.3f} (n={m['n']}), "
+          f"calculator called on {m['called_tool']:.0%}")
+PYEOF
+  gptqwen generate --model "$OUT/sft" --tools calculator --prompt "What is 7385 * 462?" --temperature 0 \
+      --max-new-tokens 64 --threads "$THREADS"
+fi
