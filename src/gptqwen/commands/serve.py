@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <key>' on /v1 routes")
     g.add_argument("--max-seqs", type=int, default=64, help="most sequences decoded together in the running batch")
     g.add_argument("--max-queue", type=int, default=256, help="most requests waiting for a slot (then 429)")
-    g.add_argument("--prefill-tokens", type=int, default=512,
-                   help="tokens prefilled between two decode steps (a longer prompt is prefilled in chunks)")
+    g.add_argument("--prefill-tokens", type=int, default=256,
+                   help="most prompt tokens prefilled between two decode steps: new requests are prefilled in chunks "
+                        "of this size so the running ones stall for one chunk at a time")
     g.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt (default: the context - 1)")
     g.add_argument("--max-completion-tokens", type=int, default=None,
                    help="most tokens one completion may ask for, and the default (default: the context)")

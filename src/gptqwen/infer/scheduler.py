@@ -128,7 +128,7 @@ class _Prefill:
 class Scheduler:
     """Continuous batching over an `Engine` (see the module docstring)."""
 
-    def __init__(self, engine, max_seqs: int = 32, max_queue: int = 256, prefill_tokens: int = 512) -> None:
+    def __init__(self, engine, max_seqs: int = 64, max_queue: int = 256, prefill_tokens: int = 256) -> None:
         if max_seqs < 1 or max_queue < 1 or prefill_tokens < 1:
             raise UserError("max_seqs, max_queue and prefill_tokens must be >= 1")
         self.engine, self.max_seqs, self.max_queue, self.prefill_tokens = engine, max_seqs, max_queue, prefill_tokens
