@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -119,3 +120,14 @@ def test_sandbox_repl_from_a_pipe():
 def test_run_code_one_shot():
     r = run_code("import sys; print(sys.version_info[0])", FAST)
     assert r.to_json()["stdout"] == "3\n" and r.as_text() == "3"
+
+
+@needs_ns
+def test_network_namespace_alone_blocks_the_network():
+    """Without the seccomp filter (which refuses non-unix sockets), the empty network namespace still holds."""
+    server = socket.create_server(("127.0.0.1", 0))
+    with Session(FAST, seccomp=False) as s:
+        r = s.run(f"import socket; socket.create_connection(('127.0.0.1', {server.getsockname()[1]}), timeout=1)")
+        assert not s.isolation["seccomp"]
+    server.close()
+    assert r.exit_code == 1 and "Network is unreachable" in r.error

@@ -69,6 +69,11 @@ HOSTILE = {
     "mount a fresh /proc": (LIBC + "import os; os.mkdir('/work/p')\n"
                             "print('ESCAPED' if libc.mount(b'proc', b'/work/p', b'proc', 0, None) == 0 else 'denied')",
                             printed("denied")),
+    "the parent's open files": ("import json, os, sys\nc = json.loads(sys.argv[1])\n"
+                                "def is_open(fd):\n    try:\n        return bool(os.fstat(fd))\n    except OSError:\n"
+                                "        return False\n"
+                                "extra = [fd for fd in range(3, 256) if is_open(fd) and fd not in (c['req_fd'], c['resp_fd'])]\n"
+                                "print('ESCAPED' if extra else 'closed', extra)", printed("closed")),
     "kill the host process": ("import os; os.kill({host_pid}, 0); print('ESCAPED')", failed),
     "kill every process": ("import os, signal; os.kill(-1, signal.SIGKILL); print('ESCAPED')", lambda r: True),
     "ptrace pid 1": (LIBC + "print('ESCAPED' if libc.ptrace(16, 1, 0, 0) == 0 else 'denied')", printed("denied")),
@@ -127,6 +132,7 @@ def host(tmp_path_factory):
     abstract.setblocking(False)
     secret = tmp_path_factory.mktemp("secret") / "secret.txt"
     secret.write_text("top secret")
+    held = open(secret)  # an open file of the host's, which no session may inherit
     os.environ[SECRET_ENV] = "1"
     other = Session(LIMITS)
     assert other.run("open('/work/keep', 'w').write('keep')").exit_code == 0
@@ -135,6 +141,7 @@ def host(tmp_path_factory):
               "abstract": f"\0gptqwen-test-{TOKEN}"}  # fmt: skip
     yield {"fields": fields, "server": server, "abstract": abstract, "other": other}
     other.close()
+    held.close()
     server.close()
     abstract.close()
     del os.environ[SECRET_ENV]

@@ -130,11 +130,12 @@ def _binds(paths: list[tuple[str, str]]) -> list[tuple[str, str]]:
 class Session:
     """One stateful interpreter (see the module docstring); started on first use, restarted after a crash or timeout."""
 
-    def __init__(self, limits: Limits | None = None, isolation: str = "auto") -> None:
+    def __init__(self, limits: Limits | None = None, isolation: str = "auto", seccomp: bool = True) -> None:
+        """`seccomp=False` leaves the system-call filter out (to test the other layers on their own)."""
         if isolation not in MODES:
             raise UserError(f"unknown sandbox isolation '{isolation}'; choose one of {', '.join(MODES)}")
         self.limits = limits or Limits()
-        self.requested = isolation
+        self.requested, self.seccomp = isolation, seccomp
         self.isolation: dict = {}
         self._proc: subprocess.Popen | None = None
         self._inner: list[int] = []
@@ -158,7 +159,7 @@ class Session:
         home = "/work" if mode == "namespaces" else self._workdir
         config = {
             "namespaces": mode == "namespaces", "workdir": self._workdir, "uid": _NOBODY if root else None,
-            "req_fd": req_r, "resp_fd": resp_w, "max_fd": 1024, "seccomp": True, "disk_mb": lim.disk_mb,
+            "req_fd": req_r, "resp_fd": resp_w, "max_fd": 1024, "seccomp": self.seccomp, "disk_mb": lim.disk_mb,
             "sys_path": [dst if mode == "namespaces" else src for src, dst in paths], "binds": _binds(paths),
             "limits": {"memory_mb": lim.memory_mb, "nproc": lim.nproc, "fsize_mb": lim.fsize_mb, "nofile": lim.nofile,
                        "cpu_s": int(lim.cpu_s or lim.timeout_s) + 1, "session_cpu_s": lim.session_cpu_s},
