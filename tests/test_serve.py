@@ -256,6 +256,7 @@ def test_queue_full_is_429(s):
                 time.sleep(0.01)
             err = _error(c.post("/v1/chat/completions", json=dict(body, stream=False)), 429)
             assert err["type"] == "rate_limit_error"
+            _error(c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "stream": True}), 429)
         finally:
             for st in streams:
                 st.__exit__(None, None, None)

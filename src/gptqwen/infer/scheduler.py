@@ -91,7 +91,6 @@ class Request:
         self.pos = 0  # position of the next token fed
         self.sent = 0  # tokens already reported
         self.submitted = time.perf_counter()
-        self.first_token_s: float | None = None  # time to first token
 
     def cancel(self) -> None:
         """Ask the scheduler to drop the request; it frees its slot at the next step."""
@@ -252,11 +251,7 @@ class Scheduler:
         sampler = self._sampler_for(job.reqs)
         draw = sampler(logits)
         self._push(job.reqs, draw)
-        joining = [r for r in job.reqs if not r.row.finished]
-        now = time.perf_counter()
-        for r in job.reqs:
-            r.first_token_s = now - r.submitted
-        self._join(joining, job)
+        self._join([r for r in job.reqs if not r.row.finished], job)
         with self._lock:
             self._prefill = None
 

@@ -55,7 +55,8 @@ class _Choice:
     handle: Handle | None = None
     done: bool = False
     reason: str | None = None
-    last: float = 0.0
+    last: float = 0.0  # when the last update came
+    tokens: int = 0  # tokens received so far
 
 
 def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, api_key: str | None = None):
@@ -147,11 +148,14 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
             if c.handle is not None:
                 c.handle.cancel()
 
-    async def updates(request: Request, choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, Update]]:
-        """The choices' updates as they come, until all are finished; cancels them if the client leaves."""
+    def updates(request: Request, choices: list[_Choice]) -> AsyncIterator[tuple[_Choice, Update]]:
+        """Submit the choices now (so a full queue is a 429 before any response starts) and return their updates
+        as they come, until all are finished; the rows are cancelled if the client leaves."""
         q: asyncio.Queue = asyncio.Queue()
         submit(choices, lambda c, u: q.put_nowait((c, u)))
+        return _drain(request, choices, q)
 
+    async def _drain(request: Request, choices: list[_Choice], q: asyncio.Queue):
         async def watch() -> None:  # the only receive() after the body: it returns when the client leaves
             while (await request.receive())["type"] != "http.disconnect":
                 pass
@@ -167,10 +171,11 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
                 now = time.perf_counter()
                 if u.token_ids:
                     metrics.generated_tokens.inc(len(u.token_ids))
-                    if c.handle.first_token_s is not None and len(c.row.tokens) == len(u.token_ids):
-                        metrics.ttft.observe(c.handle.first_token_s)
+                    if c.tokens == 0:
+                        metrics.ttft.observe(now - c.handle.submitted)
                     else:
                         metrics.itl.observe((now - c.last) / len(u.token_ids))
+                    c.tokens += len(u.token_ids)
                 c.last = now
                 if u.finished:
                     c.done, c.reason = True, u.finish_reason
@@ -217,6 +222,7 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
                 raise P.APIError(400, str(e), code="context_length_exceeded" if "context" in str(e) else None) from e
             row.max_new = min(row.max_new, max_new(req, len(row.prompt), req.limit))
             choices.append(_Choice(i, row, router))
+        events = updates(request, choices)
         rid, tok = f"chatcmpl-{secrets.token_hex(12)}", engine.tokenizer
         head = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model_name}
 
@@ -230,7 +236,7 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
             filters = {c.index: P.ToolStream() for c in choices} if tools else {}
             for c in choices:
                 yield chunk(c, {"role": "assistant", "content": ""})
-            async for c, u in updates(request, choices):
+            async for c, u in events:
                 lps = P.chat_logprobs(tok, u.token_ids, u.logprobs, u.top) if k is not None else None
                 delta = {}
                 for kind, text in u.deltas:
@@ -256,7 +262,7 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
                                                                sum(len(c.row.tokens) for c in choices))))
 
         async def whole():
-            async for _ in updates(request, choices):
+            async for _ in events:
                 pass
             out = []
             for c in choices:
@@ -291,6 +297,7 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
                                      code="context_length_exceeded" if "context" in str(e) else None) from e
                 row.max_new = min(row.max_new, max_new(req, len(row.prompt), req.max_tokens))
                 choices.append(_Choice(pi * req.n + i, row))
+        events = updates(request, choices)
         rid, tok = f"cmpl-{secrets.token_hex(12)}", engine.tokenizer
         head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model_name}
         prompt_tokens = sum(len(c.row.prompt) for c in choices) // req.n
@@ -301,7 +308,7 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
 
         async def stream():
             sent = {c.index: 0 for c in choices}
-            async for c, u in updates(request, choices):
+            async for c, u in events:
                 text = "".join(t for _, t in u.deltas)
                 if text or u.token_ids or u.finished:
                     yield sse(dict(head, choices=[choice(c, text, u.token_ids, u.logprobs, u.top, sent[c.index],
@@ -311,7 +318,7 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
                 yield sse(dict(head, choices=[], usage=P.usage(prompt_tokens, sum(len(c.row.tokens) for c in choices))))
 
         async def whole():
-            async for _ in updates(request, choices):
+            async for _ in events:
                 pass
             out = []
             for c in choices:
