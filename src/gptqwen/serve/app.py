@@ -267,7 +267,7 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
             out = []
             for c in choices:
                 res = chat_result(c.row, c.router, {})
-                content, calls = P.tool_calls_out(c.row.channel("content").text) if tools else (res.content, [])
+                content, calls = P.tool_calls_out(c.row.channel("content").text.strip()) if tools else (res.content, [])
                 msg = {"role": "assistant", "content": content, "reasoning_content": res.reasoning_content or None}
                 if calls:
                     msg["tool_calls"] = calls

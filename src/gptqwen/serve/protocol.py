@@ -10,14 +10,13 @@ Reasoning comes back as `reasoning_content` (vLLM's convention), tool calls as
 from __future__ import annotations
 
 import json
-import secrets
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gptqwen.errors import UserError
 from gptqwen.infer.sampling import SamplingParams
-from gptqwen.tokenizer.chat import parse_assistant
+from gptqwen.tokenizer.qwen_format import parse_tool_calls
 
 
 class APIError(Exception):
@@ -171,16 +170,9 @@ def _call_in(call: dict, i: int) -> dict:
 
 
 def tool_calls_out(text: str) -> tuple[str, list[dict]]:
-    """(content, OpenAI tool calls) of a generated assistant text."""
-    parsed = parse_assistant(text)
-    calls = [{"id": f"call_{secrets.token_hex(12)}", "type": "function",
-              "function": {"name": c["function"]["name"], "arguments": _json_args(c["function"]["arguments"])}}
-             for c in parsed["tool_calls"]]
-    return parsed["content"], calls
-
-
-def _json_args(args: Any) -> str:
-    return args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+    """(content, OpenAI tool calls) of a generated assistant text; malformed blocks stay in the content."""
+    content, calls, _ = parse_tool_calls(text)
+    return content, calls
 
 
 class ToolStream:
