@@ -183,7 +183,7 @@ class Session:
             why = (state or {}).get("error") or self._proc.stderr.read(2000).decode(errors="replace").strip()
             self.close()
             raise UserError(f"could not start the code sandbox with {mode} isolation: {why or 'no reply'}")
-        # the namespace's pid 1 (unshare's child): ending it ends the session, and we wait for that below
+        # the namespace's pid 1 (unshare's child): killing it ends every process of the session (see close)
         self._inner = _child_pids(self._proc.pid) if mode == "namespaces" else []
         self.isolation = {"mode": mode, "seccomp": state["seccomp"], "uid": "nobody (65534)" if root else "own, no caps"}
 
@@ -250,7 +250,7 @@ class Session:
         elif time.monotonic() >= deadline and self._proc.poll() is None:  # still running: past the wall-clock limit
             self.close()
             res.exit_code, res.timed_out = None, True
-            res.error = f"timed out after {timeout:g} s; the session was restarted, its variables are gone"
+            res.error = f"timed out after {timeout:g} s; the session was reset, its variables are gone"
         else:  # the interpreter died (a crash, os._exit, a limit's signal)
             try:
                 code_ = self._proc.wait(5)
@@ -258,7 +258,7 @@ class Session:
                 code_ = None
             self.close()
             res.exit_code = 128 - code_ if code_ is not None and code_ > 128 else code_  # -signal, like subprocess
-            res.error = _death(res.exit_code) + "; the session was restarted, its variables are gone"
+            res.error = _death(res.exit_code) + "; the session was reset, its variables are gone"
         if note:
             res.error = res.error + note if res.error else note.strip(" ()")
         return res
