@@ -224,8 +224,11 @@ class Interpreter:
             req = json.loads(line)
             reply = self.run_cell(req["code"], req["cpu_s"])
             reply["marker"] = req["marker"]
-            sys.stdout.flush()
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):  # the cell may have replaced or broken them
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001
+                    pass
             marker = req["marker"].encode()
             os.write(1, marker)
             os.write(2, marker)
