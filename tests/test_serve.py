@@ -291,3 +291,22 @@ def test_api_key():
         assert httpx.get(url + "/health").status_code == 200  # probes need no key
     finally:
         stop_server(server, sched)
+
+
+class Broken(Transformer):
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("simulated failure inside the model")
+
+
+def test_runner_failure_is_500_then_503():
+    tok = Tokenizer.from_preset("qwen")
+    engine = Engine(Broken(Config.from_name("qwen3-tiny", vocab_size=151936, n_layer=1, n_embd=32)).eval(), tok)
+    sched = Scheduler(engine)
+    server, url = running_server(create_app(engine, sched, "tiny", Limits(200, 50)))
+    try:
+        body = {"model": "tiny", "messages": USER, "max_tokens": 2}
+        assert _error(httpx.post(url + "/v1/chat/completions", json=body), 500)["type"] == "server_error"
+        _error(httpx.post(url + "/v1/chat/completions", json=body), 503)
+        _error(httpx.get(url + "/health"), 503)
+    finally:
+        stop_server(server, sched)

@@ -32,6 +32,7 @@ waiting queue is at its bound; `Request.cancel()` frees the slot at the next ste
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -45,6 +46,8 @@ from gptqwen.errors import UserError
 from gptqwen.infer.native import NativeDecoder
 from gptqwen.infer.request import Row
 from gptqwen.infer.sampling import Sampler, SamplingParams
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(UserError):
@@ -191,7 +194,8 @@ class Scheduler:
             with torch.inference_mode():
                 while self._iteration():
                     pass
-        except BaseException as e:  # noqa: BLE001 - report to every waiting client, then stop
+        except BaseException as e:  # noqa: BLE001 - logged, reported to every waiting client; then stop
+            log.exception("the scheduler stopped")
             self.error = e
             with self._lock:
                 self._closed = True
@@ -199,7 +203,6 @@ class Scheduler:
                 pending += self._prefill.reqs if self._prefill else []
             for r in pending:
                 r.sink(Update([], finished=True, finish_reason="error"))
-            raise
 
     def _iteration(self) -> bool:
         with self._lock:
