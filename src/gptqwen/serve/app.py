@@ -103,7 +103,7 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
             raise P.APIError(404, f"the model '{name}' does not exist; this server serves '{model_name}'",
                              param="model", code="model_not_found")
 
-    def max_new(req, prompt_len: int, limit: int | None) -> int:
+    def max_new(prompt_len: int, limit: int | None) -> int:
         if prompt_len > limits.max_prompt_tokens:
             raise P.APIError(400, f"the prompt has {prompt_len} tokens, over this server's limit of "
                                   f"{limits.max_prompt_tokens}; shorten it", param="messages",
@@ -220,7 +220,7 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
                 row, router = prepare_chat(engine, messages, req.enable_thinking, req.thinking_budget, tools, params)
             except UserError as e:
                 raise P.APIError(400, str(e), code="context_length_exceeded" if "context" in str(e) else None) from e
-            row.max_new = min(row.max_new, max_new(req, len(row.prompt), req.limit))
+            row.max_new = min(row.max_new, max_new(len(row.prompt), req.limit))
             choices.append(_Choice(i, row, router))
         events = updates(request, choices)
         rid, tok = f"chatcmpl-{secrets.token_hex(12)}", engine.tokenizer
@@ -295,7 +295,7 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
                 except UserError as e:
                     raise P.APIError(400, str(e), param="prompt",
                                      code="context_length_exceeded" if "context" in str(e) else None) from e
-                row.max_new = min(row.max_new, max_new(req, len(row.prompt), req.max_tokens))
+                row.max_new = min(row.max_new, max_new(len(row.prompt), req.max_tokens))
                 choices.append(_Choice(pi * req.n + i, row))
         events = updates(request, choices)
         rid, tok = f"cmpl-{secrets.token_hex(12)}", engine.tokenizer
