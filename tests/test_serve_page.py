@@ -4,6 +4,7 @@ page goes to docs/serve_page.png when GPTQWEN_SCREENSHOT=1."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_serve import script, setup  # noqa: F401 - the module's server fixture, reused
+from test_serve import TOOLS, script, setup  # noqa: F401 - the module's server fixture, reused
 
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -49,6 +50,21 @@ def test_chat_page(setup, page):  # noqa: F811
     assert thinking.get_attribute("open") is not None and thinking.locator(".reasoning").is_visible()
     if os.environ.get("GPTQWEN_SCREENSHOT") == "1":
         page.screenshot(path=str(Path(__file__).resolve().parents[1] / "docs" / "serve_page.png"))
+
+
+def test_tool_call_shown(setup, page):  # noqa: F811
+    script(setup, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
+    page.click("#tools-box summary")
+    page.fill("#tools", json.dumps(TOOLS))
+    page.fill("#input", "Weather in Paris?")
+    page.press("#input", "Enter")
+    page.wait_for_function("() => [...document.querySelectorAll('.msg.assistant')].pop().dataset.done === '1'",
+                           timeout=20_000)
+    tool = page.locator(".msg.assistant").last.locator(".tool")
+    assert tool.inner_text() == 'tool call: get_weather({"city": "Paris"})'
+    assert "<tool_call>" not in page.locator(".msg.assistant").last.inner_text()
+    page.fill("#tools", "")
+    page.click("#tools-box summary")
 
 
 def test_stop_a_long_answer(setup, page):  # noqa: F811
