@@ -16,6 +16,9 @@ instead of the sampled token, one per step, exactly as if the model had written 
 
 On CPU, decode steps of Llama/Qwen- and GPT-2-layout models (float32 or q8_0/q4_1 weights) run as one C call each
 (`infer/native.py`, same logits as the PyTorch forward); prefill and every other model go through PyTorch.
+
+`run` drives a fixed batch to its end. A server's continuous batching — requests joining and leaving one running
+batch at every step — is `infer/scheduler.py`, built on the same rows, sampler and decode step.
 """
 
 from __future__ import annotations
