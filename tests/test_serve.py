@@ -227,7 +227,8 @@ def test_errors(s):
     assert _error(httpx.post(url, json=dict(ok, temperature=3)), 400)["param"] == "temperature"
     for bad in ({"top_p": 0}, {"n": 0}, {"max_tokens": 0}, {"messages": []}, {"logprobs": False, "top_logprobs": 2},
                 {"messages": [{"role": "wizard", "content": "x"}]}, {"stop": ["a", "b", "c", "d", "e"]},
-                {"max_tokens": 100_000}, {"thinking_budget": 0}, {"tool_choice": "sometimes"}):
+                {"max_tokens": 100_000}, {"thinking_budget": 0}, {"tool_choice": "sometimes"}, {"tools": [{"function": 5}]},
+                {"messages": [{"role": "assistant", "content": "", "tool_calls": [5]}]}, {"seed": "x"}):
         _error(httpx.post(url, json=dict(ok, **bad)), 400)
     long = [{"role": "user", "content": "word " * 950}]
     assert _error(httpx.post(url, json=dict(ok, messages=long)), 400)["code"] == "context_length_exceeded"

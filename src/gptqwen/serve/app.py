@@ -74,6 +74,12 @@ def create_app(engine, scheduler: Scheduler, model_name: str, limits: Limits, ap
         metrics.requests.labels(request.url.path, str(e.status)).inc()
         return error(e)
 
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, e: Exception):  # a bug: still OpenAI's shape; uvicorn logs the traceback
+        metrics.requests.labels(request.url.path, "500").inc()
+        return error(P.APIError(500, f"internal server error ({type(e).__name__}); see the server log",
+                                type="server_error"))
+
     @app.exception_handler(404)
     async def _not_found(request: Request, e):
         return error(P.APIError(404, f"no route {request.method} {request.url.path}", code="not_found"))

@@ -111,8 +111,11 @@ class ChatRequest(_Request):
         if self.tool_choice not in (None, "none", "auto", "required") and not isinstance(self.tool_choice, dict):
             raise APIError(400, "tool_choice must be none, auto, required or {'type': 'function', ...}",
                            param="tool_choice")
-        if self.tools and any(not isinstance(t.get("function", t).get("name"), str) for t in self.tools):
-            raise APIError(400, "every tool needs a function name", param="tools")
+        for t in self.tools or []:
+            fn = t.get("function", t)
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise APIError(400, "every tool must be {'type': 'function', 'function': {'name': ..., ...}}",
+                               param="tools")
         return None if self.tool_choice == "none" else self.tools or None
 
 
@@ -159,6 +162,9 @@ def _text(content: Any, i: int) -> str:
 
 def _call_in(call: dict, i: int) -> dict:
     """An assistant message's OpenAI tool call with `arguments` decoded (the template writes them as JSON)."""
+    if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
+        raise APIError(400, f"messages[{i}].tool_calls must be objects with a function",
+                       param=f"messages[{i}].tool_calls")
     fn = dict(call.get("function") or {})
     if isinstance(fn.get("arguments"), str):
         try:
