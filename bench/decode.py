@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ class Timer:
     def __init__(self, device: str) -> None:
         self.device = device
 
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         sync(self.device)
         self.wall, self.cpu = time.perf_counter(), time.process_time()
         return self
@@ -148,21 +149,63 @@ def time_hf(model, prompts, new_tokens: int, device: str) -> float:
     return t.rates(len(prompts) * new_tokens)
 
 
-def time_llama_cpp(path: Path, prompt: list[int], new_tokens: int) -> float | None:
+LLAMA_FTYPES = {"fp32": 0, "q4_1": 3, "q8_0": 7}  # llama.cpp's LLAMA_FTYPE_ALL_F32 / MOSTLY_Q4_1 / MOSTLY_Q8_0
+
+
+def llama_cpp_model(path: Path, fmt: str, tmp: Path, threads: int):
+    """A llama.cpp model of `path` in our format `fmt`, or None without llama-cpp-python. The shipped file is
+    Q4_1; other formats are requantised from it with llama.cpp's own quantiser, as ours are from the same
+    dequantised weights, so both sides hold the same numbers in the same block format."""
     if importlib.util.find_spec("llama_cpp") is None:
         return None
-    from llama_cpp import Llama
+    import ctypes
 
-    threads = torch.get_num_threads()
-    llm = Llama(model_path=str(path), n_ctx=len(prompt) + new_tokens + 8, n_threads=threads,
-                n_threads_batch=threads, verbose=False)
-    t = time.perf_counter()
-    n = 0
-    for _ in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-        n += 1
-        if n == new_tokens:
-            break
-    return n / (time.perf_counter() - t)
+    import llama_cpp
+
+    target = tmp / f"{path.stem}.{fmt}.gguf"
+    if not target.exists():
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize, params.nthread = LLAMA_FTYPES[fmt], True, threads
+        if llama_cpp.llama_model_quantize(str(path).encode(), str(target).encode(), ctypes.byref(params)) != 0:
+            raise RuntimeError(f"llama.cpp could not write a {fmt} copy of {path}")
+    return llama_cpp.Llama(model_path=str(target), n_ctx=512, n_threads=threads, n_threads_batch=threads,
+                           verbose=False)
+
+
+def time_llama_cpp(llm, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    """(wall, cpu) tokens/s of one greedy generation, prompt prefill included (as ours is timed)."""
+    with Timer("cpu") as t:
+        n = 0
+        for _ in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            n += 1
+            if n == new_tokens:
+                break
+    return t.rates(n)
+
+
+def llama_cpp_table(path: Path, engines: dict, prompt: list[int], new_tokens: int, threads_list: list[int],
+                    repeats: int) -> list[dict]:
+    """Batch-1 greedy decode, ours vs llama.cpp in the same number format, at each thread count: both warmed up,
+    --repeats interleaved rounds, the median of each. Rows: {threads, format, ours, llama_cpp, ratio}."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for threads in threads_list:
+            torch.set_num_threads(threads)
+            for fmt, engine in engines.items():
+                llm = llama_cpp_model(path, fmt, Path(tmp), threads)
+                if llm is None:
+                    return rows
+                time_ours(engine, [prompt], 4, "cpu")  # warm-up both
+                time_llama_cpp(llm, prompt, 4)
+                ours, theirs = [], []
+                for _ in range(repeats):
+                    ours.append(time_ours(engine, [prompt], new_tokens, "cpu")[0])
+                    theirs.append(time_llama_cpp(llm, prompt, new_tokens)[0])
+                o, t = statistics.median(ours), statistics.median(theirs)
+                rows.append({"threads": threads, "format": fmt, "ours": o, "llama_cpp": t, "ratio": o / t,
+                             "ratio_range": [min(ours) / max(theirs), max(ours) / min(theirs)]})
+                del llm
+    return rows
 
 
 def main() -> None:
@@ -179,15 +222,17 @@ def main() -> None:
     ap.add_argument("--hf-gguf", action="store_true", help="load transformers' copy with its own GGUF loader")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds; the best of each is kept")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds; the median of each is kept")
+    ap.add_argument("--llama-threads", type=int, nargs="*", default=[1, 2],
+                    help="thread counts of the same-format comparison with llama.cpp (CPU; needs llama-cpp-python)")
     ap.add_argument("--profile", action="store_true", help="print where one batch-1 decode step spends its time")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from gptqwen.gguf import load_gguf
     from gptqwen.infer import Engine
     from gptqwen.infer.quant import quantize
+    from gptqwen.loading import from_pretrained as load_gguf
 
     path = args.model or smollm2_path()
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if args.device == "cpu" else torch.bfloat16)
@@ -239,20 +284,26 @@ def main() -> None:
     for b in args.batch:
         prompts = prompts_for(b, args.prompt_len, model.config.vocab_size)
         row: dict = {"batch": b}
-        # interleaved repeats, best of each: a shared machine's load hits all contenders alike
+        # interleaved repeats, the median of each: a shared machine's load hits all contenders alike
+        runs: dict[str, list[tuple[float, float]]] = {key: [] for key in contenders}
         for _ in range(args.repeats):
             for key, timed in contenders.items():
-                wall, cpu = timed(prompts)
-                row[key], row[key + "_cpu"] = max(row.get(key, 0.0), wall), max(row.get(key + "_cpu", 0.0), cpu)
+                runs[key].append(timed(prompts))
+        for key, rates in runs.items():
+            row[key] = statistics.median(w for w, _ in rates)
+            row[key + "_cpu"] = statistics.median(c for _, c in rates)
         if hf is not None:
             for ours in ["ours"] + [f"ours_{fmt}" for fmt in quant_engines]:
                 if ours in row:
                     suffix = ours.removeprefix("ours")
                     row["ratio" + suffix] = row[ours] / row["transformers"]
                     row["ratio" + suffix + "_cpu"] = row[ours + "_cpu"] / row["transformers_cpu"]
-        if b == 1:
-            row["llama_cpp"] = time_llama_cpp(path, prompts[0], args.new_tokens)
         report["rows"].append(row)
+    if args.device == "cpu" and args.llama_threads and not args.compile:
+        same_format = {"fp32": engine, **quant_engines}
+        report["llama_cpp"] = llama_cpp_table(path, same_format, prompts_for(1, args.prompt_len, model.config.vocab_size)[0],
+                                              args.new_tokens, args.llama_threads, args.repeats)
+        torch.set_num_threads(report["threads"])
     bw = bandwidth_gb_s(args.device)
     bound = bw * 1e9 / weight_bytes
     report.update(weight_bytes=weight_bytes, bandwidth_gb_s=bw, bound_tokens_per_s_batch1=bound)
@@ -281,9 +332,16 @@ def main() -> None:
         for fmt in quant_engines:
             vs = f" ({r['ratio_' + fmt]:.2f}x, cpu {r['ratio_' + fmt + '_cpu']:.2f}x)" if "ratio_" + fmt in r else ""
             parts.append(f"ours {fmt} {r['ours_' + fmt]:8.1f} tok/s{vs}")
-        if r.get("llama_cpp"):
-            parts.append(f"llama.cpp {r['llama_cpp']:8.1f} tok/s")
         print("  " + "   ".join(parts))
+    print("  (ours in q8_0/q4_1 against transformers in fp32: different number formats; the same-format figures are below)")
+    if report.get("llama_cpp"):
+        print("  batch 1 against llama.cpp in the same number format (same weights, warmed up, interleaved, medians):")
+        for r in report["llama_cpp"]:
+            lo, hi = r["ratio_range"]
+            print(f"    {r['threads']} thread{'s' if r['threads'] > 1 else ' '} {r['format']:>5}: ours {r['ours']:7.1f} tok/s   "
+                  f"llama.cpp {r['llama_cpp']:7.1f} tok/s   ours/llama.cpp {r['ratio']:.2f}x (rounds {lo:.2f}-{hi:.2f}x)")
+    elif args.device == "cpu":
+        print("  (no llama.cpp comparison: pip install llama-cpp-python)")
     if "compile_s" in report:
         print(f"  torch.compile: first call {report['compile_s']:.1f} s")
     for key in [k for k in report if k.startswith("batch8_over_batch1")]:

@@ -34,8 +34,9 @@ from gptqwen.model.rope import Rotary, logn_scale, qwen_ntk_alpha
 
 @dataclass(eq=False)
 class ModelOutput:
-    """Forward results. When a training forward fused the loss with the LM head (`ops.linear_cross_entropy`), the
-    logits were never built: `logits` then runs the head on first access (differentiable, same values)."""
+    """Forward results. A forward with targets returns the loss, not the logits (the loss may even be fused with the
+    LM head, `ops.linear_cross_entropy`, so that they are never built): `logits` then runs the head on first access
+    (differentiable, same values)."""
 
     _logits: torch.Tensor | None = field(default=None, repr=False)
     loss: torch.Tensor | None = None
@@ -202,8 +203,13 @@ class Transformer(nn.Module):
             cache.length = past + T
 
         logits = loss = head = None
-        if targets is not None and not logits_to_keep and self._fused_loss_applies(x):
-            loss = ops.linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        if targets is not None and not logits_to_keep:
+            # the logits are not an output of a training forward: a compiled graph would otherwise return them and
+            # its backward add a zero-filled [B, T, vocab] gradient for them; they are rebuilt on first access
+            if self._fused_loss_applies(x):
+                loss = ops.linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            else:
+                loss = F.cross_entropy(self.lm_head(x).flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             head = lambda: self.lm_head(x)  # noqa: E731
         else:
             logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)

@@ -116,6 +116,17 @@ def pretrain(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: b
         D.cleanup(info)
 
 
+def lm_loss(fwd: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+            device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The pretraining objective of one micro-batch (inputs, targets): next-token cross-entropy, plus the MoE
+    balancing loss where the model has experts."""
+    x, y = batch
+    res = fwd(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True))
+    if res.aux_loss is None:
+        return res.loss, {"loss": res.loss}
+    return res.loss + res.aux_loss, {"loss": res.loss, "aux_loss": res.aux_loss}
+
+
 def _workload(recipe: Recipe, info: D.DistInfo, init_from: Path | None, quiet: bool) -> Workload:
     tc = recipe.train
     if tc.batch_size % info.world_size:
@@ -139,13 +150,6 @@ def _workload(recipe: Recipe, info: D.DistInfo, init_from: Path | None, quiet: b
         first = step * tc.batch_size + info.rank * local_rows
         return [sampler.batch(first + m, micro) for m in range(0, local_rows, micro)]
 
-    def loss(fwd: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        res = fwd(x.to(info.device, non_blocking=True), targets=y.to(info.device, non_blocking=True))
-        if res.aux_loss is None:
-            return res.loss, {"loss": res.loss}
-        return res.loss + res.aux_loss, {"loss": res.loss, "aux_loss": res.aux_loss}
-
     def validate(fwd: torch.nn.Module) -> dict[str, Any]:
         value = evaluate(fwd, val_ds, windows, tc.seq_len, micro, info)
         return {"val_loss": value, "val_ppl": math.exp(min(value, 50)), "val_bpb": bits_per_byte(value, train_ds.bytes_per_token)}
@@ -155,7 +159,8 @@ def _workload(recipe: Recipe, info: D.DistInfo, init_from: Path | None, quiet: b
         return f"{tc.sample_prompt.lstrip()}{text}".rstrip()
 
     return Workload(
-        model=model, model_config=cfg.to_dict(), steps=steps, micro_batches=micro_batches, loss=loss,
+        model=model, model_config=cfg.to_dict(), steps=steps, micro_batches=micro_batches,
+        loss=lambda fwd, batch: lm_loss(fwd, batch, info.device),
         count_tokens=lambda batch: batch[0].numel(),
         order={"train.seq_len": tc.seq_len, "train.batch_size": tc.batch_size, "train.seed": tc.seed},
         flops_per_token=cfg.flops_per_token(tc.seq_len), evaluate=validate if windows else None, sample=show_sample,
