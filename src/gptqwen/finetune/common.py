@@ -13,6 +13,9 @@ import torch
 from torch import nn
 
 from gptqwen.errors import UserError
+from gptqwen.loading import load_model_and_tokenizer
+from gptqwen.model import Transformer
+from gptqwen.tokenizer import Tokenizer
 from gptqwen.utils import fsync_dir, pick_device
 
 
@@ -22,17 +25,11 @@ def load_base(spec: str, tokenizer_path: str | None = None, device: str | None =
 
     `scratch=True` keeps the architecture and tokenizer but re-initialises every weight (the
     from-scratch baseline that transfer is measured against)."""
-    from gptqwen.loading import load_model_and_tokenizer
-
     model, tokenizer = load_model_and_tokenizer(spec, seed=seed)
     if scratch:
-        from gptqwen.model import Transformer
-
         torch.manual_seed(seed)
         model = Transformer(model.config)
     if tokenizer_path is not None:
-        from gptqwen.tokenizer import Tokenizer
-
         tokenizer = Tokenizer.load(tokenizer_path)
     if tokenizer is None:
         raise UserError(f"'{spec}' comes without a tokenizer; pass --tokenizer FILE (tokenizer.json) or a preset name")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from gptqwen.finetune.synthetic import Problem, extract_answer, problems
+from gptqwen.infer import Engine, SamplingParams
 
 
 def heldout_problems(n: int, seed: int, exclude: set[str],
@@ -38,8 +39,6 @@ def training_questions(rows: list[tuple[int, dict]]) -> set[str]:
 def reasoning_accuracy(model, tokenizer, items: list[Problem], enable_thinking: bool,
                        max_new_tokens: int = 128, batch_size: int = 64) -> dict:
     """Greedy accuracy on `items` in one mode; also how often any answer was given at all."""
-    from gptqwen.infer import Engine, SamplingParams
-
     engine = Engine(model.eval(), tokenizer)
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     correct: list[bool] = []

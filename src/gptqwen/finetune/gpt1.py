@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gptqwen.errors import UserError, closest
+from gptqwen.finetune.vocab import grow_vocab
 
 TASKS = ("classification", "entailment", "similarity", "multiple-choice")
 TASK_TOKENS = ("<|start|>", "<|delim|>", "<|extract|>")
@@ -189,8 +190,6 @@ def add_task_tokens(model: nn.Module, tokenizer=None, std: float = 0.02) -> Task
     Existing rows are kept bit for bit; the new ids follow the model's current vocabulary. When the
     tokenizer can register special tokens, it learns their names too.
     """
-    from gptqwen.finetune.vocab import grow_vocab
-
     base = grow_vocab(model, len(TASK_TOKENS), std=std)
     if tokenizer is not None and hasattr(tokenizer, "add_special_tokens"):
         tokenizer.add_special_tokens({name: base + i for i, name in enumerate(TASK_TOKENS)})

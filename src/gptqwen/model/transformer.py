@@ -25,6 +25,7 @@ from torch import nn
 from gptqwen import ops
 from gptqwen.config import Config
 from gptqwen.errors import UserError
+from gptqwen.hf import save_pretrained
 from gptqwen.model.attention import Attention, AttnContext, KVCache, build_masks
 from gptqwen.model.mlp import MLP
 from gptqwen.model.moe import MoE, load_balancing_loss
@@ -133,8 +134,6 @@ class Transformer(nn.Module):
 
     def save_pretrained(self, path: str) -> None:
         """Write a Hugging Face checkpoint directory (config.json + model.safetensors)."""
-        from gptqwen.hf import save_pretrained
-
         save_pretrained(self, path)
 
     # ---- forward ------------------------------------------------------------------------------

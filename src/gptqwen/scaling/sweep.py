@@ -24,7 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gptqwen.data.prepare import ensure_dataset
+from gptqwen.data.shards import TokenDataset
 from gptqwen.errors import UserError
+from gptqwen.train import checkpoint as ckpt_io
+from gptqwen.train.recipe import load_recipe
+from gptqwen.train.trainer import model_config, pretrain
 from gptqwen.utils import atomic_write
 
 RESULT = "result.json"
@@ -50,9 +55,6 @@ class RunSpec:
 
 def _dataset_vocab(recipe) -> tuple[int, int | None]:
     """Vocabulary size and EOS id of the recipe's token dataset (built now if missing, as pretraining would)."""
-    from gptqwen.data.prepare import ensure_dataset
-    from gptqwen.data.shards import TokenDataset
-
     d = recipe.data
     ensure_dataset(d.sources, d.dir, progress=False, tokenizer=d.tokenizer, train_vocab=None if d.tokenizer else d.train_vocab,
                    style=d.style, val_fraction=d.val_fraction, on_error=d.on_error, text_key=d.text_key)  # fmt: skip
@@ -67,9 +69,6 @@ def _size_name(size: dict[str, Any]) -> str:
 def plan_sweep(recipe_name: str | None, overrides: list[str], sizes: list[dict[str, Any]],
                tokens: list[float] | None = None, flops: list[float] | None = None) -> list[RunSpec]:
     """Every (size, budget) run of the sweep, with its N, D and C worked out before any training."""
-    from gptqwen.train.recipe import load_recipe
-    from gptqwen.train.trainer import model_config
-
     if (tokens is None) == (flops is None):
         raise UserError("give the budgets either as token counts (--tokens) or as IsoFLOP compute budgets (--flops)")
     budgets = tokens if tokens is not None else flops
@@ -109,10 +108,6 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
 def run_sweep(recipe_name: str | None, overrides: list[str], specs: list[RunSpec], out: str | Path,
               shard: tuple[int, int] = (0, 1), quiet: bool = True, log=print) -> list[dict[str, Any]]:
     """Train this shard's unfinished runs into `out/<run name>`; return the rows of every finished run."""
-    from gptqwen.train import checkpoint as ckpt_io
-    from gptqwen.train.recipe import load_recipe
-    from gptqwen.train.trainer import pretrain
-
     index, count = shard
     if not 0 <= index < count:
         raise UserError(f"shard {index}/{count} does not exist; use i/k with 0 <= i < k")

@@ -42,7 +42,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from gptqwen.config import Config
 from gptqwen.errors import UserError
+from gptqwen.model import Transformer
 from gptqwen.utils import atomic_dir, atomic_write, parse_dtype
 
 CKPT_RE = re.compile(r"^ckpt_(\d+)$")
@@ -333,9 +335,6 @@ def load_optimizer_state(ckpt: Path) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike, dtype: Any = None, device: str | torch.device | None = None):
     """A `Transformer` (eval mode) from a run folder (its latest checkpoint) or a `ckpt_<step>` folder."""
-    from gptqwen.config import Config
-    from gptqwen.model import Transformer
-
     ckpt = resolve_checkpoint(path)
     cfg = Config.from_dict(read_state(ckpt)["model_config"])
     model = Transformer(cfg)
