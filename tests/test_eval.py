@@ -13,7 +13,6 @@ from gptqwen.eval import ScoringModel, evaluate, load_task
 from gptqwen.eval.lm import rolling_windows
 from gptqwen.eval.taskspec import Task
 
-transformers = pytest.importorskip("transformers")
 FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "eval"
 
 
@@ -35,6 +34,7 @@ def tokenizer():
 
 
 def _hf_model(family: str, vocab: int, eos: int, context: int):
+    transformers = pytest.importorskip("transformers")  # the reference these tests score against
     torch.manual_seed(0)
     if family == "qwen2":
         cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -134,8 +134,25 @@ def test_generation_matches_transformers_greedy(lm, checkpoint):
         out = hf.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=lm.prefix_id)
     want = lm.tokenizer.decode(out[0, len(ids):].tolist())
     assert lm.generate_until([prompt], until=["\x00"], max_new_tokens=6)[0] == want.split("<|endoftext|>")[0]
-    r = evaluate(lm, load_task(FIXTURES / "triviaqa.yaml"), shots=1)
-    assert r.n == 2 and 0 <= r.metrics["f1"]["value"] <= 1
+
+
+def test_generation_task_scores_what_was_generated(qwen_lm, monkeypatch):
+    """TriviaQA-style scoring on answers chosen so that F1 and exact match are not 0 or 1 (a random model's
+    answers score 0 whatever the scorer does): the values are worked out by hand below."""
+    answers = {"Who wrote Hamlet?": " shakespeare wrote it", "What is the capital of France?": " Paris"}
+    seen = []
+
+    def generate_until(prompts, until, max_new_tokens, desc=None):
+        seen.append((until, max_new_tokens))
+        return [answers[p.rsplit("Question: ", 1)[1].removesuffix("\nAnswer:")] for p in prompts]
+
+    monkeypatch.setattr(qwen_lm, "generate_until", generate_until)
+    r = evaluate(qwen_lm, load_task(FIXTURES / "triviaqa.yaml"), shots=1)
+    assert seen == [(("\n", ".", ","), 8)] and r.n == 2
+    # Hamlet: tokens {shakespeare, wrote, it} against the alias "Shakespeare": P = 1/3, R = 1, F1 = 0.5 (the
+    # alias "William Shakespeare" gives 0.4); Paris: exact. Mean F1 (0.5 + 1) / 2, exact match (0 + 1) / 2.
+    assert r.metrics["f1"]["value"] == pytest.approx(0.75) and r.metrics["exact_match"]["value"] == 0.5
+    assert r.samples[0]["prompt"].startswith("Question: How many legs has a spider?\nAnswer: Eight\n\n")
 
 
 def _word_choice_task(n: int = 24) -> Task:
@@ -192,12 +209,13 @@ def test_heldout_blocks_follow_data_prepare(tokenizer, tmp_path):
     assert blocks == want
 
 
-def test_cli_end_to_end(checkpoint, tmp_path, capsys):
+def test_cli_end_to_end(checkpoint, lm, tmp_path, capsys):
     from gptqwen.cli import main
 
-    path, _ = checkpoint
+    path, hf = checkpoint
     text = tmp_path / "t.txt"
-    text.write_text("Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n")
+    verse = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.\n"
+    text.write_text(verse)
     png, samples = tmp_path / "shots.png", tmp_path / "s.jsonl"
     rc = main(["eval", "--model", str(path), "--task", str(FIXTURES / "hellaswag.yaml"), "--shots", "0", "1",
                "--perplexity", str(text), "--json", "--plot", str(png), "--samples", str(samples), "--no-progress"])
@@ -205,7 +223,10 @@ def test_cli_end_to_end(checkpoint, tmp_path, capsys):
     assert rc == 0 and [(r["task"], r["shots"]) for r in out["results"]] == [
         ("hellaswag_mini", 0), ("hellaswag_mini", 1), ("t.txt", 0)]
     assert set(out["results"][0]["metrics"]) == {"acc", "acc_norm", "acc_norm_tokens", "acc_uncond"}
-    assert out["results"][2]["metrics"]["bits_per_byte"]["value"] > 0
+    # bits per byte from transformers' log-probabilities of the file's tokens (one window, after <|endoftext|>)
+    ll = _hf_logprob(hf, [lm.prefix_id], lm.encode(verse))[0]
+    assert out["results"][2]["metrics"]["bits_per_byte"]["value"] == pytest.approx(-ll / len(verse) / math.log(2),
+                                                                                   rel=1e-5)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(samples.read_text().splitlines()) == 3 + 3 + 1
 
