@@ -1,6 +1,7 @@
 """GPT-1 task-aware transfer: token layouts, the head on the extract token, L = L_task + λ·L_LM, CLI."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -154,14 +155,17 @@ def test_cli_finetune_then_predict(tok, tmp_path, capsys):
     assert main(["finetune", "--task", "entailment", "--data", train, "--eval", dev, "--from", "gpt1-tiny",
                  "--tokenizer", str(tmp_path / "tok"), "--out", str(out), "--epochs", "1", "--batch-size", "16",
                  "--lr", "1e-3", "--threads", "1", "--json"]) == 0
+    dev_accuracy = json.loads(capsys.readouterr().out)["eval_accuracy"]
     for f in ("config.json", "model.safetensors", "task_head/head.safetensors", "task.json", "tokenizer.json", "metrics.jsonl"):
         assert (out / f).exists(), f
     spec = json.loads((out / "task.json").read_text())
     assert spec["task"] == "entailment" and spec["labels"] == ["contradiction", "entailment", "neutral"]
-    capsys.readouterr()
     assert main(["predict", "--model", str(out), "--data", dev, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert len(res["predictions"]) == 16 and 0 <= res["accuracy"] <= 1
+    gold = [r["label"] for r in entailment_examples(16, seed=2)]
+    assert [p["line"] for p in res["predictions"]] == list(range(1, 17))
+    # predict reloads the saved model and head: it scores the dev file as the trainer did at its end
+    assert res["accuracy"] == sum(p["prediction"] == g for p, g in zip(res["predictions"], gold)) / 16 == dev_accuracy
     assert all(p["prediction"] in spec["labels"] and abs(sum(p["probabilities"]) - 1) < 1e-4 for p in res["predictions"])
 
 
@@ -209,3 +213,71 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["predict", "--model", str(tmp_path), "--data", str(bad)]) == 2
     assert "not a fine-tuned task model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# ---- learning and the from-scratch baseline ----------------------------------------------------------------
+ROYAL, COMMON = ["king", "queen", "prince", "duke"], ["fool", "nurse", "knight", "lady"]
+
+
+def _separable_rows(n: int, seed: int) -> list[dict]:
+    """'the A loves the B.': royal if both people are royal, common if neither is (each name is one token)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = ("royal", "common")[i % 2]
+        people = ROYAL if label == "royal" else COMMON
+        rows.append({"text": f"the {rng.choice(people)} {rng.choice(['loves', 'hates', 'serves'])} the "
+                             f"{rng.choice(people)}.", "label": label})
+    return rows
+
+
+def test_finetune_learns_a_separable_task(tok, tmp_path, capsys):
+    """Every piece of the transfer path (task tokens, extract position, head, L_task + λ·L_LM, optimizer) has to
+    work for this to reach the dev set: the chance level is 0.5. (A pre-norm base: a random post-norm one like
+    gpt1-tiny needs several times the steps before the task loss moves.)"""
+    from gptqwen.cli import main
+
+    tok.save(tmp_path / "tok")
+    train = _write(tmp_path / "train.jsonl", _separable_rows(96, seed=1))
+    dev = _write(tmp_path / "dev.jsonl", _separable_rows(64, seed=2))
+    assert main(["finetune", "--task", "classification", "--data", train, "--eval", dev, "--from", "qwen2-tiny",
+                 "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "ft"), "--epochs", "4",
+                 "--batch-size", "16", "--lr", "1e-3", "--threads", "1", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 24 and summary["labels"] == ["common", "royal"]
+    assert summary["eval_accuracy"] >= 0.9, summary
+
+
+def test_from_scratch_reinitialises_every_weight(tok, tmp_path, monkeypatch, capsys):
+    """`--from-scratch` keeps the architecture and tokenizer of --from but none of its weights; without it the
+    run starts from exactly those weights."""
+    from gptqwen.cli import main
+    from gptqwen.finetune import transfer
+
+    torch.manual_seed(3)
+    pretrained = Transformer(Config.from_name("qwen2-tiny"))
+    with torch.no_grad():
+        for p in pretrained.parameters():  # unlike any initialisation, norm gains and zero biases included
+            p.normal_(0.5, 0.3)
+    pretrained.save_pretrained(tmp_path / "base")
+    tok.save(tmp_path / "base")
+    want = {k: v.clone() for k, v in pretrained.named_parameters()}
+    started = []  # the weights each run starts from, as load_base hands them over
+
+    def spy(*args, **kwargs):
+        model, t = load_base(*args, **kwargs)
+        started.append({k: v.detach().clone() for k, v in model.named_parameters()})
+        return model, t
+
+    load_base = transfer.load_base
+    monkeypatch.setattr(transfer, "load_base", spy)
+    train = _write(tmp_path / "train.jsonl", _separable_rows(8, seed=1))
+    for extra in ([], ["--from-scratch"]):
+        assert main(["finetune", "--task", "classification", "--data", train, "--from", str(tmp_path / "base"),
+                     "--out", str(tmp_path / f"ft{len(extra)}"), "--max-steps", "1", "--threads", "1", "--json",
+                     *extra]) == 0
+        assert json.loads(capsys.readouterr().out)["from_scratch"] == bool(extra)
+    pretrained_start, scratch_start = started
+    assert set(scratch_start) == set(want) and all(torch.equal(pretrained_start[k], want[k]) for k in want)
+    same = [k for k in want if torch.equal(scratch_start[k], want[k])]
+    assert not same, f"--from-scratch kept the pretrained {same}"

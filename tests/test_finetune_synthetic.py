@@ -36,9 +36,14 @@ def test_logic_answers_are_correct():
 
 
 def test_conversations_mix_thinking_and_direct_with_matching_flags():
+    # the shares are draws (400 Bernoulli trials each): within 3 standard deviations of what was asked for
+    for think_ratio, flag_prob in [(0.25, 0.75), (0.75, 0.25)]:
+        convs = syn.reasoning_conversations(400, seed=1, think_ratio=think_ratio, flag_prob=flag_prob)
+        thinking = sum("reasoning_content" in c["messages"][1] for c in convs)
+        flagged = sum(c["messages"][0]["content"].endswith(("/think", "/no_think")) for c in convs)
+        for count, p in [(thinking, think_ratio), (flagged, flag_prob)]:
+            assert abs(count - 400 * p) <= 3 * (400 * p * (1 - p)) ** 0.5, (count, p)
     convs = syn.reasoning_conversations(400, seed=1, think_ratio=0.5, flag_prob=0.5)
-    thinking = [c for c in convs if "reasoning_content" in c["messages"][1]]
-    assert 150 < len(thinking) < 250
     for c in convs:
         user, reply = c["messages"]
         think = "reasoning_content" in reply
