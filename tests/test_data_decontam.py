@@ -1,4 +1,4 @@
-"""Decontamination: GPT-3 13-gram cutting, Qwen2.5 LCS rule, dirty-eval report."""
+"""Decontamination: GPT-3 13-gram cutting, Qwen2.5 LCS rule, dirty-eval report, `gptqwen data decontam`."""
 
 import json
 import random
@@ -125,3 +125,26 @@ def test_lcs_step_drops_paraphrased_leak_only(tmp_path, tokenizer):
                                                          "lcs_tokenizer": tokenizer}}]}, log=lambda m: None)
     kept = [d["id"] for d in read_documents(summary["final_shards"], allow_empty=True)]
     assert kept == ["c0", "c1", "c2", "c3"] and summary["steps"][-1]["removed"] == {"decontam_lcs": 1}
+
+
+def test_cli_decontam_cuts_drops_and_reports(tmp_path, capsys):
+    from gptqwen.cli import main
+
+    gram13 = " ".join(EVAL[2].split()[3:16])
+    docs = [{"id": "clean0", "text": prose(150)}, {"id": "cut", "text": prose(120) + " " + gram13 + " " + prose(120)},
+            {"id": "copied", "text": EVAL[1]}, {"id": "clean1", "text": prose(150)}]
+    write_documents(tmp_path / "train.jsonl", docs)
+    out = tmp_path / "clean.jsonl"
+    assert main(["data", "decontam", str(tmp_path / "train.jsonl"), "--eval", str(eval_file(tmp_path)), "-o", str(out),
+                 "--workers", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["steps"][-1]
+    kept = {d["id"]: d["text"] for d in read_documents([out])}
+    original = {d["id"]: d["text"] for d in docs}
+    # the 13-gram and 200 characters either side are cut out of `cut`; the two long pieces stay, in order
+    assert list(kept) == ["clean0", "cut#0", "cut#1", "clean1"]
+    start = original["cut"].index(gram13)
+    assert kept["cut#0"] == original["cut"][:len(kept["cut#0"])] and len(kept["cut#0"]) <= start - 200
+    assert original["cut"].endswith(kept["cut#1"]) and len(kept["cut#1"]) <= len(original["cut"]) - start - len(gram13) - 200
+    assert kept["clean0"] == original["clean0"] and kept["clean1"] == original["clean1"]
+    assert report["removed"] == {"decontam_all_cut": 1} and report["modified"] == 1
+    assert report["dirty_eval"]["sets"]["quiz"]["dirty_ids"] == ["q1", "q2"]

@@ -1,8 +1,12 @@
-"""MinHash-LSH near-dedup and exact dedup: recall/FPR on planted pairs, hashing invariants."""
+"""MinHash-LSH near-dedup and exact dedup: recall/FPR on planted pairs, hashing invariants, `gptqwen data dedup`."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from gptqwen.cli import main
 from gptqwen.data.dedup import (
     MinHasher,
     candidate_pairs,
@@ -12,7 +16,12 @@ from gptqwen.data.dedup import (
     normalize_text,
     shingle_hashes,
 )
+from gptqwen.data.io import read_documents
 from gptqwen.data.synthetic import jaccard, planted_pairs
+
+# the README pipeline's sample: en0-copy repeats en0 up to punctuation, en1-near changes one word of en1
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "sample.jsonl"
+SAMPLE_IDS = ["en0", "en1", "en2", "en3", "en0-copy", "en1-near", "pii", "spam", "code", "zh", "leak"]
 
 
 def test_normalisation_matches_datatrove_rules():
@@ -75,3 +84,17 @@ def test_exact_dedup_on_normalised_text():
 def test_bad_settings():
     with pytest.raises(ValueError):
         MinHasher(bands=0)
+
+
+def test_cli_dedup_writes_the_first_copy_of_each_document(tmp_path, capsys):
+    sample = {d["id"]: d for d in read_documents([SAMPLE], on_error="skip")}
+    for flags, gone in [([], ["en0-copy", "en1-near"]), (["--no-near"], ["en0-copy"]), (["--no-exact"], ["en0-copy", "en1-near"])]:
+        out = tmp_path / f"dedup{len(flags)}{''.join(flags)}.jsonl.zst"
+        assert main(["data", "dedup", str(SAMPLE), "-o", str(out), "--workers", "1", "--json", *flags]) == 0
+        report = json.loads(capsys.readouterr().out)
+        kept = list(read_documents([out]))
+        assert [d["id"] for d in kept] == [i for i in SAMPLE_IDS if i not in gone], flags
+        assert all(d == sample[d["id"]] for d in kept)  # whole records, untouched
+        assert report["output_docs"] == len(kept) and report["steps"][0]["removed"] == {"bad_record": 1}
+    # with exact dedup off, MinHash catches the punctuation-only copy too
+    assert [s["removed"] for s in report["steps"][1:]] == [{"near_duplicate": 2}]

@@ -1,9 +1,14 @@
-"""Quality filters reproduce datatrove's thresholds on crafted documents; language and PII."""
+"""Quality filters reproduce datatrove's thresholds on crafted documents; language and PII; `gptqwen data filter`."""
+
+import json
 
 import pytest
 
+from gptqwen.cli import main
 from gptqwen.data.filters import build_filter, detect_language
+from gptqwen.data.io import read_documents
 from gptqwen.errors import UserError
+from test_data_dedup import SAMPLE, SAMPLE_IDS
 
 FILLER = "house river stone garden window market yellow silver basket little".split()
 
@@ -107,3 +112,21 @@ def test_pii_masking():
 def test_bad_filter_settings(name, params, match):
     with pytest.raises(UserError, match=match):
         build_filter(name, params)
+
+
+def test_cli_filter_drops_and_masks(tmp_path, capsys):
+    """On the README sample: the repeated spam goes (top 2-gram share), then everything not English (code, Chinese),
+    and the one document with an e-mail address and a phone number comes out masked, nothing else changed."""
+    out = tmp_path / "clean.jsonl"
+    assert main(["data", "filter", str(SAMPLE), "-o", str(out), "--filters", "gopher_repetition,language,pii",
+                 "--set", "language.languages=[en]", "--workers", "1", "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    assert [(s["step"], s["removed"], s["modified"]) for s in steps[1:]] == [
+        ("gopher_repetition", {"top_2_gram": 1}, 0), ("language", {"language_low_score": 1, "language_zh": 1}, 0),
+        ("pii", {}, 1)]
+    sample = {d["id"]: d["text"] for d in read_documents([SAMPLE], on_error="skip")}
+    kept = {d["id"]: d["text"] for d in read_documents([out])}
+    assert list(kept) == [i for i in SAMPLE_IDS if i not in ("spam", "code", "zh")]
+    masked = sample["pii"].replace("garden.club@example.org", "<EMAIL>").replace("+44 20 7946 0958", "<PHONE>")
+    assert masked != sample["pii"] and kept.pop("pii") == masked
+    assert all(text == sample[i] for i, text in kept.items())

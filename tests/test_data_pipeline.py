@@ -140,9 +140,40 @@ def test_cli_run_yaml_and_errors(tmp_path, capsys):
     assert "not in --filters" in capsys.readouterr().err
 
 
-def test_example_pipeline_is_valid():
-    spec = pl.load_spec(EXAMPLES / "pipeline.yaml")
-    assert [name for name, _ in spec.steps][:2] == ["exact_dedup", "minhash_dedup"]
+def _ids(paths) -> list[str]:
+    return [d["id"] for d in read_documents(paths, allow_empty=True)]
+
+
+def test_readme_pipeline_runs_on_its_sample(tmp_path, monkeypatch, capsys):
+    """`gptqwen data run examples/pipeline.yaml`, as the README says, in a copy of examples/ (the pipeline writes
+    ../runs/ beside it). Each sample document is there for one step, named for it: which step drops which."""
+    import shutil
+
+    shutil.copytree(EXAMPLES, tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "run", "examples/pipeline.yaml", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    steps = {s["step"]: s for s in out["steps"]}
+    assert steps["ingest"]["bad_samples"] == [
+        "examples/data/sample.jsonl:12: malformed JSON (Expecting property name enclosed in double quotes)"]
+    work = tmp_path / "runs/pipeline-demo"  # one folder per step: NN_<step>/ holds what the step kept
+    kept = {name: _ids(work / f"{k:02d}_{name}") for k, name in enumerate(steps)}
+    before, dropped = ["en0", "en1", "en2", "en3", "en0-copy", "en1-near", "pii", "spam", "code", "zh", "leak"], {}
+    for name, ids in kept.items():
+        dropped[name], before = [i for i in before if i not in ids], ids
+    assert dropped == {"ingest": [], "exact_dedup": ["en0-copy"], "minhash_dedup": ["en1-near"],
+                       "language": ["spam", "code"], "gopher_repetition": [], "gopher_quality": [], "pii": [],
+                       "decontaminate": ["leak"], "classify": [], "mix": []}
+    assert steps["language"]["removed"] == {"language_unknown": 1, "language_low_score": 1}
+    assert steps["decontaminate"]["removed"] == {"decontam_lcs": 1}
+    assert steps["decontaminate"]["dirty_eval"]["sets"]["eval"]["dirty_ids"] == ["q1"]
+    # mix: 12 documents, 3/4 English, 1/4 Chinese, drawn from the 6 that are left
+    final = list(read_documents([work / "clean.jsonl.gz"]))
+    assert out["output_docs"] == len(final) == 12 and {d["id"] for d in final} == {"en0", "en1", "en2", "en3", "pii", "zh"}
+    assert sorted(d["domain"] for d in final) == ["en"] * 9 + ["zh"] * 3
+    [pii] = {d["text"] for d in final if d["id"] == "pii"}
+    assert pii.endswith("To join the mailing list, write to <EMAIL> or call <PHONE> after six.")
+    assert json.loads((work / "report.json").read_text())["output_docs"] == 12
 
 
 def test_dask_local_cluster_matches_local_run(tmp_path):
