@@ -225,3 +225,34 @@ def test_cli_rejects_bad_thread_count(capsys):
 
     assert main(["generate", "--model", "qwen3-tiny", "--prompt", "hi", "--threads", "0"]) == 2
     assert "--threads 0 is invalid" in capsys.readouterr().err
+
+
+def test_stop_strings_hold_back_with_a_real_tokenizer():
+    """The same hold-back through the real `Tokenizer.decode_stream` of a byte-level BPE: é, ö, — and 你好 are
+    split over byte tokens, " E" is one token (so "END" starts inside it), and "EN" of ENTRY is a false alarm that
+    must be held back and then let through."""
+    from gptqwen.finetune.synthetic import demo_tokenizer
+
+    tok = demo_tokenizer(400)
+    text = "the king loves the queen. héllo ENTRY wörld — 你好 END tail"
+    script = tok.encode(text) + [tok.eos_id]
+    assert [tok.token_bytes(i) for i in tok.encode(" END")] == [b" E", b"N", b"D"] and len(tok.encode("é")) == 2
+    model = random_model(Config.from_name("qwen2-tiny", vocab_size=tok.vocab_size, max_seq_len=128))
+
+    def write_script(module, args, kwargs, out):  # the token at position p is followed by script[p]
+        out.logits[:, -1, script[min(int(kwargs["position_ids"][0, -1]), len(script) - 1)]] += 1000.0
+        return out
+
+    model.register_forward_hook(write_script, with_kwargs=True)
+    engine = Engine(model, tok, native=False)  # the native C step would bypass the forward hook
+    for stop, want in [("END", "the king loves the queen. héllo ENTRY wörld — 你好 "),  # cut inside " E"
+                       ("een.", "the king loves the qu")]:  # cut inside " queen"
+        p = SamplingParams(temperature=0, max_new_tokens=100, stop=[stop])
+        pieces = list(engine.stream([script[0]], p))
+        shown = ["".join(pieces[:i + 1]) for i in range(len(pieces))]
+        assert shown[-1] == want and all(want.startswith(s) for s in shown)  # nothing shown is taken back
+        assert not any("\ufffd" in s or s.endswith(tuple(stop[:n] for n in range(1, len(stop)))) for s in shown)
+        r = engine.generate([[script[0]]], p)[0]
+        assert (r.text, r.finish_reason) == (want, "stop")
+    r = engine.generate([[script[0]]], SamplingParams(temperature=0, max_new_tokens=100))[0]
+    assert r.text == text and r.finish_reason == "stop" and r.token_ids == script  # eos ends it, not in the text
