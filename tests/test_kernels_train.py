@@ -155,6 +155,9 @@ def test_extreme_inputs_give_finite_gradients():
     h = torch.cat([x.detach(), x.detach()]).reshape(1, -1).requires_grad_()  # gate | up
     swiglu(h).sum().backward()
     assert torch.isfinite(h.grad).all()
+    gate, up = h.chunk(2, -1)
+    torch.testing.assert_close(h.grad, torch.autograd.grad((torch.nn.functional.silu(gate) * up).sum(), h)[0],
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_portable_build_agrees_with_the_simd_build(tmp_path, monkeypatch):

@@ -89,14 +89,18 @@ def test_trained_tokenizer_single_file_gets_val_split(tmp_path):
     f = tmp_path / "one.txt"
     f.write_text("".join(DOCS) * 2)
     index = prep.prepare([str(f)], tmp_path / "ds", train_vocab=300, val_fraction=0.1, block_tokens=32, progress=False)
-    assert index["meta"]["tokens"]["val"] > 0 and index["meta"]["tokens"]["train"] > 0
-    assert (tmp_path / "ds" / "tokenizer" / "tokenizer.json").exists()
-    assert 1.0 < index["bytes_per_token"] < 8.0
+    tok = Tokenizer.load(str(tmp_path / "ds" / "tokenizer"))  # the tokenizer trained on the file, saved beside
+    assert tok.vocab_size == index["vocab_size"] == 300
+    stream = tok.encode(f.read_text()) + [prep.document_separator(tok)]
+    assert _stream(tmp_path / "ds", 32, 0.1) == stream
+    blocks = [len(stream[i:i + 32]) for i in range(0, len(stream), 32)]  # every 10th block is validation
+    assert index["meta"]["tokens"] == {"train": len(stream) - sum(blocks[9::10]), "val": sum(blocks[9::10])}
+    assert sum(blocks[9::10]) > 0 and index["bytes_per_token"] == pytest.approx(len(f.read_bytes()) / len(stream), abs=1e-3)
 
 
 def test_weights_and_builtin_sources():
     plays = shakespeare_files()
-    assert len(plays) >= 36
+    assert len(plays) == 38 and plays == sorted(plays)  # the First Folio's 36, Pericles and Edward III
     text = shakespeare_plain(plays[0].read_text())
     assert "**" not in text and ":\n" in text
     docs = list(iter_documents(["synthetic:arithmetic:50@2"]))

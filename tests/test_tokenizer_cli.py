@@ -34,14 +34,22 @@ def test_encode_keeps_typed_control_tokens_as_text(capsys):
     assert capsys.readouterr().out.split() == ["151645"]
 
 
-def test_stats_qwen_compresses_chinese_better_than_cl100k(capsys):
-    files = [str(FIXTURES / "chinese.txt"), str(FIXTURES / "mixed.txt")]
+def test_stats_qwen_compresses_chinese_better_than_cl100k(tmp_path, capsys):
+    from gptqwen.tokenizer import Tokenizer
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("Friends, Romans, countrymen, lend me your ears; 42 times.\n")  # 8 words (the number is none)
+    files = [str(FIXTURES / "chinese.txt"), str(FIXTURES / "mixed.txt"), str(plain)]
     assert main(["tokenizer", "stats", "--tokenizer", "qwen", "--tokenizer", "cl100k", "--json", *files]) == 0
     rows = {(Path(r["file"]).name, r["tokenizer"]): r for r in json.loads(capsys.readouterr().out)}
     zh_q, zh_c = rows["chinese.txt", "qwen"], rows["chinese.txt", "cl100k"]
     assert zh_q["bytes_per_token"] > 1.3 * zh_c["bytes_per_token"]
     assert zh_q["tokens_per_word"] is None  # Chinese has no space-delimited words
-    assert rows["mixed.txt", "qwen"]["tokens_per_word"] is not None
+    mixed = rows["mixed.txt", "qwen"]  # mostly words between spaces: counted
+    assert mixed["tokens_per_word"] == round(mixed["tokens"] / mixed["words"], 3)
+    n = len(Tokenizer.from_preset("qwen").encode(plain.read_text()))
+    assert {k: rows["plain.txt", "qwen"][k] for k in ("bytes", "tokens", "words", "bytes_per_token", "tokens_per_word")} \
+        == {"bytes": 58, "tokens": n, "words": 8, "bytes_per_token": round(58 / n, 3), "tokens_per_word": round(n / 8, 3)}
     assert main(["tokenizer", "stats", *files]) == 0  # the table, default tokenizers
     table = capsys.readouterr().out
     assert "bytes/token" in table and "cl100k" in table

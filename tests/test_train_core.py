@@ -12,11 +12,13 @@ import copy
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+import gptqwen
 from gptqwen.cli import main
 from gptqwen.config import Config
 from gptqwen.errors import UserError
@@ -42,13 +44,17 @@ def _jsonl(path, rows):
 
 
 # ---------------------------------------------------------------- recipes
+RECIPES = Path(gptqwen.__file__).parent / "recipes"
 
 
 @pytest.mark.parametrize("trainer", ["pretrain", "sft", "finetune"])
 def test_every_trainer_has_a_default_recipe(trainer):
     assert DEFAULT_RECIPES[trainer] in recipe_names(trainer)
     recipe = load_recipe(None, trainer=trainer)
-    assert recipe.trainer == trainer and recipe.train.lr > 0
+    raw = yaml.safe_load((RECIPES / f"{DEFAULT_RECIPES[trainer]}.yaml").read_text())
+    assert recipe.trainer == trainer and recipe.name == raw["name"]
+    for key, value in raw["train"].items():  # what the file says is what the trainer gets
+        assert getattr(recipe.train, key) == value, f"train.{key}"
     assert set(recipe_names(trainer)).isdisjoint(n for t in DEFAULT_RECIPES if t != trainer for n in recipe_names(t))
 
 

@@ -29,8 +29,10 @@ def test_tensorboard_events_match_jsonl(tmp_path, tiny_data):  # noqa: F811
     loss_events = acc.Scalars("loss")
     assert [e.step for e in loss_events] == [1, 2, 3, 4]  # step 3 of the cut-short run was purged on resume
     assert [e.value for e in loss_events] == pytest.approx(losses(run), rel=1e-6)  # float32 in the event file
-    val = [(r["step"], r["val_loss"]) for r in MetricsLog.read(run / "metrics.jsonl") if "val_loss" in r]
-    assert [(e.step, e.value) for e in acc.Scalars("val_loss")] == [(s, pytest.approx(v, rel=1e-6)) for s, v in val]
+    records = MetricsLog.read(run / "metrics.jsonl")
+    for tag in ("lr", "grad_norm", "tokens_per_s", "mfu", "val_loss", "val_bpb"):  # every scalar, not just its name
+        want = [(r["step"], pytest.approx(r[tag], rel=1e-6)) for r in records if tag in r]
+        assert want and [(e.step, e.value) for e in acc.Scalars(tag)] == want, tag
 
 
 def test_tensorboard_off_writes_no_events(tmp_path, tiny_data):  # noqa: F811
