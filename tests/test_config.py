@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from gptqwen.cli import main
 from gptqwen.config import SUPPORTED_MODEL_TYPES, Config, config_from_hf, config_to_hf
@@ -38,6 +39,20 @@ def test_published_parameter_counts():
         c = Config.from_name(name)
         assert abs(c.num_params() / total - 1) <= tol, name
         assert abs(c.num_active_params() / active - 1) <= 0.05, name
+
+
+@pytest.mark.parametrize("name", [n for n in ISSUE_PRESETS if not n.startswith(("gpt3-", "qwen-"))])
+def test_parameter_counts_equal_transformers_models(name):
+    """Exactly the parameters transformers' model of the same config holds (built on the meta device: no memory).
+    GPT-3 (banded attention) and Qwen v1 have no transformers class; their counts are checked against the papers."""
+    transformers = pytest.importorskip("transformers")
+    cfg = Config.from_name(name)
+    d = config_to_hf(cfg)
+    model_type = d.pop("model_type")
+    d.pop("architectures", None)
+    with torch.device("meta"):
+        ref = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(model_type, **d))
+    assert cfg.num_params() == sum(p.numel() for p in ref.parameters())
 
 
 def test_kv_and_flops():
