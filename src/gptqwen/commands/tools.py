@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     prep.add_argument("--vocab-size", type=int, default=768)
     prep.add_argument("--preset", default="qwen3-tiny", help="architecture of the base model")
     prep.add_argument("--context", type=int, default=512, help="the base model's context window")
+    prep.add_argument("--tool-share", type=float, default=0.7, help="share of conversations that use the calculator")
+    prep.add_argument("--rope-theta", type=float, default=10000.0, help="the base model's RoPE base")
     ev = sub.add_parser("eval", help="held-out accuracy with the calculator vs without tools")
     ev.add_argument("--n", type=int, default=200, help="held-out problems")
     ev.add_argument("--seed", type=int, default=1234)
@@ -78,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "prepare":
         if args.n < 1:
             raise UserError(f"--n must be at least 1, got {args.n}")
-        print_json(synthetic.prepare(args.out, args.n, args.seed, args.vocab_size, args.preset, args.context))
+        if not 0 <= args.tool_share <= 1:
+            raise UserError(f"--tool-share must be in [0, 1], got {args.tool_share}")
+        print_json(synthetic.prepare(args.out, args.n, args.seed, args.vocab_size, args.preset, args.context,
+                                     args.tool_share, args.rope_theta))
         return 0
     box = load_toolbox(args.tools)
     try:

@@ -124,17 +124,19 @@ def accuracy(engine, items: list[Problem], use_tools: bool, max_new_tokens: int 
 
 
 def prepare(out: str | Path, n: int, seed: int = 0, vocab_size: int = 768, preset: str = "qwen3-tiny",
-            context: int = 512) -> dict:  # fmt: skip
-    """Everything the tool-use SFT starts from, in `out`: `traces.jsonl` (n rows), `tokenizer/` (a byte-level BPE
-    trained on the rendered traces, so the tool prompt is short) and `base/` (a freshly initialised `preset`
-    with that vocabulary and a `context`-token window, as an HF checkpoint)."""
+            context: int = 512, tool_share: float = 0.7, rope_theta: float = 10000.0) -> dict:  # fmt: skip
+    """Everything the tool-use SFT starts from, in `out`: `traces.jsonl` (n rows, `tool_share` of them through the
+    calculator), `tokenizer/` (a byte-level BPE trained on the rendered traces, so the tool prompt is short) and
+    `base/` (a freshly initialised `preset` with that vocabulary, a `context`-token window and `rope_theta`, as an
+    HF checkpoint). A small RoPE base keeps nearby positions apart in every frequency band, which the copying
+    of digits from the question into the call needs; Qwen3's 1e6 is made for long contexts."""
     out = Path(out)
-    rows = tool_traces(n, seed)
+    rows = tool_traces(n, seed, tool_share)
     qwen = Tokenizer.from_preset("qwen3")  # any Qwen3-template tokenizer renders the same text
     texts = [qwen.apply_chat_template(r["messages"], tools=r.get("tools"), add_generation_prompt=False) for r in rows]
     tok = train_tokenizer(texts, vocab_size, style="qwen", show_progress=False)
     torch.manual_seed(seed)
-    model = Transformer(Config.from_name(preset, vocab_size=tok.vocab_size, max_seq_len=context))
+    model = Transformer(Config.from_name(preset, vocab_size=tok.vocab_size, max_seq_len=context, rope_theta=rope_theta))
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "traces.jsonl") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
