@@ -217,11 +217,12 @@ def _hf_greedy(ref, tokenizer, prompts: list[str], n: int = 32) -> list[list[int
 @needs_smol
 def test_smollm2_greedy_matches_transformers(smol, tmp_path):
     """transformers, holding the weights we read from the file (exported with save_pretrained, which is fast),
-    continues every prompt as we do. That those weights are the file's as transformers' own GGUF loader reads them
-    is checked per tensor type on the small files above and on this file in test_smollm2_live_parity (slow)."""
+    continues a plain and a chat prompt as we do, 32 tokens each. That those weights are the file's as
+    transformers' own GGUF loader reads them is checked per tensor type on the small files above and on this
+    file in test_smollm2_live_parity (slow)."""
     smol.model.save_pretrained(tmp_path)
     ref = _transformers().AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
-    prompts = PROMPTS[1:3]  # a plain and a chat prompt: seconds; test_smollm2_live_parity runs all four
+    prompts = PROMPTS[1:3]  # seconds; test_smollm2_live_parity runs all four
     with torch.no_grad():
         assert _greedy(smol, prompts) == _hf_greedy(ref, smol.tokenizer, prompts)
 
