@@ -36,7 +36,8 @@ class Scripted(Transformer):
     delay = 0.0
 
     def forward(self, input_ids, *args, **kwargs):
-        time.sleep(self.delay)
+        if self.delay:
+            time.sleep(self.delay)
         cache = kwargs.get("cache")
         pos = kwargs["position_ids"]
         if cache is not None and cache.length == 0:  # a prefill: generation starts after its last position
