@@ -131,3 +131,19 @@ def test_network_namespace_alone_blocks_the_network():
         assert not s.isolation["seccomp"]
     server.close()
     assert r.exit_code == 1 and "Network is unreachable" in r.error
+
+
+@needs_ns
+def test_packages_installed_under_tmp_are_importable(monkeypatch):
+    """A checkout and its venv under /tmp (as CI's clean clone may be): the new root's tmpfs must not hide them."""
+    import tempfile
+
+    site = tempfile.mkdtemp(prefix="gptqwen-site-", dir="/tmp")
+    os.chmod(site, 0o755)
+    with open(os.path.join(site, "probe_under_tmp.py"), "w") as f:
+        f.write("VALUE = 42\n")
+    os.chmod(os.path.join(site, "probe_under_tmp.py"), 0o644)
+    monkeypatch.setattr(sys, "path", [*sys.path, site])
+    with Session(isolation="namespaces") as s:
+        r = s.run("import probe_under_tmp; print(probe_under_tmp.VALUE)")
+    assert (r.exit_code, r.stdout.strip()) == (0, "42")

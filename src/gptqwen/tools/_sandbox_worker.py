@@ -64,7 +64,11 @@ def _bind_readonly(path: str, target: str) -> None:
 
 def build_root() -> None:
     """New root on a tmpfs: read-only binds of what Python needs, a private writable /work; the old root detached."""
-    root = "/tmp"  # any existing directory serves as the mount point of the new root
+    # any existing directory serves as the mount point of the new root, but not one above a bind source: the
+    # tmpfs mounted there would hide it (a checkout and its venv under /tmp, say)
+    sources = [os.path.realpath(path) for path, _ in CONFIG["binds"]]
+    root = next(d for d in ("/tmp", "/mnt", "/run", "/var/tmp", "/media", "/srv", "/opt", "/home")
+                if os.path.isdir(d) and not any(s == d or s.startswith(d + "/") for s in sources))
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("sandbox", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     for path, inside in CONFIG["binds"]:
