@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Alignment demonstration (issue 16): the Qwen2.5 recipe at toy scale, on 1-2 CPU threads.
-#   1. SFT: a tiny Qwen3 (0.85M params, its own 512-token BPE) learns to answer multi-step arithmetic
-#      ("What is 7 - 5 + 3 + 1?") directly, without thinking — decent, not perfect;
-#   2. rejection sampling: k answers per problem from the SFT model, graded by the math verifier, give
-#      preference pairs (a right answer vs a wrong one of the same problem);
+#   1. SFT: a tiny Qwen3 (0.85M params, its own BPE) learns to solve multi-step arithmetic ("What is 7 - 5 + 3 + 1?")
+#      step by step in its think block — a short run, so it is decent, not perfect;
+#   2. rejection sampling: k solutions per problem from the SFT model, graded by the math verifier, give
+#      preference pairs (a right solution vs a wrong one of the same problem);
 #   3. DPO on those pairs;
 #   4. GRPO from the DPO model with the verifier as reward (G completions per prompt, online).
-# Held-out accuracy (greedy, non-thinking mode, problems none of the stages trained on) after each stage,
+# Held-out accuracy (greedy, thinking mode, problems none of the stages trained on) after each stage,
 # with its standard error; the GRPO reward curve goes to docs/align_grpo_reward.png.
 # Part rbrm (GPT-4's rule-based reward model): a policy SFT'd to refuse half of its (harmless) questions is
 # trained by GRPO with the built-in refusal-style rubric as its only reward, judged by a small model trained
@@ -18,15 +18,15 @@ PART=${1:-main}
 OUT=${OUT:-runs/demo-align}
 THREADS=${THREADS:-2}
 EVAL_N=${EVAL_N:-400}
-SFT_STEPS=${SFT_STEPS:-600}
-GRPO_STEPS=${GRPO_STEPS:-150}
+SFT_STEPS=${SFT_STEPS:-800}
+GRPO_STEPS=${GRPO_STEPS:-60}
 PY=${PYTHON:-python}
 mkdir -p "$OUT" docs
 export OMP_NUM_THREADS=$THREADS
 START=$SECONDS
 COMMON=(--threads "$THREADS" --overwrite --quiet)
 
-grade() {  # grade MODEL_DIR NAME: greedy held-out accuracy in non-thinking mode -> $OUT/NAME.grade.json
+grade() {  # grade MODEL_DIR NAME: greedy held-out accuracy in thinking mode -> $OUT/NAME.grade.json
   $PY - "$1" "$2" "$OUT" "$EVAL_N" <<'PYEOF'
 import json, sys
 from gptqwen.align.grpo import heldout_accuracy
@@ -34,43 +34,45 @@ from gptqwen.finetune.evaluate import heldout_problems
 from gptqwen.loading import load_model_and_tokenizer
 model_dir, name, out, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 seen = set(json.load(open(f"{out}/train_questions.json")))
-items = heldout_problems(n, 4242, seen, ("arithmetic",))
+items = heldout_problems(4 * n, 4242, seen, ("arithmetic",))[:n]  # a wide pool: the problem space is small
+assert len(items) == n, f"only {len(items)} held-out problems"
 model, tok = load_model_and_tokenizer(model_dir)
-res = heldout_accuracy(model.float(), tok, items, enable_thinking=False, max_new_tokens=16)
+res = heldout_accuracy(model.float(), tok, items, enable_thinking=True, max_new_tokens=64)
 json.dump(res, open(f"{out}/{name}.grade.json", "w"))
 print(f"  {name:>5}: held-out accuracy {res['accuracy']:.3f} ± {res['stderr']:.3f} (n={res['n']}, answered {res['answered']:.2f})")
 PYEOF
 }
 
 if [[ $PART == main || $PART == all ]]; then
-echo "== 1. SFT on direct answers ($SFT_STEPS steps)"
-gptqwen synth tokenizer --out "$OUT/tok" > /dev/null
-gptqwen sft --synthetic 8000 --synthetic-kinds arithmetic --think-ratio 0 --flag-prob 0 --from qwen3-tiny \
-    --tokenizer "$OUT/tok" --out "$OUT/sft" --max-steps "$SFT_STEPS" --batch-size 4 --lr 3e-3 --min-lr 1e-4 "${COMMON[@]}"
+echo "== 1. SFT on step-by-step solutions ($SFT_STEPS steps; a finished $OUT/sft is kept)"
+[[ -d $OUT/tok ]] || gptqwen synth tokenizer --out "$OUT/tok" > /dev/null
+[[ -f $OUT/sft/sft.json ]] || gptqwen sft --synthetic 8000 --synthetic-kinds arithmetic --think-ratio 1 --flag-prob 0 --from qwen3-tiny \
+    --tokenizer "$OUT/tok" --out "$OUT/sft" --max-steps "$SFT_STEPS" --batch-size 4 --lr 3e-3 --min-lr 1e-4 "${COMMON[@]}" \
+    train.ckpt_interval=100 train.keep_last=20  # the checkpoints show the learning curve
 # every question any stage trains on (SFT data, rejection-sampling problems, GRPO prompts) stays out of the held-out set
 $PY - "$OUT" <<'PYEOF'
 import json, sys
 from gptqwen.finetune.synthetic import problems, reasoning_conversations
-rows = reasoning_conversations(8000, 0, 0.0, 0.0, ("arithmetic",))
+rows = reasoning_conversations(8000, 0, 1.0, 0.0, ("arithmetic",))
 seen = {r["messages"][0]["content"] for r in rows}
-seen |= {p.question for seed in (11, 12) for p in problems(3000, seed, ("arithmetic",))}
+seen |= {p.question for seed, n in ((11, 400), (12, 1000)) for p in problems(n, seed, ("arithmetic",))}
 json.dump(sorted(seen), open(f"{sys.argv[1]}/train_questions.json", "w"))
 PYEOF
 grade "$OUT/sft" sft
 
-echo "== 2. rejection sampling: 8 answers per problem, graded by the math verifier"
-gptqwen synth rejection --model "$OUT/sft" --n 1500 --seed 11 --k 8 --no-thinking --max-new-tokens 16 \
+echo "== 2. rejection sampling: 8 solutions per problem, graded by the math verifier"
+gptqwen synth rejection --model "$OUT/sft" --n 400 --seed 11 --k 8 --max-new-tokens 64 \
     --pairs-per-problem 2 --prefs-out "$OUT/prefs.jsonl" --sft-out "$OUT/accepted.jsonl" --json > "$OUT/rejection.json"
 $PY -c "import json,sys; s=json.load(open(sys.argv[1])); print(f\"  pass rate {s['pass_rate']:.3f}, {s['solved_problems']}/{s['problems']} problems solved at least once, {s['pairs']} preference pairs\")" "$OUT/rejection.json"
 
 echo "== 3. DPO on the pairs"
-gptqwen dpo --from "$OUT/sft" --data "$OUT/prefs.jsonl" --out "$OUT/dpo" --epochs 1 --batch-size 16 --lr 3e-4 \
-    --min-lr 3e-5 --beta 0.1 --no-thinking "${COMMON[@]}"
+gptqwen dpo --from "$OUT/sft" --data "$OUT/prefs.jsonl" --out "$OUT/dpo" --epochs 1 --batch-size 16 --lr ${DPO_LR:-1e-4} \
+    --min-lr 1e-5 --beta 0.1 "${COMMON[@]}"
 grade "$OUT/dpo" dpo
 
 echo "== 4. GRPO from the DPO model, verifier reward ($GRPO_STEPS steps)"
-gptqwen grpo --from "$OUT/dpo" --synthetic 3000 grpo.synthetic_seed=12 --rewards math --no-thinking --out "$OUT/grpo" \
-    --max-steps "$GRPO_STEPS" --num-generations 8 --prompts-per-step 8 --max-new-tokens 12 --lr 1e-4 "${COMMON[@]}"
+gptqwen grpo --from "$OUT/dpo" --synthetic 1000 grpo.synthetic_seed=12 --rewards math --out "$OUT/grpo" \
+    --max-steps "$GRPO_STEPS" --num-generations 8 --prompts-per-step 4 --max-new-tokens 64 --lr ${GRPO_LR:-1e-4} "${COMMON[@]}"
 cp "$OUT/grpo/reward.png" docs/align_grpo_reward.png
 grade "$OUT/grpo" grpo
 

@@ -77,7 +77,10 @@ def rejection_sample(model, tokenizer, rows: list[dict], k: int = 8, params: Sam
         for i, row in enumerate(chunk):
             prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
             good = [texts[i * k + j] for j in range(k) if scores[i * k + j] == 1.0]
-            bad = [texts[i * k + j] for j in range(k) if scores[i * k + j] == 0.0 and texts[i * k + j].strip()]
+            # a wrong solution must be a whole reply to be a rejected turn: one cut off inside its think block
+            # (no answer) cannot be rendered as the model wrote it, so it is left out
+            bad = [texts[i * k + j] for j in range(k)
+                   if scores[i * k + j] == 0.0 and assistant_message(texts[i * k + j])["content"].strip()]
             passed += len(good)
             solved += bool(good)
             for text in dict.fromkeys(good):  # distinct accepted answers
