@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     prep.add_argument("--n", type=int, default=6000, help="conversations (half of them use the calculator)")
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--vocab-size", type=int, default=768)
-    prep.add_argument("--preset", default="qwen3-tiny", help="architecture of the base model")
+    prep.add_argument("--preset", default="qwen2-tiny",
+                      help="architecture of the base model (qwen2-tiny: at qwen3-tiny's size, 4 layers x 128)")
     prep.add_argument("--context", type=int, default=512, help="the base model's context window")
     prep.add_argument("--tool-share", type=float, default=0.7, help="share of conversations that use the calculator")
     prep.add_argument("--rope-theta", type=float, default=10000.0, help="the base model's RoPE base")
@@ -67,7 +68,7 @@ def _eval(args: argparse.Namespace) -> int:
     for mode in ("with_tools", "without_tools"):
         r = report[mode]
         print(f"{mode.replace('_', ' '):>13}: accuracy {r['accuracy']:.3f} ± {r['stderr']:.3f} (n={r['n']}, "
-              f"called the calculator on {r['called_tool']:.0%})")
+              f"called the calculator on {r['called_tool']:.0%}, answered on {r['answered']:.0%})")
     for m in report["with_tools"]["examples"][0]["messages"]:
         print(f"  [{m['role']}] {m.get('content') or ''}"
               + "".join(f" {c['function']['name']}({c['function']['arguments']})" for c in m.get("tool_calls", [])))

@@ -66,7 +66,10 @@ def problems(n: int, seed: int, exclude: set[str] = frozenset()) -> list[Problem
 
 
 def conversation(p: Problem, use_tools: bool) -> dict:
-    answer = {"role": "assistant", "content": f"The answer is {p.answer}."}
+    # A one-line thought on every answer makes each turn a thinking turn, so training and inference
+    # (enable_thinking=True) render every step alike: the model writes its own think block.
+    thought = "The calculator gave the result." if use_tools else "There is no tool, so I answer directly."
+    answer = {"role": "assistant", "reasoning_content": thought, "content": f"The answer is {p.answer}."}
     user = {"role": "user", "content": p.question}
     if not use_tools:
         return {"messages": [user, answer], "answer": p.answer}
@@ -101,10 +104,11 @@ def grade(text: str, answer: str) -> bool:
 def accuracy(engine, items: list[Problem], use_tools: bool, max_new_tokens: int = 64,
              samples: int = 2) -> dict:  # fmt: skip
     """Greedy accuracy on `items` with the calculator offered (the agent loop) or without tools; with the
-    standard error of the mean, how often the calculator was called, and a few transcripts."""
+    standard error of the mean, how often the calculator was called, how often an answer in the trained form
+    ("The answer is N") came at all, and a few transcripts."""
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     box = load_toolbox("calculator")
-    correct, called, shown = [], 0, []
+    correct, called, answered, shown = [], 0, 0, []
     for p in items:
         messages = [{"role": "user", "content": p.question}]
         if use_tools:
@@ -115,15 +119,21 @@ def accuracy(engine, items: list[Problem], use_tools: bool, max_new_tokens: int 
             text = engine.chat(messages, params=params).content
             transcript = messages + [{"role": "assistant", "content": text}]
         correct.append(grade(text, p.answer))
+        answered += bool(_ANSWER.search(text or ""))
         if len(shown) < samples:
             shown.append({"expected": p.answer, "correct": correct[-1], "messages": transcript})
     n = len(items)
     acc = sum(correct) / n
     return {"accuracy": acc, "stderr": math.sqrt(acc * (1 - acc) / n), "n": n, "called_tool": called / n,
-            "examples": shown}
+            "answered": answered / n, "examples": shown}
 
 
-def prepare(out: str | Path, n: int, seed: int = 0, vocab_size: int = 768, preset: str = "qwen3-tiny",
+# The demo model: qwen3-tiny's size in the Qwen2 layout, whose attention has no QK-norm (with it, the sharp
+# attention that copies digits into the call came too slowly: digit loss stayed at ln 10 for 300 steps).
+DEMO_MODEL = dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2, head_dim=32, intermediate_size=384)
+
+
+def prepare(out: str | Path, n: int, seed: int = 0, vocab_size: int = 768, preset: str = "qwen2-tiny",
             context: int = 512, tool_share: float = 0.7, rope_theta: float = 10000.0) -> dict:  # fmt: skip
     """Everything the tool-use SFT starts from, in `out`: `traces.jsonl` (n rows, `tool_share` of them through the
     calculator), `tokenizer/` (a byte-level BPE trained on the rendered traces, so the tool prompt is short) and
@@ -136,7 +146,9 @@ def prepare(out: str | Path, n: int, seed: int = 0, vocab_size: int = 768, prese
     texts = [qwen.apply_chat_template(r["messages"], tools=r.get("tools"), add_generation_prompt=False) for r in rows]
     tok = train_tokenizer(texts, vocab_size, style="qwen", show_progress=False)
     torch.manual_seed(seed)
-    model = Transformer(Config.from_name(preset, vocab_size=tok.vocab_size, max_seq_len=context, rope_theta=rope_theta))
+    size = DEMO_MODEL if preset == "qwen2-tiny" else {}
+    model = Transformer(Config.from_name(preset, vocab_size=tok.vocab_size, max_seq_len=context, rope_theta=rope_theta,
+                                         **size))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "traces.jsonl") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
