@@ -161,3 +161,33 @@ def test_unknown_loss_names_the_choices():
         L.dpo_loss(*[torch.zeros(1)] * 4, kind="nope")
     with pytest.raises(ValueError, match="grpo, bnpo"):
         L.grpo_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2), kind="nope")
+
+
+def test_dpo_with_nll_term_matches_trl_sigmoid_plus_sft():
+    """`dpo.nll_weight`: TRL's loss_type=["sigmoid", "sft"] with weights [1, w]."""
+    from gptqwen.align.dpo import preference_metrics
+
+    completion_mask, per_token, ref = _pref_batch(seed=5)
+    b, w = completion_mask.shape[0] // 2, 0.7
+    out = SimpleNamespace(log_probs=per_token, entropy=torch.zeros_like(per_token),
+                          mean_logits=torch.zeros_like(per_token), is_top1=torch.zeros_like(per_token, dtype=torch.bool))
+    trainer = SimpleNamespace(
+        model=SimpleNamespace(training=True), accelerator=_accelerator(), ld_alpha=None, precompute_ref_logps=True,
+        f_divergence_type="reverse_kl", loss_types=["sigmoid", "sft"], loss_weights=[1.0, w], beta=0.1, label_smoothing=0.0,
+        use_weighting=False, aux_loss_enabled=False, _metrics=_metrics(), _total_train_tokens=0, _tp_size=1)
+    inputs = {"input_ids": torch.zeros_like(completion_mask), "attention_mask": torch.ones_like(completion_mask),
+              "completion_mask": completion_mask, "ref_chosen_logps": ref[:b], "ref_rejected_logps": ref[b:]}
+    theirs = trl_dpo.DPOTrainer._compute_loss(trainer, lambda **kw: out, inputs, False)
+    # our batch layout: targets aligned to the positions that predict them (position t predicts t + 1)
+    targets = torch.full_like(completion_mask, -100)
+    targets[:, :-1] = torch.where(completion_mask[:, 1:] == 1, 1, -100)
+    logits = torch.zeros(*targets.shape, 3)
+    logits[..., 1] = torch.nn.functional.pad(per_token, (0, 1))  # log-softmax is then exactly per_token below
+    logits[..., 1] = torch.log(torch.exp(logits[..., 1]).clamp(max=1 - 1e-6))
+    lse_rest = torch.log((1 - torch.exp(logits[..., 1])) / 2)
+    logits[..., 0], logits[..., 2] = lse_rest, lse_rest
+    batch = {"input_ids": torch.zeros_like(targets), "targets": targets, "completion_mask": (targets != -100).long(),
+             "ref": torch.stack([ref[:b], ref[b:]], dim=1)}
+    d = SimpleNamespace(beta=0.1, loss="sigmoid", label_smoothing=0.0, nll_weight=w)
+    ours, _ = preference_metrics(lambda ids: SimpleNamespace(logits=logits), batch, d)
+    assert ours.item() == pytest.approx(theirs.item(), abs=1e-5)

@@ -8,7 +8,9 @@ The reference model's log-probs of every pair (training and dev) are computed on
 step, by the starting model — which with LoRA is exactly the model with its adapters off, since new
 adapters start at zero — or by `dpo.reference` when given. Each step logs the loss, the implicit rewards
 `β·(logπ − logπ_ref)` of chosen and rejected completions, their margin and the reward accuracy
-(chosen above rejected); with `pref.eval`, the same on the dev pairs at every eval interval and at the end.
+(chosen above rejected), and the chosen completions' NLL, which `dpo.nll_weight` adds to the loss (TRL's
+"sft" loss term; DPO + NLL is iterative RPO, which keeps DPO on reasoning chains from pushing the chosen
+chains down with the rejected ones); with `pref.eval`, the same on the dev pairs at every eval interval and at the end.
 The folder becomes an HF checkpoint with the tokenizer and `dpo.json` (LoRA adapters merged).
 """
 
@@ -52,13 +54,16 @@ def pair_batch(pairs: list[prefs.Pair], ref: torch.Tensor, idx: list[int], pad: 
 def preference_metrics(model: torch.nn.Module, batch: dict[str, torch.Tensor], d) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The DPO loss of a batch and its logged statistics (`d`: the recipe's dpo section)."""
     n = batch["ref"].shape[0]
-    logps = prefs.sequence_logps(model, batch)
+    per_token = prefs.token_logps(model(batch["input_ids"]).logits, batch["targets"])
+    logps = per_token.sum(-1)
     counts = batch["completion_mask"].sum(-1).float()
     losses, chosen, rejected = dpo_loss(logps[:n], logps[n:], batch["ref"][:, 0], batch["ref"][:, 1], d.beta, d.loss,
                                         d.label_smoothing, counts[:n], counts[n:])  # fmt: skip
-    loss = losses.mean()
+    nll = -logps[:n].sum() / counts[:n].sum().clamp(min=1)  # mean over the chosen completions' tokens
+    loss = losses.mean() + d.nll_weight * nll if d.nll_weight else losses.mean()
     return loss, {"loss": loss.detach(), "reward_chosen": chosen.mean(), "reward_rejected": rejected.mean(),
-                  "margin": (chosen - rejected).mean(), "reward_accuracy": (chosen > rejected).float().mean()}
+                  "margin": (chosen - rejected).mean(), "reward_accuracy": (chosen > rejected).float().mean(),
+                  "nll_chosen": nll.detach()}
 
 
 def _reference(recipe: Recipe, model: torch.nn.Module, tok, device: torch.device) -> torch.nn.Module:

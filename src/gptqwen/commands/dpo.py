@@ -29,6 +29,7 @@ FLAGS: align_flags.Table = {
     "--loss": ("dpo.loss", "sigmoid (DPO), ipo or hinge"),
     "--label-smoothing": ("dpo.label_smoothing", "cDPO: assumed share of flipped labels (sigmoid loss)"),
     "--reference": ("dpo.reference", "reference model (default: the starting model)"),
+    "--nll-weight": ("dpo.nll_weight", "weight of the chosen completions' NLL added to the loss (RPO)"),
 }
 
 

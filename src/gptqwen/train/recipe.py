@@ -167,6 +167,7 @@ class DPOConfig:
     loss: str = "sigmoid"  # sigmoid | ipo | hinge
     label_smoothing: float = 0.0  # cDPO (sigmoid only)
     reference: str | None = None  # reference model; None -> the starting model (with LoRA: adapters off)
+    nll_weight: float = 0.0  # + w·NLL of the chosen tokens (TRL's "sft" loss term; iterative RPO for reasoning)
 
 
 @dataclass
@@ -244,7 +245,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "task.too_long": _one_of(*TOO_LONG),
     "pref.max_len": (lambda v: v is None or v >= 2, ">= 2"), "pref.too_long": _one_of(*TOO_LONG),
     "reward.center_coef": _NON_NEGATIVE, "dpo.beta": (lambda v: v > 0, "> 0"), "dpo.loss": _one_of("sigmoid", "ipo", "hinge"),
-    "dpo.label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"), "grpo.synthetic": _POSITIVE,
+    "dpo.label_smoothing": (lambda v: 0 <= v < 0.5, "in [0, 0.5)"), "dpo.nll_weight": _NON_NEGATIVE, "grpo.synthetic": _POSITIVE,
     "grpo.num_generations": (lambda v: v >= 2, ">= 2 (advantages compare completions of one prompt)"),
     "grpo.prompts_per_step": _POSITIVE, "grpo.max_new_tokens": _POSITIVE, "grpo.temperature": (lambda v: v > 0, "> 0 (sampling)"),
     "grpo.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"), "grpo.top_k": _NON_NEGATIVE,
