@@ -67,7 +67,7 @@ $PY -c "import json,sys; s=json.load(open(sys.argv[1])); print(f\"  pass rate {s
 
 echo "== 3. DPO on the pairs"
 gptqwen dpo --from "$OUT/sft" --data "$OUT/prefs.jsonl" --out "$OUT/dpo" --epochs 1 --batch-size 16 --lr ${DPO_LR:-1e-4} \
-    --min-lr 1e-5 --beta 0.1 "${COMMON[@]}"
+    --min-lr 1e-5 --beta 0.1 --nll-weight ${DPO_NLL:-1.0} "${COMMON[@]}"
 grade "$OUT/dpo" dpo
 
 echo "== 4. GRPO from the DPO model, verifier reward ($GRPO_STEPS steps)"
