@@ -274,3 +274,14 @@ def test_training_step_matches_float64(name):
             assert torch.allclose(p.grad.double(), q.grad, atol=1e-6, rtol=1e-4), n
         model.zero_grad()
         ref.zero_grad()
+
+
+def test_rope_tables_built_in_inference_mode_serve_training():
+    """Sampling first (inference mode), then training the same model (as GRPO does): the cached RoPE tables
+    must be ordinary tensors, or the backward fails on saved inference tensors."""
+    model = Transformer(Config.from_name("qwen3-tiny"))
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    with torch.inference_mode():
+        model(ids)
+    model(ids, targets=ids).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

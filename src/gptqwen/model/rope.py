@@ -106,6 +106,9 @@ class Rotary(nn.Module):
         cached = self._tables.get(alpha)
         if cached is not None and cached[0].shape[0] >= needed and cached[0].device == device:
             return cached
+        if torch.is_inference_mode_enabled():  # a cached table must serve a later training forward too
+            with torch.inference_mode(False):
+                return self._table(needed, alpha, device)
         length = max(self.min_len, 1 << max(needed - 1, 1).bit_length())
         if alpha == 1.0:
             inv_freq = self.inv_freq.to(device)
