@@ -25,7 +25,7 @@ from gptqwen.align.losses import dpo_loss
 from gptqwen.errors import UserError
 from gptqwen.finetune import lora as lora_mod
 from gptqwen.finetune.common import load_base, save_model_dir, write_json
-from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
+from gptqwen.train.loop import EpochBatches, Workload, steps_for, train
 from gptqwen.train.recipe import Recipe
 
 
@@ -80,21 +80,11 @@ def _reference(recipe: Recipe, model: torch.nn.Module, tok, device: torch.device
 def run_dpo(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False,
             stop_at: int | None = None) -> dict:  # fmt: skip
     """Train `recipe.model.base` on `recipe.pref.data` with DPO into `out`; returns the summary."""
-    p, d, tc, lo = recipe.pref, recipe.dpo, recipe.train, recipe.lora
-    if not recipe.model.base:
-        raise UserError("no model to start from; pass --from (a run dir, HF dir, .gguf or preset) or set model.base")
-    if not p.data:
-        raise UserError("no preference data; pass --data prefs.jsonl (rows {\"prompt\", \"chosen\", \"rejected\"})")
+    d, tc, lo = recipe.dpo, recipe.train, recipe.lora
     if d.label_smoothing and d.loss != "sigmoid":
         raise UserError(f"dpo.label_smoothing (cDPO) applies to the sigmoid loss only, not '{d.loss}'")
-    check_run_dir(Path(out), resume, overwrite)
-    info = setup_process(tc, single="dpo")
-    torch.manual_seed(tc.seed)
-    model, tok = load_base(recipe.model.base, recipe.model.tokenizer, info.device, tc.seed)
-    max_len = min(p.max_len or model.config.max_seq_len, model.config.max_seq_len)
-    pairs, dropped = prefs.load_pairs(p.data, tok, max_len, p.too_long, p.enable_thinking)
-    dev = prefs.load_pairs(p.eval, tok, max_len, p.too_long, p.enable_thinking)[0] if p.eval else []
-    pad = tok.pad_id if tok.pad_id is not None else 0
+    run = prefs.start_preference_run(recipe, out, resume, overwrite, single="dpo")
+    info, model, tok, pairs, dropped, dev, pad = run.info, run.model, run.tokenizer, run.pairs, run.dropped, run.dev, run.pad
     reference = _reference(recipe, model, tok, info.device)
     ref_train = reference_logps(reference, pairs, tc.batch_size, pad, info.device)
     ref_dev = reference_logps(reference, dev, tc.batch_size, pad, info.device) if dev else None
@@ -114,7 +104,7 @@ def run_dpo(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bo
     work = Workload(
         model=model, model_config=model.config.to_dict(), steps=steps_for(tc, batches.per_epoch), micro_batches=batches,
         loss=loss, count_tokens=lambda b: int((b["input_ids"] != pad).sum()),
-        order={"train.batch_size": tc.batch_size, "train.seed": tc.seed, "pref.max_len": max_len, "lora layers": wrapped},
+        order={"train.batch_size": tc.batch_size, "train.seed": tc.seed, "pref.max_len": run.max_len, "lora layers": wrapped},
         evaluate=evaluate if dev else None, epoch_of=batches.epoch_of,
         describe=f"[bold]{recipe.name}[/]: DPO ({d.loss}, β={d.beta}) of {model.config.name} from {recipe.model.base}, "
                  f"{n_train / 1e6:.2f}M trainable params, {len(pairs)} pairs, ",

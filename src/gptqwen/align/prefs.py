@@ -20,11 +20,16 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from gptqwen.errors import UserError
+from gptqwen.finetune.common import load_base
+from gptqwen.train.distributed import DistInfo
+from gptqwen.train.loop import check_run_dir, setup_process
+from gptqwen.train.recipe import Recipe
 from gptqwen.utils import read_jsonl
 
 IGNORE = -100
@@ -197,3 +202,36 @@ def epoch_order(n: int, batch_size: int, seed: int) -> list[list[int]]:
     order = list(range(n))
     random.Random(seed).shuffle(order)
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+@dataclass
+class PreferenceRun:
+    """What a trainer on preference pairs starts from: the process, the base model and its tokenizer, the encoded
+    training and dev pairs (and how many were dropped as too long), and the padding id."""
+
+    info: DistInfo
+    model: torch.nn.Module
+    tokenizer: object
+    pairs: list[Pair]
+    dropped: int
+    dev: list[Pair]
+    pad: int
+    max_len: int
+
+
+def start_preference_run(recipe: Recipe, out, resume: bool, overwrite: bool, single: str) -> PreferenceRun:
+    """Check the recipe's model and data, claim the run folder, load the base model and encode the pairs
+    (`recipe.pref`), as `gptqwen dpo` and `gptqwen reward train` both begin."""
+    p, tc = recipe.pref, recipe.train
+    if not recipe.model.base:
+        raise UserError("no model to start from; pass --from (a run dir, HF dir, .gguf or preset) or set model.base")
+    if not p.data:
+        raise UserError("no preference data; pass --data prefs.jsonl (rows {\"prompt\", \"chosen\", \"rejected\"})")
+    check_run_dir(Path(out), resume, overwrite)
+    info = setup_process(tc, single=single)
+    torch.manual_seed(tc.seed)
+    model, tok = load_base(recipe.model.base, recipe.model.tokenizer, info.device, tc.seed)
+    max_len = min(p.max_len or model.config.max_seq_len, model.config.max_seq_len)
+    pairs, dropped = load_pairs(p.data, tok, max_len, p.too_long, p.enable_thinking)
+    dev = load_pairs(p.eval, tok, max_len, p.too_long, p.enable_thinking)[0] if p.eval else []
+    return PreferenceRun(info, model, tok, pairs, dropped, dev, tok.pad_id if tok.pad_id is not None else 0, max_len)

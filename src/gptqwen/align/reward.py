@@ -23,9 +23,9 @@ from torch import nn
 from gptqwen.align import prefs
 from gptqwen.align.losses import reward_loss
 from gptqwen.errors import UserError
-from gptqwen.finetune.common import load_base, save_model_dir, write_json
+from gptqwen.finetune.common import save_model_dir, write_json
 from gptqwen.loading import load_model_and_tokenizer
-from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
+from gptqwen.train.loop import EpochBatches, Workload, steps_for, train
 from gptqwen.train.recipe import Recipe
 from gptqwen.utils import read_jsonl
 
@@ -83,19 +83,9 @@ def _batch_metrics(model: nn.Module, batch: dict[str, torch.Tensor], center: flo
 def run_reward_training(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False,
                         quiet: bool = False, stop_at: int | None = None) -> dict:  # fmt: skip
     """Train a reward model on `recipe.pref.data` into `out`; returns the summary (dev accuracy with pref.eval)."""
-    p, tc = recipe.pref, recipe.train
-    if not recipe.model.base:
-        raise UserError("no model to start from; pass --from (a run dir, HF dir, .gguf or preset) or set model.base")
-    if not p.data:
-        raise UserError("no preference data; pass --data prefs.jsonl (rows {\"prompt\", \"chosen\", \"rejected\"})")
-    check_run_dir(Path(out), resume, overwrite)
-    info = setup_process(tc, single="reward train")
-    torch.manual_seed(tc.seed)
-    backbone, tok = load_base(recipe.model.base, recipe.model.tokenizer, info.device, tc.seed)
-    max_len = min(p.max_len or backbone.config.max_seq_len, backbone.config.max_seq_len)
-    pairs, dropped = prefs.load_pairs(p.data, tok, max_len, p.too_long, p.enable_thinking)
-    dev = prefs.load_pairs(p.eval, tok, max_len, p.too_long, p.enable_thinking)[0] if p.eval else []
-    pad = tok.pad_id if tok.pad_id is not None else 0
+    tc = recipe.train
+    run = prefs.start_preference_run(recipe, out, resume, overwrite, single="reward train")
+    info, backbone, tok, pairs, dropped, dev, pad = run.info, run.model, run.tokenizer, run.pairs, run.dropped, run.dev, run.pad
     model = RewardModel(backbone)
     center = recipe.reward.center_coef
     batches = EpochBatches(lambda e: [prefs.collate([pairs[i] for i in idx], pad)
@@ -111,7 +101,7 @@ def run_reward_training(recipe: Recipe, out: str | Path, resume: bool = False, o
     work = Workload(
         model=model, model_config=backbone.config.to_dict(), steps=steps_for(tc, batches.per_epoch), micro_batches=batches,
         loss=loss, count_tokens=lambda b: int((b["input_ids"] != pad).sum()),
-        order={"train.batch_size": tc.batch_size, "train.seed": tc.seed, "pref.max_len": max_len},
+        order={"train.batch_size": tc.batch_size, "train.seed": tc.seed, "pref.max_len": run.max_len},
         evaluate=evaluate if dev else None, epoch_of=batches.epoch_of,
         describe=f"[bold]{recipe.name}[/]: reward model on {backbone.config.name} from {recipe.model.base}, {len(pairs)} pairs, ",
     )  # fmt: skip
