@@ -68,6 +68,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int | None = None) -> Path:
+    """Render a matplotlib figure to `path` through `atomic_write` (format from the suffix, PNG without one)."""
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", **({"dpi": dpi} if dpi else {}))
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -41,7 +41,7 @@ from gptqwen.infer import Engine, SamplingParams
 from gptqwen.train.loop import Workload, check_run_dir, setup_process, train
 from gptqwen.train.metrics import MetricsLog
 from gptqwen.train.recipe import Recipe
-from gptqwen.utils import atomic_write, read_jsonl
+from gptqwen.utils import atomic_write, read_jsonl, save_figure
 
 
 def load_prompt_rows(tokenizer, prompts: str | None, synthetic: int | None, kinds: list | tuple = ("arithmetic",),
@@ -259,8 +259,7 @@ def plot_rewards(metrics: Path, png: Path, title: str) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_write(png, "wb") as f:
-        fig.savefig(f, format="png")
+    save_figure(fig, png)
     plt.close(fig)
     return True
 

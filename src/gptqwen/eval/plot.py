@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from gptqwen.errors import UserError, require
-from gptqwen.utils import atomic_write
+from gptqwen.utils import save_figure
 
 
 def model_label(model: str) -> str:
@@ -66,8 +66,6 @@ def plot_shot_curves(results: list[dict], out: str | Path, metric: str | None = 
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.tight_layout()
-    out = Path(out)
-    with atomic_write(out, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
+    out = save_figure(fig, out, dpi=120)
     plt.close(fig)
     return out

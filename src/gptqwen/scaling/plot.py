@@ -18,6 +18,7 @@ from gptqwen.errors import UserError
 from gptqwen.scaling.data import Runs
 from gptqwen.scaling.fit import Fit
 from gptqwen.scaling.laws import chinchilla_loss, compute_optimal, gpt4_loss, power_law
+from gptqwen.utils import save_figure
 
 
 def isoflop_groups(runs: Runs, tolerance_decades: float = 0.02) -> list[np.ndarray]:
@@ -69,8 +70,7 @@ def plot_fit(path: str | Path, runs: Runs, fit: Fit, prediction: dict[str, Any] 
     ax.legend(fontsize=8)
     if groups:
         _plot_isoflops(axes[1], runs, fit, groups)
-    fig.savefig(path, dpi=120)
-    return Path(path)
+    return save_figure(fig, path, dpi=120)
 
 
 def _plot_prediction(ax, prediction: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from gptqwen.utils import atomic_write
+from gptqwen.utils import atomic_write, save_figure
 
 
 class MetricsLog:
@@ -94,8 +94,7 @@ def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_write(png_path, "wb") as f:
-        fig.savefig(f, format="png")
+    save_figure(fig, png_path)
     plt.close(fig)
     return True
 
