@@ -24,7 +24,7 @@ from gptqwen.align import prefs
 from gptqwen.align.losses import dpo_loss
 from gptqwen.errors import UserError
 from gptqwen.finetune import lora as lora_mod
-from gptqwen.finetune.common import load_base, save_model_dir, write_json
+from gptqwen.finetune.common import export_run, load_base
 from gptqwen.train.loop import EpochBatches, Workload, steps_for, train
 from gptqwen.train.recipe import Recipe
 
@@ -115,9 +115,4 @@ def run_dpo(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bo
                     "lora": {"targets": list(lo.targets), "r": lo.r, "alpha": lo.alpha} if wrapped else None})  # fmt: skip
     if summary["step"] < work.steps:
         return summary
-    if wrapped:
-        lora_mod.merge_lora(model)
-    model.eval()
-    save_model_dir(out, model, tok, {"dpo.json": write_json(summary)})
-    summary["out"] = str(out)
-    return summary
+    return export_run(out, model, tok, summary, "dpo.json", lora=bool(wrapped))

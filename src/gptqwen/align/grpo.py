@@ -34,7 +34,7 @@ from gptqwen.align.reward import load_reward_model
 from gptqwen.align.rewards import BUILTIN, RewardFn, RewardSet
 from gptqwen.errors import UserError
 from gptqwen.finetune import lora as lora_mod
-from gptqwen.finetune.common import load_base, save_model_dir, write_json
+from gptqwen.finetune.common import export_run, load_base
 from gptqwen.finetune.evaluate import heldout_problems, reasoning_accuracy
 from gptqwen.finetune.synthetic import GENERATORS, problems
 from gptqwen.infer import Engine, SamplingParams
@@ -340,9 +340,4 @@ def run_grpo(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: b
         return summary
     if plot_rewards(out / "metrics.jsonl", out / "reward.png", f"{recipe.name}: GRPO reward"):
         summary["reward_png"] = str(out / "reward.png")
-    if wrapped:
-        lora_mod.merge_lora(model)
-    model.eval()
-    save_model_dir(out, model, tok, {"grpo.json": write_json(summary)})
-    summary["out"] = str(out)
-    return summary
+    return export_run(out, model, tok, summary, "grpo.json", lora=bool(wrapped))

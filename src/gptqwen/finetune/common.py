@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from gptqwen.errors import UserError
+from gptqwen.finetune.lora import merge_lora
 from gptqwen.loading import load_model_and_tokenizer
 from gptqwen.model import Transformer
 from gptqwen.tokenizer import Tokenizer
@@ -74,3 +75,14 @@ def write_json(obj) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         path.write_text(json.dumps(obj, indent=2) + "\n")
     return write
+
+
+def export_run(out: str | Path, model: nn.Module, tokenizer, summary: dict, json_name: str, lora: bool) -> dict:
+    """The end of a finished run: fold LoRA adapters into their layers (when `lora`), then write the model, its
+    tokenizer and the summary (as `json_name`) into `out`; returns the summary with `out` added."""
+    if lora:
+        merge_lora(model)
+    model.eval()
+    save_model_dir(out, model, tokenizer, {json_name: write_json(summary)})
+    summary["out"] = str(out)
+    return summary
