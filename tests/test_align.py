@@ -86,7 +86,8 @@ def test_dpo_starts_at_log2_and_learns(model_dir, tmp_path, capsys):
                              str(tmp_path / "dpo"), "--max-steps", "8", "--batch-size", "4", "--lr", "3e-3", "--json"])
     first = json.loads((tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # the policy equals the reference at step 0
-    assert out["dev_reward_accuracy"] > 0.5 and out["dev_margin"] > 0
+    # measured 0.833 (10 of 12 pairs) and a margin of 0.047 nats at this seed: chance is 0.5 and 0
+    assert out["dev_reward_accuracy"] >= 0.75 and out["dev_margin"] > 0.02
     assert (tmp_path / "dpo" / "dpo.json").is_file() and (tmp_path / "dpo" / "config.json").is_file()
 
 

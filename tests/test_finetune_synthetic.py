@@ -79,10 +79,12 @@ def test_typo_entailment_labels_and_splits():
     assert len(lines) > 10000 and all(7 <= len(w) <= 12 and not w[-1].endswith(":") for w in lines)
     train = syn.typo_entailment_examples(400, seed=1, lines=lines)
     dev = syn.typo_entailment_examples(200, seed=2, split="dev", lines=lines)
+    test = syn.typo_entailment_examples(200, seed=2, split="test", lines=lines)
     assert train == syn.typo_entailment_examples(400, seed=1, lines=lines)
-    assert not {r["premise"] for r in train} & {r["premise"] for r in dev}  # disjoint halves of the lines
+    premises = [{r["premise"] for r in rows} for rows in (train, dev, test)]
+    assert not premises[0] & premises[1] and not premises[0] & premises[2] and not premises[1] & premises[2]
     vocab = {w for words in lines for w in words}
-    for r in train + dev:
+    for r in train + dev + test:
         old, new = r["premise"].split(), r["hypothesis"].split()
         changed = [(a, b) for a, b in zip(new, old) if a != b]
         assert len(old) == len(new) and len(changed) == 2

@@ -146,7 +146,7 @@ def test_too_long_conversations_drop_truncate_error(tok):
     assert stats.dropped_too_long == sum(n > limit for n in lengths) > 0 and len(exs) == stats.kept
     assert stats.skipped_lines == [i for i, n in enumerate(lengths, 1) if n > limit]
     exs, stats = sft.build_examples(tok, rows, limit, "f", too_long="truncate")
-    assert stats.truncated > 0 and all(len(e.ids) <= limit for e in exs)
+    assert stats.truncated == sum(n > limit for n in lengths) and all(len(e.ids) <= limit for e in exs)
     with pytest.raises(UserError, match="more than the context"):
         sft.build_examples(tok, rows, limit, "f", too_long="error")
 

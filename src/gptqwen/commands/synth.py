@@ -41,8 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--think-ratio", type=float, default=0.5, help="reasoning: share of thinking examples")
-    p.add_argument("--split", choices=["train", "dev"], default="train",
-                   help="typos: which half of the plays' lines the premises come from")  # fmt: skip
+    p.add_argument("--split", choices=["train", "dev", "test"], default="train",
+                   help="typos: which disjoint pool of the plays' lines the premises come from "
+                        "(train: half of them; dev, test: a quarter each)")  # fmt: skip
     p.add_argument("--flag-prob", type=float, default=0.5, help="reasoning: chance of a /think or /no_think flag")
     m = p.add_argument_group("rejection, execution, evolve")
     m.add_argument("--model", help="the model that samples (run dir, HF dir, .gguf or preset)")

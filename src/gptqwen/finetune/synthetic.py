@@ -20,7 +20,7 @@ Two families:
 
 From the shell:  gptqwen synth reasoning --n 1000 --seed 0 > train.jsonl
                  gptqwen synth entailment --n 1000 --seed 0 > train.jsonl
-                 gptqwen synth typos --split dev --n 600 > dev.jsonl
+                 gptqwen synth typos --split dev --n 600 > dev.jsonl    # also --split test
                  gptqwen synth tokenizer --out tok/   # a small BPE for tiny models
 """
 
@@ -162,6 +162,7 @@ def entailment_examples(n: int, seed: int = 0) -> list[dict]:
 
 
 TYPO_LABELS = ("contradiction", "entailment")
+TYPO_SPLITS = ("train", "dev", "test")
 
 
 def play_lines(min_words: int = 7, max_words: int = 12) -> list[list[str]]:
@@ -194,13 +195,15 @@ def typo_entailment_examples(n: int, seed: int = 0, split: str = "train", change
                              lines: list[list[str]] | None = None) -> list[dict]:
     """`n` rows `{"premise", "hypothesis", "label"}` from the plays' verse lines (labels 50/50 in expectation).
 
-    The lines are split in two halves once (fixed order), `split="train"` drawing from one and
-    `"dev"` from the other, so no premise of a dev file occurs in a train file."""
-    if split not in ("train", "dev"):
-        raise ValueError(f"split must be 'train' or 'dev', got {split!r}")
+    The lines are shuffled once (fixed order) and cut into three pools: `split="train"` draws from the
+    first half, `"dev"` (for choosing hyperparameters) from the third quarter and `"test"` (for the figure
+    reported) from the last, so no premise occurs in two splits."""
+    if split not in TYPO_SPLITS:
+        raise ValueError(f"split must be one of {TYPO_SPLITS}, got {split!r}")
     lines = list(lines if lines is not None else play_lines())
     random.Random(0).shuffle(lines)
-    pool = lines[: len(lines) // 2] if split == "train" else lines[len(lines) // 2:]
+    half, three_quarters = len(lines) // 2, 3 * len(lines) // 4
+    pool = {"train": lines[:half], "dev": lines[half:three_quarters], "test": lines[three_quarters:]}[split]
     vocab = sorted({w for words in lines for w in words if _is_content_word(w)})
     rng, rows = random.Random(seed), []
     while len(rows) < n:
