@@ -5,7 +5,8 @@ import torch
 
 from gptqwen.config import Config
 from gptqwen.errors import UserError
-from gptqwen.finetune.lora import LoRALinear, apply_lora, lora_state_dict, merge_lora
+from gptqwen.finetune.lora import apply_lora
+from gptqwen.model.lora import LoRALinear, lora_layers, merge_lora
 from gptqwen.model import Transformer
 
 
@@ -45,7 +46,7 @@ def test_only_adapters_train_and_slices_touch_only_their_rows():
     apply_lora(model, ["q"], r=2, alpha=4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n for n in trainable)
-    assert set(lora_state_dict(model)) == trainable
+    assert set(lora_layers(model)) == {f"blocks.{i}.attn.qkv" for i in range(model.config.n_layer)}
     layer = model.blocks[0].attn.qkv
     q = model.config.n_head * model.config.head_dim
     assert layer.slices == [(0, q)]

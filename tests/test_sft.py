@@ -168,7 +168,7 @@ def test_cli_sft_full_and_lora(tok, tmp_path, capsys):
     assert main(["sft", *common, "--out", str(tmp_path / "lora"), "--lora-r", "4", "--lora-targets", "q,v"]) == 0
     lo = json.loads(capsys.readouterr().out)
     assert lo["trainable_params"] < full["trainable_params"] / 10 and lo["lora"]["layers"] == 4
-    assert (tmp_path / "lora" / "lora" / "adapter.safetensors").exists()
+    assert (tmp_path / "lora" / "adapter" / "adapter_model.safetensors").exists()  # PEFT format (test_peft.py)
     model, _ = load_model_and_tokenizer(str(tmp_path / "lora"))  # merged: a plain checkpoint
 
 

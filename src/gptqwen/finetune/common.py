@@ -1,4 +1,5 @@
-"""What `gptqwen finetune` and `gptqwen sft` share: loading the base model, exporting the result."""
+"""What the trainers that start from a model share (finetune, sft, dpo, grpo): loading the base model, exporting
+the result (with LoRA: the adapter in PEFT's format as `adapter/`, and the merged model)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import torch
 from torch import nn
 
 from gptqwen.errors import UserError
-from gptqwen.finetune.lora import merge_lora
 from gptqwen.loading import load_model_and_tokenizer
 from gptqwen.model import Transformer
+from gptqwen.model.lora import merge_lora
+from gptqwen.peft_format import adapter_state, write_adapter
 from gptqwen.tokenizer import Tokenizer
 from gptqwen.utils import fsync_dir, pick_device
+
+ADAPTER_DIR = "adapter"  # a LoRA run's adapter, in PEFT's format, beside the merged model
 
 
 def load_base(spec: str, tokenizer_path: str | None = None, device: str | None = None, seed: int = 0,
@@ -38,6 +42,7 @@ def load_base(spec: str, tokenizer_path: str | None = None, device: str | None =
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                         f"{model.config.vocab_size} embedding rows; use a matching tokenizer")
     model = model.float().to(pick_device(device))
+    model.name_or_path = spec  # as in transformers: what it was loaded from (a LoRA adapter's base_model_name_or_path)
     return model, tokenizer
 
 
@@ -77,12 +82,22 @@ def write_json(obj) -> Callable[[Path], None]:
     return write
 
 
-def export_run(out: str | Path, model: nn.Module, tokenizer, summary: dict, json_name: str, lora: bool) -> dict:
-    """The end of a finished run: fold LoRA adapters into their layers (when `lora`), then write the model, its
-    tokenizer and the summary (as `json_name`) into `out`; returns the summary with `out` added."""
+def export_run(out: str | Path, model: nn.Module, tokenizer, summary: dict, json_name: str, lora: bool,
+               after_merge: Callable[[nn.Module], dict] | None = None) -> dict:
+    """The end of a finished run: with `lora`, keep the adapters in PEFT's format as `out/adapter/` (loadable by
+    `peft.PeftModel` onto the base model, and by `--adapter`) and fold them into their layers; `after_merge(model)`
+    may add entries to the summary (e.g. held-out accuracy); then write the model, its tokenizer and the summary
+    (as `json_name`) into `out`. Returns the summary with `out` added."""
+    files: dict[str, Callable[[Path], None]] = {}
     if lora:
+        config, tensors = adapter_state(model, base=getattr(model, "name_or_path", None))
+        files[ADAPTER_DIR] = lambda path: write_adapter(path, config, tensors)
+        summary["adapter"] = str(Path(out) / ADAPTER_DIR)
         merge_lora(model)
     model.eval()
-    save_model_dir(out, model, tokenizer, {json_name: write_json(summary)})
+    if after_merge is not None:
+        summary.update(after_merge(model))
+    files[json_name] = write_json(summary)
+    save_model_dir(out, model, tokenizer, files)
     summary["out"] = str(out)
     return summary

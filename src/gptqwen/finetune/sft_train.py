@@ -8,7 +8,7 @@
 Loss: mean cross-entropy over assistant tokens of the batch, plus the MoE auxiliary loss for MoE
 presets. Training runs on the shared core (`gptqwen.train.loop`): metrics.jsonl, checkpoints and exact
 `--resume` in the output folder. At the end the folder also becomes an HF checkpoint with the tokenizer
-(LoRA adapters merged into the weights; the adapter alone is kept as `lora/adapter.safetensors`) and `sft.json`.
+(LoRA adapters merged into the weights; the adapter alone is kept in PEFT's format as `adapter/`) and `sft.json`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from gptqwen.errors import UserError
 from gptqwen.finetune import lora as lora_mod
 from gptqwen.finetune import sft as data
-from gptqwen.finetune.common import load_base, save_model_dir, write_json
+from gptqwen.finetune.common import export_run, load_base
 from gptqwen.finetune.synthetic import GENERATORS, reasoning_conversations
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
@@ -109,17 +109,5 @@ def run_sft(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bo
     })  # fmt: skip
     if summary["step"] < work.steps:  # stopped early (--stop-at): no export until the run is finished
         return summary
-    files = {}
-    if wrapped:
-        from safetensors.torch import save_file
-
-        adapter = lora_mod.lora_state_dict(model)
-        files["lora/adapter.safetensors"] = lambda p: save_file(adapter, p)
-        lora_mod.merge_lora(model)
-    model.eval()
-    if after_training is not None:
-        summary.update(after_training(model, tok, rows))
-    files["sft.json"] = write_json(summary)
-    save_model_dir(out, model, tok, files)
-    summary["out"] = str(out)
-    return summary
+    after = (lambda m: after_training(m, tok, rows)) if after_training is not None else None
+    return export_run(out, model, tok, summary, "sft.json", lora=bool(wrapped), after_merge=after)
