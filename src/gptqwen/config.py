@@ -46,6 +46,7 @@ class Config:
     local_layers: str = "none"  # "none" | "alternate" (GPT-3: odd layers banded)
     logn_attn: bool = False  # Qwen v1 inference: scale queries beyond max_seq_len by log_{max_seq_len}(pos+1)
     dynamic_ntk: bool = False  # Qwen v1 inference: grow the RoPE base when the context exceeds max_seq_len
+    dca: dict | None = None  # Dual Chunk Attention {"chunk_size": s, "local_size": w}, s + w <= trained context
     n_experts: int = 0  # 0 = dense model
     n_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
@@ -91,6 +92,27 @@ class Config:
         for ok, msg in checks:
             if not ok:
                 raise UserError(f"invalid model config '{self.name}': {msg}")
+        if self.dca is not None:
+            self._validate_dca()
+
+    def trained_len(self) -> int:
+        """The context the weights were trained on: YaRN's original length when rope_scaling names one."""
+        return int((self.rope_scaling or {}).get("original_max_position_embeddings") or self.max_seq_len)
+
+    def _validate_dca(self) -> None:
+        def bad(msg: str) -> UserError:
+            return UserError(f"invalid model config '{self.name}': dca {msg}")
+
+        if self.pos != "rope":
+            raise bad("remaps rotary positions; this model has learned position embeddings (GPT), drop dca")
+        if not isinstance(self.dca, dict) or set(self.dca) != {"chunk_size", "local_size"}:
+            raise bad(f"must be {{chunk_size: S, local_size: W}}, got {self.dca!r}")
+        s, w = self.dca["chunk_size"], self.dca["local_size"]
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (s, w)) or not 1 <= w <= s:
+            raise bad(f"needs integers 1 <= local_size <= chunk_size, got chunk_size={s!r}, local_size={w!r}")
+        if s + w > self.trained_len():
+            raise bad(f"chunk_size + local_size ({s} + {w}) exceeds the trained context of {self.trained_len()} "
+                      "tokens (no distance may exceed it); use a smaller chunk_size")
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod

@@ -3,7 +3,8 @@
 One fused QKV matmul, QK-norm + RoPE from precomputed tables (`ops.norm_rope`), then attention: a whole
 sequence without a mask (training without padding or packing, dense layer) is `ops.causal_attention`; masks,
 KV caches and decoding use `F.scaled_dot_product_attention`. Masks are built once per forward in
-`build_masks` and shared by all layers of the same kind.
+`build_masks` and shared by all layers of the same kind. With Dual Chunk Attention on and a sequence longer than
+one chunk, the forward's `DCAContext` (model/dca.py) rotates and attends instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from gptqwen import ops
 from gptqwen.config import Config
 from gptqwen.errors import UserError
+from gptqwen.model.dca import DCAContext
 from gptqwen.model.norms import RMSNorm
 
 
@@ -65,6 +67,7 @@ class AttnContext:
     is_causal: bool  # use SDPA's causal path when the layer's mask is None
     cache: KVCache | None = None
     q_scale: torch.Tensor | None = None  # [B|1, T, 1, 1] Qwen v1 logn factor
+    dca: DCAContext | None = None  # Dual Chunk Attention's remapped rotations (then cos/sin are unused)
 
 
 def build_masks(cfg: Config, T: int, past: int, attention_mask: torch.Tensor | None,
@@ -113,6 +116,11 @@ class Attention(nn.Module):
         w = None
         if self.q_norm is not None:
             w = torch.cat((self.q_norm.weight.expand(hq, d), self.k_norm.weight.expand(hk, d)))
+        if ctx.dca is not None:  # DCA rotates q three ways and k by its own positions
+            if w is not None:
+                qk = ops.rms_norm(qk, w, self.q_norm.eps)
+            q, k = qk.split((hq, hk), dim=2)
+            return self.proj(ctx.dca.attend(q, k, v, ctx.cache, self.layer_idx, ctx.q_scale).reshape(B, T, hq * d))
         if ctx.cos is not None:
             qk = ops.norm_rope(qk, ctx.cos, ctx.sin, w, self.q_norm.eps if w is not None else 0.0)
         elif w is not None:

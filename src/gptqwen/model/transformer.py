@@ -27,6 +27,7 @@ from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.hf import save_pretrained
 from gptqwen.model.attention import Attention, AttnContext, KVCache, build_masks
+from gptqwen.model.dca import dca_context
 from gptqwen.model.mlp import MLP
 from gptqwen.model.moe import MoE, load_balancing_loss
 from gptqwen.model.norms import make_norm
@@ -174,7 +175,7 @@ class Transformer(nn.Module):
             raise UserError(f"sequence of {longest} tokens is longer than the model's context of {cfg.max_seq_len}")
 
         x = self.wte(input_ids)
-        cos = sin = q_scale = None
+        cos = sin = q_scale = dca = None
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
         else:
@@ -186,10 +187,11 @@ class Transformer(nn.Module):
             gather = explicit_positions or attention_mask is not None or document_ids is not None
             cos, sin = self.rotary(position_ids if gather else None, bound, device, alpha, start=past, length=T)
             cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # once per forward, not per layer
+            dca = dca_context(cfg, self.rotary, position_ids, past, T, attention_mask, document_ids, x.dtype)
             if cfg.logn_attn and not self.training and past + T > cfg.max_seq_len:
                 q_scale = logn_scale(torch.arange(past, past + T, device=device), cfg.max_seq_len)[None, :, None, None]
         dense_mask, local_mask, is_causal = build_masks(cfg, T, past, attention_mask, document_ids, device)
-        ctx = AttnContext(cos, sin, dense_mask, local_mask, is_causal, cache, q_scale)
+        ctx = AttnContext(cos, sin, dense_mask, local_mask, is_causal, cache, q_scale, dca)
 
         router_logits = []
         for block in self.blocks:
