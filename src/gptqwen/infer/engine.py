@@ -9,7 +9,8 @@
 
 How a batch runs: prompts of different lengths are left-padded into one [B, L] prefill with an
 attention mask and per-row position ids (each row counts from 0 at its first real token); the KV cache is
-allocated once for L + max_new_tokens slots (and reused by later calls that fit), every decode step feeds
+allocated once for L + max_new_tokens slots (and reused by later calls that fit; the prefill runs in chunks of
+PREFILL_CHUNK tokens so long prompts need memory linear in their length), every decode step feeds
 one token per row. Rows that finished keep feeding a pad token until the whole batch is done, so shapes stay
 fixed. A row can be given *forced* tokens (the thinking budget's stop text): they are fed through the cache
 instead of the sampled token, one per step, exactly as if the model had written them.
@@ -36,6 +37,7 @@ from gptqwen.infer.sampling import Sampler, SamplingParams
 from gptqwen.infer.thinking import chat, stream_chat
 
 Prompt = str | Sequence[int]
+PREFILL_CHUNK = 2048  # prompt tokens per prefill forward (see Engine._prefill)
 
 
 class Engine:
@@ -131,6 +133,19 @@ class Engine:
         c.reset()
         return c
 
+    def _prefill(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None, cache,
+                 extra: dict | None = None) -> torch.Tensor:
+        """Last-position logits [B, V] of the prompts `ids` [B, L], fed into `cache` PREFILL_CHUNK tokens at a time:
+        activations and attention scores then grow linearly with L (the chunk's queries over the cache so far),
+        never [L, L]. Image inputs (`extra`) go in one piece, as they are scattered over the whole prompt."""
+        L = ids.shape[1]
+        step = L if extra or L <= PREFILL_CHUNK else PREFILL_CHUNK
+        for a in range(0, L, step):
+            b = min(L, a + step)
+            out = self._forward(ids[:, a:b], position_ids=pos[:, a:b], attention_mask=None if mask is None else mask[:, :b],
+                                cache=cache, logits_to_keep=1, **(extra or {}))
+        return out.logits[:, -1]
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -159,8 +174,7 @@ class Engine:
 
         self._sync()
         t0 = time.perf_counter()
-        logits = self._forward(ids, position_ids=pos, attention_mask=mask[:, :L] if padded else None, cache=cache,
-                               logits_to_keep=1).logits[:, -1]
+        logits = self._prefill(ids, pos, mask[:, :L] if padded else None, cache)
         next_pos, fill, n_steps = pos[:, -1:] + 1, L, 0
         while True:
             draw = sampler(logits)

@@ -64,6 +64,8 @@ def why_not(model: nn.Module) -> str | None:
         return "GPT-1's post-norm layout decodes through PyTorch"
     if cfg.n_experts or cfg.local_layers != "none" or cfg.logn_attn or cfg.dynamic_ntk:
         return "MoE, banded attention and Qwen v1's logn/NTK decode through PyTorch"
+    if cfg.dca is not None:
+        return "Dual Chunk Attention (model/dca.py) decodes through PyTorch"
     if model.wte.weight.dtype != torch.float32 or not model.wte.weight.is_cpu:
         return "the native step runs float32 activations on CPU"
     for block in model.blocks:

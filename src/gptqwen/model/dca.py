@@ -118,6 +118,8 @@ class DCAContext:
             y = torch.zeros(q.shape[0], q.shape[2], T, q.shape[3], dtype=torch.float32, device=q.device)
             for b, s0 in enumerate(self.starts):
                 real = min(T, S - s0)  # queries at real slots (padded prefill slots keep a zero output)
+                if real <= 0:  # a prefill chunk of padding only
+                    continue
                 row = tuple(x[b:b + 1, :, T - real:] for x in qs)
                 y[b:b + 1, :, T - real:] = dca_attend(row, k[b:b + 1, :, s0:], v[b:b + 1, :, s0:], S - s0 - real,
                                                       self.chunk)
