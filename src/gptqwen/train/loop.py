@@ -10,11 +10,13 @@ same way for all of them:
   the model (`train.distributed`);
 - a rich progress bar (`train.progress`), metrics.jsonl every step, TensorBoard when installed, the loss
   plot (loss.png) at each checkpoint;
+- MoE models: the load-balancing loss over each micro-batch or over the global batch (`train.moe_balance`,
+  see model/moe.py), each MoE layer's expert load logged every step and plotted (expert_load.png);
 - atomic checkpoints (`train.checkpoint`) holding everything that decides the next step (weights,
   optimizer moments, step, RNG), so `resume=True` continues bit-identically; the data position is the
   step itself, because `Workload.micro_batches(step, ...)` depends on nothing else.
 
-The run folder: config.yaml (the resolved recipe), metrics.jsonl, loss.png, tb/, ckpt_<step>/.
+The run folder: config.yaml (the resolved recipe), metrics.jsonl, loss.png, expert_load.png (MoE), tb/, ckpt_<step>/.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ import torch
 from torch import nn
 
 from gptqwen.errors import UserError
+from gptqwen.model.moe import ExpertBalance, MoE, balancing
 from gptqwen.train import checkpoint as ckpt_io
 from gptqwen.train import distributed as D
-from gptqwen.train.metrics import MetricsLog, measure_matmul_peak, plot_losses
+from gptqwen.train.metrics import MetricsLog, expert_load_metrics, measure_matmul_peak, plot_expert_load, plot_losses
 from gptqwen.train.optim import build_optimizer, lr_at, set_lr
 from gptqwen.train.progress import Console
 from gptqwen.train.recipe import Recipe, TrainConfig
@@ -174,6 +177,7 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
         state = ckpt_io.read_state(existing[-1])
         _check_resume(state, work, existing[-1])
     model = work.model
+    balance = ExpertBalance(tc.moe_balance) if any(isinstance(m, MoE) for m in model.modules()) else None
     if tc.activation_checkpointing:
         decoder = _decoder(model)
         if decoder is None:
@@ -223,11 +227,13 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
             lr = lr_at(step, tc.lr, work.steps, warmup, tc.min_lr, tc.schedule, tc.decay_fraction)
             set_lr(optimizer, lr)
             sums, gnorm, tokens = optimizer_step(work, work.micro_batches(step, info), fwd, model, optimizer, trainable,
-                                                 tc, info, autocast)
+                                                 tc, info, autocast, balance)
             last["tokens"] += tokens
             step += 1
             record = {"step": step, **{k: D.all_reduce_mean(v, info).item() for k, v in sums.items()}, "lr": lr,
                       "grad_norm": float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)}  # fmt: skip
+            if balance is not None:
+                record.update(expert_load_metrics(balance.load()))
             if not math.isfinite(record["loss"]):
                 raise UserError(f"the loss became {record['loss']} at step {step}; lower train.lr or raise train.warmup_steps")
             if work.epoch_of is not None:
@@ -261,6 +267,8 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
                 summary["checkpoint"] = str(save(step))
                 if log is not None:
                     plot_losses(log.path, out / "loss.png", recipe.name)
+                    if balance is not None:
+                        plot_expert_load(log.path, out / "expert_load.png", f"{recipe.name}: expert load ({tc.moe_balance} balancing)")
             summary.update(record)
     if log is not None:
         log.close()
@@ -270,14 +278,22 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
 
 def optimizer_step(work: Workload, micro: list[Any], fwd: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
                    trainable: list[nn.Parameter], tc: TrainConfig, info: D.DistInfo,
-                   autocast: Callable[[], Any]) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+                   autocast: Callable[[], Any],
+                   balance: ExpertBalance | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
     """One optimizer step over the micro-batches `micro`: forward/backward each (gradient sync on the last only),
     clip, step, zero the gradients. Returns the mean of the logged values, the gradient norm and the tokens seen.
-    The loop above runs exactly this; bench/train_step.py times it."""
+    `balance` (MoE models) computes their balancing loss and counts the expert load; None leaves the model's
+    per-micro-batch loss. The loop above runs exactly this; bench/train_step.py times it."""
     sums: dict[str, torch.Tensor] = {}
     tokens = 0
+    if balance is not None:
+        balance.start(len(micro))
+        if balance.needs_counting:  # global-batch frequencies must be known before the first backward
+            with torch.no_grad(), autocast(), balance.counting():
+                for batch in micro:
+                    work.loss(fwd, batch)
     for m, batch in enumerate(micro):
-        with _grad_sync(model, info, tc.dist, last_micro=m == len(micro) - 1), autocast():
+        with _grad_sync(model, info, tc.dist, last_micro=m == len(micro) - 1), autocast(), balancing(balance):
             objective, logged = work.loss(fwd, batch)
         (objective / len(micro)).backward()
         for k, v in logged.items():

@@ -2,6 +2,9 @@
 
 `metrics.jsonl` holds one JSON object per line: training records {"step", "loss", "lr", "grad_norm",
 "tokens_per_s", "mfu", ...} and evaluation records {"step", "val_loss", "val_ppl", "val_bpb"}.
+MoE runs add each MoE layer i's expert load over the step's global batch: "expert_entropy/i" (the entropy of
+the experts' shares of the top-k choices over ln E: 1 = perfectly balanced) and "expert_max_mean/i" (the
+busiest expert's load over the mean load: 1 = balanced); expert_load.png plots both.
 With TensorBoard installed (`pip install 'gptqwen[tb]'`) and `train.tensorboard=true` (the default),
 the same scalars also go to `<run>/tb/`: `tensorboard --logdir runs`. On resume both logs are cut back
 to the checkpoint's step, so they read like one uninterrupted run.
@@ -71,14 +74,22 @@ class MetricsLog:
         return out
 
 
-def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> bool:
-    """Draw train (and validation) loss against step; False when matplotlib is not installed."""
+def _pyplot() -> Any:
+    """matplotlib.pyplot drawing off-screen, or None when matplotlib is not installed (extra `plot`)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> bool:
+    """Draw train (and validation) loss against step; False when matplotlib is not installed."""
+    plt = _pyplot()
+    if plt is None:
         return False
     records = MetricsLog.read(metrics_path)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
@@ -127,3 +138,41 @@ def bits_per_byte(loss_nats: float, bytes_per_token: float | None) -> float | No
     if not bytes_per_token:
         return None
     return loss_nats / math.log(2) / bytes_per_token
+
+
+def expert_load_metrics(counts: torch.Tensor | None) -> dict[str, float]:
+    """Per MoE layer, from its top-k choices per expert [L, E]: the load's entropy over ln E and max over mean."""
+    if counts is None:
+        return {}
+    counts = counts.detach().double().cpu()
+    share = counts / counts.sum(-1, keepdim=True).clamp_min(1e-12)
+    entropy = -(share * share.clamp_min(1e-300).log()).sum(-1) / math.log(counts.shape[-1])
+    max_mean = counts.max(-1).values / counts.mean(-1).clamp_min(1e-12)
+    out = {}
+    for i, (h, m) in enumerate(zip(entropy.tolist(), max_mean.tolist())):
+        out[f"expert_entropy/{i}"], out[f"expert_max_mean/{i}"] = round(h, 5), round(m, 4)
+    return out
+
+
+def plot_expert_load(metrics_path: Path, png_path: Path, title: str = "") -> bool:
+    """Draw each MoE layer's load entropy and max/mean load against step; False without matplotlib or MoE records."""
+    plt = _pyplot()
+    records = [r for r in MetricsLog.read(metrics_path) if "expert_entropy/0" in r]
+    if plt is None or not records:
+        return False
+    layers = sum(k.startswith("expert_entropy/") for k in records[-1])
+    steps = [r["step"] for r in records]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
+    for ax, key, label in ((axes[0], "expert_entropy", "load entropy / ln E  (1 = balanced)"),
+                           (axes[1], "expert_max_mean", "busiest expert's load / mean  (1 = balanced)")):  # fmt: skip
+        for i in range(layers):
+            ax.plot(steps, [r.get(f"{key}/{i}", math.nan) for r in records], lw=1.0, label=f"MoE layer {i}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, png_path)
+    plt.close(fig)
+    return True

@@ -84,6 +84,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each decoder block in the backward pass (less memory)
     device: str = "auto"
     dist: str = "ddp"  # under torchrun: ddp | fsdp
+    moe_balance: str = "micro"  # MoE load balancing over: micro (each micro-batch, transformers) | global (Qwen3: the global batch)
     threads: int = 0  # CPU threads per process; 0 = torch's default
     log_interval: int = 10
     eval_interval: int = 100  # pretrain: validation loss every N steps (0 = only at the end)
@@ -227,6 +228,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.decay_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"), "train.weight_decay": (lambda v: 0 <= v < 10, "in [0, 10)"),
     "train.beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "train.beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.grad_clip": _NON_NEGATIVE, "train.dtype": _one_of("auto", "bf16", "fp32"), "train.dist": _one_of("ddp", "fsdp"),
+    "train.moe_balance": _one_of("micro", "global"),
     "train.threads": _NON_NEGATIVE, "train.log_interval": _POSITIVE, "train.eval_interval": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "train.eval_tokens": _POSITIVE, "train.sample_interval": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "train.sample_tokens": _NON_NEGATIVE, "train.temperature": _NON_NEGATIVE, "train.top_k": _NON_NEGATIVE,
