@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 
+from gptqwen import __version__
 from gptqwen.errors import UserError, closest
 
 # verb -> one-line summary; the implementation is gptqwen.commands.<verb>
@@ -47,6 +48,7 @@ def _top_parser() -> argparse.ArgumentParser:
         + "\n\nRun 'gptqwen <verb> --help' for the options of a verb.",
     )
     p.add_argument("verb", nargs="?", help="one of the verbs below")
+    p.add_argument("--version", "-V", action="store_true", help="print the version and exit")
     return p
 
 
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     top = _top_parser()
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"gptqwen {__version__}")
         return 0
     verb = argv[0]
     if verb not in VERBS:

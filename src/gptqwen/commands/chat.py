@@ -10,12 +10,17 @@ With --tools each turn runs the tool loop (`gptqwen.tools`): tool calls and thei
 happen (`--agent react` uses Thought/Action/Observation text, `--agent tir` runs ```python blocks).
 Commands: /think, /no_think (thinking on/off), /budget N | /budget off, /system TEXT, /show, /reset,
 /help, /exit. Ctrl-C stops the current answer and keeps the session; Ctrl-D (or end of input) leaves.
+At a terminal the prompt has line editing and history (readline, where Python has it): the arrow keys recall
+earlier lines, also from earlier sessions ($GPTQWEN_CACHE/chat_history, default ~/.cache/gptqwen).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from gptqwen.commands.engine_options import (
     add_model_arguments,
@@ -37,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thinking-budget", type=int, default=None, help="cap thinking at N tokens")
     add_tool_arguments(p)
     add_model_arguments(p)
-    add_sampling_arguments(p, temperature=0.6)
+    add_sampling_arguments(p)
 
 
 def add_tool_arguments(p: argparse.ArgumentParser) -> None:
@@ -186,10 +191,40 @@ def _answer_with_tools(engine, session: Session, params, console, tools: ToolUse
     session.history.extend(tools.history_messages(result))
 
 
+def start_history() -> Callable[[], None]:
+    """Turn on readline editing with the saved history; returns the function that saves it (a no-op without readline)."""
+    try:
+        import readline  # stdlib, but absent on Windows and some minimal builds: then plain input()
+    except ImportError:
+        return lambda: None
+    path = Path(os.environ.get("GPTQWEN_CACHE", Path.home() / ".cache" / "gptqwen")) / "chat_history"
+    try:
+        readline.read_history_file(path)
+    except OSError:  # the first session (no file yet) or an unreadable one
+        pass
+    readline.set_history_length(1000)
+
+    def save() -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(path)
+        except OSError:  # a read-only home: the session worked, only its history is not kept
+            pass
+
+    return save
+
+
+def _prompt(console) -> str:
+    """`you> ` in bold cyan for input(); readline needs the colour codes wrapped in \001..\002 to measure the line."""
+    if not console.is_terminal or console.no_color:
+        return "you> "
+    return "\001\033[1;36m\002you>\001\033[0m\002 "
+
+
 def _read(console, interactive: bool) -> str | None:
     try:
         if interactive:
-            return console.input("[bold cyan]you>[/bold cyan] ")
+            return input(_prompt(console))
         line = sys.stdin.readline()
         return line.rstrip("\n") if line else None
     except EOFError:
@@ -213,12 +248,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _loop(engine, session: Session, params, console, tools: ToolUse | None, model: str) -> int:
-    from rich.markup import escape
-
     interactive = sys.stdin.isatty()
+    save_history = start_history() if interactive else lambda: None
     if interactive:
         extra = f" with tools {', '.join(tools.toolbox.tools)} ({tools.style})" if tools else ""
         console.print(f"[dim]chatting with {model}{extra}; /help for commands, Ctrl-D to leave[/dim]")
+    try:
+        _turns(engine, session, params, console, tools, interactive)
+    finally:
+        save_history()
+    return 0
+
+
+def _turns(engine, session: Session, params, console, tools: ToolUse | None, interactive: bool) -> None:
+    from rich.markup import escape
+
     while True:
         try:
             line = _read(console, interactive)
@@ -243,4 +287,3 @@ def _loop(engine, session: Session, params, console, tools: ToolUse | None, mode
             _answer_with_tools(engine, session, params, console, tools)
         else:
             _answer(engine, session, params, console)
-    return 0

@@ -9,7 +9,7 @@ import torch
 from gptqwen.errors import UserError
 from gptqwen.infer.engine import Engine
 from gptqwen.infer.quant import quantize
-from gptqwen.infer.sampling import SamplingParams
+from gptqwen.infer.sampling import DEFAULT_TEMPERATURE, SamplingParams
 from gptqwen.loading import load_model_and_tokenizer
 from gptqwen.utils import parse_dtype, pick_device
 
@@ -36,7 +36,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads (default: torch's choice; 1 is faster on a machine busy with other work)")
 
 
-def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = 0.7) -> None:
+def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = DEFAULT_TEMPERATURE) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--max-new-tokens", type=int, default=256)
     g.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")

@@ -2,7 +2,8 @@
 
     gptqwen pretrain                                      # the default recipe, into runs/qwen3-shakespeare
     gptqwen pretrain --config gpt2-shakespeare train.max_steps=300 train.lr=2e-3
-    gptqwen pretrain --preset qwen3-tiny --out runs/x     # a preset with the default data and schedule
+    gptqwen pretrain --preset gpt2-tiny model.n_layer=2   # a preset with the default data and schedule,
+                                                          # into runs/<model name> = runs/gpt2-tiny+n_layer=2
     gptqwen pretrain --config my.yaml --resume            # continue the run in --out bit-identically
     gptqwen pretrain -c qwen3-3stage --print-config       # the resolved recipe, as YAML
     torchrun --nproc-per-node 2 -m gptqwen pretrain train.dist=fsdp
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from gptqwen.train.trainer import run_recipe
 
-    out = args.out or f"runs/{recipe.name}"
+    out = args.out  # resolve_recipe set and checked it (default: runs/<recipe name>)
     results = run_recipe(recipe, out, resume=args.resume, overwrite=args.overwrite, stage=args.stage,
                          quiet=args.quiet or args.json, stop_at=args.stop_at)  # fmt: skip
     if int(os.environ.get("RANK", 0)) != 0:  # under torchrun only rank 0 reports

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+from pathlib import Path
 
 import yaml
 
@@ -137,7 +138,18 @@ def resolve_recipe(args: argparse.Namespace, trainer: str, preset: str | None = 
     if args.print_config:
         print(recipe.to_yaml(), end="")
         return None
+    args.out = args.out or f"runs/{recipe.name}"
+    check_out_dir(args.out)
     return recipe
+
+
+def check_out_dir(out: str | Path) -> None:
+    """Refuse a run folder that is a file (or lies under one) before any work, instead of failing at mkdir."""
+    path = Path(out).absolute()
+    nearest = next(p for p in (path, *path.parents) if p.exists())
+    if not nearest.is_dir():
+        what = "is a file" if nearest == path else f"lies under the file '{nearest}'"
+        raise UserError(f"--out '{out}' {what}; the run folder must be a folder: choose a new path")
 
 
 def list_recipes(trainer: str) -> None:

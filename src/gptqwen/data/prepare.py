@@ -8,7 +8,8 @@ stratified: the token stream is cut into blocks of `--block-tokens`, and block j
 when floor((j+1)·f) > floor(j·f) for the validation fraction f, so validation text is spread evenly over
 the corpus (and even a single-file corpus gets a validation split). Tokenization runs in worker
 processes (ordered, so the output does not depend on the worker count); sources are streamed, so
-corpora larger than RAM work. The dataset is built in a temporary folder and renamed into place.
+corpora larger than RAM work. The dataset is built in a temporary folder and renamed into place; an
+existing file or a folder this project did not make is never moved or replaced (a UserError instead).
 """
 
 from __future__ import annotations
@@ -135,6 +136,29 @@ class _Splitter:
 # ---------------------------------------------------------------- prepare
 
 
+def check_dataset_target(out: Path, overwrite: bool = False) -> None:
+    """Refuse a target that would clobber something: a file, a folder of the user's own (neither empty nor a
+    token dataset this project made), or an existing dataset without `overwrite`. Only our datasets are replaced."""
+    nearest = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not nearest.is_dir():
+        where = "is a file" if nearest == out.absolute() else f"lies under the file '{nearest}'"
+        raise UserError(f"'{out}' {where}, not a dataset folder; choose a folder path for the dataset (data.dir / --out)")
+    if _is_dataset(out):
+        if not overwrite:
+            raise UserError(f"'{out}' already holds a token dataset; pass --overwrite to replace it or choose another --out")
+    elif out.is_dir() and any(out.iterdir()):
+        raise UserError(f"'{out}' is a folder that is not a token dataset made by gptqwen (no valid {INDEX}); it is "
+                        "left untouched: choose a new or empty folder for the dataset (data.dir / --out)")
+
+
+def _is_dataset(out: Path) -> bool:
+    try:
+        read_index(out)
+    except UserError:  # no index.json, someone else's index.json, or a corrupt one
+        return False
+    return True
+
+
 def prepare(
     sources: Sequence[Any],
     out: str | os.PathLike,
@@ -163,8 +187,7 @@ def prepare(
         raise UserError("choose exactly one of --tokenizer (a preset or file) and --train-tokenizer VOCAB_SIZE")
     if train_vocab is not None and not 256 < train_vocab <= 1_000_000:
         raise UserError(f"--train-tokenizer {train_vocab} is out of range; a byte-level BPE needs 257..1000000 tokens")
-    if (out / INDEX).exists() and not overwrite:
-        raise UserError(f"'{out}' already holds a token dataset; pass --overwrite to replace it or choose another --out")
+    check_dataset_target(out, overwrite)
 
     if progress:
         what = f"training a {train_vocab}-token {style} BPE, then tokenizing" if train_vocab else "tokenizing"
@@ -254,6 +277,7 @@ def ensure_dataset(sources: Sequence[Any], out: str | os.PathLike, progress: boo
     out = Path(out)
     if not sources:
         return read_index(out)
+    check_dataset_target(out, overwrite=True)  # a file or a folder of the user's own is never built over
     if (out / INDEX).exists():
         index = read_index(out)
         meta = index.get("meta", {})

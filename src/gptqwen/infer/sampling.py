@@ -19,13 +19,19 @@ import torch
 
 from gptqwen.errors import UserError
 
+# One default everywhere a user does not choose: SamplingParams, `gptqwen generate` / `chat`, and the trainer's
+# samples (`train.temperature`) — between Qwen3's recommended 0.6 (thinking) and 0.7 (non-thinking).
+# Deliberately different: the HTTP server (1.0, the OpenAI API's default, which clients expect), GRPO rollouts and
+# synthetic-data generation (1.0: the model's own distribution), and evaluation (0, greedy).
+DEFAULT_TEMPERATURE = 0.7
+
 
 @dataclass
 class SamplingParams:
     """Settings of one generation request. `temperature=0` means greedy decoding."""
 
     max_new_tokens: int = 256
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
     top_k: int = 0  # 0 = off
     top_p: float = 1.0
     min_p: float = 0.0

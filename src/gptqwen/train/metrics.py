@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -110,8 +112,69 @@ def plot_losses(metrics_path: Path, png_path: Path, title: str = "") -> bool:
     return True
 
 
+# Dense (no sparsity) tensor-core peaks per GPU from NVIDIA's datasheets: (name part, bf16, tf32, fp32) FLOP/s.
+# More specific names come first ("H100 PCIe" before "H100").
+NOMINAL_PEAKS = [
+    ("H100 PCIe", 756e12, 378e12, 51.2e12), ("H100 NVL", 835e12, 417.5e12, 60e12), ("H200 NVL", 835e12, 417.5e12, 60e12),
+    ("H100", 989.4e12, 494.7e12, 66.9e12), ("H200", 989.4e12, 494.7e12, 66.9e12), ("A100", 312e12, 156e12, 19.5e12),
+]  # fmt: skip
+
+
+def nominal_peak(device_name: str, dtype: torch.dtype) -> float | None:
+    """The datasheet peak of a known GPU for training in `dtype` (fp32 counts TF32 when torch allows it)."""
+    for part, bf16, tf32, fp32 in NOMINAL_PEAKS:
+        if part in device_name:
+            if dtype in (torch.bfloat16, torch.float16):
+                return bf16
+            return tf32 if torch.get_float32_matmul_precision() != "highest" else fp32
+    return None
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """The MFU denominator: a known GPU's datasheet peak; elsewhere the best matmul rate ever measured here.
+
+    A rate measured while other processes share the machine is too low (MFU would read above 100%), so the
+    best measurement per CPU, thread count and dtype is kept in $GPTQWEN_CACHE/matmul_peak.json and a busy
+    moment never lowers it."""
+    if device.type == "cuda":
+        known = nominal_peak(torch.cuda.get_device_name(device), dtype)
+        if known:
+            return known
+    path = Path(os.environ.get("GPTQWEN_CACHE", Path.home() / ".cache" / "gptqwen")) / "matmul_peak.json"
+    key = f"{_processor(device)} threads={torch.get_num_threads()} {dtype}"
+    try:
+        best = json.loads(path.read_text())
+    except (OSError, ValueError):  # no cache yet, or an unreadable one: start afresh
+        best = {}
+    measured = measure_matmul_peak(device, dtype)
+    if measured > best.get(key, 0):
+        best[key] = measured
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path) as f:
+                json.dump(best, f, indent=1)
+        except OSError:  # a read-only home: the measurement still counts for this run
+            pass
+    return max(measured, best.get(key, 0))
+
+
+def _processor(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
+
+
+def mfu_text(mfu: float) -> str:
+    """MFU for the log line; above 100% the peak was underestimated, and no impossible number is shown."""
+    return f"MFU {100 * mfu:.1f}%" if mfu <= 1 else "MFU n/a (peak underestimated)"
+
+
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.5) -> float:
-    """Achievable dense matmul FLOP/s on `device` (the MFU denominator when no peak is given).
+    """Achievable dense matmul FLOP/s on `device` now (`peak_flops` keeps the best of these per machine).
 
     Takes the best of many short bursts rather than one long average, so that a moment of contention
     from other processes does not lower the peak (which would push MFU above 100%).

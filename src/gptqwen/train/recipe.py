@@ -34,6 +34,7 @@ import yaml
 
 from gptqwen.config import Config
 from gptqwen.errors import UserError, closest
+from gptqwen.infer.sampling import DEFAULT_TEMPERATURE
 
 
 @dataclass
@@ -92,7 +93,7 @@ class TrainConfig:
     sample_interval: int = 175  # pretrain: a sample every N steps (0 = only at the end)
     sample_tokens: int = 160  # 0 = no samples
     sample_prompt: str = "\n"
-    temperature: float = 0.8
+    temperature: float = DEFAULT_TEMPERATURE  # the samples' (one default with generate, chat and SamplingParams)
     top_k: int = 40
     ckpt_interval: int = 350  # 0 = only at the end
     keep_last: int = 2
@@ -333,6 +334,12 @@ def check_model_section(values: dict[str, Any]) -> dict[str, Any]:
     return {"preset": preset, **model}
 
 
+def model_name(model: dict[str, Any]) -> str:
+    """pretrain's model name: the preset, plus every override it was built with (`gpt2-small+n_layer=4`)."""
+    shown = {k: (f"{v:g}" if isinstance(v, float) else str(v).replace(" ", "")) for k, v in model.items() if k != "preset"}
+    return "+".join([str(model["preset"]), *(f"{k}={v}" for k, v in shown.items())])
+
+
 @dataclass
 class Recipe:
     """A resolved run: its trainer, one validated object per section, optional stages (pretrain)."""
@@ -436,7 +443,10 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
         raw["model"] = {"preset": preset}  # a new preset replaces the recipe's model overrides
     for item in overrides or []:
         apply_override(raw, item, raw.get("trainer", trainer))
-    return Recipe.from_dict(raw, trainer)
+    recipe = Recipe.from_dict(raw, trainer)
+    if preset:  # the recipe's own name would describe its model, not this one
+        recipe.name = model_name(recipe.model)
+    return recipe
 
 
 def apply_override(raw: dict[str, Any], item: str, trainer: str) -> None:

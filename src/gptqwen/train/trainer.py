@@ -32,7 +32,7 @@ from gptqwen.train import distributed as D
 from gptqwen.train.loader import WindowSampler, eval_windows, read_windows
 from gptqwen.train.loop import Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.metrics import bits_per_byte
-from gptqwen.train.recipe import Recipe
+from gptqwen.train.recipe import Recipe, model_name
 
 
 def model_config(recipe: Recipe, vocab_size: int, eos_id: int | None):
@@ -46,7 +46,7 @@ def model_config(recipe: Recipe, vocab_size: int, eos_id: int | None):
         raise UserError(f"model.vocab_size {overrides['vocab_size']} is smaller than the tokenizer's {vocab_size}")
     if overrides["max_seq_len"] < recipe.train.seq_len:
         raise UserError(f"train.seq_len {recipe.train.seq_len} exceeds model.max_seq_len {overrides['max_seq_len']}")
-    return Config.from_name(preset, **overrides)
+    return Config.from_name(preset, **overrides).replace(name=model_name(recipe.model))  # overrides shown in the name
 
 
 def _prepare_data(recipe: Recipe, info: D.DistInfo, progress: bool) -> tuple[Any, Any]:
