@@ -129,7 +129,7 @@ def test_moe_aux_loss_sample_and_outputs(tmp_path, tiny_data, capsys, monkeypatc
     moe = {**TINY_MODEL, "preset": "qwen3-moe-tiny", "n_experts": 4, "n_experts_per_tok": 2, "moe_intermediate_size": 32}
     recipe = tiny_recipe(tiny_data, moe, max_steps=4, sample_interval=4, sample_tokens=8, sample_prompt="ROMEO:", peak_flops=None)
     peaks = []  # without train.peak_flops MFU divides by the measured matmul peak: a fixed one here
-    monkeypatch.setattr(loop, "measure_matmul_peak", lambda device, dtype: peaks.append(dtype) or 3e11)
+    monkeypatch.setattr(loop, "peak_flops", lambda device, dtype: peaks.append(dtype) or 3e11)
     summary = pretrain(recipe, tmp_path / "moe")
     records = MetricsLog.read(tmp_path / "moe" / "metrics.jsonl")
     cfg = ck.load_model(tmp_path / "moe").config

@@ -38,7 +38,7 @@ from gptqwen.errors import UserError
 from gptqwen.model.moe import ExpertBalance, MoE, balancing
 from gptqwen.train import checkpoint as ckpt_io
 from gptqwen.train import distributed as D
-from gptqwen.train.metrics import MetricsLog, expert_load_metrics, measure_matmul_peak, plot_expert_load, plot_losses
+from gptqwen.train.metrics import MetricsLog, expert_load_metrics, mfu_text, peak_flops, plot_expert_load, plot_losses
 from gptqwen.train.optim import build_optimizer, lr_at, set_lr
 from gptqwen.train.progress import Console
 from gptqwen.train.recipe import Recipe, TrainConfig
@@ -196,7 +196,7 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
     autocast, precision = autocast_for(tc.dtype, info.device)
     peak = None
     if work.flops_per_token:
-        peak = tc.peak_flops or measure_matmul_peak(info.device, torch.bfloat16 if precision == "bf16" else torch.float32)
+        peak = tc.peak_flops or peak_flops(info.device, torch.bfloat16 if precision == "bf16" else torch.float32)
     warmup = warmup_steps(tc, work.steps)
     console = Console(info.is_main and not quiet, work.steps, step, label)
     origin = f"resuming at step {step}" if step else "from the start"
@@ -245,7 +245,7 @@ def train(work: Workload, tc: TrainConfig, out: str | Path, recipe: Recipe, info
                 mfu = ""
                 if peak:
                     record["mfu"] = round(tps * work.flops_per_token / (peak * info.world_size), 4)
-                    mfu = f" | MFU {100 * record['mfu']:.1f}%"
+                    mfu = f" | {mfu_text(record['mfu'])}"
                 last.update(time=now, step=step, tokens=0)
                 extra = "".join(f" | {k} {record[k]:.4f}" for k in sums if k != "loss")
                 console.print(f"step {step:>6} | loss {record['loss']:.4f}{extra} | lr {lr:.2e} | grad {record['grad_norm']:.2f} | "

@@ -98,7 +98,7 @@ class TrainConfig:
     ckpt_interval: int = 350  # 0 = only at the end
     keep_last: int = 2
     ckpt_format: str = "gathered"  # gathered (one full state, rank 0 writes) | sharded (torch.distributed.checkpoint)
-    peak_flops: float | None = None  # per device, for MFU; None -> measured matmul peak
+    peak_flops: float | None = None  # per device, for MFU; None -> a GPU's datasheet peak, else the best measured matmul rate
     tensorboard: bool = True
 
 
