@@ -9,7 +9,7 @@ otherwise always be a cycle, and the re-exports themselves are edges from the `_
 
 A top-level unit is a subpackage (`data`, `eval`, `infer`, `model`, ...) or a top module (`hf`, `loading`,
 ...); the package root `gptqwen/__init__.py` is a unit of its own. Units must form a DAG too, so
-dependencies point one way as in docs/DESIGN.md.
+dependencies point one way: commands -> (serve, tools, align, eval, train) -> infer -> (model, tokenizer, data) -> ops.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def cl100k() -> Tokenizer:
     return Tokenizer.from_preset("cl100k")
 
 
-# Qwen2.5 / Qwen3 control tokens as published (reference/architectures.md), written out independently.
+# Qwen2.5 / Qwen3 control tokens as published (the models' tokenizer_config.json), written out independently.
 QWEN25_SPECIALS = {
     "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|object_ref_start|>": 151646,
     "<|object_ref_end|>": 151647, "<|box_start|>": 151648, "<|box_end|>": 151649, "<|quad_start|>": 151650,

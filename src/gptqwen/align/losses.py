@@ -1,4 +1,5 @@
-"""Alignment losses on per-sequence / per-token log-probabilities (formulas: reference/methods.md).
+"""Alignment losses on per-sequence / per-token log-probabilities (formulas: the DPO, IPO, DeepSeekMath GRPO,
+DAPO and Dr. GRPO papers; the Qwen2.5 and Qwen3 technical reports).
 
     from gptqwen.align.losses import dpo_loss, reward_loss, group_advantages, grpo_loss
     loss, chosen_r, rejected_r = dpo_loss(pc, pr, rc, rr, beta=0.1, kind="sigmoid")

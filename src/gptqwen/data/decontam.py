@@ -1,6 +1,6 @@
 """Decontamination of training text against evaluation sets, and the reverse "dirty eval" report.
 
-Two rules (facts in shared/reference/methods.md):
+Two rules (the GPT-3 paper's appendix C, and the Qwen2 / Qwen2.5 technical reports):
 - GPT-3 13-gram: words are lowercased and punctuation-stripped; every 13-gram shared with an
   evaluation item is cut out together with 200 characters on each side, pieces shorter than 200
   characters are dropped, a document cut into more than 10 pieces is dropped, and 13-grams that

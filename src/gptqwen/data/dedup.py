@@ -1,6 +1,6 @@
 """Exact and MinHash-LSH near-duplicate detection, vectorised with numpy.
 
-Near-dedup follows datatrove's MinHash recipe (facts in shared/reference/methods.md):
+Near-dedup follows datatrove's MinHash recipe (the settings of the FineWeb report):
 word 5-grams of normalised text (lowercase, no punctuation or diacritics, digits -> 0, CJK
 characters count as words), 64-bit shingle hashes, `bands x rows` = 14 x 8 = 112 permutations
 `(a*h + b) mod (2^61 - 1)`, documents colliding in any band become candidate pairs, union-find

@@ -5,7 +5,7 @@ Every filter is a small dataclass whose fields are its thresholds (each overrida
 disables a check) and whose `apply(text)` returns `(reason, text)`: `reason` is None when the
 document is kept, else a short tag such as `"gopher_short_doc"`, and `text` may be rewritten
 (C4 drops lines, PII masking replaces spans). Thresholds are those of datatrove / the Gopher,
-C4 and FineWeb papers (shared/reference/methods.md). Words come from a regex tokenizer close
+C4 (T5) and FineWeb papers. Words come from a regex tokenizer close
 to NLTK's `word_tokenize` (no model download).
 
     from gptqwen.data.filters import build_filter

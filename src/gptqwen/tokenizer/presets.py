@@ -1,6 +1,6 @@
 """Facts about the tokenizer families: split regexes, special-token tables, shipped vocabularies.
 
-The regexes are the published pre-tokenization patterns (see reference/architectures.md): every
+The regexes are the published pre-tokenization patterns (GPT-2's encoder.py, tiktoken, Qwen's tokenizer.json): every
 family cuts text into pieces with its regex first and runs byte-level BPE inside each piece, so the
 regex is as much a part of a vocabulary as its merge ranks. Qwen's pattern differs from GPT-2's in
 two ways that matter for compression: it splits digits one at a time (`\\p{N}`) and lets one
