@@ -149,3 +149,12 @@ def test_chat_history_is_saved_and_works_without_readline(tmp_path, monkeypatch)
     monkeypatch.delitem(sys.modules, "readline")
     monkeypatch.setattr(builtins, "__import__", no_readline)
     chat.start_history()()  # no readline: nothing to load or save, and no error
+
+
+def test_folder_outputs_never_replace_a_file(tmp_path, corpus, capsys):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    for out in (mine, mine / "tok"):  # every folder writer goes through utils.atomic_dir
+        assert main(["tokenizer", "train", corpus, "--vocab-size", "300", "--out", str(out)]) == 2
+        assert "Traceback" not in capsys.readouterr().err
+    assert mine.read_text() == "mine"

@@ -43,8 +43,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Ite
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Build a directory under a temp name and rename it into place when the block succeeds."""
+    """Build a directory under a temp name and rename it into place when the block succeeds.
+
+    An existing folder at `path` is replaced (callers decide whether it may be); a file there, or above it, is
+    a user's and never is: that is a UserError before any work."""
     path = Path(path)
+    nearest = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not nearest.is_dir():
+        where = "is a file" if nearest == path.absolute() else f"lies under the file '{nearest}'"
+        raise UserError(f"'{path}' {where}; the output must be a folder: choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
