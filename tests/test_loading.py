@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gptqwen.cli import main
 from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.loading import from_pretrained, load_model_and_tokenizer, load_tokenizer
@@ -38,10 +39,10 @@ def test_pick_device():
 
 
 def test_model_specs_resolve_and_bad_paths_fail_kindly(tmp_path):
-    model, tok = load_model_and_tokenizer("qwen3-tiny", dtype="bf16", device="cpu")
+    model, tok = load_model_and_tokenizer("qwen3-tiny", dtype="bf16", device="cpu", random_weights=True)
     assert isinstance(model, Transformer) and tok is None and next(model.parameters()).dtype is torch.bfloat16
     with pytest.raises(UserError, match="unknown dtype"):
-        load_model_and_tokenizer("qwen3-tiny", dtype="float8")
+        load_model_and_tokenizer("qwen3-tiny", dtype="float8", random_weights=True)
     with pytest.raises(UserError, match="does not exist"):
         load_model_and_tokenizer(str(tmp_path / "missing" / "model"))
     with pytest.raises(UserError, match="does not exist"):
@@ -73,3 +74,18 @@ def test_run_directory_tokenizer_found_from_a_checkpoint_folder(tmp_path):
     tok.save(tmp_path / "run" / "tokenizer")
     (tmp_path / "run" / "ckpt_0000004").mkdir()
     assert load_tokenizer(tmp_path / "run" / "ckpt_0000004").vocab_size == tok.vocab_size
+
+
+def test_a_preset_is_refused_unless_random_weights_are_asked_for(capsys):
+    """A preset is an architecture, not a model: loading one for inference needs random_weights / --random-weights
+    (it used to build random weights silently, with the real vocabulary for full-size Qwen presets)."""
+    with pytest.raises(UserError, match="'qwen3-0.6b' is a preset.*not a trained model.*Qwen/Qwen3-0.6B.*--random-weights"):
+        load_model_and_tokenizer("qwen3-0.6b")
+    with pytest.raises(UserError, match="235.*B parameters.*more than this machine's"):
+        load_model_and_tokenizer("qwen3-235b-a22b", random_weights=True)  # refused before any allocation
+    for verb in (["generate", "--prompt", "hi"], ["chat"], ["serve"], ["tools", "eval"]):
+        assert main([*verb, "--model", "qwen3-0.6b"]) == 2
+        assert "is a preset" in capsys.readouterr().err, verb
+    # with the flag the preset is built; qwen3-tiny then fails only for lack of a vocabulary
+    assert main(["generate", "--prompt", "hi", "--model", "qwen3-tiny", "--random-weights"]) == 2
+    assert "has no tokenizer" in capsys.readouterr().err

