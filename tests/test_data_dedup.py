@@ -1,6 +1,7 @@
 """MinHash-LSH near-dedup and exact dedup: recall/FPR on planted pairs, hashing invariants, `gptqwen data dedup`."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from gptqwen.data.dedup import (
 )
 from gptqwen.data.io import read_documents
 from gptqwen.data.synthetic import jaccard, planted_pairs
+from gptqwen.errors import UserError
 
 # the README pipeline's sample: en0-copy repeats en0 up to punctuation, en1-near changes one word of en1
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "sample.jsonl"
@@ -37,7 +39,7 @@ def test_shingles_are_position_independent_and_short_docs_get_one():
 
 
 def test_signature_equals_brute_force_minimum():
-    mh = MinHasher(bands=2, rows=3)
+    mh = MinHasher(bands=2, rows=3, engine="numpy")
     a, b = mh.permutations()
     h, counts = shingle_hashes(["one two three four five six seven"])
     sig, has = mh.signatures_from_shingles(h, counts)
@@ -47,11 +49,14 @@ def test_signature_equals_brute_force_minimum():
     assert has.all() and sig[0].tolist() == expect
 
 
-def test_recall_and_false_positive_rate_on_planted_pairs():
+@pytest.mark.parametrize("engine", ["numpy", "rensa"])
+def test_recall_and_false_positive_rate_on_planted_pairs(engine):
+    if engine == "rensa":
+        pytest.importorskip("rensa")
     texts, pairs, sims = planted_pairs(n_pairs=480, n_singletons=200, seed=1)
     sims = np.array(sims)
     assert jaccard(texts[0], texts[1]) == pytest.approx(sims[0])
-    keys, valid = MinHasher().band_keys(texts)
+    keys, valid = MinHasher(engine=engine).band_keys(texts)
     found = {tuple(p) for p in candidate_pairs(keys, valid).tolist()}
     hit = np.array([p in found for p in pairs])
     high, low = sims >= 0.85, sims < 0.5
@@ -60,6 +65,34 @@ def test_recall_and_false_positive_rate_on_planted_pairs():
     assert hit[low].mean() <= 0.01
     planted = set(pairs)
     assert len(found - planted) == 0  # unrelated documents never collide
+
+
+def test_rensa_engine_agrees_with_ours():
+    """The engines are different hash families: the same pairs are found up to a stated tolerance."""
+    pytest.importorskip("rensa")
+    texts, pairs, sims = planted_pairs(n_pairs=400, n_singletons=400, seed=2)
+    high = np.array(sims) >= 0.85
+    found = {}
+    for engine in ("numpy", "rensa"):
+        hasher = MinHasher(engine=engine)
+        assert hasher.engine == engine
+        keys, valid = hasher.band_keys(texts)
+        found[engine] = {tuple(p) for p in candidate_pairs(keys, valid).tolist()}
+    recall = {e: np.mean([p in f for p, h in zip(pairs, high) if h]) for e, f in found.items()}
+    assert abs(recall["numpy"] - recall["rensa"]) <= 0.02 and min(recall.values()) >= 0.95
+    keep = {e: near_duplicates(texts, MinHasher(engine=e)) for e in found}
+    assert (keep["numpy"] == keep["rensa"]).mean() >= 0.98  # the documents each keeps
+
+
+def test_engine_choice(monkeypatch):
+    pytest.importorskip("rensa")
+    assert MinHasher().engine == "rensa"  # auto: rensa when installed
+    monkeypatch.setitem(sys.modules, "rensa", None)  # as if it were not installed
+    assert MinHasher().engine == "numpy"
+    with pytest.raises(UserError, match="gptqwen\\[data\\]"):
+        MinHasher(engine="rensa")
+    with pytest.raises(ValueError, match="engine"):
+        MinHasher(engine="fast")
 
 
 def test_near_dedup_keeps_one_per_cluster():

@@ -10,6 +10,13 @@ Everything is array code: shingles of a whole batch of documents are hashed at o
 polynomial prefix hash of the UTF-8 bytes, the 112 permutations are one in-place broadcast per block of shingles, and per-document
 minima come from `np.minimum.reduceat`. There is no Python loop per shingle or per hash.
 
+Signature engines (`MinHasher(engine=...)`): "numpy" is the classic MinHash above; "rensa" hands the same shingle
+hashes to rensa's R-MinHash (Rust, `pip install 'gptqwen[data]'`), a Fast-Similarity-Sketching MinHash with 32-bit
+slots that computes signatures ~30x faster. "auto" (the default) picks rensa when it is installed. The two are
+different hash families, so their band keys differ, but both estimate Jaccard similarity slot by slot: on planted
+pairs they find the same near-duplicates within 2% recall (tests/test_data_dedup.py; speed and recall side by side
+in bench/dedup.py). A corpus is deduplicated by one engine from start to end.
+
     from gptqwen.data.dedup import MinHasher, near_duplicates
     keep = near_duplicates(texts)              # bool mask, True = keep
     mh = MinHasher(); keys = mh.band_keys(texts)   # [N, bands] uint64, for sharded/streamed use
@@ -25,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from gptqwen.errors import require
 
 MERSENNE = np.uint64((1 << 61) - 1)
 _U64 = np.uint64
@@ -141,11 +150,18 @@ class MinHasher:
     ngram: int = 5
     seed: int = 1
     block: int = 256  # shingle rows per permutation block: two block x num_perm uint64 buffers (cache-sized)
+    engine: str = "auto"  # auto (rensa when installed, else numpy) | rensa | numpy; resolved at construction
 
     def __post_init__(self) -> None:
         for name in ("bands", "rows", "ngram", "block"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.engine not in ("auto", "rensa", "numpy"):
+            raise ValueError(f"engine must be auto, rensa or numpy, got {self.engine!r}")
+        rensa = self.engine == "rensa" or (self.engine == "auto" and _rensa() is not None)
+        if rensa:
+            require("rensa", "data", "the MinHash engine 'rensa'")  # asked for by name but not installed: say how
+        object.__setattr__(self, "engine", "rensa" if rensa else "numpy")
 
     @property
     def num_perm(self) -> int:
@@ -172,6 +188,14 @@ class MinHasher:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def signatures_from_shingles(self, hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(sig [N, num_perm] uint64, has_sig [N] bool)` from `shingle_hashes`' output, by the hasher's engine."""
+        if self.engine == "rensa":
+            offsets = np.concatenate(([0], np.cumsum(counts))).astype(_U64)
+            digests = _rensa().RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, self.num_perm, self.seed)
+            return np.array(digests.to_rows(), dtype=_U64).reshape(len(counts), self.num_perm), counts > 0
+        return self.numpy_signatures(hashes, counts)
+
+    def numpy_signatures(self, hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Minimum of every permutation over each document's shingles.
 
         As in datatrove and datasketch, `a*h + b` wraps at 2^64 before the reduction modulo
@@ -210,6 +234,15 @@ class MinHasher:
     def band_keys(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         sig, has = self.signatures(texts)
         return self.band_keys_from_signatures(sig), has
+
+
+def _rensa():
+    """The rensa module, or None when it is not installed (an optional dependency, extra `data`)."""
+    try:
+        import rensa
+    except ImportError:
+        return None
+    return rensa
 
 
 def candidate_pairs(keys: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
