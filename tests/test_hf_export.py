@@ -136,3 +136,13 @@ def test_qwen1_export_says_only_gptqwen_loads_it(tmp_path):
     ids = torch.randint(0, model.config.vocab_size, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(from_pretrained(tmp_path / "q1")(ids).logits, model.eval()(ids).logits)
+
+
+def test_finetune_exports_write_the_jinja_template(exported, tmp_path):
+    """sft / finetune / dpo / grpo runs end in finetune.common.save_model_dir: the same files as save_pretrained."""
+    from gptqwen.finetune.common import save_model_dir
+
+    folder, tok = exported["qwen2.5"]
+    save_model_dir(tmp_path / "run", from_pretrained(folder), tok, {})
+    cfg = json.loads((tmp_path / "run" / "tokenizer_config.json").read_text())
+    assert cfg["chat_template"] == chat_template_jinja("qwen2.5") and cfg["chat_template_name"] == "qwen2.5"

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from gptqwen.errors import UserError
+from gptqwen.hf import save_pretrained
 from gptqwen.loading import load_model_and_tokenizer
 from gptqwen.model import Transformer
 from gptqwen.model.lora import merge_lora
@@ -56,8 +57,7 @@ def save_model_dir(out: str | Path, model: nn.Module, tokenizer, files: dict[str
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export.", suffix=".tmp", dir=out))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save(tmp)
+        save_pretrained(model, tmp, tokenizer=tokenizer)  # tokenizer_config.json gets the chat template as Jinja
         for name, write in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             write(tmp / name)
