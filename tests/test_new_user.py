@@ -158,3 +158,19 @@ def test_folder_outputs_never_replace_a_file(tmp_path, corpus, capsys):
         assert main(["tokenizer", "train", corpus, "--vocab-size", "300", "--out", str(out)]) == 2
         assert "Traceback" not in capsys.readouterr().err
     assert mine.read_text() == "mine"
+
+
+def test_dedup_pipeline_leaves_user_paths_alone(tmp_path, capsys):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": "one small document"}\n')
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    work = tmp_path / "work" / "00_ingest"
+    work.mkdir(parents=True)
+    (work / "photo.jpg").write_bytes(b"\xff")
+    for extra, why in ((["-o", str(mine / "out.jsonl")], "lies under the file"),
+                       (["-o", str(tmp_path / "out.jsonl"), "--work", str(mine)], "is a file"),
+                       (["-o", str(tmp_path / "out.jsonl"), "--work", str(work.parent)], "not a pipeline step folder")):
+        assert main(["data", "dedup", str(docs), "--workers", "1", *extra]) == 2
+        assert why in capsys.readouterr().err
+    assert mine.read_text() == "mine" and (work / "photo.jpg").read_bytes() == b"\xff"

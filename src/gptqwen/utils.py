@@ -48,10 +48,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     An existing folder at `path` is replaced (callers decide whether it may be); a file there, or above it, is
     a user's and never is: that is a UserError before any work."""
     path = Path(path)
-    nearest = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
-    if not nearest.is_dir():
-        where = "is a file" if nearest == path.absolute() else f"lies under the file '{nearest}'"
-        raise UserError(f"'{path}' {where}; the output must be a folder: choose another path")
+    refuse_file_in_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -73,6 +70,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def refuse_file_in_path(path: str | os.PathLike, what: str = "the output folder") -> None:
+    """A UserError (before any work) when `path`, or the nearest existing folder above it, is a file: a user's
+    file is never replaced by, or made the parent of, a folder this project writes."""
+    full = Path(path).absolute()
+    nearest = next(p for p in (full, *full.parents) if p.exists())
+    if not nearest.is_dir():
+        where = "is a file" if nearest == full else f"lies under the file '{nearest}'"
+        raise UserError(f"{what} '{path}' {where}; it must be a folder: choose another path")
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int | None = None) -> Path:

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-from pathlib import Path
 
 import yaml
 
 from gptqwen.errors import UserError
 from gptqwen.train.recipe import DEFAULT_RECIPES, Recipe, load_recipe, recipe_names
+from gptqwen.utils import refuse_file_in_path
 
 WARMUP = "train.warmup"  # not a key: --warmup sets warmup_ratio (< 1) or warmup_steps (>= 1)
 
@@ -139,17 +139,8 @@ def resolve_recipe(args: argparse.Namespace, trainer: str, preset: str | None = 
         print(recipe.to_yaml(), end="")
         return None
     args.out = args.out or f"runs/{recipe.name}"
-    check_out_dir(args.out)
+    refuse_file_in_path(args.out, "the run folder --out")  # before any work, not a traceback at mkdir
     return recipe
-
-
-def check_out_dir(out: str | Path) -> None:
-    """Refuse a run folder that is a file (or lies under one) before any work, instead of failing at mkdir."""
-    path = Path(out).absolute()
-    nearest = next(p for p in (path, *path.parents) if p.exists())
-    if not nearest.is_dir():
-        what = "is a file" if nearest == path else f"lies under the file '{nearest}'"
-        raise UserError(f"--out '{out}' {what}; the run folder must be a folder: choose a new path")
 
 
 def list_recipes(trainer: str) -> None:

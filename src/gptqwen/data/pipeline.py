@@ -43,7 +43,7 @@ from gptqwen.data.distributed import make_executor
 from gptqwen.data.io import ReadStats, expand_inputs, file_format, read_documents, write_documents
 from gptqwen.data.steps import ShardStats, Step, build_step
 from gptqwen.errors import UserError, closest
-from gptqwen.utils import atomic_write
+from gptqwen.utils import atomic_write, refuse_file_in_path
 
 FORMATS = ("jsonl", "jsonl.gz", "jsonl.zst", "parquet")
 SETTINGS = {"input", "output", "text_key", "on_error", "format", "shard_docs", "workers", "executor", "dask",
@@ -209,6 +209,9 @@ class Pipeline:
     def run(self) -> dict:
         spec = self.spec
         inputs = [str(p) for p in expand_inputs(spec.input)]
+        refuse_file_in_path(spec.output, "the work folder")
+        if spec.output_file:
+            refuse_file_in_path(Path(spec.output_file).parent, "the output file's folder")
         spec.output.mkdir(parents=True, exist_ok=True)
         reports = []
         with make_executor(spec.executor, spec.workers, spec.dask) as ex:
@@ -294,6 +297,8 @@ class Pipeline:
         """Keep a half-finished step's shards only if they were made with the same settings."""
         tag = step_dir / "_FINGERPRINT"
         if step_dir.exists() and not (tag.exists() and tag.read_text() == fp):
+            if not tag.exists() and any(step_dir.iterdir()):  # not a step folder of ours: the user's, left alone
+                raise UserError(f"'{step_dir}' is not a pipeline step folder (no _FINGERPRINT); choose another work folder")
             shutil.rmtree(step_dir)
         step_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(tag) as f:

@@ -29,7 +29,7 @@ from gptqwen.data.shards import INDEX, ShardWriter, dtype_for_vocab, read_index,
 from gptqwen.data.sources import Piece, SourceSpec, check_sources, iter_documents
 from gptqwen.errors import UserError
 from gptqwen.tokenizer import Tokenizer, train_tokenizer
-from gptqwen.utils import atomic_dir
+from gptqwen.utils import atomic_dir, refuse_file_in_path
 
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_TRAIN_CHARS = 200_000_000  # a BPE trained on more text than this barely changes
@@ -139,10 +139,7 @@ class _Splitter:
 def check_dataset_target(out: Path, overwrite: bool = False) -> None:
     """Refuse a target that would clobber something: a file, a folder of the user's own (neither empty nor a
     token dataset this project made), or an existing dataset without `overwrite`. Only our datasets are replaced."""
-    nearest = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-    if not nearest.is_dir():
-        where = "is a file" if nearest == out.absolute() else f"lies under the file '{nearest}'"
-        raise UserError(f"'{out}' {where}, not a dataset folder; choose a folder path for the dataset (data.dir / --out)")
+    refuse_file_in_path(out, "the dataset folder (data.dir / --out)")
     if _is_dataset(out):
         if not overwrite:
             raise UserError(f"'{out}' already holds a token dataset; pass --overwrite to replace it or choose another --out")
