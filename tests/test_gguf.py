@@ -57,7 +57,10 @@ def _hf_tiny(model_type: str, **overrides):
 
 
 def write_gguf(path: Path, arch: str, model, qtype=Q.F32) -> None:
-    """Write `model` the way llama.cpp's converter does: its names, permuted llama Q/K, Linear layout."""
+    """Write `model` the way llama.cpp's converter does: its names, permuted llama Q/K, Linear layout.
+    `qtype`: the type of every matrix, or a function of the GGUF tensor name giving it (vectors stay F32)."""
+    type_of = qtype if callable(qtype) else lambda name: qtype
+    rng = np.random.default_rng(0)
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)
     gpt2 = arch == "gpt2"
@@ -100,8 +103,9 @@ def write_gguf(path: Path, arch: str, model, qtype=Q.F32) -> None:
             heads = c.num_attention_heads if ".attn_q." in name else c.num_key_value_heads
             a = a.reshape(heads, 2, a.shape[0] // heads // 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
         a = np.ascontiguousarray(a)
-        if a.ndim == 2 and qtype != Q.F32:
-            w.add_tensor(name, gguf.quants.quantize(a, qtype), raw_dtype=qtype)
+        kind = type_of(name) if a.ndim == 2 else Q.F32
+        if kind != Q.F32:
+            w.add_tensor(name, _encode(a, kind, rng), raw_dtype=kind)
         else:
             w.add_tensor(name, a)
     w.write_header_to_file()
@@ -112,6 +116,63 @@ def write_gguf(path: Path, arch: str, model, qtype=Q.F32) -> None:
 
 def sub_is(name: str, parts: tuple[str, ...]) -> bool:
     return any(f".{p}." in name for p in parts)
+
+
+def _encode(a: np.ndarray, qtype, rng: np.random.Generator) -> np.ndarray:
+    if not _dequantisable(qtype):  # bytes for a file that must be refused
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        return np.zeros((a.shape[0], a.shape[1] // block * size), np.uint8)
+    try:
+        return gguf.quants.quantize(a, qtype)
+    except NotImplementedError:  # gguf quantises only some types (not the K-quants, not the IQ types)
+        return random_blocks(a.shape, qtype, rng)
+
+
+def random_blocks(shape: tuple[int, int], qtype, rng: np.random.Generator) -> np.ndarray:
+    """Raw `qtype` bytes for a matrix of `shape`: random blocks, each drawn again until its values are finite
+    with the largest in (0.05, 1] (dequantisation is defined for any bytes, but random fp16 scales are often
+    huge or inf). Every other draw takes bytes below 64, whose float scale fields are small: types with several
+    scales per block (NVFP4) rarely pass otherwise. Stands in for a quantiser the `gguf` package lacks; both
+    readers see the same bytes."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    raw = rng.integers(0, 256, (shape[0] * shape[1] // block, size), dtype=np.uint8)
+    todo, draw = np.arange(len(raw)), 0
+    while todo.size:
+        with np.errstate(invalid="ignore", over="ignore"):  # inf * 0 in the blocks about to be redrawn
+            peak = np.abs(gguf.quants.dequantize(raw[todo], qtype).reshape(todo.size, block)).max(axis=1)
+        todo, draw = todo[~((peak > 0.05) & (peak <= 1))], draw + 1  # NaN fails both comparisons
+        raw[todo] = rng.integers(0, 64 if draw % 2 else 256, (todo.size, size), dtype=np.uint8)
+    return raw.reshape(shape[0], -1)
+
+
+def _dequantisable(qtype) -> bool:
+    try:
+        gguf.quants.dequantize(np.zeros((1, gguf.GGML_QUANT_SIZES[qtype][1]), np.uint8), qtype)
+    except NotImplementedError:
+        return False
+    return True
+
+
+DEQUANTISABLE = [t for t in Q if _dequantisable(t)]
+# llama.cpp's Q4_K_M recipe: Q4_K matrices, Q6_K for half the attn_v / ffn_down and for the output; Q5_0 (and Q8_0
+# for Q6_K) where a row is not a multiple of 256 wide, as in SmolLM2 (width 576). Layer 1 plays that part here.
+_Q4_K_M = {"attn_v": Q.Q6_K, "ffn_down": Q.Q6_K}
+_Q4_K_M_FALLBACK = {"attn_v": Q.Q8_0, "ffn_down": Q.Q8_0}
+
+
+def q4_k_m_type(name: str):
+    if name == "output.weight":
+        return Q.Q6_K
+    if not name.startswith("blk."):
+        return Q.Q4_K
+    layer, kind = name.split(".")[1:3]
+    if layer == "1":
+        return _Q4_K_M_FALLBACK.get(kind, Q.Q5_0)
+    return _Q4_K_M.get(kind, Q.Q4_K) if layer == "0" else Q.Q4_K
+
+
+# matrices 256 (or 512) wide: every block size divides them; 4 layers hold 30 matrices, one type each
+_WIDE = dict(hidden_size=256, intermediate_size=512, head_dim=64, num_hidden_layers=4)
 
 
 CASES = [("llama", Q.F32), ("llama", Q.Q4_0), ("qwen2", Q.Q8_0), ("qwen3", Q.Q4_1), ("qwen3", Q.BF16),
@@ -127,6 +188,46 @@ def test_logits_match_transformers_on_the_same_file(tmp_path, arch, qtype):
     with torch.no_grad():
         diff = (ours(ids).logits - ref(ids).logits).abs().max().item()
     assert diff <= 1e-4, f"{arch}/{qtype.name}: max |Δlogit| = {diff}"
+
+
+def test_every_dequantisable_type_matches_transformers(tmp_path):
+    """One llama file whose matrices cycle through every type `gguf.quants.dequantize` handles."""
+    assert {Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q5_0, Q.Q5_1, Q.IQ4_XS, Q.IQ2_XXS} <= set(DEQUANTISABLE)
+    types = [t for t in DEQUANTISABLE if t != Q.F32]
+    names: list[str] = []
+
+    def cycle(name: str):
+        names.append(name)
+        return types[(len(names) - 1) % len(types)]
+
+    write_gguf(tmp_path / "m.gguf", "llama", _hf_tiny("llama", **_WIDE), cycle)
+    assert len(names) >= len(types), "the model has fewer matrices than there are types"
+    assert {t.qtype for t in read_gguf(tmp_path / "m.gguf").tensors} >= set(types)
+    ref = _transformers().AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = load_gguf(tmp_path / "m.gguf")(ids).logits, ref(ids).logits
+    # relative to the logits' scale: the C kernels sum in another order, and the random 1- and 2-bit blocks
+    # cancel strongly in places (measured 6.6e-5 of it; 0 with GPTQWEN_NO_KERNELS=1)
+    assert (ours - theirs).abs().max().item() <= 2e-4 * theirs.abs().max().item()
+
+
+def test_q4_k_m_greedy_matches_transformers(tmp_path):
+    """A file mixed like llama.cpp's Q4_K_M: our engine's greedy continuation equals transformers' generate."""
+    from gptqwen.infer import Engine, SamplingParams
+
+    write_gguf(tmp_path / "m.gguf", "llama", _hf_tiny("llama", **_WIDE | dict(num_hidden_layers=2)), q4_k_m_type)
+    assert {t.qtype for t in read_gguf(tmp_path / "m.gguf").tensors} == {Q.F32, Q.Q4_K, Q.Q5_0, Q.Q6_K, Q.Q8_0}
+    ref = _transformers().AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", dtype=torch.float32).eval()
+    prompts = [[5, 17, 99, 3], [200, 1, 64, 64, 12, 7]]
+    ours = Engine(load_gguf(tmp_path / "m.gguf")).generate(
+        prompts, SamplingParams(temperature=0, max_new_tokens=16, ignore_eos=True))
+    with torch.no_grad():
+        for p, r in zip(prompts, ours):
+            x = torch.tensor([p])
+            y = ref.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+            assert r.token_ids == y[0, len(p):].tolist()
 
 
 def test_qwen3_head_dim_from_key_length(tmp_path):
@@ -158,9 +259,11 @@ def test_unsupported_architecture_and_type(tmp_path):
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     with pytest.raises(UserError, match="architecture 'mamba' .* not supported"):
         load_gguf(tmp_path / "mamba.gguf")
-    write_gguf(tmp_path / "q5.gguf", "qwen2", _hf_tiny("qwen2"), Q.Q5_0)
-    with pytest.raises(UserError, match="type Q5_0, which is not supported"):
-        load_gguf(tmp_path / "q5.gguf")
+    # Q8_K: llama.cpp's scratch type for activations, which gguf does not dequantise
+    write_gguf(tmp_path / "q8k.gguf", "qwen2", _hf_tiny("qwen2", hidden_size=256),
+               lambda name: Q.Q8_K if name == "blk.1.ffn_up.weight" else Q.F32)
+    with pytest.raises(UserError, match="'blk.1.ffn_up.weight' has type Q8_K, which the installed gguf .* cannot deq"):
+        load_gguf(tmp_path / "q8k.gguf")
 
 
 def test_corrupt_and_missing_files(tmp_path):

@@ -5,10 +5,12 @@
     tok = load_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf")         # vocabulary, merges, chat template
 
 The file is read with the `gguf` package (extra `gguf`). Supported architectures: llama, qwen2, qwen3,
-gpt2, qwen2moe, qwen3moe; tensor types F32, F16, BF16, Q8_0, Q4_0, Q4_1 (dequantised with
-`gguf.quants.dequantize`). The metadata becomes a Hugging Face `config.json` dict and the tensors get
+gpt2, qwen2moe, qwen3moe; tensor types: every type `gguf.quants.dequantize` handles (with gguf 0.19: F32,
+F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, the K-quants Q2_K…Q6_K, the IQ types, TQ1_0/TQ2_0, MXFP4, NVFP4),
+so the common Q4_K_M files (Q4_K, Q5_0, Q6_K, Q8_0 tensors mixed) load; a type it cannot dequantise is a
+UserError naming the tensor. The metadata becomes a Hugging Face `config.json` dict and the tensors get
 their Hugging Face names (`read_as_hf`), so `gptqwen.loading` fills the model through the HF importer
-(`gptqwen.hf`) — one name map per format.
+(`gptqwen.hf`) — one name map per format. Writing GGUF is `gptqwen.gguf_export`.
 llama.cpp permutes the rows of llama-architecture Q and K projections (its rope pairs adjacent dims);
 we undo that here so the rotate-half rope of the model sees the original layout.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,6 @@ from gptqwen.errors import UserError, require
 from gptqwen.tokenizer import Tokenizer
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "gpt2", "qwen2moe", "qwen3moe")
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
 HF_MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2",
                  "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
 
@@ -229,11 +231,7 @@ def hf_tensors(f: GGUFFile, cfg: dict[str, Any], dtype: torch.dtype = torch.floa
     arch = {v: k for k, v in HF_MODEL_TYPE.items()}[cfg["model_type"]]
     out: dict[str, torch.Tensor] = {}
     for t in f.tensors:
-        qtype = t.qtype.name
-        if qtype not in SUPPORTED_TYPES:
-            raise UserError(f"GGUF tensor '{t.name}' has type {qtype}, which is not supported; "
-                            f"supported: {', '.join(SUPPORTED_TYPES)} (re-quantise the model to one of them)")
-        w = gguf.quants.dequantize(t.data, t.qtype).reshape(t.shape)
+        w = _dequantize(gguf, t).reshape(t.shape)
         m = re.fullmatch(r"blk\.(\d+)\.(ffn_\w+_exps)\.weight", t.name)
         if m and m.group(2) in _EXPERTS:
             for j in range(w.shape[0]):
@@ -260,6 +258,23 @@ def hf_tensors(f: GGUFFile, cfg: dict[str, Any], dtype: torch.dtype = torch.floa
     return out
 
 
+def _dequantize(gguf, t: GGUFTensor) -> np.ndarray:
+    """The tensor's values as float32, by the `gguf` package; a UserError for a type it cannot dequantise."""
+    try:
+        return gguf.quants.dequantize(t.data, t.qtype)
+    except NotImplementedError:
+        raise UserError(f"GGUF tensor '{t.name}' has type {t.qtype.name}, which the installed gguf package "
+                        f"({_gguf_version()}) cannot dequantise; upgrade gguf (pip install -U gguf) or re-quantise "
+                        "the model to a common type such as Q4_K_M or Q8_0") from None
+
+
+def _gguf_version() -> str:
+    try:
+        return version("gguf")
+    except PackageNotFoundError:  # a source checkout on sys.path
+        return "unknown version"
+
+
 def _to_torch(w: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     # F32 tensors are read-only views of the mapped file: copy them (and everything else) into torch memory
     return torch.from_numpy(np.array(w, dtype=np.float32, order="C")).to(dtype)
@@ -269,7 +284,11 @@ def read_as_hf(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[di
     """A GGUF file as a Hugging Face `config.json` dict and HF-named tensors, dequantised to `dtype`."""
     f = read_gguf(path)
     _arch(f.metadata, path)
-    cfg = hf_config(f.metadata, {t.name: t.shape[0] for t in f.tensors})
+    try:
+        cfg = hf_config(f.metadata, {t.name: t.shape[0] for t in f.tensors})
+    except (KeyError, TypeError, ValueError) as e:  # a required key or tensor missing, or a value of the wrong kind
+        raise UserError(f"GGUF file '{path}' lacks model metadata or tensors its architecture needs ({e!r}); "
+                        "re-convert it with llama.cpp's converter") from None
     return cfg, hf_tensors(f, cfg, dtype)
 
 
