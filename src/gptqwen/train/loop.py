@@ -135,7 +135,8 @@ def warmup_steps(tc: TrainConfig, steps: int) -> int:
 
 def _check_resume(state: dict[str, Any], work: Workload, ckpt: Path) -> None:
     saved = state.get("model_config", {})
-    diff = {k: (saved.get(k), v) for k, v in work.model_config.items() if saved.get(k) != v}
+    # the name is a label (it changed format once: overrides joined the preset's name), not the architecture
+    diff = {k: (saved.get(k), v) for k, v in work.model_config.items() if saved.get(k) != v and k != "name"}
     if diff:
         shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(diff.items())[:4])
         raise UserError(f"cannot resume {ckpt}: the model config differs from the checkpoint's ({shown}); "
