@@ -68,9 +68,10 @@ class ScoringModel:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def load(cls, spec: str, device: str | None = None, dtype: str | None = None, **kwargs) -> ScoringModel:
-        """Load through `gptqwen.loading` (run dir, HF dir, .gguf or preset)."""
-        model, tok = load_model_and_tokenizer(spec, dtype=dtype, device=device)
+    def load(cls, spec: str, device: str | None = None, dtype: str | None = None, adapter: str | None = None,
+             **kwargs) -> ScoringModel:
+        """Load through `gptqwen.loading` (run dir, HF dir, .gguf or preset; `adapter`: a PEFT LoRA folder merged in)."""
+        model, tok = load_model_and_tokenizer(spec, dtype=dtype, device=device, adapter=adapter)
         return cls(model, tok, name=spec, **kwargs)
 
     @property
