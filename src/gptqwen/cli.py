@@ -22,6 +22,7 @@ VERBS: dict[str, str] = {
     "data": "prepare token shards; dedup, filter, decontaminate and mix corpora",
     "pretrain": "pretrain a model (single process or under torchrun)",
     "export": "export a training checkpoint to a Hugging Face model directory",
+    "adapter": "PEFT LoRA adapters: merge one into its base model, or describe one",
     "finetune": "GPT-1 task-aware fine-tuning (classification, entailment, similarity, multiple choice)",
     "predict": "apply a fine-tuned GPT-1 task model to a JSONL file",
     "sft": "supervised chat fine-tuning with thinking and non-thinking data (full or LoRA)",
