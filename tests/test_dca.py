@@ -18,6 +18,15 @@ from gptqwen.model import Transformer
 from gptqwen.model.dca import extend_context
 from gptqwen.model.rope import Rotary, logn_scale
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: a second thread only adds synchronisation (and stalls on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 CHUNK, LOCAL = 16, 6
 
 FAMILIES = {

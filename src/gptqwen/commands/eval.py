@@ -6,6 +6,9 @@
     gptqwen eval --model runs/qwen3-shakespeare --task shakespeare            # held-out perplexity
     gptqwen eval --model model.gguf --perplexity notes.txt              # any text file
     gptqwen eval --model runs/qwen3-shakespeare --task my_task.yaml --backend lm-eval   # same task through lm-eval
+    gptqwen eval --model smollm2.gguf --task passkey --context-lengths 2048 4096 8192 --trials 5 --plot pk.png
+    gptqwen eval --model smollm2.gguf --task passkey --context-lengths 16384 --yarn 2 --dca 6144 2048
+    gptqwen eval --model runs/long --task ppl-position --context-lengths 4096 --document book.txt --plot ppl.png
 
 Every (model, task, shot count) is one row of the results table; `--json` prints them as one JSON
 document. For lm-evaluation-harness's own command line with this project's models, see
@@ -22,9 +25,17 @@ from gptqwen.errors import UserError
 from gptqwen.eval.harness import evaluate
 from gptqwen.eval.lm import ScoringModel
 from gptqwen.eval.lm_eval_adapter import evaluate_with_lm_eval
+from gptqwen.eval.long_context import (
+    LONG_TASKS,
+    LongContextEval,
+    LongContextSettings,
+    plot_passkey_heatmap,
+    plot_ppl_by_position,
+)
 from gptqwen.eval.perplexity import file_task
 from gptqwen.eval.plot import model_label, plot_shot_curves
 from gptqwen.eval.taskspec import BUILTIN_DIR, builtin_task_names, load_task
+from gptqwen.model.dca import extend_context
 from gptqwen.utils import atomic_write, print_json
 
 
@@ -44,8 +55,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--stride", type=int, default=None,
                    help="perplexity window advance in tokens (default: the model's context, i.e. disjoint windows)")
-    p.add_argument("--adapter", default=None, metavar="DIR",
-                   help="a PEFT LoRA adapter folder merged into each --model when loading")
     p.add_argument("--device", default=None, help="torch device (default: cpu, or what the checkpoint loader picks)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
     p.add_argument("--backend", default="gptqwen", choices=["gptqwen", "lm-eval"],
@@ -56,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    _add_long_context_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         return _list_tasks(args.json)
     if not args.model:
         raise UserError("give at least one --model (a run dir, checkpoint dir, HF dir or .gguf file)")
+    if any(t in LONG_TASKS for t in args.task):
+        return _long_context(args)
     if not args.task and not args.perplexity:
         raise UserError("give at least one --task (see --list-tasks) or --perplexity FILE")
     shots = sorted(set(args.shots if args.shots is not None else [0]))
@@ -88,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(spec: str, loaded, shots: list[int], args, progress: bool):
-    lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, adapter=args.adapter,
-                           batch_size=args.batch_size, progress=progress)
+    lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, batch_size=args.batch_size, progress=progress)
     out = []
     for task in loaded:
         # perplexity takes no examples: measure it once, whatever the shot counts
@@ -149,4 +160,64 @@ def _list_tasks(as_json: bool) -> int:
         width = max(len(r["task"]) for r in rows)
         for r in rows:
             print(f"{r['task']:<{width}}  {r['about']}")
+    return 0
+
+
+def _add_long_context_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("long context (--task passkey | needle | ppl-position; gptqwen.eval.long_context)")
+    g.add_argument("--context-lengths", nargs="+", type=int, default=None, metavar="N",
+                   help="context lengths in tokens, e.g. 1024 2048 4096 (prompt + answer)")
+    g.add_argument("--depths", nargs="+", type=float, default=None, metavar="D",
+                   help="passkey depths in [0, 1] (default 0 0.25 0.5 0.75 1)")
+    g.add_argument("--trials", type=int, default=5, help="prompts per cell; windows per length for ppl-position")
+    g.add_argument("--keys", type=int, default=4, help="needles per prompt for --task needle (default 4)")
+    g.add_argument("--yarn", type=float, default=None, metavar="FACTOR",
+                   help="YaRN RoPE scaling by FACTOR over the model's trained context")
+    g.add_argument("--dca", nargs=2, type=int, default=None, metavar=("CHUNK", "LOCAL"),
+                   help="Dual Chunk Attention with this chunk size and local window (CHUNK + LOCAL <= trained context)")
+    g.add_argument("--allow-longer", action="store_true",
+                   help="run plain RoPE beyond the trained context (to measure that it fails)")
+    g.add_argument("--document", default=None, metavar="FILE",
+                   help="text for ppl-position (default: the held-out Shakespeare blocks)")
+    g.add_argument("--buckets", type=int, default=16, help="position buckets for ppl-position (default 16)")
+
+
+def _long_context(args: argparse.Namespace) -> int:
+    other = [t for t in args.task if t not in LONG_TASKS]
+    if other or args.perplexity:
+        raise UserError(f"run the long-context tasks ({', '.join(LONG_TASKS)}) without other tasks or --perplexity")
+    if not args.model or not args.context_lengths:
+        raise UserError("long-context tasks need --model and --context-lengths")
+    settings = LongContextSettings(args.context_lengths, trials=args.trials, keys=args.keys, seed=args.seed,
+                                   batch_size=args.batch_size, buckets=args.buckets, document=args.document,
+                                   **({"depths": args.depths} if args.depths else {}))
+    settings.validate()
+    rows = []
+    for spec in args.model:
+        lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, progress=False)
+        extend_context(lm.model, max(settings.context_lengths), yarn=args.yarn,
+                       dca=tuple(args.dca) if args.dca else None, allow_longer=args.allow_longer)
+        ev = LongContextEval(lm.model, lm.tokenizer, settings,
+                             progress=None if args.no_progress else lambda m: print(m, file=sys.stderr))
+        for task in dict.fromkeys(args.task):
+            got = {"passkey": ev.passkey, "needle": ev.needle, "ppl-position": ev.ppl_by_position}[task]()
+            rows += [{"model": spec, "yarn": args.yarn, "dca": args.dca, **r} for r in got]
+    doc = {"results": rows}
+    if args.output:
+        with atomic_write(args.output) as f:
+            json.dump(doc, f, indent=2)
+    if args.plot:
+        if any(r["task"] == "passkey" for r in rows):
+            plot_passkey_heatmap([r for r in rows if r["task"] == "passkey"], args.plot)
+        else:
+            plot_ppl_by_position([r for r in rows if r["task"] == "ppl-position"], args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.json:
+        print_json(doc)
+    else:
+        for r in rows:
+            where = f" depth {r['depth']:.2f}" if r.get("depth") is not None else ""
+            score = (f"ppl {r['ppl']:.3f} over {r['windows']} window(s)" if r["task"] == "ppl-position"
+                     else f"{r['correct']}/{r['trials']} = {r['accuracy']:.2f}")
+            print(f"{model_label(r['model'])}  {r['task']}  L={r['context_length']}{where}  {score}")
     return 0

@@ -175,7 +175,8 @@ def extend_context(model: torch.nn.Module, context: int, yarn: float | None = No
         if yarn < 1:
             raise UserError(f"--yarn factor must be >= 1, got {yarn}")
         scaling = {"rope_type": "yarn", "factor": float(yarn), "original_max_position_embeddings": trained}
-    new = cfg.replace(rope_scaling=scaling, max_seq_len=max(context, cfg.max_seq_len),
-                      dca=None if dca is None else {"chunk_size": int(dca[0]), "local_size": int(dca[1])})
+    # validated at the trained length first: the longer max_seq_len below would otherwise pass as the trained one
+    dca_cfg = None if dca is None else cfg.replace(dca={"chunk_size": int(dca[0]), "local_size": int(dca[1])}).dca
+    new = cfg.replace(rope_scaling=scaling, max_seq_len=max(context, cfg.max_seq_len), dca=dca_cfg)
     model.config = new  # the layers keep nothing from the config that changes here
     model.rotary = Rotary(new.head_dim, new.rope_theta, new.rope_scaling, new.max_seq_len)

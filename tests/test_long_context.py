@@ -1,0 +1,154 @@
+"""Long-context evaluation and memory: haystack construction, answer scoring, perplexity by position against the
+plain loss, chunked prefill against one-piece prefill, the `gptqwen eval --task passkey` command and its errors.
+
+    OMP_NUM_THREADS=1 .venv/bin/pytest -q tests/test_long_context.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gptqwen.cli import main
+from gptqwen.config import Config
+from gptqwen.errors import UserError
+from gptqwen.eval.long_context import (
+    FILLER,
+    INTRO,
+    LongContextEval,
+    LongContextSettings,
+    _first_number,
+    haystack,
+    plot_passkey_heatmap,
+)
+from gptqwen.infer import Engine, SamplingParams
+from gptqwen.infer import engine as engine_module
+from gptqwen.model import Transformer
+
+NEEDLE = "The pass key is 31415. Remember it."
+QUESTION = " What is the pass key? The pass key is"
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: a second thread only adds synchronisation (and stalls on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from gptqwen.data.corpus import shakespeare_text
+    from gptqwen.tokenizer.train import train_tokenizer
+
+    # the prompt texts repeated so that they merge into few tokens, as a real vocabulary would have them
+    text = shakespeare_text()[:20000] + (INTRO + FILLER + NEEDLE + QUESTION) * 30
+    return train_tokenizer([text], vocab_size=400, style="gpt2", show_progress=False)
+
+
+def _model(preset: str, vocab: int, **overrides) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(Config.from_name(preset, vocab_size=vocab, **overrides)).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen3")
+    _model("qwen3-tiny", tokenizer.vocab_size, n_layer=2).save_pretrained(str(path))
+    tokenizer.save(path)
+    return path
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_haystack_is_exactly_the_length_with_the_needle_at_its_depth(tokenizer, depth):
+    ids = haystack(tokenizer, 1500, [(depth, NEEDLE)], QUESTION)
+    assert len(ids) == 1500
+    text = tokenizer.decode(ids)
+    assert text.startswith(INTRO) and text.endswith(QUESTION) and text.count("31415") == 1
+    filler = len(text) - len(INTRO) - len(QUESTION) - len(NEEDLE) - 1  # depth is relative to the filler
+    assert abs((text.index(NEEDLE) - 1 - len(INTRO)) / filler - depth) <= len(FILLER) / filler  # whole sentences
+    with pytest.raises(UserError, match="cannot hold"):
+        haystack(tokenizer, 40, [(depth, NEEDLE)], QUESTION)
+
+
+def test_answer_scoring_takes_the_first_number():
+    assert _first_number(" 31415.\nThe pass key is 2") == "31415"
+    assert _first_number(" the pass key.") is None
+
+
+def test_ppl_by_position_equals_the_plain_token_losses(tokenizer, tmp_path):
+    model = _model("qwen3-tiny", tokenizer.vocab_size, n_layer=2)
+    doc = tmp_path / "doc.txt"
+    doc.write_text((INTRO + FILLER * 40 + NEEDLE) * 3, encoding="utf-8")
+    ev = LongContextEval(model, tokenizer, LongContextSettings([200], trials=2, buckets=4, document=str(doc)))
+    [row] = ev.ppl_by_position()
+    ids = tokenizer.encode(doc.read_text(encoding="utf-8"))
+    windows = torch.tensor([ids[:200], ids[200:400]])
+    with torch.no_grad():
+        logits = model(windows).logits
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), windows[:, 1:].flatten(), reduction="none").view(2, 199)
+    mean = nll.mean(0).double()
+    assert row["windows"] == 2 and len(row["buckets"]) == 4
+    for b in row["buckets"]:
+        assert b["nll"] == pytest.approx(float(mean[b["start"] - 1:b["end"]].mean()), abs=1e-5)
+
+
+@pytest.mark.parametrize("dca", [None, {"chunk_size": 48, "local_size": 16}])
+def test_chunked_prefill_equals_one_piece_prefill(monkeypatch, dca):
+    model = _model("qwen2-tiny", 512, dca=dca)
+    prompts = [list(range(3, 200)), list(range(50, 180))]  # left padding too
+    params = SamplingParams(max_new_tokens=6, temperature=0, logprobs=0)
+    one = Engine(model, native=False).generate(prompts, params)
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 37)
+    chunked = Engine(model, native=False).generate(prompts, params)
+    for a, b in zip(one, chunked):
+        assert a.token_ids == b.token_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+
+
+def test_passkey_heatmap_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = [{"context_length": L, "depth": d, "correct": 1, "trials": 2, "accuracy": 0.5}
+            for L in (256, 512) for d in (0.0, 1.0)]
+    out = plot_passkey_heatmap(rows, tmp_path / "pk.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_passkey_needle_and_dca(checkpoint, tmp_path, capsys):
+    out = tmp_path / "pk.json"
+    assert main(["eval", "--model", str(checkpoint), "--task", "passkey", "--context-lengths", "256", "512",
+                 "--depths", "0", "1", "--trials", "2", "--dca", "96", "32", "--output", str(out), "--json",
+                 "--no-progress"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == json.loads(out.read_text())
+    cells = {(r["context_length"], r["depth"]): r["trials"] for r in doc["results"]}
+    assert cells == {(256, 0.0): 2, (256, 1.0): 2, (512, 0.0): 2, (512, 1.0): 2}
+    assert all(r["dca"] == [96, 32] and 0 <= r["correct"] <= 2 for r in doc["results"])
+    assert main(["eval", "--model", str(checkpoint), "--task", "needle", "--context-lengths", "250", "--keys", "3",
+                 "--trials", "2", "--json", "--no-progress"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["results"]
+    assert row["task"] == "needle" and row["trials"] == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--context-lengths", "1024"], "longer than the model's 256"),
+    (["--context-lengths", "512", "--dca", "250", "32"], "exceeds the trained context of 256"),
+    (["--context-lengths", "512", "--dca", "32", "64"], "local_size <= chunk_size"),
+    (["--context-lengths", "32"], "at least 64"),
+])
+def test_cli_bad_long_context_input(checkpoint, capsys, extra, message):
+    assert main(["eval", "--model", str(checkpoint), "--task", "passkey", "--no-progress", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_dca_on_learned_positions_is_a_cli_error(tokenizer, tmp_path, capsys):
+    _model("gpt2-tiny", tokenizer.vocab_size).save_pretrained(str(tmp_path))
+    tokenizer.save(tmp_path)
+    assert main(["eval", "--model", str(tmp_path), "--task", "passkey", "--context-lengths", "512",
+                 "--dca", "128", "32"]) == 2
+    assert "learned positions" in capsys.readouterr().err
