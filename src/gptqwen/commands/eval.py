@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--stride", type=int, default=None,
                    help="perplexity window advance in tokens (default: the model's context, i.e. disjoint windows)")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a PEFT LoRA adapter folder merged into each --model when loading")
     p.add_argument("--device", default=None, help="torch device (default: cpu, or what the checkpoint loader picks)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
     p.add_argument("--backend", default="gptqwen", choices=["gptqwen", "lm-eval"],
@@ -100,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(spec: str, loaded, shots: list[int], args, progress: bool):
-    lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, batch_size=args.batch_size, progress=progress)
+    lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, adapter=args.adapter,
+                           batch_size=args.batch_size, progress=progress)
     out = []
     for task in loaded:
         # perplexity takes no examples: measure it once, whatever the shot counts
