@@ -3,12 +3,16 @@
 Qwen (v1) export that says it loads only here.
 
     OMP_NUM_THREADS=1 .venv/bin/pytest -q tests/test_hf_export.py
+    GPTQWEN_OLDER_TRANSFORMERS=/tmp/tf451 .venv/bin/pytest -q -m slow tests/test_hf_export.py   # + transformers 4.51
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -146,3 +150,55 @@ def test_finetune_exports_write_the_jinja_template(exported, tmp_path):
     save_model_dir(tmp_path / "run", from_pretrained(folder), tok, {})
     cfg = json.loads((tmp_path / "run" / "tokenizer_config.json").read_text())
     assert cfg["chat_template"] == chat_template_jinja("qwen2.5") and cfg["chat_template_name"] == "qwen2.5"
+
+
+OLDER = os.environ.get("GPTQWEN_OLDER_TRANSFORMERS")  # a folder with an older transformers, e.g. 4.51.3
+_CHILD = """
+import json, sys, torch, transformers
+d = json.load(open(sys.argv[1]))
+out = {"version": transformers.__version__, "logits": {}}
+for name, want in d["logits"].items():
+    model = transformers.AutoModelForCausalLM.from_pretrained(d["dir"] + "/" + name).eval()
+    with torch.no_grad():
+        got = model(torch.tensor(d["ids"])).logits
+    out["logits"][name] = (got - torch.tensor(want)).abs().max().item()
+tok = transformers.AutoTokenizer.from_pretrained(d["dir"] + "/qwen3")
+out["chat"] = [tok.apply_chat_template(m, tools=t, tokenize=False, add_generation_prompt=True, enable_thinking=k)
+               for m, t, k in d["chats"]]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not OLDER, reason="set GPTQWEN_OLDER_TRANSFORMERS to a folder holding an older transformers, e.g. "
+                    "pip install --target /tmp/tf451 --no-deps transformers==4.51.3 huggingface_hub==0.30.2 "
+                    "tokenizers==0.21.1")
+def test_exports_load_in_an_older_transformers(exported, tmp_path):
+    """Every exportable layout loads with the older transformers' Auto* classes (the same logits), and its
+    AutoTokenizer renders the exported Jinja chat template as gptqwen does."""
+    cases = {"qwen3": Config.from_name("qwen3-tiny", n_layer=2, vocab_size=20032),
+             "qwen3_moe": Config.from_name("qwen3-moe-tiny"), "qwen2_moe": Config.from_name("qwen2-moe-tiny"),
+             "qwen2-yarn": Config.from_name("qwen2-tiny", max_seq_len=64, rope_scaling={
+                 "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}),
+             "llama": Config.from_name("qwen2-tiny", hf_model_type="llama", qkv_bias=False, tie_embeddings=False),
+             "gpt2": Config.from_name("gpt2-tiny", n_layer=2, n_embd=64)}  # fmt: skip
+    ids = torch.randint(0, 256, (2, 24))
+    tok = exported["qwen3"][1]
+    doc = {"dir": str(tmp_path), "ids": ids.tolist(), "logits": {}, "chats": []}
+    for name, cfg in cases.items():
+        model = Transformer(cfg).eval()
+        save_pretrained(model, tmp_path / name, tokenizer=tok if name == "qwen3" else None)
+        with torch.no_grad():
+            doc["logits"][name] = model(ids).logits.tolist()
+    settings = [("tools", [WEATHER], True), ("multi_turn_reasoning", None, False), ("system", None, True)]
+    doc["chats"] = [(CONVERSATIONS[n], t, k) for n, t, k in settings]
+    (tmp_path / "doc.json").write_text(json.dumps(doc))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([OLDER, os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "doc.json")], env=env, capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["version"] != __import__("transformers").__version__  # really the older one
+    assert max(got["logits"].values()) < 1e-4, got["logits"]
+    want = [tok.apply_chat_template(m, tools=t, enable_thinking=k) for m, t, k in doc["chats"]]
+    assert got["chat"] == want
