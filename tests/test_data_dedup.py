@@ -18,6 +18,7 @@ from gptqwen.data.dedup import (
     shingle_hashes,
 )
 from gptqwen.data.io import read_documents
+from gptqwen.data.steps import MinHashDedup
 from gptqwen.data.synthetic import jaccard, planted_pairs
 from gptqwen.errors import UserError
 
@@ -87,6 +88,7 @@ def test_rensa_engine_agrees_with_ours():
 def test_engine_choice(monkeypatch):
     pytest.importorskip("rensa")
     assert MinHasher().engine == "rensa"  # auto: rensa when installed
+    assert MinHashDedup({"engine": "numpy"}).hasher.engine == "numpy"  # the pipeline step's setting
     monkeypatch.setitem(sys.modules, "rensa", None)  # as if it were not installed
     assert MinHasher().engine == "numpy"
     with pytest.raises(UserError, match="gptqwen\\[data\\]"):

@@ -37,6 +37,7 @@ VERBS: dict[str, str] = {
     "tools": "tool-use data, the tool-using model's evaluation, and tool schemas",
     "serve": "OpenAI-compatible HTTP server with continuous batching and a web chat page",
     "scaling": "fit Chinchilla / Kaplan / GPT-4 scaling laws to runs and predict a bigger run's loss",
+    "vl": "vision-language models: train on synthetic images, grade held-out questions, parameter counts",
 }
 
 

@@ -183,7 +183,7 @@ class ExactDedup(_DropByIndex):
 class MinHashDedup(_DropByIndex):
     name = "minhash_dedup"
     reason = "near_duplicate"
-    defaults = {"bands": 14, "rows": 8, "ngram": 5, "seed": 1}
+    defaults = {"bands": 14, "rows": 8, "ngram": 5, "seed": 1, "engine": "auto"}  # engine: auto | rensa | numpy
 
     def __init__(self, params, text_key="text"):
         super().__init__(params, text_key)

@@ -54,6 +54,8 @@ class Engine:
         self._forward = torch.compile(model, dynamic=True) if compile else model
         # decode steps in one C call where the model qualifies (infer/native.py); compile keeps PyTorch's graph
         self.native = native and not compile
+        # a vision-language model decodes with its text decoder once the images are in the cache
+        self.text_model = getattr(model, "decoder", model)
 
     # ----------------------------------------------------------------------------------- public API
     def generate(self, prompts: Prompt | Sequence[Prompt],
@@ -96,8 +98,9 @@ class Engine:
         return ids
 
     def make_rows(self, prompts: Prompt | Sequence[Prompt], params=None, route: Router | None = None,
-                  reserve: int = 0) -> list[Row]:
-        """Tokenise, check against the context window, and wrap each prompt in a `Row`."""
+                  reserve: int = 0, images: Sequence[list] | None = None) -> list[Row]:
+        """Tokenise, check against the context window, and wrap each prompt in a `Row`; `images` (per prompt: the
+        `ImageInput`s of its image-pad tokens) go with the rows to a vision-language model's prefill."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         if not prompts:
@@ -123,6 +126,10 @@ class Engine:
                 raise UserError(f"prompt of {len(ids)} tokens leaves no room to generate in the context window "
                                 f"of {ctx} tokens; shorten it")
             rows.append(Row(ids, p, self.tokenizer, self.stop_ids(p), max_new, route, reserve))
+        for row, imgs in zip(rows, images or []):
+            if imgs and not hasattr(self.model, "vision_config"):
+                raise UserError("this model does not take images; load a vision-language model (gptqwen vl train)")
+            row.images = list(imgs or [])
         return rows
 
     def _get_cache(self, batch: int, length: int):
@@ -169,12 +176,13 @@ class Engine:
         sampler = Sampler([r.params for r in rows], self.config.vocab_size, dev)
         sampler.observe_prompt([r.prompt for r in rows])
         # built per run, not per engine: it reads the weights in place, and the model may have changed since
-        native = NativeDecoder.build(self.model) if self.native and dev.type == "cpu" else None
+        native = NativeDecoder.build(self.text_model) if self.native and dev.type == "cpu" else None
+        images = [im for r in rows for im in r.images]  # row-major, as the image-pad tokens lie in `ids`
         starts = torch.tensor([L - len(r.prompt) for r in rows])  # first real slot of each row
 
         self._sync()
         t0 = time.perf_counter()
-        logits = self._prefill(ids, pos, mask[:, :L] if padded else None, cache)
+        logits = self._prefill(ids, pos, mask[:, :L] if padded else None, cache, {"images": images} if images else {})
         next_pos, fill, n_steps = pos[:, -1:] + 1, L, 0
         while True:
             draw = sampler(logits)

@@ -61,6 +61,7 @@ class Row:
         self.top: list[list[tuple[int, float]]] = []
         self.channels: dict[str, _Channel] = {}
         self.forced: deque[int] = deque()
+        self.images: list = []  # encoder inputs for the prompt's image-pad tokens (a VLM's prefill)
         self.finish_reason: str | None = None
         self._hold = max((len(s) for s in params.stop), default=1) - 1
 

@@ -23,6 +23,7 @@ from gptqwen.errors import UserError
 from gptqwen.infer.request import Result, Row
 from gptqwen.infer.sampling import SamplingParams
 from gptqwen.tokenizer.chat import parse_assistant
+from gptqwen.vision.prompt import has_images, render_with_images
 
 STOP_THINKING = ("Considering the limited time by the user, I have to give the solution based on the thinking "
                  "directly now.\n</think>\n\n")
@@ -85,13 +86,22 @@ class ThinkingRouter:
         return "reasoning"
 
 
-def build_prompt(engine, messages: list[dict], enable_thinking: bool, tools: list | None) -> list[int]:
+def build_prompt(engine, messages: list[dict], enable_thinking: bool, tools: list | None) -> tuple[list[int], list]:
+    """The prompt ids of a conversation and the encoder inputs of its images (content parts; see vision.prompt)."""
     tok = engine.tokenizer
     if tok is None:
         raise UserError("chat needs a tokenizer with a chat template; this model has none")
+    if has_images(messages):
+        vision = getattr(engine.model, "vision_config", None)
+        if vision is None:
+            raise UserError("this model does not take images; load a vision-language model (gptqwen vl train) "
+                            "or send text only")  # fmt: skip
+        ids, _, images = render_with_images(tok, messages, vision, tools, enable_thinking=enable_thinking,
+                                            max_len=engine.config.max_seq_len)  # fmt: skip
+        return ids, images
     ids = tok.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
                                   enable_thinking=enable_thinking, tokenize=True)
-    return list(ids)
+    return list(ids), []
 
 
 def prepare_chat(engine, messages: list[dict], enable_thinking: bool = True, thinking_budget: int | None = None,
@@ -104,7 +114,7 @@ def prepare_chat(engine, messages: list[dict], enable_thinking: bool = True, thi
         raise UserError(f"thinking budget must be a positive number of tokens, got {thinking_budget}")
     switch = soft_switch(messages)
     enable = enable_thinking if switch is None else switch
-    prompt = build_prompt(engine, messages, enable, tools)
+    prompt, images = build_prompt(engine, messages, enable, tools)
     tok = engine.tokenizer
     think_id, end_id = tok.token_to_id("<think>"), tok.token_to_id("</think>")
     has_think = think_id is not None and end_id is not None
@@ -116,7 +126,7 @@ def prepare_chat(engine, messages: list[dict], enable_thinking: bool = True, thi
     stop_text = tok.encode(STOP_THINKING, allow_special=True) if has_think else []
     router = ThinkingRouter(think_id if has_think else None, end_id if has_think else None,
                             thinking_budget if has_think and enable else None, stop_text, last_open > last_close)
-    [row] = engine.make_rows([prompt], params or SamplingParams(), route=router, reserve=len(stop_text))
+    [row] = engine.make_rows([prompt], params or SamplingParams(), route=router, reserve=len(stop_text), images=[images])
     return row, router
 
 

@@ -152,7 +152,10 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 document_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int = 0, return_hidden: bool = False) -> ModelOutput:
+                logits_to_keep: int = 0, return_hidden: bool = False,
+                inputs_embeds: torch.Tensor | None = None) -> ModelOutput:
+        """`inputs_embeds` [B, T, n_embd] replaces the token embeddings of `input_ids` (a VLM scatters image
+        features into them); `input_ids` still gives the shape and device."""
         cfg = self.config
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -174,7 +177,7 @@ class Transformer(nn.Module):
         if cfg.pos == "learned" and longest > cfg.max_seq_len:
             raise UserError(f"sequence of {longest} tokens is longer than the model's context of {cfg.max_seq_len}")
 
-        x = self.wte(input_ids)
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
         cos = sin = q_scale = dca = None
         if self.wpe is not None:
             x = x + self.wpe(position_ids)

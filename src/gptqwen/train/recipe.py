@@ -14,7 +14,7 @@ recipe is checked — unknown keys (with the closest names), types, ranges — b
 
 Sections per trainer (`TRAINERS`): pretrain — model (preset), data, train; sft — model (base), sft, lora,
 train; finetune — model (base), task, train; reward — model, pref, reward, train; dpo — model, pref, dpo,
-lora, train; grpo — model, grpo, lora, train. Built-in recipes live in `gptqwen/recipes/*.yaml` and are
+lora, train; grpo — model, grpo, lora, train; vl — vl, train. Built-in recipes live in `gptqwen/recipes/*.yaml` and are
 found by name (`gptqwen sft -c sft-qwen3`); each trainer has a default one (`DEFAULT_RECIPES`), which is
 where its default hyperparameters live. Overrides are `section.key=value`, or a bare `key=value` when
 the key belongs to one section only.
@@ -199,6 +199,22 @@ class GRPOConfig:
     eval_problems: int | None = None  # synthetic: grade N held-out problems greedily before and after
 
 
+@dataclass
+class VLConfig:
+    """vl: the vision-language model, its synthetic image data, and what trains (stage 1: projector, 2: all)."""
+
+    preset: str = "qwen-vl-tiny"  # VLM preset of a new model (gptqwen.vision.config.VLM_PRESETS)
+    base: str | None = None  # instead: a VLM folder (a finished vl run) to continue from
+    tokenizer: str | None = None  # tokenizer.json or preset; None -> a small Qwen-style BPE of the tasks' text
+    train: str = "all"  # projector (encoder and decoder frozen) | all
+    tasks: list = field(default_factory=lambda: ["colour", "shape", "count", "position", "chart", "word"])
+    train_items: int = 2000  # training images per task
+    eval_items: int = 200  # held-out images per task, graded after training (0 = none)
+    data_seed: int = 0
+    text_only: bool = False  # baseline: the same model trained and graded on the questions without the images
+    max_new_tokens: int = 6
+
+
 MODEL = "model"  # pretrain's model section is a Config preset plus Config fields, checked against Config
 TRAINERS: dict[str, dict[str, type | None]] = {
     "pretrain": {"model": None, "data": DataConfig, "train": TrainConfig},
@@ -207,9 +223,10 @@ TRAINERS: dict[str, dict[str, type | None]] = {
     "reward": {"model": BaseModelConfig, "pref": PrefConfig, "reward": RewardConfig, "train": TrainConfig},
     "dpo": {"model": BaseModelConfig, "pref": PrefConfig, "dpo": DPOConfig, "lora": LoraConfig, "train": TrainConfig},
     "grpo": {"model": BaseModelConfig, "grpo": GRPOConfig, "lora": LoraConfig, "train": TrainConfig},
+    "vl": {"vl": VLConfig, "train": TrainConfig},
 }
 DEFAULT_RECIPES = {"pretrain": "qwen3-shakespeare", "sft": "sft-qwen3", "finetune": "finetune-gpt1", "reward": "reward-qwen3",
-                   "dpo": "dpo-qwen3", "grpo": "grpo-qwen3"}
+                   "dpo": "dpo-qwen3", "grpo": "grpo-qwen3", "vl": "qwen-vl-tiny"}
 TOO_LONG = ("drop", "truncate", "error")
 
 
@@ -256,6 +273,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "grpo.beta": _NON_NEGATIVE, "grpo.epsilon": (lambda v: 0 < v < 1, "in (0, 1)"),
     "grpo.epsilon_high": (lambda v: v is None or v > 0, "> 0"),
     "grpo.num_iterations": _POSITIVE, "grpo.eval_problems": _POSITIVE,
+    "vl.train": _one_of("projector", "all"), "vl.train_items": _POSITIVE, "vl.eval_items": _NON_NEGATIVE,
+    "vl.max_new_tokens": _POSITIVE,
 }  # fmt: skip
 
 

@@ -1,0 +1,232 @@
+"""Training and grading a vision-language model on the synthetic image tasks, on the shared training core.
+
+    gptqwen vl train -c qwen-vl-tiny                      # stage 1 projector only, stage 2 everything
+    gptqwen vl train -c qwen-vl-tiny vl.text_only=true --out runs/vl-text   # the baseline that cannot see
+
+    from gptqwen.train.recipe import load_recipe
+    run_vl(load_recipe("qwen-vl-tiny", ["vl.train_items=100"], trainer="vl"), "runs/vl")
+
+A recipe's stages run in order, each in `out/<stage>/` and starting from the previous stage's exported model
+(Qwen-VL's recipe: first align the projector with encoder and decoder frozen, then train everything). Every
+conversation is one user turn (the image and a question) and one assistant answer; the loss is the
+cross-entropy of the answer tokens. With `vl.text_only` the same decoder trains and is graded on the questions
+alone: what the data's priors give without seeing anything (a stage that trains only the projector is then
+skipped). After the last stage, `vl.eval_items` held-out items per task are answered greedily through the
+`Engine` (the same path as chat) and graded: exact answers, chart values within 5 %.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gptqwen.errors import UserError
+from gptqwen.finetune.common import save_model_dir, write_json
+from gptqwen.infer import Engine, SamplingParams
+from gptqwen.loading import load_model_and_tokenizer
+from gptqwen.tokenizer import Tokenizer
+from gptqwen.tokenizer.train import train_tokenizer
+from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
+from gptqwen.train.recipe import Recipe
+from gptqwen.vision import VisionLanguageModel, is_vlm_dir, preprocess, render_with_images
+from gptqwen.vision.data import Item, corpus_text, make_split
+
+CHART_TOLERANCE = 0.05
+
+
+# ---------------------------------------------------------------------------------------------- model and data
+def build_model(recipe: Recipe, device: torch.device) -> tuple[torch.nn.Module, Tokenizer]:
+    """The model to train (a VLM, or its decoder alone for vl.text_only) and its tokenizer."""
+    v = recipe.vl
+    if v.base:
+        decoder, tok = load_model_and_tokenizer(v.base)
+        if tok is None:
+            raise UserError(f"'{v.base}' has no tokenizer; pass vl.tokenizer")
+        model = VisionLanguageModel.attach(decoder, v.base) if is_vlm_dir(v.base) else decoder
+        if not v.text_only and not isinstance(model, VisionLanguageModel):
+            raise UserError(f"'{v.base}' is a text model; start a VLM from a preset (vl.preset) or a vl run folder")
+        if v.text_only and isinstance(model, VisionLanguageModel):
+            model = model.decoder
+        return model.to(device), tok
+    tok = Tokenizer.load(v.tokenizer) if v.tokenizer else train_tokenizer(corpus_text(v.tasks), 384, style="qwen",
+                                                                          show_progress=False)  # fmt: skip
+    pad = tok.token_to_id("<|image_pad|>")
+    if pad is None:
+        raise UserError("the tokenizer has no <|image_pad|> token; use a Qwen-style tokenizer")
+    torch.manual_seed(recipe.train.seed)
+    vlm = VisionLanguageModel.from_preset(v.preset, image_pad_id=pad, vocab_size=tok.vocab_size)
+    return (vlm.decoder if v.text_only else vlm).to(device), tok
+
+
+def encode_item(tok, item: Item, vision, with_answer: bool = True) -> tuple[list[int], list[int]]:
+    """Ids and assistant mask of an item's conversation (images become pad tokens; text-only: no image)."""
+    msgs = item.messages(with_answer=with_answer, with_image=vision is not None)
+    if vision is None:
+        if with_answer:
+            return tok.render_for_sft(msgs, enable_thinking=False)
+        return tok.apply_chat_template(msgs, enable_thinking=False, tokenize=True), []
+    ids, mask, _ = render_with_images(tok, msgs, vision, training=with_answer, enable_thinking=False,
+                                      images=[_placeholder(item, vision)])  # fmt: skip
+    return ids, mask
+
+
+def _placeholder(item: Item, vision):
+    """An ImageInput with the right token count, without building its patches (ids only need the count)."""
+    from gptqwen.vision.image import ImageInput, fit_size
+
+    h, w = fit_size(item.image.height, item.image.width, vision)
+    return ImageInput(torch.empty(0), (h // vision.patch_size, w // vision.patch_size), vision.merge_size)
+
+
+def make_batches(examples: list[tuple[list[int], list[int], Item]], batch_size: int, seed: int, pad: int,
+                 vision) -> list[dict[str, Any]]:  # fmt: skip
+    """Shuffled, right-padded batches: ids, targets (answer tokens only), and the items' images."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    batches = []
+    for s in range(0, len(order) - batch_size + 1, batch_size):
+        rows = [examples[i] for i in order[s:s + batch_size]]
+        T = max(len(ids) for ids, _, _ in rows)
+        ids = torch.full((len(rows), T), pad, dtype=torch.long)
+        targets = torch.full((len(rows), T), -100, dtype=torch.long)
+        for r, (x, m, _) in enumerate(rows):
+            ids[r, :len(x)] = torch.tensor(x)
+            learn = torch.tensor(m[1:], dtype=torch.bool)
+            targets[r, :len(x) - 1] = torch.where(learn, torch.tensor(x[1:]), -100)
+        batches.append({"ids": ids, "targets": targets, "items": [it for _, _, it in rows] if vision else [],
+                        "tokens": sum(len(x) for x, _, _ in rows)})
+    return batches
+
+
+# ---------------------------------------------------------------------------------------------- training
+def run_vl(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+           stop_at: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run every stage of a vl recipe into `out/<stage>/` (or `out` without stages); returns the last summary."""
+    out = Path(out)
+    if not recipe.stages:
+        return train_stage(recipe, out, resume, overwrite, quiet, stop_at, last=True)
+    summaries: dict[str, Any] = {}
+    previous = None
+    for i, spec in enumerate(recipe.stages):
+        sub = recipe.stage(i)
+        if previous is not None:
+            sub.vl.base = str(previous)
+        if sub.vl.text_only and sub.vl.train == "projector":
+            if not quiet:
+                print(f"stage {spec['name']}: skipped (vl.text_only has no projector to train)")
+            continue
+        last = i == len(recipe.stages) - 1
+        stage_dir = out / spec["name"]
+        if resume and (stage_dir / "vl.json").is_file() and not last:  # finished earlier: go on from it
+            previous = stage_dir
+            continue
+        summaries[spec["name"]] = train_stage(sub, stage_dir, resume and stage_dir.exists(), overwrite, quiet, stop_at, last)
+        if "out" not in summaries[spec["name"]]:  # stopped early
+            return summaries[spec["name"]]
+        previous = stage_dir
+    final = summaries[list(summaries)[-1]]
+    return {**final, "stages": {k: {"final_loss": s.get("final_loss"), "steps": s.get("steps"),
+                                    "trainable_params": s.get("trainable_params")} for k, s in summaries.items()}}
+
+
+def train_stage(recipe: Recipe, out: Path, resume: bool, overwrite: bool, quiet: bool, stop_at: int | None,
+                last: bool) -> dict[str, Any]:  # fmt: skip
+    v, tc = recipe.vl, recipe.train
+    check_run_dir(out, resume, overwrite)
+    info = setup_process(tc, single="vl train")
+    model, tok = build_model(recipe, info.device)
+    vision = getattr(model, "vision_config", None)
+    if isinstance(model, VisionLanguageModel):
+        model.freeze(v.train)
+    items = make_split(v.tasks, v.train_items, v.data_seed)
+    examples = [(*encode_item(tok, it, vision), it) for it in items]
+    too_long = sum(len(ids) >= model.config.max_seq_len for ids, _, _ in examples)
+    if too_long:
+        raise UserError(f"{too_long} training conversations do not fit the decoder's context of {model.config.max_seq_len}")
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    batches = EpochBatches(lambda e: make_batches(examples, tc.batch_size, tc.seed + e, pad, vision))
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def loss(fwd: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        extra = {"images": [preprocess(it.image, vision) for it in batch["items"]]} if vision else {}
+        out_ = fwd(batch["ids"].to(info.device), targets=batch["targets"].to(info.device), **extra)
+        return out_.loss, {"loss": out_.loss.detach()}
+
+    model_config = {"decoder": model.config.to_dict(), **({"vision": vision.to_dict()} if vision else {})}
+    work = Workload(
+        model=model, model_config=model_config, steps=steps_for(tc, batches.per_epoch), micro_batches=batches, loss=loss,
+        count_tokens=lambda b: b["tokens"],
+        order={"vl.train": v.train, "vl.text_only": v.text_only, "vl.tasks": list(v.tasks), "vl.train_items": v.train_items,
+               "train.batch_size": tc.batch_size, "train.seed": tc.seed},
+        epoch_of=batches.epoch_of,
+        describe=f"[bold]{recipe.name}[/]: {'text-only ' if vision is None else ''}{model.config.name}, "
+                 f"{n_train / 1e6:.2f}M of {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params train "
+                 f"({v.train if vision else 'decoder'}), {len(items)} items, {batches.per_epoch} batches per epoch, ",
+    )  # fmt: skip
+    summary = train(work, tc, out, recipe, info, resume, overwrite, quiet, stop_at, label="vl")
+    summary.update({"steps": work.steps, "trainable_params": n_train, "final_loss": summary.get("loss"),
+                    "train_items": len(items), "text_only": vision is None})
+    if summary["step"] < work.steps:
+        return summary
+    model.eval()
+    if last and v.eval_items:
+        summary["heldout"] = evaluate(model, tok, heldout_items(v), v.max_new_tokens)
+    files = model.vision_files() if isinstance(model, VisionLanguageModel) else {}
+    save_model_dir(out, getattr(model, "decoder", model), tok, {**files, "vl.json": write_json(summary)})
+    summary["out"] = str(out)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- grading
+def heldout_items(v) -> list[Item]:
+    """vl.eval_items test-split items per task, none identical to a training item."""
+    return make_split(v.tasks, v.eval_items, v.data_seed, split="test", exclude=make_split(v.tasks, v.train_items, v.data_seed))
+
+
+def correct(task: str, answer: str, expected: str) -> bool:
+    """Exact (case and outer space ignored); chart values within 5 % of the true value."""
+    got = answer.strip().lower().rstrip(".")
+    if task == "chart":
+        try:
+            return abs(float(got) - float(expected)) <= CHART_TOLERANCE * float(expected)
+        except ValueError:
+            return False
+    return got == expected.lower()
+
+
+def answer_items(model: torch.nn.Module, tok, items: list[Item], max_new_tokens: int = 6,
+                 batch_size: int = 32) -> list[str]:  # fmt: skip
+    """Greedy answers through the Engine (the chat path: images in the prefill, then cached decoding)."""
+    engine = Engine(model, tok)
+    vision = getattr(model, "vision_config", None)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    answers: list[str] = []
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        prompts = [encode_item(tok, it, vision, with_answer=False)[0] for it in chunk]
+        images = [[preprocess(it.image, vision)] if vision else [] for it in chunk]
+        rows = engine.make_rows(prompts, params, images=images)
+        for _ in engine.run(rows, {}):
+            pass
+        answers += [r.result({}).text for r in rows]
+    return [a.split("</think>")[-1].strip() for a in answers]
+
+
+def evaluate(model: torch.nn.Module, tok, items: list[Item], max_new_tokens: int = 6) -> dict[str, Any]:
+    """Accuracy and its standard error per task (and a few example answers)."""
+    answers = answer_items(model, tok, items, max_new_tokens)
+    by_task: dict[str, list[bool]] = {}
+    for it, a in zip(items, answers):
+        by_task.setdefault(it.task, []).append(correct(it.task, a, it.answer))
+    tasks = {}
+    for task, hits in by_task.items():
+        p = sum(hits) / len(hits)
+        tasks[task] = {"accuracy": p, "stderr": math.sqrt(p * (1 - p) / len(hits)), "n": len(hits)}
+    examples = [{"task": it.task, "question": it.question, "answer": it.answer, "model": a}
+                for it, a in list(zip(items, answers))[:12]]  # fmt: skip
+    return {"tasks": tasks, "examples": examples}
+

@@ -1,0 +1,187 @@
+"""Synthetic images with questions and answers, drawn with Pillow, deterministic by (task, split, seed, index).
+
+    from gptqwen.vision.data import TASKS, make_item, make_split
+    item = make_item("chart", seed=0, index=17)      # Item(image, question, answer, task)
+    train = make_split(["colour", "count"], 1000, seed=0)
+    test = make_split(["colour", "count"], 200, seed=0, split="test", exclude=train)   # held out
+
+Tasks:
+- colour: one shape; "What colour is the shape?" -> red / green / blue / yellow / purple / orange
+- shape: one shape; "What shape is this?" -> circle / square / triangle / diamond
+- count: 1-5 shapes of one colour; "How many shapes are there?" -> 1..5
+- position: two shapes; "Where is the <colour> shape?" -> left / right (of the other one)
+- chart: a bar or line chart of 3-4 labelled values on a 0-100 axis; "What is the value of C?" -> the integer
+- word: one word rendered with DejaVu Sans (shipped with matplotlib) in varying size, place and colour;
+  "What word is written?" -> the word
+
+Held-out items come from another seed stream (`split="test"`), and any test image identical to a training
+image (byte for byte, same question) is skipped, so scores are on images the model never saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gptqwen.errors import UserError, require
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
+           "purple": (140, 60, 180), "orange": (240, 130, 30)}  # fmt: skip
+SHAPES = ("circle", "square", "triangle", "diamond")
+WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music", "paper", "table", "water", "bread",
+         "chair", "dream", "earth", "field", "glass", "horse", "juice", "knife", "lemon", "mouse", "night", "ocean",
+         "piano", "queen", "robot", "sugar", "tiger", "voice", "whale", "zebra", "cat", "dog", "sun", "map", "pen",
+         "box", "cup", "key", "tree", "bird", "fish", "moon", "star", "road", "ship", "ring", "book", "door")  # fmt: skip
+TASKS = ("colour", "shape", "count", "position", "chart", "word")
+SPLIT_SEEDS = {"train": 0, "test": 7_919_000}
+
+
+@dataclass
+class Item:
+    image: Any  # PIL.Image (RGB)
+    question: str
+    answer: str
+    task: str
+
+    def messages(self, with_answer: bool = True, with_image: bool = True) -> list[dict]:
+        """The chat form: the image (unless text-only) and the question, then the answer."""
+        content = [{"type": "image", "image": self.image}, {"type": "text", "text": self.question}] if with_image else self.question
+        msgs = [{"role": "user", "content": content}]
+        return msgs + [{"role": "assistant", "content": self.answer}] if with_answer else msgs
+
+    def key(self) -> str:
+        return hashlib.sha1(self.image.tobytes() + self.question.encode()).hexdigest()
+
+
+def _draw_shape(draw, kind: str, cx: float, cy: float, r: float, fill) -> None:
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif kind == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif kind == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+
+
+def _canvas(w: int, h: int, rng: random.Random):
+    Image = require("PIL.Image", "vision", "drawing synthetic images")
+    ImageDraw = require("PIL.ImageDraw", "vision", "drawing synthetic images")
+    shade = rng.randint(235, 255)
+    img = Image.new("RGB", (w, h), (shade, shade, shade))
+    return img, ImageDraw.Draw(img)
+
+
+def _shapes(rng: random.Random, n: int, kinds: list[str], colours: list[str], size: int = 64) -> tuple[Any, list]:
+    """n non-overlapping shapes; returns the image and [(kind, colour, cx, cy)]."""
+    img, draw = _canvas(size, size, rng)
+    placed: list[tuple[str, str, float, float, float]] = []
+    r_max = 13 if n == 1 else 8
+    while len(placed) < n:
+        r = rng.uniform(r_max * 0.6, r_max)
+        cx, cy = rng.uniform(r + 1, size - r - 1), rng.uniform(r + 1, size - r - 1)
+        if all((cx - x) ** 2 + (cy - y) ** 2 > (r + rr + 2) ** 2 for _, _, x, y, rr in placed):
+            placed.append((kinds[len(placed)], colours[len(placed)], cx, cy, r))
+    for kind, colour, cx, cy, r in placed:
+        _draw_shape(draw, kind, cx, cy, r, COLOURS[colour])
+    return img, [(k, c, x, y) for k, c, x, y, _ in placed]
+
+
+def _font(size: int):
+    ImageFont = require("PIL.ImageFont", "vision", "rendering text")
+    mpl = require("matplotlib", "vision", "rendering text (its bundled DejaVu Sans font)")
+    return ImageFont.truetype(str(Path(mpl.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+
+
+def _chart(rng: random.Random) -> tuple[Any, str, str]:
+    n = rng.randint(3, 4)
+    labels = "ABCD"[:n]
+    values = [rng.randint(5, 100) for _ in range(n)]
+    img, draw = _canvas(96, 96, rng)
+    left, right, top, bottom = 14, 92, 6, 82  # plot area; the axis runs 0..100 from bottom to top
+    font = _font(9)
+    for v in (0, 50, 100):
+        y = bottom - (bottom - top) * v / 100
+        draw.line([(left, y), (right, y)], fill=(200, 200, 200))
+        draw.text((1, y - 5), str(v), fill=(60, 60, 60), font=_font(7))
+    step = (right - left) / n
+    colour = COLOURS[rng.choice(list(COLOURS))]
+    line = rng.random() < 0.5
+    points = []
+    for i, (lab, v) in enumerate(zip(labels, values)):
+        cx = left + step * (i + 0.5)
+        y = bottom - (bottom - top) * v / 100
+        points.append((cx, y))
+        if not line:
+            draw.rectangle([cx - step * 0.3, y, cx + step * 0.3, bottom], fill=colour)
+        draw.text((cx - 3, bottom + 2), lab, fill=(0, 0, 0), font=font)
+    if line:
+        draw.line(points, fill=colour, width=2)
+        for cx, y in points:
+            draw.ellipse([cx - 2, y - 2, cx + 2, y + 2], fill=colour)
+    k = rng.randrange(n)
+    return img, f"What is the value of {labels[k]}?", str(values[k])
+
+
+def _word(rng: random.Random) -> tuple[Any, str, str]:
+    word = rng.choice(WORDS)
+    img, draw = _canvas(128, 32, rng)
+    size = rng.randint(14, 20)
+    font = _font(size)
+    w = draw.textlength(word, font=font)
+    x, y = rng.uniform(2, max(2, 126 - w)), rng.uniform(1, max(1, 31 - size * 1.2))
+    ink = rng.randint(0, 90)
+    draw.text((x, y), word, fill=(ink, ink, ink), font=font)
+    return img, "What word is written?", word
+
+
+def make_item(task: str, seed: int, index: int, split: str = "train") -> Item:
+    """Item `index` of a task's stream; the same arguments always give the same image, question and answer."""
+    if task not in TASKS:
+        raise UserError(f"unknown vision task '{task}'; choose from {', '.join(TASKS)}")
+    rng = random.Random(f"{task}:{split}:{SPLIT_SEEDS[split] + seed}:{index}")
+    colours = list(COLOURS)
+    if task == "colour":
+        img, _ = _shapes(rng, 1, [rng.choice(SHAPES)], [c := rng.choice(colours)])
+        return Item(img, "What colour is the shape?", c, task)
+    if task == "shape":
+        img, _ = _shapes(rng, 1, [s := rng.choice(SHAPES)], [rng.choice(colours)])
+        return Item(img, "What shape is this?", s, task)
+    if task == "count":
+        n, colour = rng.randint(1, 5), rng.choice(colours)
+        img, _ = _shapes(rng, n, [rng.choice(SHAPES) for _ in range(n)], [colour] * n)
+        return Item(img, "How many shapes are there?", str(n), task)
+    if task == "position":
+        a, b = rng.sample(colours, 2)
+        img, placed = _shapes(rng, 2, [rng.choice(SHAPES), rng.choice(SHAPES)], [a, b])
+        side = "left" if placed[0][2] < placed[1][2] else "right"
+        return Item(img, f"Is the {a} shape left or right of the {b} one?", side, task)
+    img, q, ans = _chart(rng) if task == "chart" else _word(rng)
+    return Item(img, q, ans, task)
+
+
+def make_split(tasks: list[str] | tuple[str, ...], per_task: int, seed: int = 0, split: str = "train",
+               exclude: list[Item] | None = None) -> list[Item]:  # fmt: skip
+    """`per_task` items of each task, interleaved; items identical to one in `exclude` are skipped."""
+    seen = {it.key() for it in exclude or []}
+    out: list[Item] = []
+    for task in tasks:
+        got, i = [], 0
+        while len(got) < per_task:
+            it = make_item(task, seed, i, split)
+            i += 1
+            if it.key() not in seen:
+                got.append(it)
+        out.extend(got)
+    return [out[t * per_task + k] for k in range(per_task) for t in range(len(tasks))]
+
+
+def corpus_text(tasks: list[str] | tuple[str, ...]) -> list[str]:
+    """Every question and answer word the tasks use (to train a small tokenizer that covers them)."""
+    texts = ["What colour is the shape? What shape is this? How many shapes are there? What word is written?",
+             "Is the shape left or right of the one? What is the value of A B C D?", " ".join(COLOURS), " ".join(SHAPES),
+             " ".join(WORDS), " ".join(str(i) for i in range(101))]  # fmt: skip
+    return texts * 20

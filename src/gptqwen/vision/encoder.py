@@ -1,0 +1,116 @@
+"""The image encoder: a ViT with 2D RoPE and pre-norm blocks, and the 2x2-merge projector into the decoder.
+
+    enc = VisionEncoder(vision_config)
+    feats = enc([preprocess(img, vision_config), ...])   # [sum of n_tokens, out_dim]: one row per <|image_pad|>
+
+Built from the decoder's parts: `make_norm` (RMSNorm / LayerNorm through `ops.rms_norm`), `MLP` (SwiGLU / GELU
+through `ops.swiglu` / `ops.gelu`) and `ops.norm_rope` for the rotary embedding. Attention is bidirectional
+within one image (no causal mask), so it runs through `F.scaled_dot_product_attention`; images of the same
+grid run as one batch.
+
+2D RoPE (Qwen2-VL's vision rotary): each head's rotated pairs (i, i + D/2) split into two halves of D/4
+frequencies — the first turns with the patch's row, the second with its column.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gptqwen import ops
+from gptqwen.model.mlp import MLP
+from gptqwen.model.norms import make_norm
+from gptqwen.vision.config import VisionConfig
+from gptqwen.vision.image import ImageInput, grid_positions
+
+
+def rope_2d(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and pre-signed sin tables [1, N, 1, head_dim] for (row, col) positions [N, 2], in `ops.norm_rope`'s layout."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim // 2, 2, dtype=torch.float32) / (head_dim // 2))
+    angles = torch.cat([positions[:, :1] * inv_freq, positions[:, 1:] * inv_freq], dim=-1)  # [N, D/2]: rows | cols
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], -1)[None, :, None], torch.cat([-sin, sin], -1)[None, :, None]
+
+
+class VisionBlock(nn.Module):
+    """Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)); attention over all patches of the image."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.ln_1 = make_norm(cfg.norm, cfg.width, cfg.norm_eps)
+        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
+        self.proj = nn.Linear(cfg.width, cfg.width)
+        self.ln_2 = make_norm(cfg.norm, cfg.width, cfg.norm_eps)
+        self.mlp = MLP(cfg.mlp, cfg.width, cfg.intermediate_size, bias=True)
+
+    def attention(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.n_head, C // self.n_head)
+        q = ops.norm_rope(qkv[:, :, 0], cos, sin)
+        k = ops.norm_rope(qkv[:, :, 1], cos, sin)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), qkv[:, :, 2].transpose(1, 2))
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.ln_1(x), cos, sin)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Projector(nn.Module):
+    """Qwen2-VL's PatchMerger: norm each patch, concatenate each 2x2 group, MLP (GELU) into the decoder width."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        self.group = cfg.merge_size**2
+        hidden = cfg.width * self.group
+        self.ln = make_norm(cfg.norm, cfg.width, cfg.norm_eps)
+        self.fc = nn.Linear(hidden, hidden)
+        self.proj = nn.Linear(hidden, cfg.out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        x = self.ln(x).reshape(B, N // self.group, C * self.group)  # groups are consecutive (image.patchify)
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class VisionEncoder(nn.Module):
+    """Patches of several images -> one feature row per merged token, in image order."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.patch_embed = nn.Linear(cfg.patch_dim, cfg.width, bias=False)
+        self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.depth))
+        self.merger = Projector(cfg)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def encode_batch(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """[B, N, patch_dim] of images with one grid -> [B, N / merge^2, out_dim]."""
+        cfg = self.config
+        cos, sin = rope_2d(grid_positions(grid, cfg.merge_size).float(), cfg.head_dim, cfg.rope_theta)
+        x = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
+        cos, sin = cos.to(x), sin.to(x)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.merger(x)
+
+    def forward(self, images: list[ImageInput]) -> torch.Tensor:
+        device = self.patch_embed.weight.device
+        by_grid: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, im in enumerate(images):
+            by_grid[im.grid].append(i)
+        out: list[torch.Tensor | None] = [None] * len(images)
+        for grid, idx in by_grid.items():
+            feats = self.encode_batch(torch.stack([images[i].patches for i in idx]).to(device), grid)
+            for j, i in enumerate(idx):
+                out[i] = feats[j]
+        return torch.cat(out)  # type: ignore[arg-type]

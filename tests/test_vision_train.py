@@ -1,0 +1,59 @@
+"""The `vl` trainer: stage 1 trains the projector only (encoder and decoder weights unchanged), stage 2 trains
+everything from stage 1's weights; the text-only baseline skips the projector stage; held-out grading runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("PIL.Image")
+
+from gptqwen.finetune.vl import build_model, correct, run_vl  # noqa: E402
+from gptqwen.loading import from_pretrained  # noqa: E402
+from gptqwen.train.recipe import load_recipe  # noqa: E402
+from gptqwen.vision import VisionLanguageModel  # noqa: E402
+
+SMALL = ["vl.tasks=[colour,chart]", "vl.train_items=8", "vl.eval_items=0", "train.batch_size=4", "train.log_interval=1",
+         "train.ckpt_interval=0", "train.tensorboard=false", "train.threads=1"]
+
+
+def _recipe(*extra: str):
+    return load_recipe("qwen-vl-tiny", [*SMALL, *extra], trainer="vl")
+
+
+def _overrides_for_stages(recipe, steps: int) -> None:
+    for spec in recipe.stages:
+        spec.setdefault("train", {})["max_steps"] = steps
+    recipe.raw["stages"] = recipe.stages
+
+
+def test_stage1_trains_only_the_projector_then_stage2_everything(tmp_path):
+    recipe = _recipe()
+    _overrides_for_stages(recipe, 2)
+    before = build_model(recipe.stage(0), torch.device("cpu"))[0].state_dict()
+    summary = run_vl(recipe, tmp_path, quiet=True)
+    stage1 = VisionLanguageModel.attach(from_pretrained(str(tmp_path / "projector")), tmp_path / "projector").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], stage1[k])}
+    assert changed and all(k.startswith("visual.merger.") for k in changed)
+    assert {k for k in before if k.startswith("visual.merger.") and k.endswith("weight")} <= changed
+    stage2 = VisionLanguageModel.attach(from_pretrained(str(tmp_path / "all")), tmp_path / "all").state_dict()
+    moved = {k for k in stage1 if not torch.equal(stage1[k], stage2[k])}
+    assert any(k.startswith("decoder.blocks.") for k in moved) and any(k.startswith("visual.blocks.") for k in moved)
+    assert set(summary["stages"]) == {"projector", "all"}
+    assert summary["stages"]["projector"]["trainable_params"] < summary["stages"]["all"]["trainable_params"]
+    assert json.loads((tmp_path / "all" / "vl.json").read_text())["steps"] == 2
+
+
+def test_text_only_baseline_skips_the_projector_stage_and_is_graded(tmp_path):
+    recipe = _recipe("vl.text_only=true", "vl.eval_items=3")
+    _overrides_for_stages(recipe, 1)
+    summary = run_vl(recipe, tmp_path, quiet=True)
+    assert not (tmp_path / "projector").exists() and summary["text_only"]
+    assert {t: r["n"] for t, r in summary["heldout"]["tasks"].items()} == {"colour": 3, "chart": 3}
+
+
+def test_grading_rules():
+    assert correct("chart", "52", "50") and correct("chart", " 48.", "50") and not correct("chart", "53", "50")
+    assert not correct("chart", "fifty", "50") and correct("colour", "Red", "red") and not correct("count", "2", "3")
