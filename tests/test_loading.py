@@ -83,9 +83,10 @@ def test_a_preset_is_refused_unless_random_weights_are_asked_for(capsys):
         load_model_and_tokenizer("qwen3-0.6b")
     with pytest.raises(UserError, match="235.*B parameters.*more than this machine's"):
         load_model_and_tokenizer("qwen3-235b-a22b", random_weights=True)  # refused before any allocation
-    for verb in (["generate", "--prompt", "hi"], ["chat"], ["serve"], ["tools", "eval"]):
+    for verb in (["generate", "--prompt", "hi"], ["chat"], ["serve"], ["tools", "eval"], ["eval", "--task", "copy"]):
         assert main([*verb, "--model", "qwen3-0.6b"]) == 2
         assert "is a preset" in capsys.readouterr().err, verb
     # with the flag the preset is built; qwen3-tiny then fails only for lack of a vocabulary
-    assert main(["generate", "--prompt", "hi", "--model", "qwen3-tiny", "--random-weights"]) == 2
-    assert "has no tokenizer" in capsys.readouterr().err
+    for verb in (["generate", "--prompt", "hi"], ["eval", "--task", "copy"]):
+        assert main([*verb, "--model", "qwen3-tiny", "--random-weights"]) == 2
+        assert "has no tokenizer" in capsys.readouterr().err, verb

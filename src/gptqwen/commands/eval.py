@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = __doc__.split("\n\n", 1)[1]
     p.add_argument("--model", action="extend", nargs="+", default=[], metavar="PATH_OR_PRESET",
-                   help="run dir, checkpoint dir, HF dir or .gguf file (repeat for several models)")
+                   help="run dir, checkpoint dir, HF dir, Hub id (org/name) or .gguf file (repeat for several models)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="allow preset names as --model: their architecture with random, untrained weights (a floor)")
     p.add_argument("--task", action="extend", nargs="+", default=[], metavar="TASK",
                    help="built-in task name or task .yaml file (repeatable)")
     p.add_argument("--shots", action="extend", nargs="+", type=int, default=None, metavar="K",
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _evaluate_model(spec: str, loaded, shots: list[int], args, progress: bool):
     lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, adapter=args.adapter,
-                           batch_size=args.batch_size, progress=progress)
+                           random_weights=args.random_weights, batch_size=args.batch_size, progress=progress)
     out = []
     for task in loaded:
         # perplexity takes no examples: measure it once, whatever the shot counts
@@ -197,7 +199,8 @@ def _long_context(args: argparse.Namespace) -> int:
     settings.validate()
     rows = []
     for spec in args.model:
-        lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, progress=False)
+        lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, random_weights=args.random_weights,
+                               progress=False)
         extend_context(lm.model, max(settings.context_lengths), yarn=args.yarn,
                        dca=tuple(args.dca) if args.dca else None, allow_longer=args.allow_longer)
         ev = LongContextEval(lm.model, lm.tokenizer, settings,

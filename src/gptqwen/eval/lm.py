@@ -69,9 +69,11 @@ class ScoringModel:
 
     @classmethod
     def load(cls, spec: str, device: str | None = None, dtype: str | None = None, adapter: str | None = None,
-             **kwargs) -> ScoringModel:
-        """Load through `gptqwen.loading` (run dir, HF dir, .gguf or preset; `adapter`: a PEFT LoRA folder merged in)."""
-        model, tok = load_model_and_tokenizer(spec, dtype=dtype, device=device, adapter=adapter)
+             random_weights: bool = False, **kwargs) -> ScoringModel:
+        """Load through `gptqwen.loading` (run dir, HF dir, Hub id, .gguf, or a preset with `random_weights`;
+        `adapter`: a PEFT LoRA folder merged in)."""
+        model, tok = load_model_and_tokenizer(spec, dtype=dtype, device=device, adapter=adapter,
+                                              random_weights=random_weights)
         return cls(model, tok, name=spec, **kwargs)
 
     @property
