@@ -24,7 +24,8 @@ from gptqwen.utils import print_json
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_arguments(parser, "pretrain", out_default=None, doc=__doc__)
-    parser.add_argument("--preset", help="model preset to train instead of the recipe's model (e.g. gpt2-tiny)")
+    parser.add_argument("--preset", help="model preset to train instead of the recipe's model (e.g. gpt2-tiny); the run and "
+                        "the model are named after it and its model.* overrides (default --out runs/gpt2-tiny+n_layer=2)")
     parser.add_argument("--stage", help="run only this stage of a staged recipe (it starts from the previous stage's weights)")
 
 
