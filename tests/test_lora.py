@@ -6,8 +6,8 @@ import torch
 from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.finetune.lora import apply_lora
-from gptqwen.model.lora import LoRALinear, lora_layers, merge_lora
 from gptqwen.model import Transformer
+from gptqwen.model.lora import LoRALinear, lora_layers, merge_lora
 
 
 def _randomize_adapters(model):
