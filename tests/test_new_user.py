@@ -174,3 +174,14 @@ def test_dedup_pipeline_leaves_user_paths_alone(tmp_path, capsys):
         assert main(["data", "dedup", str(docs), "--workers", "1", *extra]) == 2
         assert why in capsys.readouterr().err
     assert mine.read_text() == "mine" and (work / "photo.jpg").read_bytes() == b"\xff"
+
+
+def test_file_outputs_refuse_folders_and_files_in_the_way(tmp_path):
+    from gptqwen.utils import atomic_write
+
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    for target, why in ((mine / "out.jsonl", "is a file"), (tmp_path, "is a folder")):
+        with pytest.raises(UserError, match=why), atomic_write(target) as f:
+            f.write("x")
+    assert mine.read_text() == "mine"

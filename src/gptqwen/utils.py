@@ -22,9 +22,13 @@ if TYPE_CHECKING:
 def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Write `path` through a temp file in the same directory, fsync it, then rename over the target.
 
-    A crash at any moment leaves either the old file or the new one, never a half-written file.
+    A crash at any moment leaves either the old file or the new one, never a half-written file. A folder at
+    `path`, or a file where its folder should be, is a UserError (not a traceback from mkdir or rename).
     """
     path = Path(path)
+    refuse_file_in_path(path.parent, f"the output '{path}': its folder")
+    if path.is_dir():
+        raise UserError(f"the output '{path}' is a folder; give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
