@@ -96,9 +96,10 @@ def test_two_ranks_two_micro_batches_equal_one_process(tmp_path):
         assert _close(grads, want_grads, 1e-5), key
         assert torch.equal(load, want_load)
     # per-micro-batch balancing of the same split is another loss: the comparison above can tell them apart
-    micro, micro_grads, _ = runs[("micro", 2)]
+    micro, micro_grads, micro_load = runs[("micro", 2)]
     assert abs(micro["aux_loss"] - want["aux_loss"]) > 1e-3
     assert not _close(micro_grads, want_grads, 1e-4)
+    assert torch.equal(micro_load, want_load)  # the logged load covers the global batch in both modes
 
 
 def test_global_balance_in_one_process_and_micro_unchanged():

@@ -117,7 +117,9 @@ class ExpertBalance:
     load each step measured; see the module docstring for the method. Per step the loop calls `start(M)`; for
     global with M > 1 it then runs `counting()`, a no-grad forward of each micro-batch; then the M training
     forwards inside `balancing(self)`. Afterwards `load()` is the step's choices per MoE layer and expert [L, E]
-    over the global batch (both modes), for the metrics."""
+    over the global batch (both modes), for the metrics. Every MoE forward inside counts: a loss that runs the
+    model twice per micro-batch (DPO's chosen and rejected rows) counts both, and with one micro-batch per rank
+    `global` then takes f from the first forward alone."""
 
     def __init__(self, mode: str, group: dist.ProcessGroup | None = None):
         if mode not in ("micro", "global"):
