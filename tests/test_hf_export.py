@@ -89,6 +89,14 @@ def test_jinja_twins_equal_trl_templates_and_our_jinja_path(exported, fmt):
     assert ours_jinja.render_for_sft(msgs) == native.render_for_sft(msgs)
 
 
+def test_generation_config_stops_at_the_end_of_a_turn(exported):
+    """transformers (and vLLM) stop at generation_config's eos ids: every id that ends a turn here."""
+    folder, tok = exported["qwen3"]
+    gen = pytest.importorskip("transformers").GenerationConfig.from_pretrained(folder)
+    assert sorted(gen.eos_token_id) == sorted(tok.stop_ids) and tok.special_tokens["<|im_end|>"] in gen.eos_token_id
+    assert gen.pad_token_id == tok.pad_id
+
+
 def test_reloaded_export_renders_natively(exported):
     folder, _ = exported["qwen3"]
     assert load_tokenizer(folder).chat_template == "qwen3"  # chat_template_name wins: the fast native path

@@ -335,6 +335,18 @@ def save_tokenizer(tokenizer, directory: str | os.PathLike) -> Path:
     return directory
 
 
+def _generation_config(hf_cfg: dict, tokenizer) -> dict:
+    """generation_config.json: the model's bos/eos ids, and with a tokenizer every id that ends a turn (e.g.
+    <|im_end|> and <|endoftext|>) plus its pad id, so that transformers' and vLLM's generation stop where ours does."""
+    gen = {k: hf_cfg[k] for k in ("bos_token_id", "eos_token_id") if hf_cfg.get(k) is not None}
+    if tokenizer is not None and tokenizer.stop_ids:
+        stops = sorted(tokenizer.stop_ids | ({gen["eos_token_id"]} if "eos_token_id" in gen else set()))
+        gen["eos_token_id"] = stops[0] if len(stops) == 1 else stops
+        if tokenizer.pad_id is not None:
+            gen["pad_token_id"] = tokenizer.pad_id
+    return gen
+
+
 def _with_legacy_keys(hf_cfg: dict, dtype: torch.dtype) -> dict:
     """Add what readers older than transformers 5 look for: `rope_theta` / `rope_scaling` at the top level
     (5 keeps them in `rope_parameters`), `torch_dtype` (5 calls it `dtype`) and, where sliding windows are off,
@@ -385,7 +397,7 @@ def save_pretrained(model, path: str | os.PathLike, max_shard_size: str | int = 
     path = Path(path)
     with atomic_dir(path) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-        gen = {k: hf_cfg[k] for k in ("bos_token_id", "eos_token_id") if hf_cfg.get(k) is not None}
+        gen = _generation_config(hf_cfg, tokenizer)
         if gen:
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         if len(shards) == 1:
