@@ -97,6 +97,13 @@ def test_generation_config_stops_at_the_end_of_a_turn(exported):
     assert gen.pad_token_id == tok.pad_id
 
 
+def test_llama_cpp_converter_sees_the_template(exported):
+    """llama.cpp's convert_hf_to_gguf.py reads the template and special ids through gguf.SpecialVocab."""
+    folder, tok = exported["qwen3"]
+    vocab = pytest.importorskip("gguf").SpecialVocab(folder, n_vocab=tok.vocab_size)
+    assert vocab.chat_template == chat_template_jinja("qwen3") and vocab.special_token_ids["eos"] == tok.eos_id
+
+
 def test_reloaded_export_renders_natively(exported):
     folder, _ = exported["qwen3"]
     assert load_tokenizer(folder).chat_template == "qwen3"  # chat_template_name wins: the fast native path
