@@ -222,3 +222,23 @@ def test_data_is_deterministic_and_heldout_is_disjoint():
     train = make_split(["count"], 300)
     test = make_split(["count"], 50, split="test", exclude=train)
     assert len(test) == 50 and not {t.key() for t in train} & {t.key() for t in test}
+
+
+def test_chat_command_sends_images(tmp_path, tok, vlm, monkeypatch, capsys):
+    """`gptqwen chat --image FILE` and `/image FILE` on a saved VLM folder; a missing file is a clear error."""
+    from gptqwen.cli import main
+
+    vlm.save_pretrained(tmp_path / "vlm")
+    tok.save(tmp_path / "vlm")
+    make_item("colour", 0, 0).image.save(tmp_path / "a.png")
+    seen = []
+    real = VisionLanguageModel.embed
+    monkeypatch.setattr(VisionLanguageModel, "embed", lambda self, ids, images: seen.append(len(images or [])) or
+                        real(self, ids, images))  # fmt: skip
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"What colour?\n/image {tmp_path / 'a.png'}\nAnd now?\nNo image.\n"))
+    args = ["chat", "--model", str(tmp_path / "vlm"), "--image", str(tmp_path / "a.png"), "--temperature", "0",
+            "--max-new-tokens", "2", "--no-think"]  # fmt: skip
+    assert main(args) == 0
+    assert [n for n in seen if n] == [1, 2, 2]  # the first turn's image stays in the history; /image adds one
+    assert main(["chat", "--model", str(tmp_path / "vlm"), "--image", str(tmp_path / "nope.png")]) == 2
+    assert "--image" in capsys.readouterr().err

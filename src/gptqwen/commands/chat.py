@@ -4,12 +4,14 @@
     printf 'Hi!\\n/budget 32\\nWhat is 2+2?\\n' | gptqwen chat --model qwen3-dir --temperature 0
 
     gptqwen chat --model runs/tools/sft --tools calculator,python,my_tools.py [--agent function|react|tir]
+    gptqwen chat --model runs/qwen-vl-tiny/all --image chart.png     # a vision-language model (gptqwen vl)
 
 Thinking streams dimmed and collapses to one line when the answer starts (`/show` expands the last one).
 With --tools each turn runs the tool loop (`gptqwen.tools`): tool calls and their results are shown as they
 happen (`--agent react` uses Thought/Action/Observation text, `--agent tir` runs ```python blocks).
 Commands: /think, /no_think (thinking on/off), /budget N | /budget off, /system TEXT, /show, /reset,
-/help, /exit. Ctrl-C stops the current answer and keeps the session; Ctrl-D (or end of input) leaves.
+/image FILE (goes with the next message; --image FILE does so for the first), /help, /exit. Ctrl-C stops
+the current answer and keeps the session; Ctrl-D (or end of input) leaves.
 At a terminal the prompt has line editing and history (readline, where Python has it): the arrow keys recall
 earlier lines, also from earlier sessions ($GPTQWEN_CACHE/chat_history, default ~/.cache/gptqwen).
 """
@@ -33,13 +35,16 @@ from gptqwen.tools.styles import STYLES, ToolUse
 
 HELP = ("/think  /no_think  thinking on / off      /budget N | off   cap thinking at N tokens\n"
         "/system TEXT       set the system message /show             expand the last thinking\n"
-        "/reset             forget the conversation /exit             leave (or Ctrl-D)")
+        "/reset             forget the conversation /exit             leave (or Ctrl-D)\n"
+        "/image FILE        send an image with the next message (a vision-language model)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--no-think", action="store_true", help="start with thinking off")
     p.add_argument("--thinking-budget", type=int, default=None, help="cap thinking at N tokens")
+    p.add_argument("--image", action="append", default=[], metavar="FILE",
+                   help="an image to send with the first message (repeatable; a vision-language model)")
     add_tool_arguments(p)
     add_model_arguments(p)
     add_sampling_arguments(p)
@@ -91,6 +96,15 @@ class Session:
         self.system, self.thinking, self.budget = system, thinking, budget
         self.history: list[dict] = []
         self.last_reasoning = ""
+        self.images: list[str] = []  # image files waiting for the next user message
+
+    def user_message(self, text: str) -> dict:
+        """The next user turn: the waiting images (OpenAI content parts) and the text."""
+        if not self.images:
+            return {"role": "user", "content": text}
+        parts = [{"type": "image_url", "image_url": {"url": path}} for path in self.images]
+        self.images = []
+        return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
 
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
@@ -117,6 +131,13 @@ class Session:
             self.history.clear()
         elif name == "/system":
             self.system = arg or None
+        elif name == "/image":
+            if not Path(arg).expanduser().is_file():
+                console.print(f"[red]usage: /image FILE (no file '{arg}')[/red]", markup=False)
+                return True
+            self.images.append(str(Path(arg).expanduser()))
+            console.print(f"[dim]{len(self.images)} image(s) go with your next message[/dim]")
+            return True
         elif name == "/show":
             console.print(self.last_reasoning or "(no thinking yet)", style="dim", markup=False)
             return True
@@ -240,6 +261,10 @@ def run(args: argparse.Namespace) -> int:
     params = sampling_from_args(args)
     tools = tool_use_from_args(args)  # before loading the model: a bad --tools fails fast
     session = Session(args.system, not args.no_think, args.thinking_budget)
+    for path in args.image:  # fail before loading the model
+        if not Path(path).expanduser().is_file():
+            raise UserError(f"--image '{path}' does not exist")
+        session.images.append(str(Path(path).expanduser()))
     try:
         return _loop(engine_from_args(args), session, params, console, tools, args.model)
     finally:
@@ -275,11 +300,11 @@ def _turns(engine, session: Session, params, console, tools: ToolUse | None, int
         if not line:
             continue
         if line.startswith("/") and line.split()[0] in ("/think", "/no_think", "/budget", "/reset", "/system",
-                                                       "/show", "/help", "/exit", "/quit"):
+                                                       "/show", "/help", "/exit", "/quit", "/image"):
             if not session.command(line, console):
                 break
             continue
-        session.history.append({"role": "user", "content": line})
+        session.history.append(session.user_message(line))
         if not interactive:
             console.print(f"[bold cyan]you>[/bold cyan] {escape(line)}")
         console.print("[bold green]assistant>[/bold green] ", end="")

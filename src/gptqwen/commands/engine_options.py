@@ -12,6 +12,7 @@ from gptqwen.infer.quant import quantize
 from gptqwen.infer.sampling import DEFAULT_TEMPERATURE, SamplingParams
 from gptqwen.loading import load_model_and_tokenizer
 from gptqwen.utils import parse_dtype, pick_device
+from gptqwen.vision import VisionLanguageModel, is_vlm_dir
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -80,4 +81,6 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
                         "use a .gguf file, an HF checkpoint or a run directory that has one")
     if args.quant:
         quantize(model, args.quant)
+    if is_vlm_dir(args.model):  # a vision-language model: its image encoder sits beside the decoder
+        model = VisionLanguageModel.attach(model, args.model)
     return Engine(model, tok, compile=args.compile, native=args.native)

@@ -116,13 +116,16 @@ class _Prefill:
         self.padded = any(len(r.row.prompt) != L for r in reqs)
         self.cache = engine.model.new_cache(len(reqs), L, dtype=engine.cache_dtype, device=engine.device)
         self.done, self.L, self.chunk = 0, L, max(1, chunk // len(reqs))
+        self.images = [im for r in reqs for im in r.row.images]  # row-major, as their pad tokens lie in `ids`
+        if self.images:  # a VLM scatters every image's features in one forward: no chunking then
+            self.chunk = L
 
     def step(self, engine) -> torch.Tensor | None:
         """Run the next chunk; the last positions' logits [k, V] once the prompts are done, else None."""
         a, b, dev = self.done, min(self.L, self.done + self.chunk), engine.device
         out = engine._forward(self.ids[:, a:b].to(dev), position_ids=self.pos[:, a:b].to(dev),
                               attention_mask=self.mask[:, :b].to(dev) if self.padded else None, cache=self.cache,
-                              logits_to_keep=1)
+                              logits_to_keep=1, **({"images": self.images} if self.images else {}))
         self.done = b
         return out.logits[:, -1] if b == self.L else None
 
@@ -134,7 +137,7 @@ class Scheduler:
         if max_seqs < 1 or max_queue < 1 or prefill_tokens < 1:
             raise UserError("max_seqs, max_queue and prefill_tokens must be >= 1")
         self.engine, self.max_seqs, self.max_queue, self.prefill_tokens = engine, max_seqs, max_queue, prefill_tokens
-        self.native = NativeDecoder.build(engine.model) if engine.native and engine.device.type == "cpu" else None
+        self.native = NativeDecoder.build(engine.text_model) if engine.native and engine.device.type == "cpu" else None
         self._lock = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._slots: list[Request | None] = []

@@ -150,14 +150,25 @@ def parse(model: type[BaseModel], body: bytes) -> Any:
         raise APIError(400, f"{where}: {err['msg']}", param=where or None) from e
 
 
-def _text(content: Any, i: int) -> str:
+def _text(content: Any, i: int) -> str | list[dict]:
+    """A message's content: text parts joined; with image parts, the parts (images as data: URLs only — a
+    server does not open files or URLs named by a client)."""
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list) and all(isinstance(p, dict) for p in content):
-        if any(p.get("type") != "text" for p in content):
-            raise APIError(400, f"messages[{i}]: only text content parts are supported", param=f"messages[{i}]")
-        return "".join(str(p.get("text", "")) for p in content)
-    raise APIError(400, f"messages[{i}].content must be a string or a list of text parts", param=f"messages[{i}]")
+        kinds = {p.get("type") for p in content}
+        if kinds - {"text", "image_url"}:
+            raise APIError(400, f"messages[{i}]: content parts must be text or image_url", param=f"messages[{i}]")
+        if "image_url" not in kinds:
+            return "".join(str(p.get("text", "")) for p in content)
+        for p in content:
+            ref = p.get("image_url")
+            url = ref.get("url") if isinstance(ref, dict) else None
+            if p.get("type") == "image_url" and not (isinstance(url, str) and url.startswith("data:")):
+                raise APIError(400, f"messages[{i}]: an image_url must be {{'url': 'data:image/...;base64,...'}}; "
+                               "this server takes images as data URLs only", param=f"messages[{i}]")  # fmt: skip
+        return [p if p.get("type") == "image_url" else {"type": "text", "text": str(p.get("text", ""))} for p in content]
+    raise APIError(400, f"messages[{i}].content must be a string or a list of content parts", param=f"messages[{i}]")
 
 
 def _call_in(call: dict, i: int) -> dict:
