@@ -185,3 +185,14 @@ def test_file_outputs_refuse_folders_and_files_in_the_way(tmp_path):
         with pytest.raises(UserError, match=why), atomic_write(target) as f:
             f.write("x")
     assert mine.read_text() == "mine"
+
+
+@pytest.mark.parametrize("argv", [["tools", "prepare", "--n", "4"], ["scaling", "sweep", "--size", "n_layer=1", "--tokens", "1000"],
+                                  ["sft", "--synthetic", "8"], ["data", "prepare", "shakespeare", "--train-tokenizer", "300"]])
+def test_other_verbs_refuse_a_file_as_out(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.txt").write_text("mine")
+    assert main([*argv, "--out", "f.txt"]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"] and (tmp_path / "f.txt").read_text() == "mine"

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from gptqwen.errors import UserError
-from gptqwen.utils import print_json
+from gptqwen.utils import print_json, refuse_file_in_path
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -101,6 +101,8 @@ def _sweep(args: argparse.Namespace) -> int:
         raise UserError(f"--shard takes I/K, e.g. 0/2, not {args.shard!r}")
     tokens = _numbers(args.tokens, "--tokens") if args.tokens else None
     flops = _numbers(args.flops, "--flops") if args.flops else None
+    if not args.dry_run:  # before planning, which may build the dataset
+        refuse_file_in_path(args.out, "the sweep folder --out")
     specs = plan_sweep(args.config, args.overrides, [parse_size(s) for s in args.size], tokens, flops)
     if args.dry_run:
         rows = [{"run": s.name, "params": s.params, "params_nonembed": s.params_nonembed, "tokens": s.tokens,

@@ -20,7 +20,7 @@ from gptqwen.commands.engine_options import add_model_arguments, engine_from_arg
 from gptqwen.errors import UserError
 from gptqwen.tools import synthetic
 from gptqwen.tools.builtin import load_toolbox
-from gptqwen.utils import print_json, read_jsonl
+from gptqwen.utils import print_json, read_jsonl, refuse_file_in_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--n must be at least 1, got {args.n}")
         if not 0 <= args.tool_share <= 1:
             raise UserError(f"--tool-share must be in [0, 1], got {args.tool_share}")
+        refuse_file_in_path(args.out, "--out")
         print_json(synthetic.prepare(args.out, args.n, args.seed, args.vocab_size, args.preset, args.context,
                                      args.tool_share, args.rope_theta))
         return 0
