@@ -13,10 +13,17 @@ Perplexity by position: windows of the context length cut from a document (defau
 blocks), per-token negative log-likelihood averaged in position buckets; it shows where a model stops using
 its context. `extend_context` (model/dca.py) applies --yarn / --dca / --allow-longer first; a context beyond
 what the model can take is a UserError.
+
+`passkey_corpus` writes training documents in the same format (answer included) for a model trained here to
+learn the task, as scripts/demo_long_context.sh does:
+
+    python -m gptqwen.eval.long_context corpus data/passkey-256.jsonl --docs 20000 --max-units 12
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import random
 import re
@@ -28,7 +35,7 @@ import torch
 from gptqwen.errors import UserError, require
 from gptqwen.eval.perplexity import heldout_blocks
 from gptqwen.infer import Engine, SamplingParams
-from gptqwen.utils import save_figure
+from gptqwen.utils import atomic_write, save_figure
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
          "I will quiz you about the important information there.\n")
@@ -85,6 +92,24 @@ def haystack(tok, length: int, needles: list[tuple[float, str]], question: str) 
     ids = head + body + tail
     assert len(ids) == length
     return ids
+
+
+def passkey_document(rng: random.Random, max_units: int, digits: int = 5) -> str:
+    """One training document: the intro, 0..max_units filler sentence groups with the needle at a random place,
+    the question and its answer."""
+    key, n = _key(rng, digits), rng.randint(0, max_units)
+    at = rng.randint(0, n)
+    needle = f" The pass key is {key}. Remember it. {key} is the pass key."
+    return INTRO + FILLER * at + needle + FILLER * (n - at) + f" What is the pass key? The pass key is {key}."
+
+
+def passkey_corpus(out: str | Path, docs: int, max_units: int, seed: int = 0) -> Path:
+    """Write `docs` passkey documents as JSONL records {"text": ...} (a `gptqwen data prepare` source)."""
+    rng = random.Random(seed)
+    with atomic_write(out) as f:
+        for _ in range(docs):
+            f.write(json.dumps({"text": passkey_document(rng, max_units)}) + "\n")
+    return Path(out)
 
 
 def _first_number(text: str) -> str | None:
@@ -253,3 +278,14 @@ def plot_ppl_by_position(rows: list[dict], out: str | Path, title: str = "perple
     path = save_figure(fig, out, dpi=120)
     plt.close(fig)
     return path
+
+
+if __name__ == "__main__":  # python -m gptqwen.eval.long_context corpus OUT.jsonl --docs N --max-units M
+    ap = argparse.ArgumentParser(description="write passkey training documents (JSONL)")
+    ap.add_argument("what", choices=["corpus"])
+    ap.add_argument("out")
+    ap.add_argument("--docs", type=int, default=20000)
+    ap.add_argument("--max-units", type=int, default=12, help="most filler sentence groups per document")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    print(passkey_corpus(a.out, a.docs, a.max_units, a.seed))
