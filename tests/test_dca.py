@@ -15,7 +15,7 @@ import torch
 from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.model import Transformer
-from gptqwen.model.dca import extend_context
+from gptqwen.model.dca import extend_context, partial_attention, partial_attention_reference
 from gptqwen.model.rope import Rotary, logn_scale
 
 
@@ -105,6 +105,16 @@ def test_dca_equals_naive_remapped_attention_prefill_and_every_decode_step(famil
             assert (step[:, 0] - want[:, t]).abs().max() < 1e-5, f"decode step at position {t}"
             got.append(step)
     assert (torch.cat(got, 1) - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_partial_attention_flash_and_reference_agree(causal):
+    q, k, v = torch.randn(2, 6, 9, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
+    (o1, l1), (o2, l2) = partial_attention(q, k, v, causal), partial_attention_reference(q, k, v, causal)
+    assert (o1 - o2).abs().max() < 1e-5 and (l1 - l2).abs().max() < 1e-5
+    if not causal:  # against SDPA (which returns no log-sum-exp)
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        assert (o1 - want).abs().max() < 1e-5
 
 
 def test_dca_left_padded_batch_matches_each_row_alone():

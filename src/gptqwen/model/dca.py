@@ -8,10 +8,10 @@ tokens, gives every key the position `j mod s`, and gives the query one position
     successive chunk (the one before):      s + min(i mod s, w - 1)   exact for the first w queries of a chunk
     inter-chunk (two or more before):       c - 1                     distance c - 1 - (j mod s) in [w, c - 1]
 
-so no distance reaches c. Each group is a partial softmax attention with its own log-sum-exp, and the three are
-merged exactly (`merge_partials`), as flash attention merges blocks. Queries are processed in blocks of at most
-`BLOCK` within one chunk, so memory grows linearly with the context (no T x T score matrix). Keys are stored in the
-KV cache already rotated at `j mod s`, so a decode step rotates only its query.
+so no distance reaches c. Each group is a partial softmax attention with its own log-sum-exp, and the partials are
+merged exactly (`merge_partials`), as flash attention merges blocks. On CPU each partial is PyTorch's flash kernel
+(which returns the log-sum-exp), so memory grows linearly with the context (no T x T score matrix). Keys are
+stored in the KV cache already rotated at `j mod s`, so a decode step rotates only its query.
 
 Switched on by `Config.dca = {"chunk_size": s, "local_size": w}`; composes with every RoPE table (plain, YaRN,
 Llama-3, Qwen v1's NTK and logn). While the whole sequence fits one chunk, the model takes its ordinary
@@ -31,8 +31,6 @@ from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.model.rope import Rotary
 
-BLOCK = 128  # queries per partial attention: scores stay [heads, BLOCK, context]
-
 
 def dca_positions(pos: torch.Tensor, chunk: int, local: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Remapped positions of absolute positions `pos`: (key and intra-chunk query, successive-chunk query,
@@ -41,17 +39,33 @@ def dca_positions(pos: torch.Tensor, chunk: int, local: int) -> tuple[torch.Tens
     return intra, chunk + intra.clamp(max=local - 1), torch.full_like(pos, chunk + local - 1)
 
 
-def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+def partial_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention of q [B, hq, Tq, d] over k, v [B, hk, Sk, d] (GQA: query head h reads KV head h // (hq/hk))
-    with an optional bool mask [Tq, Sk] (True = may attend). Returns (out [B, hq, Tq, d], lse [B, hq, Tq, 1]),
-    float32."""
+    """Softmax attention of q [B, hq, Tq, d] over k, v [B, hk, Sk, d] (GQA: query head h reads KV head h // (hq/hk));
+    `causal`: q and k cover the same positions and query r sees keys <= r. Returns (out [B, hq, Tq, d],
+    lse [B, hq, Tq, 1]) in float32. On CPU this is PyTorch's flash kernel, which returns the log-sum-exp too
+    (memory linear in the keys); elsewhere the scores are formed in full."""
     B, hq, Tq, d = q.shape
     hk, g = k.shape[1], hq // k.shape[1]
-    # the query heads sharing a KV head become rows of one product, so K/V are never repeated
+    if q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64, torch.bfloat16):
+        if causal:  # the rows of a grouped query would break the causal alignment: give every head its K/V
+            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+        else:  # the query heads sharing a KV head become rows of one attention, so K/V are never repeated
+            q = q.reshape(B, hk, g * Tq, d)
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v.contiguous(), 0.0, causal)[:2]
+        return out.float().reshape(B, hq, Tq, d), lse.float().reshape(B, hq, Tq, 1)
+    return partial_attention_reference(q, k, v, causal)
+
+
+def partial_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`partial_attention` with the scores formed in full (the path off CPU)."""
+    B, hq, Tq, d = q.shape
+    hk, g = k.shape[1], hq // k.shape[1]
     scores = (q.float().reshape(B, hk, g * Tq, d) @ k.float().transpose(-1, -2)) * (1.0 / math.sqrt(d))
-    if mask is not None:
-        scores = scores.masked_fill(~mask.repeat(g, 1), float("-inf"))
+    if causal:
+        scores = scores.masked_fill(~torch.ones(Tq, Tq, dtype=torch.bool, device=q.device).tril().repeat(g, 1),
+                                    float("-inf"))
     lse = scores.logsumexp(-1, keepdim=True)
     out = (scores - lse).exp_() @ v.float()
     return out.view(B, hq, Tq, d), lse.view(B, hq, Tq, 1)
@@ -73,16 +87,17 @@ def dca_attend(qs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], k: torch.Ten
     q_intra, q_succ, q_inter = qs
     T = q_intra.shape[2]
     outs, p, end = [], first, first + T
-    while p < end:
-        lo = p // chunk * chunk  # start of the queries' chunk
-        e = min(end, lo + chunk, p + BLOCK)
+    while p < end:  # the queries of one chunk at a time: [p, e) in the chunk starting at lo
+        lo = p // chunk * chunk
+        e = min(end, lo + chunk)
         rows = slice(p - first, e - first)
-        causal = torch.arange(lo, e, device=k.device)[None, :] <= torch.arange(p, e, device=k.device)[:, None]
-        parts = [partial_attention(q_intra[:, :, rows], k[:, :, lo:e], v[:, :, lo:e], causal)]
+        parts = [partial_attention(q_intra[:, :, rows], k[:, :, p:e], v[:, :, p:e], causal=True)]
+        if p > lo:  # keys of the same chunk before the first query (a decode step, a prefill in pieces)
+            parts.append(partial_attention(q_intra[:, :, rows], k[:, :, lo:p], v[:, :, lo:p], causal=False))
         if lo >= chunk:
-            parts.append(partial_attention(q_succ[:, :, rows], k[:, :, lo - chunk:lo], v[:, :, lo - chunk:lo], None))
+            parts.append(partial_attention(q_succ[:, :, rows], k[:, :, lo - chunk:lo], v[:, :, lo - chunk:lo], False))
         if lo >= 2 * chunk:
-            parts.append(partial_attention(q_inter[:, :, rows], k[:, :, :lo - chunk], v[:, :, :lo - chunk], None))
+            parts.append(partial_attention(q_inter[:, :, rows], k[:, :, :lo - chunk], v[:, :, :lo - chunk], False))
         outs.append(merge_partials(parts))
         p = e
     return torch.cat(outs, 2)
