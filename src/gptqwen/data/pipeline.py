@@ -278,6 +278,8 @@ class Pipeline:
         report = {"step": step.name, "shards": shards, "seconds": round(time.time() - t0, 2), **total.to_json()}
         if step.name == "mix":
             report["mixture"] = _mixture_report(step, total)
+        if "cer" in total.extra:  # pdf_extract with reference_key: the character error rate over all shards
+            report["cer"] = round(total.extra["cer"]["edits"] / max(1, total.extra["cer"]["chars"]), 5)
         if (step_dir / "dirty_eval.json").exists():
             report["dirty_eval"] = json.loads((step_dir / "dirty_eval.json").read_text())
         self._finish(step_dir, fp, report)
@@ -345,6 +347,8 @@ def format_report(summary: dict) -> str:
             m = r["mixture"]
             shares = (f"{d}: target {m['target'].get(d, 0):.3f} realised {v:.3f}" for d, v in m["realised"].items())
             lines.append("    mixture " + ", ".join(shares))
+        if "cer" in r:
+            lines.append(f"    character error rate {r['cer']:.4f} ({r['extra']['cer']['chars']:,} reference characters)")
         if "dirty_eval" in r:
             for name, s in r["dirty_eval"]["sets"].items():
                 lines.append(f"    eval {name}: {s['dirty']}/{s['total']} dirty (N={s['n']}), {s['clean']} clean")

@@ -7,7 +7,7 @@ driver that turns them into per-shard instructions (which documents to drop, how
 repeat one). Everything crossing a process boundary is numpy arrays or plain data.
 
 Step names (YAML `steps:` entries): exact_dedup, minhash_dedup, gopher_quality,
-gopher_repetition, c4, fineweb, language, pii, decontaminate, classify, mix.
+gopher_repetition, c4, fineweb, language, pii, decontaminate, classify, mix, pdf_extract.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from gptqwen.data import decontam as dc
+from gptqwen.data import pdf
 from gptqwen.data.dedup import MinHasher, keep_mask_from_keys, text_hash
 from gptqwen.data.filters import FILTERS, build_filter
 from gptqwen.data.io import expand_inputs
@@ -378,7 +380,49 @@ class Mix(Step):
                 yield dict(doc)
 
 
-STEPS: dict[str, type[Step]] = {s.name: s for s in (ExactDedup, MinHashDedup, Decontaminate, Classify, Mix)}
+class PdfExtract(Step):
+    """PDF files named by `pdf_key` -> their text (see data/pdf.py); unreadable ones are dropped and counted."""
+
+    name = "pdf_extract"
+    defaults = {"pdf_key": "pdf", "method": "text", "model": None, "prompt": "What word is written?", "scale": 1.0,
+                "max_pages": 1000, "max_new_tokens": 32, "reference_key": None}  # fmt: skip
+
+    def __init__(self, params: dict | None, text_key: str = "text"):
+        super().__init__(params, text_key)
+        p = self.params
+        if p["method"] not in ("text", "vlm") or (p["method"] == "vlm" and not p["model"]):
+            raise UserError("pdf_extract: method must be text, or vlm with model: a VLM folder (gptqwen vl train)")
+        if not 0 < float(p["scale"]) <= 8 or int(p["max_pages"]) < 1:
+            raise UserError("pdf_extract: scale must be in (0, 8] and max_pages >= 1")
+
+    def files(self) -> list[str]:
+        model = self.params["model"]
+        return [str(Path(model) / "model.safetensors")] if self.params["method"] == "vlm" else []
+
+    def process(self, docs, state, stats, shard):
+        p, ref_key = self.params, self.params["reference_key"]
+        for doc in docs:
+            path = doc.get(p["pdf_key"])
+            try:
+                if not isinstance(path, str) or not Path(path).is_file():
+                    raise FileNotFoundError(path)
+                pages = pdf.pdf_pages(path, p["method"], int(p["max_pages"]), p["model"], p["prompt"], float(p["scale"]),
+                                      int(p["max_new_tokens"]))  # fmt: skip
+            except UserError:
+                raise
+            except Exception:  # PDFium raises PdfiumError for a broken file; a missing one is the same to the corpus
+                stats.removed["unreadable_pdf"] += 1
+                continue
+            doc[self.text_key], doc["pdf_pages"] = "\n\n".join(pages), len(pages)
+            stats.modified += 1
+            if ref_key and isinstance(doc.get(ref_key), str):
+                cer = stats.extra.setdefault("cer", Counter())
+                cer["edits"] += pdf.edit_distance(doc[ref_key], doc[self.text_key])
+                cer["chars"] += len(doc[ref_key])
+            yield doc
+
+
+STEPS: dict[str, type[Step]] = {s.name: s for s in (ExactDedup, MinHashDedup, Decontaminate, Classify, Mix, PdfExtract)}
 STEP_NAMES = [*STEPS, *FILTERS]
 
 
