@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fine-tuning demonstrations (issue 8), each a few minutes on 1-2 CPU threads:
 #   (a) GPT-1 transfer: a model pretrained on Shakespeare, fine-tuned on an entailment task made from the
-#       plays' lines, against the same architecture trained from scratch on the task data alone (~14 min);
+#       plays' lines, against the same architecture trained from scratch on the task data alone (~15 min quiet, 28 loaded);
 #       the learning rate of each is chosen on a dev split, and the figure reported is on a separate test split;
 #   (b) chat SFT with thinking-mode fusion: a tiny Qwen3 trained on synthetic reasoning conversations,
 #       graded on held-out problems with thinking on and off.
