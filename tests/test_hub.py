@@ -98,3 +98,24 @@ def test_what_counts_as_a_hub_id(tmp_path, monkeypatch):
     assert not hub.is_hub_id("runs/qwen3-shakespear")
     with pytest.raises(UserError, match="model path 'runs/qwen3-shakespear' does not exist"):
         from_pretrained("runs/qwen3-shakespear")
+
+
+@pytest.mark.parametrize("error, message", [("RepositoryNotFoundError", "has no model by that name"),
+                                            ("GatedRepoError", "says the model is gated")])
+def test_unknown_or_gated_repo_is_a_user_error(cache, monkeypatch, error, message):
+    """What the Hub answers for a misspelt (or private) id and for a gated model, as one clear error each."""
+    import httpx
+    from huggingface_hub import errors
+
+    response = httpx.Response(404 if "NotFound" in error else 403, request=httpx.Request("GET", "https://hf.test"))
+
+    def answer(repo_id, local_files_only=False, **kwargs):
+        if local_files_only:
+            raise errors.LocalEntryNotFoundError("not cached")
+        raise getattr(errors, error)("Hub says no", response=response)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", answer)
+    with pytest.raises(UserError, match=f"'Org/Typo' is not a local path, and the Hugging Face Hub {message}"):
+        from_pretrained("Org/Typo")

@@ -67,11 +67,10 @@ def snapshot(repo_id: str) -> Path:
     try:
         folder = Path(hub.snapshot_download(repo_id, allow_patterns=WANTED, **where))
     except (errors.RepositoryNotFoundError, errors.GatedRepoError, errors.RevisionNotFoundError) as e:
-        gated = isinstance(e, errors.GatedRepoError)
-        raise UserError(f"'{repo_id}' is not a local path, and the Hugging Face Hub "
-                        + ("says the model is gated: accept its licence on the Hub and log in with `hf auth login`"
-                           if gated else "has no model by that name (or it is private: log in with `hf auth login`)")
-                        + "; check the spelling") from None
+        why = ("says the model is gated: accept its licence on the Hub and log in (`hf auth login` or HF_TOKEN)"
+               if isinstance(e, errors.GatedRepoError) else "has no model by that name (check the spelling; a "
+               "private model needs `hf auth login` or HF_TOKEN)")
+        raise UserError(f"'{repo_id}' is not a local path, and the Hugging Face Hub {why}") from None
     except errors.LocalEntryNotFoundError:  # raised when the Hub cannot be reached and nothing is cached
         raise UserError(f"'{repo_id}' looks like a Hugging Face Hub id, but it is not in the local cache and the Hub "
                         f"could not be reached (no network?): {fix}") from None
