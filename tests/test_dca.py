@@ -17,15 +17,7 @@ from gptqwen.errors import UserError
 from gptqwen.model import Transformer
 from gptqwen.model.dca import extend_context, partial_attention, partial_attention_reference
 from gptqwen.model.rope import Rotary, logn_scale
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: a second thread only adds synchronisation (and stalls on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_eval import _one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 CHUNK, LOCAL = 16, 6
 

@@ -27,19 +27,11 @@ from gptqwen.eval.long_context import (
 from gptqwen.infer import Engine, SamplingParams
 from gptqwen.infer import engine as engine_module
 from gptqwen.model import Transformer
+from test_eval import _one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 NEEDLE = "The pass key is 31415. Remember it."
 QUESTION = " What is the pass key? The pass key is"
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: a second thread only adds synchronisation (and stalls on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def tokenizer():
