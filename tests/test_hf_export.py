@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -104,9 +105,17 @@ def test_llama_cpp_converter_sees_the_template(exported):
     assert vocab.chat_template == chat_template_jinja("qwen3") and vocab.special_token_ids["eos"] == tok.eos_id
 
 
-def test_reloaded_export_renders_natively(exported):
+def test_reloaded_export_renders_natively_unless_the_template_was_edited(exported, tmp_path):
     folder, _ = exported["qwen3"]
-    assert load_tokenizer(folder).chat_template == "qwen3"  # chat_template_name wins: the fast native path
+    assert load_tokenizer(folder).chat_template == "qwen3"  # the shipped Jinja twin: the fast native path
+    edited = tmp_path / "edited"
+    shutil.copytree(folder, edited)
+    cfg = json.loads((edited / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    (edited / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = load_tokenizer(edited)  # a user's edit of the Jinja is rendered as written, not replaced by the native one
+    assert tok.chat_template == cfg["chat_template"]
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=False) == "[user] hi\n"
 
 
 def test_save_tokenizer_keeps_other_templates_as_they_are(exported, tmp_path):

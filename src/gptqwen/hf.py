@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 from gptqwen.config import SUPPORTED_MODEL_TYPES, Config, config_from_hf, config_to_hf
 from gptqwen.errors import UserError
+from gptqwen.tokenizer.chat import chat_template_jinja
 from gptqwen.utils import atomic_dir, atomic_write
 
 # tensors some checkpoints carry that are buffers, not weights
@@ -306,20 +307,10 @@ def _model_name(path: Path) -> str:
 
 
 # ---- writing ------------------------------------------------------------------------------------
-# Jinja twins of the chat formats gptqwen renders natively: package data beside the renderer (qwen_format.py).
-_CHAT_JINJA = {"qwen3": "chat_qwen3.jinja", "qwen2.5": "chat_qwen2.5.jinja"}
 QWEN1_NOTE = ("This is a Qwen (v1) checkpoint (model_type 'qwen'). transformers has no built-in class for it (Qwen "
               "published it with remote code), so transformers' Auto* classes, and tools that read configs through "
               "them such as vLLM, cannot load this folder; gptqwen loads it (gptqwen generate --model <this folder>). "
               "Its tokenizer files, when written, are standard and load with transformers.AutoTokenizer.")
-
-
-def chat_template_jinja(template: str | None) -> str | None:
-    """The Jinja text other tools need for a tokenizer's `chat_template`: the shipped twin of a native
-    format (`qwen3`, `qwen2.5`), a Jinja template as it is, None for none."""
-    if template in _CHAT_JINJA:
-        return (Path(__file__).parent / "tokenizer" / _CHAT_JINJA[template]).read_text(encoding="utf-8")
-    return template
 
 
 def save_tokenizer(tokenizer, directory: str | os.PathLike) -> Path:

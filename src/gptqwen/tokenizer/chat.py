@@ -24,6 +24,7 @@ import functools
 import json
 import re
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from gptqwen.errors import UserError
@@ -80,6 +81,18 @@ def _normalize(messages: list) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------- jinja templates
+# Jinja twins of the chat formats rendered natively here: package data beside the renderer (qwen_format.py).
+_NATIVE_JINJA = {"qwen3": "chat_qwen3.jinja", "qwen2.5": "chat_qwen2.5.jinja"}
+
+
+def chat_template_jinja(template: str | None) -> str | None:
+    """The Jinja text other tools need for a tokenizer's `chat_template`: the shipped twin of a native
+    format (`qwen3`, `qwen2.5`), a Jinja template as it is, None for none."""
+    if template in _NATIVE_JINJA:
+        return (Path(__file__).parent / _NATIVE_JINJA[template]).read_text(encoding="utf-8")
+    return template
+
+
 @functools.lru_cache(maxsize=16)
 def _compile(template: str):
     """Compile a chat template the way transformers does: sandboxed, trim/lstrip blocks, its helpers."""

@@ -147,9 +147,11 @@ class Tokenizer:
     @classmethod
     def _from_tokenizer_json(cls, path: Path) -> Tokenizer:
         cfg = _read_tokenizer_config(path.parent / "tokenizer_config.json")
-        template = cfg.get("chat_template_name") or cfg.get("chat_template")
+        name, template = cfg.get("chat_template_name"), cfg.get("chat_template")
         if isinstance(template, list):  # the named-templates form: [{"name": "default", "template": ...}, ...]
             template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        if name and template in (None, chat.chat_template_jinja(name)):
+            template = name  # our export: its Jinja is the shipped twin, so render natively; an edited one as written
         roles = {"eos_token": _token_str(cfg.get("eos_token")), "bos_token": _token_str(cfg.get("bos_token")),
                  "pad_token": _token_str(cfg.get("pad_token")), "chat_template": template,
                  "name": path.parent.name or "tokenizer"}  # fmt: skip
