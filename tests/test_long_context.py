@@ -7,6 +7,7 @@ plain loss, chunked prefill against one-piece prefill, the `gptqwen eval --task 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from gptqwen.eval.long_context import (
     LongContextSettings,
     _first_number,
     haystack,
+    passkey_corpus,
     plot_passkey_heatmap,
 )
 from gptqwen.infer import Engine, SamplingParams
@@ -30,7 +32,7 @@ from gptqwen.model import Transformer
 from test_eval import _one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 NEEDLE = "The pass key is 31415. Remember it."
-QUESTION = " What is the pass key? The pass key is"
+QUESTION = " What is the pass key? The pass key is"  # the eval's question
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,15 @@ def test_haystack_is_exactly_the_length_with_the_needle_at_its_depth(tokenizer, 
     assert abs((text.index(NEEDLE) - 1 - len(INTRO)) / filler - depth) <= len(FILLER) / filler  # whole sentences
     with pytest.raises(UserError, match="cannot hold"):
         haystack(tokenizer, 40, [(depth, NEEDLE)], QUESTION)
+
+
+def test_passkey_corpus_documents_answer_the_evals_question(tmp_path):
+    path = passkey_corpus(tmp_path / "pk.jsonl", docs=50, max_units=3, seed=0)
+    docs = [json.loads(line)["text"] for line in path.read_text().splitlines()]
+    assert len(docs) == 50
+    for doc in docs:
+        key = re.search(r"The pass key is (\d{5})\. Remember it\. \1 is the pass key\.", doc).group(1)
+        assert doc.startswith(INTRO) and doc.endswith(QUESTION + f" {key}.") and doc.count(FILLER) <= 3
 
 
 def test_answer_scoring_takes_the_first_number():
