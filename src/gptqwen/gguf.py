@@ -214,15 +214,38 @@ def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def permute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's per-head row interleave of Q/K for the llama architecture (the inverse of the above)."""
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _name_maps(arch: str) -> tuple[dict[str, str], dict[str, str], str]:
+    if arch == "gpt2":
+        return _GPT2_LAYER, _GPT2_GLOBAL, "transformer.h"
+    return _LLAMA_LAYER, _LLAMA_GLOBAL, "model.layers"
+
+
 def _hf_name(arch: str, name: str) -> str | None:
-    layer_map, global_map = (_GPT2_LAYER, _GPT2_GLOBAL) if arch == "gpt2" else (_LLAMA_LAYER, _LLAMA_GLOBAL)
-    prefix = "transformer.h" if arch == "gpt2" else "model.layers"
+    layer_map, global_map, prefix = _name_maps(arch)
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", name)
     if m:
         layer, base, kind = m.groups()
         return f"{prefix}.{layer}.{layer_map[base]}.{kind}" if base in layer_map else None
     base, _, kind = name.rpartition(".")
     return f"{global_map[base]}.{kind}" if base in global_map else None
+
+
+def gguf_name(arch: str, hf_name: str) -> str:
+    """The GGUF tensor name of a Hugging Face tensor name (the same tables, read the other way)."""
+    layer_map, global_map, prefix = _name_maps(arch)
+    base, _, kind = hf_name.rpartition(".")
+    m = re.fullmatch(re.escape(prefix) + r"\.(\d+)\.(.+)", base)
+    table, key = (layer_map, m.group(2)) if m else (global_map, base)
+    found = [g for g, h in table.items() if h == key]
+    if not found:
+        raise KeyError(f"no GGUF name for '{hf_name}' ({arch})")
+    return f"blk.{m.group(1)}.{found[0]}.{kind}" if m else f"{found[0]}.{kind}"
 
 
 def hf_tensors(f: GGUFFile, cfg: dict[str, Any], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -331,9 +354,12 @@ def tokenizer_from_metadata(meta: dict[str, Any], path: str | Path = "<gguf>"):
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                 for t, k in zip(tokens, types) if k == 3])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == 4])
-    eos_id = meta.get("tokenizer.ggml.eos_token_id")
-    return Tokenizer.from_hf(backend, chat_template=meta.get("tokenizer.chat_template"),
-                             eos_token=tokens[eos_id] if eos_id is not None else None)
+    def role(key: str) -> str | None:
+        token_id = meta.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
+
+    return Tokenizer.from_hf(backend, chat_template=meta.get("tokenizer.chat_template"), eos_token=role("eos"),
+                             bos_token=role("bos"), pad_token=role("padding"))
 
 
 def read_tokenizer(path: str | Path) -> Tokenizer:
