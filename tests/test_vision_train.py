@@ -46,12 +46,28 @@ def test_stage1_trains_only_the_projector_then_stage2_everything(tmp_path):
     assert json.loads((tmp_path / "all" / "vl.json").read_text())["steps"] == 2
 
 
-def test_text_only_baseline_skips_the_projector_stage_and_is_graded(tmp_path):
+def test_text_baseline_then_a_vlm_from_its_decoder_then_the_cli(tmp_path, capsys):
+    """The demo's flow: the text-only baseline (projector stage skipped, graded), a VLM starting from its decoder
+    and tokenizer, and `gptqwen vl eval` / `vl params` on the results."""
+    from gptqwen.cli import main
+
     recipe = _recipe("vl.text_only=true", "vl.eval_items=3")
     _overrides_for_stages(recipe, 1)
-    summary = run_vl(recipe, tmp_path, quiet=True)
-    assert not (tmp_path / "projector").exists() and summary["text_only"]
+    summary = run_vl(recipe, tmp_path / "text", quiet=True)
+    assert not (tmp_path / "text" / "projector").exists() and summary["text_only"]
     assert {t: r["n"] for t, r in summary["heldout"]["tasks"].items()} == {"colour": 3, "chart": 3}
+    recipe = _recipe(f"vl.decoder={tmp_path / 'text' / 'all'}")
+    _overrides_for_stages(recipe, 1)
+    run_vl(recipe, tmp_path / "vlm", quiet=True)
+    text = from_pretrained(str(tmp_path / "text" / "all")).state_dict()
+    stage1 = from_pretrained(str(tmp_path / "vlm" / "projector")).state_dict()
+    assert all(torch.equal(text[k], stage1[k]) for k in text)  # the decoder came from the baseline, frozen in stage 1
+    png = tmp_path / "sheet.png"
+    assert main(["vl", "eval", "--model", str(tmp_path / "vlm" / "all"), "--tasks", "colour,chart", "--items", "1",
+                 "--train-items", "8", "--examples", str(png), "--json"]) == 0  # fmt: skip
+    assert set(json.loads(capsys.readouterr().out)["tasks"]) == {"colour", "chart"} and png.stat().st_size > 1000
+    assert main(["vl", "params", "qwen2.5-vl-7b", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["qwen2.5-vl-7b"]["total"] == 8_292_166_656
 
 
 def test_grading_rules():

@@ -94,11 +94,12 @@ def _eval(args: argparse.Namespace) -> int:
     items = heldout_items(v)
     result = evaluate(model, tok, items)
     if args.examples:
-        from gptqwen.finetune.vl import answer_items
+        from gptqwen.finetune.vl import answer_items, correct
         from gptqwen.vision.sheet import example_sheet
 
         picked = [items[i] for i in range(min(len(items), 2 * len(tasks)))]
-        example_sheet(picked, answer_items(model, tok, picked), args.examples)
+        answers = answer_items(model, tok, picked)
+        example_sheet(picked, answers, [correct(it.task, a, it.answer) for it, a in zip(picked, answers)], args.examples)
         result["examples_png"] = args.examples
     if args.json:
         print_json(result)

@@ -1,13 +1,14 @@
 """Training and grading a vision-language model on the synthetic image tasks, on the shared training core.
 
-    gptqwen vl train -c qwen-vl-tiny                      # stage 1 projector only, stage 2 everything
-    gptqwen vl train -c qwen-vl-tiny vl.text_only=true --out runs/vl-text   # the baseline that cannot see
+    gptqwen vl train -c qwen-vl-tiny vl.text_only=true --out runs/vl-text   # the decoder alone: a baseline that cannot see
+    gptqwen vl train -c qwen-vl-tiny vl.decoder=runs/vl-text/all --out runs/vl   # stage 1 projector only, stage 2 all
 
     from gptqwen.train.recipe import load_recipe
     run_vl(load_recipe("qwen-vl-tiny", ["vl.train_items=100"], trainer="vl"), "runs/vl")
 
 A recipe's stages run in order, each in `out/<stage>/` and starting from the previous stage's exported model
-(Qwen-VL's recipe: first align the projector with encoder and decoder frozen, then train everything). Every
+(Qwen-VL's recipe: first align the projector with encoder and decoder frozen, then train everything; with
+`vl.decoder` the VLM starts from a trained text model, as Qwen-VL starts from Qwen, else from scratch). Every
 conversation is one user turn (the image and a question) and one assistant answer; the loss is the
 cross-entropy of the answer tokens. With `vl.text_only` the same decoder trains and is graded on the questions
 alone: what the data's priors give without seeing anything (a stage that trains only the projector is then
@@ -17,6 +18,7 @@ skipped). After the last stage, `vl.eval_items` held-out items per task are answ
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from pathlib import Path
@@ -28,11 +30,12 @@ from gptqwen.errors import UserError
 from gptqwen.finetune.common import save_model_dir, write_json
 from gptqwen.infer import Engine, SamplingParams
 from gptqwen.loading import load_model_and_tokenizer
+from gptqwen.model import Transformer
 from gptqwen.tokenizer import Tokenizer
 from gptqwen.tokenizer.train import train_tokenizer
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
-from gptqwen.vision import VisionLanguageModel, is_vlm_dir, preprocess, render_with_images
+from gptqwen.vision import VisionLanguageModel, is_vlm_dir, preprocess, render_with_images, vlm_config
 from gptqwen.vision.data import Item, corpus_text, make_split
 
 CHART_TOLERANCE = 0.05
@@ -52,14 +55,24 @@ def build_model(recipe: Recipe, device: torch.device) -> tuple[torch.nn.Module, 
         if v.text_only and isinstance(model, VisionLanguageModel):
             model = model.decoder
         return model.to(device), tok
-    tok = Tokenizer.load(v.tokenizer) if v.tokenizer else train_tokenizer(corpus_text(v.tasks), 384, style="qwen",
-                                                                          show_progress=False)  # fmt: skip
+    decoder = tok = None
+    if v.decoder:  # start from a trained text model, as Qwen-VL starts from Qwen: only the encoder is new
+        decoder, tok = load_model_and_tokenizer(v.decoder)
+        if tok is None:
+            raise UserError(f"'{v.decoder}' has no tokenizer; pass vl.tokenizer")
+    if v.tokenizer:
+        tok = Tokenizer.load(v.tokenizer)
+    tok = tok or train_tokenizer(corpus_text(v.tasks), 384, style="qwen", show_progress=False)
     pad = tok.token_to_id("<|image_pad|>")
     if pad is None:
         raise UserError("the tokenizer has no <|image_pad|> token; use a Qwen-style tokenizer")
     torch.manual_seed(recipe.train.seed)
-    vlm = VisionLanguageModel.from_preset(v.preset, image_pad_id=pad, vocab_size=tok.vocab_size)
-    return (vlm.decoder if v.text_only else vlm).to(device), tok
+    dec_cfg, vis = vlm_config(v.preset, vocab_size=tok.vocab_size)
+    decoder = decoder or Transformer(dec_cfg)
+    if v.text_only:
+        return decoder.to(device), tok
+    vlm = VisionLanguageModel(decoder, dataclasses.replace(vis, out_dim=decoder.config.n_embd), pad)
+    return vlm.to(device), tok
 
 
 def encode_item(tok, item: Item, vision, with_answer: bool = True) -> tuple[list[int], list[int]]:

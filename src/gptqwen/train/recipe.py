@@ -205,6 +205,7 @@ class VLConfig:
 
     preset: str = "qwen-vl-tiny"  # VLM preset of a new model (gptqwen.vision.config.VLM_PRESETS)
     base: str | None = None  # instead: a VLM folder (a finished vl run) to continue from
+    decoder: str | None = None  # a text model (e.g. a vl.text_only run) to take the decoder and tokenizer from
     tokenizer: str | None = None  # tokenizer.json or preset; None -> a small Qwen-style BPE of the tasks' text
     train: str = "all"  # projector (encoder and decoder frozen) | all
     tasks: list = field(default_factory=lambda: ["colour", "shape", "count", "position", "chart", "word"])

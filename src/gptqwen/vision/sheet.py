@@ -1,6 +1,6 @@
 """A picture of test images with their questions, the right answers and a model's answers (for docs/).
 
-    example_sheet(items, answers, "docs/vision-examples.png")
+    example_sheet(items, answers, right, "docs/vision-examples.png")     # right[k]: whether answer k was graded right
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from gptqwen.utils import atomic_write
 from gptqwen.vision.data import Item, _font
 
 
-def example_sheet(items: list[Item], answers: list[str], path: str | Path, columns: int = 4, scale: int = 3) -> Path:
+def example_sheet(items: list[Item], answers: list[str], right: list[bool], path: str | Path, columns: int = 4,
+                  scale: int = 3) -> Path:  # fmt: skip
     """Draw each item's image (scaled up) above its question, expected answer and the model's answer."""
     Image = require("PIL.Image", "vision", "drawing the example sheet")
     ImageDraw = require("PIL.ImageDraw", "vision", "drawing the example sheet")
@@ -20,14 +21,14 @@ def example_sheet(items: list[Item], answers: list[str], path: str | Path, colum
     rows = -(-len(items) // columns)
     sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
     draw, font = ImageDraw.Draw(sheet), _font(14)
-    for k, (it, ans) in enumerate(zip(items, answers)):
+    for k, (it, ans, ok) in enumerate(zip(items, answers, right)):
         x, y = (k % columns) * cell_w + 10, (k // columns) * cell_h + 10
         sheet.paste(it.image.resize((it.image.width * scale, it.image.height * scale), Image.Resampling.NEAREST), (x, y))
         top = y + it.image.height * scale + 6
-        ok = "right" if ans.strip().lower() == it.answer.lower() else "see task rule" if it.task == "chart" else "wrong"
         draw.text((x, top), it.question, fill="black", font=font)
         draw.text((x, top + 18), f"expected: {it.answer}", fill=(60, 60, 60), font=font)
-        draw.text((x, top + 36), f"model: {ans}  ({ok})", fill=(0, 120, 0) if ok == "right" else (170, 0, 0), font=font)
+        draw.text((x, top + 36), f"model: {ans}  ({'right' if ok else 'wrong'})", fill=(0, 120, 0) if ok else (170, 0, 0),
+                  font=font)  # fmt: skip
     path = Path(path)
     with atomic_write(path, "wb") as f:
         sheet.save(f, format="PNG")
