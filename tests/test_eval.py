@@ -268,3 +268,14 @@ def test_lm_eval_command_line_launcher(qwen_lm, tmp_path):
     ours = evaluate(qwen_lm, load_task(FIXTURES / "hellaswag.yaml"), shots=0)
     assert got["acc,none"] == pytest.approx(ours.metrics["acc"]["value"])
     assert got["acc_norm,none"] == pytest.approx(ours.metrics["acc_norm"]["value"])
+
+
+def test_lm_eval_model_args_refuse_a_preset_unless_random_weights():
+    pytest.importorskip("lm_eval")
+    from gptqwen.eval.lm_eval_adapter import GptqwenLM
+
+    with pytest.raises(UserError, match="preset"):
+        GptqwenLM(path="gpt2-tiny")
+    # lm-eval hands model_args over as text; the untrained model is then built, and a tiny preset has no vocabulary
+    with pytest.raises(UserError, match="has no tokenizer"):
+        GptqwenLM(path="gpt2-tiny", random_weights="true")

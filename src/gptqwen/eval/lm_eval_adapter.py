@@ -7,8 +7,9 @@ that registers it and then runs lm-eval's own command line:
     python -m gptqwen.eval.lm_eval_adapter --model gptqwen --model_args path=runs/qwen3-shakespeare \\
         --tasks my_task --include_path my_tasks/ --num_fewshot 4 --batch_size 8
 
-`model_args`: `path=` (or `pretrained=`) a run dir, checkpoint dir, HF dir, .gguf file or preset;
-optional `dtype=`, `max_length=`. From Python, pass an instance instead of a name:
+`model_args`: `path=` (or `pretrained=`) a run dir, checkpoint dir, HF dir, .gguf file or Hub id (a preset name
+builds untrained weights, so it needs `random_weights=true`); optional `dtype=`, `max_length=`, `adapter=` (a PEFT
+LoRA folder). From Python, pass an instance instead of a name:
 `lm_eval.simple_evaluate(model=GptqwenLM(path=...), tasks=[...])`.
 
 `evaluate_with_lm_eval(scorer, task, shots)` runs one of this project's tasks (`gptqwen.eval.taskspec`)
@@ -42,19 +43,23 @@ class GptqwenLM(LM):
 
     def __init__(self, path: str | None = None, pretrained: str | None = None, batch_size: int | str = 8,
                  device: str | None = None, dtype: str | None = None, max_length: int | None = None,
-                 scorer: ScoringModel | None = None, max_batch_size: int | None = None, progress: bool = False):
+                 scorer: ScoringModel | None = None, max_batch_size: int | None = None, progress: bool = False,
+                 adapter: str | None = None, random_weights: bool | str = False):
         super().__init__()
         if scorer is None:
             spec = path or pretrained
             if not spec:
-                raise UserError("model_args needs path=<run dir | checkpoint dir | .gguf | preset>")
+                raise UserError("model_args needs path=<run dir | checkpoint dir | HF dir | .gguf | Hub id>")
             if isinstance(batch_size, str) and not batch_size.isdigit():
                 batch_size = 8  # lm-eval's "auto" batch search is not supported; use a fixed batch
             if device and str(device).startswith("cuda") and not torch.cuda.is_available():
                 print(f"warning: device '{device}' is not available; using the CPU", file=sys.stderr)
                 device = None  # lm-eval's CLI asks for cuda by default; like its hf model, fall back
+            if isinstance(random_weights, str):  # lm-eval passes model_args values as text
+                random_weights = random_weights.strip().lower() in ("1", "true", "yes")
             scorer = ScoringModel.load(str(spec), device=device, dtype=dtype, batch_size=int(batch_size),
-                                       max_length=max_length, progress=progress)
+                                       max_length=max_length, progress=progress, adapter=adapter,
+                                       random_weights=bool(random_weights))
         self.scorer = scorer
 
     @property
