@@ -1,7 +1,7 @@
 """`gptqwen data`: token shards, and the corpus pipeline (dedup, filters, decontamination, mixing).
 
     gptqwen data run examples/pipeline.yaml [--executor dask] [--workers 4] [--json]
-    gptqwen data dedup raw/*.jsonl -o dedup.jsonl.zst [--no-near] [--bands 14 --rows 8]
+    gptqwen data dedup raw/*.jsonl -o dedup.jsonl.zst [--no-near] [--bands 14 --rows 8] [--engine numpy]
     gptqwen data filter raw.jsonl -o clean.jsonl --filters gopher_quality,c4 --set gopher_quality.min_doc_words=20
     gptqwen data decontam train.jsonl --eval evals/*.jsonl -o clean.jsonl [--method both]
     gptqwen data classify --train labelled.jsonl --model domains.npz      # train
@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--bands", type=int, default=14)
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--ngram", type=int, default=5)
+    p.add_argument("--engine", choices=["auto", "rensa", "numpy"], default="auto",
+                   help="MinHash signatures: rensa (Rust, when installed), numpy (built in); auto picks rensa if present")
 
     p = sub.add_parser("filter", help="quality filters, language filter, PII masking")
     _common(p)
@@ -159,7 +161,8 @@ def _steps(args) -> list:
     if args.command == "dedup":
         steps = [] if args.no_exact else ["exact_dedup"]
         if not args.no_near:
-            steps.append({"minhash_dedup": {"bands": args.bands, "rows": args.rows, "ngram": args.ngram}})
+            steps.append({"minhash_dedup": {"bands": args.bands, "rows": args.rows, "ngram": args.ngram,
+                                            "engine": args.engine}})
         if not steps:
             raise UserError("--no-exact and --no-near leave nothing to do")
         return steps
