@@ -86,7 +86,11 @@ class ThinkingRouter:
         return "reasoning"
 
 
-def build_prompt(engine, messages: list[dict], enable_thinking: bool, tools: list | None) -> tuple[list[int], list]:
+def build_prompt(engine, messages: list[dict], enable_thinking: bool, tools: list | None) -> list[int]:
+    return prompt_and_images(engine, messages, enable_thinking, tools)[0]
+
+
+def prompt_and_images(engine, messages: list[dict], enable_thinking: bool, tools: list | None) -> tuple[list[int], list]:
     """The prompt ids of a conversation and the encoder inputs of its images (content parts; see vision.prompt)."""
     tok = engine.tokenizer
     if tok is None:
@@ -114,7 +118,7 @@ def prepare_chat(engine, messages: list[dict], enable_thinking: bool = True, thi
         raise UserError(f"thinking budget must be a positive number of tokens, got {thinking_budget}")
     switch = soft_switch(messages)
     enable = enable_thinking if switch is None else switch
-    prompt, images = build_prompt(engine, messages, enable, tools)
+    prompt, images = prompt_and_images(engine, messages, enable, tools)
     tok = engine.tokenizer
     think_id, end_id = tok.token_to_id("<think>"), tok.token_to_id("</think>")
     has_think = think_id is not None and end_id is not None
