@@ -9,6 +9,7 @@
     gptqwen eval --model smollm2.gguf --task passkey --context-lengths 2048 4096 8192 --trials 5 --plot pk.png
     gptqwen eval --model smollm2.gguf --task passkey --context-lengths 16384 --yarn 2 --dca 6144 2048
     gptqwen eval --model runs/long --task ppl-position --context-lengths 4096 --document book.txt --plot ppl.png
+    gptqwen eval --model runs/post --task reasoning --thinking-budget 0 16 64 256 none --limit 200 --plot budget.png
 
 Every (model, task, shot count) is one row of the results table; `--json` prints them as one JSON
 document. For lm-evaluation-harness's own command line with this project's models, see
@@ -22,6 +23,7 @@ import json
 import sys
 
 from gptqwen.errors import UserError
+from gptqwen.eval.budget import add_budget_arguments, run_budget
 from gptqwen.eval.harness import evaluate
 from gptqwen.eval.lm import ScoringModel
 from gptqwen.eval.lm_eval_adapter import evaluate_with_lm_eval
@@ -70,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     _add_long_context_arguments(p)
+    add_budget_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give at least one --model (a run dir, checkpoint dir, HF dir or .gguf file)")
     if any(t in LONG_TASKS for t in args.task):
         return _long_context(args)
+    if args.thinking_budget is not None:
+        return run_budget(args)
     if not args.task and not args.perplexity:
         raise UserError("give at least one --task (see --list-tasks) or --perplexity FILE")
     shots = sorted(set(args.shots if args.shots is not None else [0]))
