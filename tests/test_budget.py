@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-import _align_fixtures
 import pytest
 
+import _align_fixtures
 from gptqwen.errors import UserError
 from gptqwen.eval.budget import _match, parse_budgets, reasoning_items
 
