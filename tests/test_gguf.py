@@ -418,3 +418,26 @@ def test_chat_cli_piped_subprocess():
                        env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout and "Rome" in r.stdout and "budget 8" in r.stdout and "cleared" in r.stdout
+
+
+@needs_smol
+@pytest.mark.slow
+def test_smollm2_q4_k_m_matches_transformers(tmp_path):
+    """The bundled SmolLM2 requantised to Q4_K_M by llama.cpp itself (llama-cpp-python's llama_model_quantize:
+    Q4_K, Q6_K, and Q5_0 / Q8_0 where rows of 576 do not split into 256-blocks): our greedy output equals
+    transformers' GGUF loader's on the same file, 32 tokens on four prompts."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python not installed: it is no dev dependency (building llama.cpp takes minutes, "
+                    "past CI's budget), and it makes the Q4_K_M file here; pip install llama-cpp-python")
+    import llama_cpp
+
+    from gptqwen.infer import Engine
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.allow_requantize, params.nthread = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, True, 1
+    assert llama_cpp.llama_model_quantize(str(SMOL).encode(), str(tmp_path / "q4km.gguf").encode(), params) == 0
+    assert {t.qtype for t in read_gguf(tmp_path / "q4km.gguf").tensors} == {Q.F32, Q.Q4_K, Q.Q5_0, Q.Q6_K, Q.Q8_0}
+    engine = Engine(load_gguf(tmp_path / "q4km.gguf"), load_tokenizer(tmp_path / "q4km.gguf"))
+    ref = _transformers().AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q4km.gguf", dtype=torch.float32)
+    with torch.no_grad():
+        assert _greedy(engine, PROMPTS) == _hf_greedy(ref.eval(), engine.tokenizer, PROMPTS)
