@@ -4,8 +4,8 @@
 #      answers alone (vl.text_only=true) — it cannot see, so it learns the answers' priors;
 #   2. VLM: a ViT (3 blocks, 8-pixel patches, 2D RoPE) + 2x2-merge projector in front of that decoder;
 #      stage 1 trains the projector only (encoder and decoder frozen), stage 2 everything (qwen-vl-tiny recipe);
-#   both graded on EVAL_N held-out images per task (greedy, through the Engine): colour, shape, count, position
-#   (left/right), chart value (bar and line charts, within 5 %), rendered-word reading;
+#   the baseline and the VLM after each stage are graded on EVAL_N held-out images per task (greedy, through the
+#   Engine): colour, shape, count, position (left/right), chart value (bar and line charts, within 5 %), word reading;
 #   3. a sheet of test images with the VLM's answers -> docs/vision-examples.png;
 #   4. pdf_extract: generated PDFs back to text — the text layer (multi-line A4 pages) and the VLM transcribing
 #      rendered one-word pages — each with its character error rate.
@@ -36,7 +36,8 @@ gptqwen vl train -c qwen-vl-tiny "${DATA[@]}" vl.decoder="$OUT/text/all" "${VL_E
   --overwrite --quiet
 echo "   $((SECONDS - START)) s"
 
-echo "== 3. example sheet =="
+echo "== 3. stage 1 alone (projector aligned, decoder still the baseline's) and the example sheet =="
+gptqwen vl eval --model "$OUT/vlm/projector" --items "$EVAL_N" --train-items "$ITEMS" --json > "$OUT/stage1.json"
 gptqwen vl eval --model "$OUT/vlm/all" --items 2 --train-items "$ITEMS" --examples docs/vision-examples.png --json \
   > "$OUT/examples.json"
 
@@ -70,13 +71,14 @@ $PY - "$OUT" "$EVAL_N" "$((SECONDS - START))" <<'PYEOF'
 import json, sys
 out, n, secs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 text = json.load(open(f"{out}/text/all/vl.json"))["heldout"]["tasks"]
+stage1 = json.load(open(f"{out}/stage1.json"))["tasks"]
 vlm = json.load(open(f"{out}/vlm/all/vl.json"))["heldout"]["tasks"]
 cer = {k: json.load(open(f"{out}/pdf/work-{k}/report.json"))["steps"][-1].get("cer") for k in ("a4", "words")}
 lines = [f"held-out accuracy, {n} items per task (± standard error); {secs} s in all",
-         "| task | text-only baseline | VLM |", "|---|---|---|"]
+         "| task | text-only baseline | VLM after stage 1 (projector) | VLM after stage 2 (all) |", "|---|---|---|---|"]
 for task in vlm:
-    a, b = text[task], vlm[task]
-    lines.append(f"| {task} | {100 * a['accuracy']:.1f}% ± {100 * a['stderr']:.1f} | {100 * b['accuracy']:.1f}% ± {100 * b['stderr']:.1f} |")
+    cells = " | ".join(f"{100 * r[task]['accuracy']:.1f}% ± {100 * r[task]['stderr']:.1f}" for r in (text, stage1, vlm))
+    lines.append(f"| {task} | {cells} |")
 lines.append(f"pdf_extract character error rate: text layer {cer['a4']}, VLM on one-word pages {cer['words']}")
 open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
