@@ -73,3 +73,15 @@ def test_text_baseline_then_a_vlm_from_its_decoder_then_the_cli(tmp_path, capsys
 def test_grading_rules():
     assert correct("chart", "52", "50") and correct("chart", " 48.", "50") and not correct("chart", "53", "50")
     assert not correct("chart", "fifty", "50") and correct("colour", "Red", "red") and not correct("count", "2", "3")
+
+
+def test_stop_and_resume_matches_an_uninterrupted_run(tmp_path):
+    recipe = _recipe()
+    _overrides_for_stages(recipe, 2)
+    run_vl(recipe, tmp_path / "whole", quiet=True)
+    assert "out" not in run_vl(recipe, tmp_path / "split", quiet=True, stop_at=1)  # stops inside stage 1
+    run_vl(recipe, tmp_path / "split", quiet=True, resume=True)
+    whole = from_pretrained(str(tmp_path / "whole" / "all")).state_dict()
+    split = from_pretrained(str(tmp_path / "split" / "all")).state_dict()
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    assert (tmp_path / "whole/all/vision.safetensors").read_bytes() == (tmp_path / "split/all/vision.safetensors").read_bytes()
