@@ -21,7 +21,7 @@ VERBS: dict[str, str] = {
     "tokenizer": "train, inspect and compare byte-level BPE tokenizers",
     "data": "prepare token shards; dedup, filter, decontaminate and mix corpora",
     "pretrain": "pretrain a model (single process or under torchrun)",
-    "export": "export a training checkpoint to a Hugging Face model directory",
+    "export": "export a checkpoint or model to a Hugging Face folder and/or a GGUF file (llama.cpp)",
     "adapter": "PEFT LoRA adapters: merge one into its base model, or describe one",
     "finetune": "GPT-1 task-aware fine-tuning (classification, entailment, similarity, multiple choice)",
     "predict": "apply a fine-tuned GPT-1 task model to a JSONL file",

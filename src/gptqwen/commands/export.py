@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="SRC",
                         help="run folder (its latest checkpoint), ckpt_<step> folder, Hugging Face folder, .gguf file "
                              "or Hub id")
-    parser.add_argument("out", nargs="?", metavar="OUT", help="Hugging Face model folder to write")
+    parser.add_argument("out", nargs="?", metavar="OUT", help="Hugging Face model folder to write (right after SRC)")
     parser.add_argument("--gguf", metavar="FILE", help="also (or only) write a GGUF file for llama.cpp")
     parser.add_argument("--type", choices=GGUF_TYPES, help="GGUF tensor type (default f16; vectors stay f32; q4_1 "
                         "keeps the output matrix in q8_0)")
