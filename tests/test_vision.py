@@ -87,11 +87,32 @@ def test_qwen25_vl_parameter_counts_match_transformers():
         assert vlm_num_params(name)["total"] == ref.num_parameters(), hf_name
 
 
-def test_tiny_model_counts_match_modules(vlm):
-    _, vis = vlm_config("qwen-vl-tiny")
+@pytest.mark.parametrize("preset", ["qwen-vl-tiny", "qwen-vl-tiny-resampler"])
+def test_tiny_model_counts_match_modules(preset):
+    dec, vis = vlm_config(preset)
+    vlm = VisionLanguageModel.from_preset(preset, image_pad_id=1)
     parts = vis.num_params()
     assert sum(p.numel() for n, p in vlm.visual.named_parameters() if not n.startswith("merger.")) == parts["vision"]
     assert sum(p.numel() for p in vlm.visual.merger.parameters()) == parts["projector"]
+    assert vlm.num_params() == vlm_num_params(preset)["total"]
+
+
+def test_resampler_gives_every_image_the_same_token_count(tok):
+    """Qwen-VL's projector: 16 learnable queries -> 16 image tokens for any image size; cached decoding still exact."""
+    torch.manual_seed(0)
+    vlm = VisionLanguageModel.from_preset("qwen-vl-tiny-resampler", image_pad_id=tok.token_to_id("<|image_pad|>"),
+                                          vocab_size=tok.vocab_size).eval()  # fmt: skip
+    msgs = [{"role": "user", "content": [{"type": "image", "image": make_item("word", 0, 0).image},
+                                         {"type": "image", "image": make_item("chart", 0, 0).image},
+                                         {"type": "text", "text": "?"}]}]  # fmt: skip
+    ids, _, images = render_with_images(tok, msgs, vlm.vision_config)
+    assert [im.grid for im in images] == [(4, 16), (12, 12)] and [im.n_tokens for im in images] == [16, 16]
+    cache = vlm.new_cache(1, len(ids) + 1)
+    with torch.no_grad():
+        full = vlm(torch.tensor([ids + [5]]), images=images).logits[0, -1]
+        vlm(torch.tensor([ids]), images=images, cache=cache)
+        step = vlm(torch.tensor([[5]]), cache=cache).logits[0, -1]
+    torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------ image tokens

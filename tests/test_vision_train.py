@@ -29,8 +29,9 @@ def _overrides_for_stages(recipe, steps: int) -> None:
     recipe.raw["stages"] = recipe.stages
 
 
-def test_stage1_trains_only_the_projector_then_stage2_everything(tmp_path):
-    recipe = _recipe()
+@pytest.mark.parametrize("preset", ["qwen-vl-tiny", "qwen-vl-tiny-resampler"])
+def test_stage1_trains_only_the_projector_then_stage2_everything(tmp_path, preset):
+    recipe = _recipe(f"vl.preset={preset}")
     _overrides_for_stages(recipe, 2)
     before = build_model(recipe.stage(0), torch.device("cpu"))[0].state_dict()
     summary = run_vl(recipe, tmp_path, quiet=True)

@@ -70,9 +70,9 @@ def _params(args: argparse.Namespace) -> int:
     if args.json:
         print_json(counts)
         return 0
-    print(f"{'preset':<16} {'vision':>14} {'projector':>12} {'decoder':>15} {'total':>15}")
+    print(f"{'preset':<24} {'vision':>14} {'projector':>12} {'decoder':>15} {'total':>15}")
     for name, c in counts.items():
-        print(f"{name:<16} {c['vision']:>14,} {c['projector']:>12,} {c['decoder']:>15,} {c['total']:>15,}")
+        print(f"{name:<24} {c['vision']:>14,} {c['projector']:>12,} {c['decoder']:>15,} {c['total']:>15,}")
     return 0
 
 

@@ -92,7 +92,8 @@ def _placeholder(item: Item, vision):
     from gptqwen.vision.image import ImageInput, fit_size
 
     h, w = fit_size(item.image.height, item.image.width, vision)
-    return ImageInput(torch.empty(0), (h // vision.patch_size, w // vision.patch_size), vision.merge_size)
+    grid = (h // vision.patch_size, w // vision.patch_size)
+    return ImageInput(torch.empty(0), grid, vision.tokens_for(grid))
 
 
 def make_batches(examples: list[tuple[list[int], list[int], Item]], batch_size: int, seed: int, pad: int,

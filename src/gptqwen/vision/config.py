@@ -12,6 +12,7 @@ changes which patches attend to which, not the parameter count; this encoder att
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,9 @@ class VisionConfig:
     mlp: str = "swiglu"  # swiglu (Qwen2.5-VL) | gelu (Qwen2-VL)
     norm: str = "rmsnorm"  # rmsnorm (Qwen2.5-VL) | layernorm (Qwen2-VL)
     norm_eps: float = 1e-6
-    merge_size: int = 2  # merge_size x merge_size patches become one decoder token
+    merge_size: int = 2  # merge_size x merge_size patches become one decoder token (projector "merge")
+    projector: str = "merge"  # merge (Qwen2-VL: 2x2 patches -> MLP) | resampler (Qwen-VL: learnable queries attend)
+    resampler_queries: int = 0  # resampler: decoder tokens per image (a square number; Qwen-VL: 256)
     out_dim: int = 2048  # the decoder's n_embd
     rope_theta: float = 10000.0
     min_pixels: int = 56 * 56
@@ -51,6 +54,12 @@ class VisionConfig:
     @property
     def patch_dim(self) -> int:
         return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    def tokens_for(self, grid: tuple[int, int]) -> int:
+        """Decoder tokens (<|image_pad|>) of an image with `grid` patch rows and columns."""
+        if self.projector == "resampler":
+            return self.resampler_queries
+        return grid[0] * grid[1] // self.merge_size**2
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,6 +80,11 @@ class VisionConfig:
                             "(2D RoPE rotates rows in one half of each head and columns in the other)")
         if self.mlp not in ("swiglu", "gelu") or self.norm not in ("rmsnorm", "layernorm"):
             raise UserError("vision mlp must be swiglu or gelu, norm rmsnorm or layernorm")
+        side = math.isqrt(self.resampler_queries)
+        if self.projector not in ("merge", "resampler") or (self.projector == "resampler" and (
+                side < 1 or side * side != self.resampler_queries or self.out_dim % min(self.out_dim, 128))):
+            raise UserError("vision projector must be merge, or resampler with resampler_queries a square number "
+                            "(e.g. 16, 256) and out_dim a multiple of 128 (or below it)")  # fmt: skip
         if self.min_pixels > self.max_pixels or self.max_pixels < self.factor**2:
             raise UserError(f"vision min_pixels/max_pixels ({self.min_pixels}/{self.max_pixels}) must allow at least "
                             f"one {self.factor}x{self.factor} tile")
@@ -81,8 +95,13 @@ class VisionConfig:
         norm = w * (2 if self.norm == "layernorm" else 1)
         mlp = 3 * w * i + 2 * i + w if self.mlp == "swiglu" else 2 * w * i + i + w
         block = 2 * norm + (3 * w * w + 3 * w) + (w * w + w) + mlp
-        m = w * self.merge_size**2
-        projector = norm + (m * m + m) + (m * self.out_dim + self.out_dim)
+        d = self.out_dim
+        if self.projector == "resampler":  # queries, kv projection, q/kv/post norms, attention in/out, output matrix
+            projector = self.resampler_queries * d + w * d + 3 * d * (2 if self.norm == "layernorm" else 1) \
+                + (3 * d * d + 3 * d) + (d * d + d) + d * d
+        else:
+            m = w * self.merge_size**2
+            projector = norm + (m * m + m) + (m * d + d)
         return {"vision": self.patch_dim * w + self.depth * block, "projector": projector}
 
 
@@ -98,6 +117,8 @@ VLM_PRESETS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "qwen2.5-vl-3b": ("qwen2.5-3b", {"max_seq_len": 128000, "rope_theta": 1e6}, _QWEN25_VIT),
     "qwen2.5-vl-7b": ("qwen2.5-7b", {"max_seq_len": 128000, "rope_theta": 1e6}, _QWEN25_VIT),
     "qwen-vl-tiny": ("qwen3-tiny", {"max_seq_len": 256}, _TINY_VIT),
+    "qwen-vl-tiny-resampler": ("qwen3-tiny", {"max_seq_len": 256}, {**_TINY_VIT, "projector": "resampler",
+                                                                      "resampler_queries": 16}),
 }
 
 

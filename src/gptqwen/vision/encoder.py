@@ -1,4 +1,5 @@
-"""The image encoder: a ViT with 2D RoPE and pre-norm blocks, and the 2x2-merge projector into the decoder.
+"""The image encoder: a ViT with 2D RoPE and pre-norm blocks, and its projector into the decoder — the 2x2 merge
+(Qwen2-VL, the default) or the cross-attention resampler with learnable queries (Qwen-VL).
 
     enc = VisionEncoder(vision_config)
     feats = enc([preprocess(img, vision_config), ...])   # [sum of n_tokens, out_dim]: one row per <|image_pad|>
@@ -14,6 +15,7 @@ frequencies — the first turns with the patch's row, the second with its column
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -77,6 +79,44 @@ class Projector(nn.Module):
         return self.proj(F.gelu(self.fc(x)))
 
 
+def sincos_2d(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine embeddings [N, dim] of (row, col) positions [N, 2] (half the channels per axis)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / max(1, dim // 4))
+    parts = [torch.cat([(positions[:, i:i + 1] * omega).sin(), (positions[:, i:i + 1] * omega).cos()], -1) for i in (0, 1)]
+    return torch.cat(parts, -1)
+
+
+class Resampler(nn.Module):
+    """Qwen-VL's projector: a fixed number of learnable queries cross-attend to the image's patches (one layer),
+    so every image costs `resampler_queries` decoder tokens whatever its size. Queries and keys carry 2D
+    sine-cosine positions, the keys' scaled onto the queries' square grid."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        d, self.n = cfg.out_dim, cfg.resampler_queries
+        self.side, self.n_head = math.isqrt(self.n), max(1, d // 128)
+        self.query = nn.Parameter(torch.empty(self.n, d))
+        self.kv = nn.Linear(cfg.width, d, bias=False)
+        self.ln_q, self.ln_kv, self.ln_post = (make_norm(cfg.norm, d, cfg.norm_eps) for _ in range(3))
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], merge_size: int) -> torch.Tensor:
+        B, N, _ = x.shape
+        d, h = self.query.shape[1], self.n_head
+        kv = self.ln_kv(self.kv(x))
+        pos = grid_positions(grid, merge_size).float() * torch.tensor([self.side / grid[0], self.side / grid[1]])
+        q_pos = torch.stack(torch.meshgrid(torch.arange(self.side), torch.arange(self.side), indexing="ij"), -1).view(-1, 2)
+        w, b = self.qkv.weight.split(d), self.qkv.bias.split(d)
+        q = F.linear(self.ln_q(self.query) + sincos_2d(q_pos.float(), d).to(x), w[0], b[0]).expand(B, -1, -1)
+        k = F.linear(kv + sincos_2d(pos, d).to(x), w[1], b[1])
+        v = F.linear(kv, w[2], b[2])
+        heads = [t.reshape(B, -1, h, d // h).transpose(1, 2) for t in (q, k, v)]
+        y = F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(B, self.n, d)
+        return self.proj(self.ln_post(self.out(y)))
+
+
 class VisionEncoder(nn.Module):
     """Patches of several images -> one feature row per merged token, in image order."""
 
@@ -86,12 +126,14 @@ class VisionEncoder(nn.Module):
         self.config = cfg
         self.patch_embed = nn.Linear(cfg.patch_dim, cfg.width, bias=False)
         self.blocks = nn.ModuleList(VisionBlock(cfg) for _ in range(cfg.depth))
-        self.merger = Projector(cfg)
+        self.merger = Resampler(cfg) if cfg.projector == "resampler" else Projector(cfg)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if isinstance(self.merger, Resampler):
+            nn.init.normal_(self.merger.query, 0.0, 0.02)
 
     def encode_batch(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """[B, N, patch_dim] of images with one grid -> [B, N / merge^2, out_dim]."""
@@ -101,7 +143,7 @@ class VisionEncoder(nn.Module):
         cos, sin = cos.to(x), sin.to(x)
         for block in self.blocks:
             x = block(x, cos, sin)
-        return self.merger(x)
+        return self.merger(x, grid, cfg.merge_size) if cfg.projector == "resampler" else self.merger(x)
 
     def forward(self, images: list[ImageInput]) -> torch.Tensor:
         device = self.patch_embed.weight.device

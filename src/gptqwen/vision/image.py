@@ -39,11 +39,7 @@ class ImageInput:
 
     patches: torch.Tensor  # [rows * cols, patch_dim], merge groups consecutive
     grid: tuple[int, int]  # patch rows, patch cols
-    merge_size: int
-
-    @property
-    def n_tokens(self) -> int:
-        return self.grid[0] * self.grid[1] // self.merge_size**2
+    n_tokens: int  # <|image_pad|> tokens (decoder positions) it fills: VisionConfig.tokens_for(grid)
 
 
 def _pil():
@@ -148,4 +144,5 @@ def preprocess(image: Any, cfg: VisionConfig) -> ImageInput:
     data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(h, w, 3)
     pixels = data.permute(2, 0, 1).float().div_(255)
     pixels = (pixels - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
-    return ImageInput(patchify(pixels, cfg), (h // cfg.patch_size, w // cfg.patch_size), cfg.merge_size)
+    grid = (h // cfg.patch_size, w // cfg.patch_size)
+    return ImageInput(patchify(pixels, cfg), grid, cfg.tokens_for(grid))
