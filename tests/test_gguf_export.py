@@ -1,5 +1,5 @@
-"""GGUF export (`gptqwen export SRC --gguf FILE`): round trips through our importer for the llama, qwen2, qwen3
-and gpt2 layouts at every export type, the tokenizer and chat template in the file, the CLI, bad input, the
+"""GGUF export (`gptqwen export SRC --gguf FILE`): round trips through our importer for the llama, qwen2, qwen3,
+gpt2, qwen2_moe and qwen3_moe layouts at every export type, the tokenizer and chat template in the file, the CLI, bad input, the
 bundled SmolLM2 file reproduced tensor for tensor, and llama.cpp loading what we write.
 
     OMP_NUM_THREADS=1 .venv/bin/pytest -q tests/test_gguf_export.py            # + -m slow for SmolLM2 / llama.cpp
@@ -35,10 +35,10 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tokenizer"
 TEXT = (FIXTURES / "mixed.txt").read_text() + (FIXTURES / "chinese.txt").read_text()
 SAMPLES = ["Hello world, how are you?", "  spaces\n\nnew lines\t tabs 12345", "naïve café — 你好",
            "<|im_start|>user\nhi<|im_end|>", "<think>\nhmm\n</think>"]
-LAYOUTS = ["llama", "qwen2", "qwen3", "gpt2"]
+LAYOUTS = ["llama", "qwen2", "qwen3", "gpt2", "qwen2_moe", "qwen3_moe"]
 # How far the re-imported model's logits may move from the exported one's: max |Δ| over a batch, as a fraction of
 # the largest |logit| (0.7-1.5 for these tiny models). Measured: f32 0 (the weights are exact; f16's are exactly
-# ours rounded to f16), f16 <= 1.3e-3, bf16 <= 6.4e-3, q8_0 <= 2.6e-2, q4_1 <= 0.45 (random weights are the
+# ours rounded to f16), f16 <= 1.3e-3, bf16 <= 6.8e-3, q8_0 <= 2.6e-2, q4_1 <= 0.45 (random weights are the
 # worst case for 4-bit blocks).
 TOLERANCE = {"f32": 0.0, "f16": 3e-3, "bf16": 1.5e-2, "q8_0": 5e-2, "q4_1": 0.6}
 _LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -58,7 +58,8 @@ def tokenizers():
 
 def tiny(layout: str) -> Transformer:
     """A tiny model of `layout` with weights wide enough that its logits spread out (no near-ties)."""
-    base = {"llama": "qwen2-tiny", "qwen2": "qwen2-tiny", "qwen3": "qwen3-tiny", "gpt2": "gpt2-tiny"}[layout]
+    base = {"llama": "qwen2-tiny", "qwen2": "qwen2-tiny", "qwen3": "qwen3-tiny", "gpt2": "gpt2-tiny",
+            "qwen2_moe": "qwen2-moe-tiny", "qwen3_moe": "qwen3-moe-tiny"}[layout]
     cfg = Config.from_name(base).replace(vocab_size=400)
     if layout == "llama":  # Llama: no biases, its own head, a rope scaling to carry over
         cfg = cfg.replace(name="llama-tiny", hf_model_type="llama", qkv_bias=False, tie_embeddings=False,
@@ -99,7 +100,8 @@ def test_round_trip_every_type(tmp_path, tokenizers, layout):
         if qtype in ("f32", "f16"):  # the weights themselves: exact (f16: the f16 rounding of ours)
             ours, theirs = model.state_dict(), back.state_dict()
             for k, v in ours.items():
-                cast = v if qtype == "f32" or v.dim() == 1 else v.half().float()
+                vector = v.dim() == 1 or v.shape[0] == 1  # incl. the shared expert's [1, n] gate: f32 in GGUF
+                cast = v if qtype == "f32" or vector else v.half().float()
                 assert torch.equal(theirs[k], cast), (qtype, k)
         want_types = {"f32": {"F32"}, "f16": {"F32", "F16"}, "bf16": {"F32", "BF16"}, "q8_0": {"F32", "Q8_0"},
                       "q4_1": {"F32", "Q4_1", "Q8_0"}}[qtype]
@@ -160,9 +162,14 @@ def test_refusals(tmp_path, tokenizers):
     tok = tokenizers["qwen"]
     with pytest.raises(UserError, match="unknown GGUF export type 'q5_k'; choose one of f32, f16"):
         export_gguf(tiny("qwen3"), tok, tmp_path / "a.gguf", "q5_k")
-    for preset, layout in [("gpt1-tiny", "openai-gpt"), ("qwen-tiny", "qwen"), ("qwen3-moe-tiny", "qwen3_moe")]:
+    for preset, layout in [("gpt1-tiny", "openai-gpt"), ("qwen-tiny", "qwen")]:
         with pytest.raises(UserError, match=f"has the '{layout}' layout, which gptqwen cannot export to GGUF"):
             export_gguf(Transformer(Config.from_name(preset)), tok, tmp_path / "a.gguf")
+    moe = Config.from_name("qwen3-moe-tiny").replace(vocab_size=400)
+    with pytest.raises(UserError, match="mixes dense and MoE layers"):
+        export_gguf(Transformer(moe.replace(mlp_only_layers=[0])), tok, tmp_path / "a.gguf")
+    with pytest.raises(UserError, match="norm_topk_prob=False, but llama.cpp runs qwen3moe with True"):
+        export_gguf(Transformer(moe.replace(norm_topk_prob=False)), tok, tmp_path / "a.gguf")
     with pytest.raises(UserError, match="cannot be written as a 'gpt2' checkpoint"):  # GPT-3's banded layers
         export_gguf(Transformer(Config.from_name("gpt3-tiny")), tok, tmp_path / "a.gguf")
     with pytest.raises(UserError, match="has no tokenizer"):

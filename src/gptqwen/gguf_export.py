@@ -4,7 +4,8 @@
     from gptqwen.gguf_export import export_gguf
     export_gguf(model, tokenizer, "out.gguf", qtype="f16")
 
-Layouts: llama, qwen2, qwen3 and gpt2 (a model whose `hf_model_type` is one of them and that
+Layouts: llama, qwen2, qwen3, gpt2, and the MoE layouts qwen2_moe / qwen3_moe when every layer is MoE and the
+router normalisation is the one llama.cpp applies (a model whose `hf_model_type` is one of them and that
 `config_to_hf` can express). The file carries the architecture metadata, the tokenizer (vocabulary, merges,
 token types, special ids, the pre-tokenizer's llama.cpp name) and the chat template as Jinja (the shipped
 twins of the natively rendered Qwen formats, `hf.chat_template_jinja`). Tensors get llama.cpp's names through
@@ -35,7 +36,10 @@ from gptqwen.tokenizer.presets import CL100K_PATTERN, GPT2_PATTERN, QWEN_PATTERN
 from gptqwen.utils import fsync_dir
 
 EXPORT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_1")
-GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2"}  # HF model type -> GGUF
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2",  # HF model type -> GGUF
+             "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
+# llama.cpp renormalises the top-k router weights for qwen3moe and never for qwen2moe, whatever the file says
+_MOE_TOPK_NORM = {"qwen2moe": False, "qwen3moe": True}
 # Split regex -> the `tokenizer.ggml.pre` name under which llama.cpp (and our importer) uses the same split.
 _PRE_NAMES = {GPT2_PATTERN: "gpt-2", QWEN_PATTERN: "qwen2", _QWEN2_SPLIT: "qwen2", CL100K_PATTERN: "llama-bpe",
               _LLAMA3_SPLIT: "llama-bpe"}
@@ -104,6 +108,8 @@ def _add_arch(w, arch: str, cfg) -> None:
     w.add_key_length(cfg.head_dim)
     w.add_value_length(cfg.head_dim)
     w.add_rope_dimension_count(cfg.head_dim)
+    if arch in _MOE_TOPK_NORM:
+        _add_moe(w, arch, cfg)
     scaling = cfg.rope_scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind in ("yarn", "linear"):
@@ -114,6 +120,20 @@ def _add_arch(w, arch: str, cfg) -> None:
     elif kind != "default":
         raise UserError(f"model '{cfg.name}' uses '{kind}' rope scaling, which gptqwen cannot write to GGUF "
                         "(yarn and linear it can)")
+
+
+def _add_moe(w, arch: str, cfg) -> None:
+    if cfg.mlp_only_layers or cfg.decoder_sparse_step != 1:
+        raise UserError(f"model '{cfg.name}' mixes dense and MoE layers, which a GGUF {arch} file cannot describe")
+    if cfg.norm_topk_prob != _MOE_TOPK_NORM[arch]:
+        raise UserError(f"model '{cfg.name}' has norm_topk_prob={cfg.norm_topk_prob}, but llama.cpp runs {arch} "
+                        f"with {_MOE_TOPK_NORM[arch]}; it would compute another model")
+    w.add_expert_count(cfg.n_experts)
+    w.add_expert_used_count(cfg.n_experts_per_tok)
+    w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+    w.add_expert_weights_norm(cfg.norm_topk_prob)
+    if arch == "qwen2moe":
+        w.add_expert_shared_feed_forward_length(cfg.shared_expert_intermediate_size)
 
 
 def _add_tokenizer(w, tok: Tokenizer, n_rows: int, gguf) -> None:
@@ -168,11 +188,17 @@ def _add_tensors(w, model: torch.nn.Module, arch: str, qtype: str, gguf) -> dict
     counts: dict[str, int] = {}
     for rule in weight_rules(cfg):
         t = state[rule.ours].detach().to("cpu", torch.float32)
-        # GGUF keeps nn.Linear's (out, in) layout, as our weights are: GPT-2's Conv1D transpose is HF's alone
-        parts = t.split(list(rule.sizes)) if len(rule.theirs) > 1 else [t]
-        for hf_name, part in zip(rule.theirs, parts):
-            name = gguf_name(arch, hf_name)
+        if rule.stacked:  # experts stay stacked [E, out, in]: w_gate_up holds gate then up along `out`
+            layer = rule.ours.split(".")[1]
+            names = ["ffn_gate_exps", "ffn_up_exps"] if rule.ours.endswith("w_gate_up") else ["ffn_down_exps"]
+            named = zip((f"blk.{layer}.{n}.weight" for n in names), t.split(list(rule.sizes), dim=1))
+        else:  # GGUF keeps nn.Linear's (out, in) layout, as our weights are: GPT-2's Conv1D transpose is HF's alone
+            parts = t.split(list(rule.sizes)) if len(rule.theirs) > 1 else [t]
+            named = ((gguf_name(arch, h), part) for h, part in zip(rule.theirs, parts))
+        for name, part in named:
             a = part.numpy()
+            if name.endswith("ffn_gate_inp_shexp.weight"):
+                a = a[0]  # HF's [1, n_embd] gate of the shared expert is a vector in llama.cpp
             if arch == "llama" and name.endswith(("attn_q.weight", "attn_q.bias")):
                 a = permute_rope_rows(a, cfg.n_head)
             elif arch == "llama" and name.endswith(("attn_k.weight", "attn_k.bias")):

@@ -9,7 +9,7 @@ SRC is a run folder or a `ckpt_<step>` folder (both checkpoint formats work: gat
 sharded train.ckpt_format=sharded, read into one model at any training world size), or any other model spec
 `--model` takes (a Hugging Face folder, a .gguf file, a Hub id). OUT (a folder) loads with
 `transformers.AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)`; `--gguf FILE`
-(llama, qwen2, qwen3 and gpt2 layouts; `gptqwen.gguf_export`) loads with llama.cpp. Both load with
+(llama, qwen2, qwen3, gpt2 and the all-MoE qwen2_moe / qwen3_moe layouts; `gptqwen.gguf_export`) loads with llama.cpp. Both load with
 `gptqwen generate --model`.
 """
 
