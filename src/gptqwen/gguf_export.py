@@ -93,21 +93,17 @@ def _file_type(gguf, qtype: str) -> Any:
 
 def _add_arch(w, arch: str, cfg) -> None:
     """The `{arch}.*` keys llama.cpp reads (and `gguf.hf_config` reads back)."""
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.n_embd)
-    w.add_block_count(cfg.n_layer)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.n_head)
-    w.add_vocab_size(cfg.vocab_size)
+    common = [(w.add_context_length, cfg.max_seq_len), (w.add_embedding_length, cfg.n_embd),
+              (w.add_block_count, cfg.n_layer), (w.add_feed_forward_length, cfg.intermediate_size),
+              (w.add_head_count, cfg.n_head), (w.add_vocab_size, cfg.vocab_size)]
     if arch == "gpt2":
-        w.add_layer_norm_eps(cfg.norm_eps)
+        for add, value in [*common, (w.add_layer_norm_eps, cfg.norm_eps)]:
+            add(value)
         return
-    w.add_head_count_kv(cfg.n_kv_head)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
+    for add, value in [*common, (w.add_head_count_kv, cfg.n_kv_head), (w.add_layer_norm_rms_eps, cfg.norm_eps),
+                       (w.add_rope_freq_base, cfg.rope_theta), (w.add_key_length, cfg.head_dim),
+                       (w.add_value_length, cfg.head_dim), (w.add_rope_dimension_count, cfg.head_dim)]:
+        add(value)
     if arch in _MOE_TOPK_NORM:
         _add_moe(w, arch, cfg)
     scaling = cfg.rope_scaling or {}
