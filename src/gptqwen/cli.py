@@ -30,6 +30,8 @@ VERBS: dict[str, str] = {
     "reward": "train a reward model on preference pairs, or score completions with one",
     "dpo": "direct preference optimisation (sigmoid / IPO / hinge, LoRA optional)",
     "grpo": "online GRPO with verifiable, rubric and model rewards",
+    "distill": "strong-to-weak distillation: teacher answers as SFT data, then on-policy KL to the teacher",
+    "post": "Qwen3's four post-training stages: cold start, reasoning RL, thinking fusion, general RL",
     "eval": "few-shot evaluation, perplexity and GPT-3 style shot plots",
     "generate": "one-shot text generation from a prompt",
     "chat": "interactive multi-turn chat with thinking mode and thinking budget",

@@ -37,7 +37,7 @@ from gptqwen.eval.taskspec import load_task
 from gptqwen.finetune.evaluate import heldout_problems
 from gptqwen.finetune.synthetic import GENERATORS, extract_answer
 from gptqwen.infer import Engine, SamplingParams
-from gptqwen.infer.thinking import chat_result, prepare_chat
+from gptqwen.infer.thinking import chat_many
 from gptqwen.utils import atomic_write, print_json, save_figure
 
 UNLIMITED = ("none", "unlimited", "inf")
@@ -109,25 +109,16 @@ def budget_point(engine: Engine, items: list[Item], budget: int | None, thinking
                  batch_size: int = 32) -> dict:  # fmt: skip
     """Greedy accuracy (± stderr) of `items` at one budget, the share of turns that hit it, mean thinking tokens."""
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    scores, hits, thought, samples = [], [], [], []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        prepared = [prepare_chat(engine, [{"role": "user", "content": it.question}], enable_thinking=thinking,
-                                 thinking_budget=budget if thinking else None, params=params) for it in chunk]  # fmt: skip
-        timings: dict[str, float] = {}
-        for _ in engine.run([row for row, _ in prepared], timings):
-            pass
-        for it, (row, router) in zip(chunk, prepared):
-            r = chat_result(row, router, timings)
-            scores.append(it.grade(r.content))
-            hits.append(float(r.budget_hit))
-            thought.append(r.thinking_tokens)
-            if len(samples) < 3:
-                samples.append({"question": it.question, "reasoning": r.reasoning_content, "content": r.content})
+    turns = chat_many(engine, [[{"role": "user", "content": it.question}] for it in items], thinking, batch_size,
+                      thinking_budget=budget if thinking else None, params=params)  # fmt: skip
+    scores = [it.grade(r.content) for it, r in zip(items, turns)]
+    samples = [{"question": it.question, "reasoning": r.reasoning_content, "content": r.content}
+               for it, r in zip(items[:3], turns)]  # fmt: skip
     n = len(scores)
     return {"mode": "thinking" if thinking else "non_thinking", "budget": budget if thinking else 0, "n": n,
             "accuracy": scorers.mean(scores), "stderr": scorers.mean_stderr(scores),
-            "budget_hit": scorers.mean(hits), "thinking_tokens": scorers.mean(thought), "samples": samples}
+            "budget_hit": scorers.mean([float(r.budget_hit) for r in turns]),
+            "thinking_tokens": scorers.mean([r.thinking_tokens for r in turns]), "samples": samples}
 
 
 def budget_curve(model, tokenizer, items: list[Item], budgets: list[int | None], max_new_tokens: int | None = None,

@@ -160,6 +160,22 @@ def chat_result(row: Row, router: ThinkingRouter, timings: dict[str, float]) -> 
                       budget_hit=router.budget_hit)
 
 
+def chat_many(engine, conversations: list[list[dict]], enable_thinking: bool | list[bool] = True,
+              batch_size: int = 32, **kwargs: Any) -> list[ChatResult]:
+    """One assistant turn for each conversation, `batch_size` turns per batched engine run (evaluations and data
+    making); `enable_thinking` may give one mode per conversation; other arguments as for `prepare_chat`."""
+    modes = enable_thinking if isinstance(enable_thinking, list) else [enable_thinking] * len(conversations)
+    results: list[ChatResult] = []
+    for start in range(0, len(conversations), batch_size):
+        prepared = [prepare_chat(engine, m, on, **kwargs)
+                    for m, on in zip(conversations[start:start + batch_size], modes[start:start + batch_size])]
+        timings: dict[str, float] = {}
+        for _ in engine.run([row for row, _ in prepared], timings):
+            pass
+        results += [chat_result(row, router, timings) for row, router in prepared]
+    return results
+
+
 def chat(engine, messages: list[dict], **kwargs: Any) -> ChatResult:
     """Run one assistant turn and return the whole `ChatResult` (see `stream_chat` for the arguments)."""
     for delta in stream_chat(engine, messages, **kwargs):

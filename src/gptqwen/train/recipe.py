@@ -14,7 +14,7 @@ recipe is checked — unknown keys (with the closest names), types, ranges — b
 
 Sections per trainer (`TRAINERS`): pretrain — model (preset), data, train; sft — model (base), sft, lora,
 train; finetune — model (base), task, train; reward — model, pref, reward, train; dpo — model, pref, dpo,
-lora, train; grpo — model, grpo, lora, train; vl — vl, train. Built-in recipes live in `gptqwen/recipes/*.yaml` and are
+lora, train; grpo — model, grpo, lora, train; vl — vl, train; distill; post. Built-in recipes live in `gptqwen/recipes/*.yaml` and are
 found by name (`gptqwen sft -c sft-qwen3`); each trainer has a default one (`DEFAULT_RECIPES`), which is
 where its default hyperparameters live. Overrides are `section.key=value`, or a bare `key=value` when
 the key belongs to one section only.
@@ -35,6 +35,7 @@ import yaml
 from gptqwen.config import Config
 from gptqwen.errors import UserError, closest
 from gptqwen.infer.sampling import DEFAULT_TEMPERATURE
+from gptqwen.train.recipe_reasoning import DistillConfig, PostConfig
 
 
 @dataclass
@@ -225,9 +226,12 @@ TRAINERS: dict[str, dict[str, type | None]] = {
     "dpo": {"model": BaseModelConfig, "pref": PrefConfig, "dpo": DPOConfig, "lora": LoraConfig, "train": TrainConfig},
     "grpo": {"model": BaseModelConfig, "grpo": GRPOConfig, "lora": LoraConfig, "train": TrainConfig},
     "vl": {"vl": VLConfig, "train": TrainConfig},
+    "distill": {"model": BaseModelConfig, "distill": DistillConfig, "sft": SFTConfig, "train": TrainConfig},
+    "post": {"model": BaseModelConfig, "post": PostConfig, "sft": SFTConfig, "grpo": GRPOConfig, "train": TrainConfig},
 }
 DEFAULT_RECIPES = {"pretrain": "qwen3-shakespeare", "sft": "sft-qwen3", "finetune": "finetune-gpt1", "reward": "reward-qwen3",
-                   "dpo": "dpo-qwen3", "grpo": "grpo-qwen3", "vl": "qwen-vl-tiny"}
+                   "dpo": "dpo-qwen3", "grpo": "grpo-qwen3", "vl": "qwen-vl-tiny",
+                   "distill": "distill-qwen3", "post": "qwen3-post"}
 TOO_LONG = ("drop", "truncate", "error")
 
 

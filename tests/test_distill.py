@@ -1,0 +1,92 @@
+"""Strong-to-weak distillation (`gptqwen distill`, align/distill.py): the on-policy loss equals a direct per-token KL
+on a fixed batch (both directions), the vocabulary check before any work, and a tiny end-to-end run with resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import _align_fixtures
+from gptqwen.align import prefs
+from gptqwen.align.distill import check_same_vocabulary, on_policy_workload
+from gptqwen.config import Config
+from gptqwen.errors import UserError
+from gptqwen.finetune.synthetic import demo_tokenizer
+from gptqwen.model import Transformer
+from gptqwen.train.recipe import load_recipe
+
+tok, model_dir = _align_fixtures.tok, _align_fixtures.model_dir  # shared fixtures
+
+
+def _direct_kl(student, teacher, prompt: list[int], completion: list[int], vocab: int, direction: str) -> list[float]:
+    """KL at each completion token, one sequence at a time, in float64 with torch.distributions."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        s, t = student(ids).logits[0, :, :vocab].double(), teacher(ids).logits[0, :, :vocab].double()
+    out = []
+    for pos in range(len(prompt) - 1, len(prompt) + len(completion) - 1):  # the logits that predict each completion token
+        ps, pt = torch.distributions.Categorical(logits=s[pos]), torch.distributions.Categorical(logits=t[pos])
+        out.append(float(torch.distributions.kl_divergence(*((ps, pt) if direction == "reverse" else (pt, ps)))))
+    return out
+
+
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_on_policy_loss_is_the_per_token_kl(tok, direction):
+    torch.manual_seed(0)
+    # embeddings wider than the vocabulary: the padded rows must not enter the KL
+    student = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size + 24, n_layer=1, n_embd=64))
+    teacher = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size + 8, n_layer=2)).eval()
+    recipe = load_recipe("distill-qwen3", [f"distill.kl={direction}", "distill.synthetic=8"], trainer="distill")
+    rows = [{"prompt": [{"role": "user", "content": f"What is {i} + 1?"}]} for i in range(8)]
+    work = on_policy_workload(recipe, student, teacher, tok, rows, torch.device("cpu"))
+    seqs = [([5, 17, 33, 2], [40, 41, 42]), ([7, 8], [9, 10, 11, 12, 13]), ([3, 4, 5, 6, 7, 8], [99])]
+    batch = prefs.collate_sequences([(list(p), list(c)) for p, c in seqs], pad_id=0)
+    loss, logged = work.loss(student, batch)
+    per_token = [kl for p, c in seqs for kl in _direct_kl(student, teacher, p, c, tok.vocab_size, direction)]
+    assert loss.item() == pytest.approx(sum(per_token) / len(per_token), rel=1e-5, abs=1e-7)
+    assert loss.item() > 0 and logged["loss"] == loss.detach()
+    loss.backward()  # gradients reach the student only
+    assert any(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_vocabulary_check(tok, model_dir, tmp_path, capsys):
+    other = demo_tokenizer(300)
+    with pytest.raises(UserError, match="different vocabularies"):
+        check_same_vocabulary(other, tok)
+    check_same_vocabulary(tok, demo_tokenizer(400))  # the same vocabulary built twice is the same
+    d = tmp_path / "other"
+    Transformer(Config.from_name("qwen3-tiny", vocab_size=other.vocab_size)).save_pretrained(d)
+    other.save(d)
+    from gptqwen.cli import main
+
+    assert main(["distill", "--teacher", str(d), "--from", str(model_dir), "--out", str(tmp_path / "out")]) == 2
+    assert "different vocabularies" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_distill_end_to_end_and_resume(model_dir, tmp_path, capsys):
+    from gptqwen.cli import main
+    from gptqwen.loading import load_model_and_tokenizer
+
+    args = ["distill", "--teacher", str(model_dir), "--from", "qwen3-tiny", "--tokenizer", str(model_dir),
+            "--synthetic", "16", "--max-steps", "2", "--batch-size", "4", "--prompts-per-step", "4", "--max-new-tokens",
+            "8", "distill.teacher_max_new_tokens=12", "distill.verify=false", "distill.teacher_temperature=1",
+            "--threads", "1", "--json"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    full = json.loads(capsys.readouterr().out)
+    off, on = full["stages"]["1-off-policy"], full["stages"]["2-on-policy"]
+    assert off["teacher_data"]["kept"] > 0 and off["steps"] == 2 and on["steps"] == 2 and on["kl"] == "reverse"
+    model, t = load_model_and_tokenizer(full["out"])
+    assert t is not None and model.config.vocab_size == 512
+    # stop in the on-policy phase, then resume: the same weights as the run that never stopped
+    assert main([*args, "--out", str(tmp_path / "b"), "--stop-at", "1", "--max-steps", "2"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    stopped = json.loads(capsys.readouterr().out)
+    a = load_model_and_tokenizer(full["out"])[0].state_dict()
+    b = load_model_and_tokenizer(stopped["out"])[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
