@@ -125,8 +125,9 @@ class VisionLanguageModel(nn.Module):
             vlm.visual.load_state_dict(load_file(str(path / VISION_WEIGHTS)))
         except (OSError, RuntimeError) as e:
             raise UserError(f"'{path / VISION_WEIGHTS}' does not match {VISION_CONFIG} ({str(e)[:200]})") from None
-        ref = decoder.wte.weight
-        return vlm.to(device=ref.device, dtype=ref.dtype).eval()
+        ref = decoder.wte.weight  # only the encoder moves: the decoder may hold quantised weights (--quant)
+        vlm.visual.to(device=ref.device, dtype=ref.dtype)
+        return vlm.eval()
 
 
 def is_vlm_dir(path: str | Path) -> bool:
