@@ -130,6 +130,27 @@ def test_tokenizer_and_chat_template_round_trip(tmp_path, tokenizers):
             assert "tokenizer.chat_template" not in meta
 
 
+@pytest.mark.slow
+def test_real_qwen_vocabulary(tmp_path):
+    """The real Qwen2.5/Qwen3 vocabulary (151,669 ids on 151,936 rows, tiktoken-backed here): our importer and, where
+    installed, llama.cpp tokenize the exported file's vocabulary as we do."""
+    from gptqwen.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_preset("qwen3")
+    export_gguf(Transformer(Config.from_name("qwen3-tiny").replace(vocab_size=151936)), tok, tmp_path / "q.gguf")
+    texts = SAMPLES + TEXT.splitlines() + ['<tool_call>\n{"name": "f"}\n</tool_call>', "  1234567 x=3.14 ** 你好!!"]
+    back = load_tokenizer(tmp_path / "q.gguf")
+    assert [back.encode(t, allow_special=True) for t in texts] == [tok.encode(t, allow_special=True) for t in texts]
+    assert back.decode(tok.encode(TEXT)) == TEXT and back.special_tokens == tok.special_tokens
+    if _LLAMA_CPP:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(str(tmp_path / "q.gguf"), vocab_only=True, verbose=False)
+        assert [llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts] == \
+               [tok.encode(t, allow_special=True) for t in texts]
+        llm.close()
+
+
 def test_cli_export(tmp_path, tokenizers, capsys):
     """From a Hugging Face folder to GGUF and back, as a user runs it; refusals before any work."""
     save_pretrained(tiny("qwen3"), tmp_path / "hf", tokenizer=tokenizers["qwen"])
