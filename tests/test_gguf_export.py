@@ -166,6 +166,7 @@ def test_cli_export(tmp_path, tokenizers, capsys):
     for argv, message in [
         (["export", str(tmp_path / "hf"), "--gguf", str(out)], "exists; pass --overwrite"),
         (["export", str(tmp_path / "hf")], "nothing to write"),
+        (["export", str(tmp_path / "hf"), "--gguf", str(tmp_path / "m.bin")], "must end in .gguf"),
         (["export", str(tmp_path / "hf"), str(tmp_path / "hf3"), "--type", "q8_0"], "pass --gguf FILE with it"),
         (["export", "qwen3-tiny", "--gguf", str(tmp_path / "p.gguf")], "is a preset"),
     ]:

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     out, gguf_out = (Path(p) if p else None for p in (args.out, args.gguf))
     if out is None and gguf_out is None:
         raise UserError("nothing to write: pass OUT (a Hugging Face folder), --gguf FILE, or both")
+    if gguf_out is not None and gguf_out.suffix != ".gguf":
+        raise UserError(f"--gguf '{gguf_out}' must end in .gguf (that is how --model recognises GGUF files)")
     if args.type and gguf_out is None:
         raise UserError("--type sets the GGUF tensor type; pass --gguf FILE with it")
     if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
