@@ -142,6 +142,11 @@ def test_real_qwen_vocabulary(tmp_path):
     back = load_tokenizer(tmp_path / "q.gguf")
     assert [back.encode(t, allow_special=True) for t in texts] == [tok.encode(t, allow_special=True) for t in texts]
     assert back.decode(tok.encode(TEXT)) == TEXT and back.special_tokens == tok.special_tokens
+    model, back = load_model_and_tokenizer(str(tmp_path / "q.gguf"))  # and out again: the same token table
+    export_gguf(model, back, tmp_path / "again.gguf")
+    first, again = read_gguf(tmp_path / "q.gguf").metadata, read_gguf(tmp_path / "again.gguf").metadata
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"):
+        assert first[key] == again[key], key
     if _LLAMA_CPP:
         import llama_cpp
 

@@ -141,8 +141,8 @@ def _add_tokenizer(w, tok: Tokenizer, n_rows: int, gguf) -> None:
                         f"this model ({n_rows} embedding rows): byte-level BPE with at most one id per row is needed")
     T = gguf.TokenType
     tokens, types = [f"[PAD{i}]" for i in range(n_rows)], [T.UNUSED] * n_rows  # rows no token uses, as llama.cpp pads
-    for text, i in model["vocab"].items():
-        tokens[i], types[i] = text, T.NORMAL
+    for text, i in model["vocab"].items():  # a [PADn] row read from a GGUF file stays unused
+        tokens[i], types[i] = text, T.UNUSED if text == f"[PAD{i}]" else T.NORMAL
     for added in doc.get("added_tokens", []):  # control tokens; added tokens that are text (Qwen's <think>)
         tokens[added["id"]] = added["content"]
         types[added["id"]] = T.CONTROL if added["special"] else T.USER_DEFINED
