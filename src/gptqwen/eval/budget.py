@@ -35,7 +35,7 @@ from gptqwen.eval.lm import ScoringModel
 from gptqwen.eval.plot import model_label
 from gptqwen.eval.taskspec import load_task
 from gptqwen.finetune.evaluate import heldout_problems
-from gptqwen.finetune.synthetic import GENERATORS, extract_answer
+from gptqwen.finetune.synthetic import GENERATORS, Problem, extract_answer
 from gptqwen.infer import Engine, SamplingParams
 from gptqwen.infer.thinking import chat_many
 from gptqwen.utils import atomic_write, print_json, save_figure
@@ -74,13 +74,17 @@ def parse_budgets(values: list[str]) -> list[int | None]:
     return sorted(out) + ([None] if unlimited else [])
 
 
+def problem_items(problems: list[Problem]) -> list[Item]:
+    """Built-in problems as items, graded by the X of the final "The answer is X"."""
+    return [Item(p.question, lambda text, a=p.answer: float(extract_answer(text) == a.lower())) for p in problems]
+
+
 def reasoning_items(n: int, seed: int = 4321, kinds: tuple[str, ...] = ("arithmetic", "logic")) -> list[Item]:
     """`n` built-in reasoning problems (seeded apart from the training data's default seeds)."""
     unknown = [k for k in kinds if k not in GENERATORS]
     if unknown:
         raise UserError(f"unknown reasoning kinds {unknown}; choose from {', '.join(GENERATORS)}")
-    return [Item(p.question, lambda text, a=p.answer: float(extract_answer(text) == a.lower()))
-            for p in heldout_problems(n, seed, set(), kinds)]
+    return problem_items(heldout_problems(n, seed, set(), kinds))
 
 
 def task_items(spec: str, shots: int = 0, limit: int | None = None, seed: int = 1234) -> list[Item]:
