@@ -62,7 +62,9 @@ def test_bad_stage_settings_fail_before_work():
 
 
 @pytest.mark.slow
-def test_four_stages_and_a_stage_resumes_exactly(model_dir, tmp_path, capsys):
+def test_four_stages_and_a_stage_resumes_exactly(model_dir, tmp_path, capsys, monkeypatch):
+    import io
+
     from gptqwen.cli import main
     from gptqwen.loading import load_model_and_tokenizer
 
@@ -87,3 +89,7 @@ def test_four_stages_and_a_stage_resumes_exactly(model_dir, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["stages"].keys() == resumed["stages"].keys()
     assert main([*args, "--out", str(tmp_path / "b")]) == 2
     assert "--resume" in capsys.readouterr().err
+    # the final model chats with a thinking budget and the switches
+    monkeypatch.setattr("sys.stdin", io.StringIO("/budget 2\nWhat is 1 + 2?\n/no_think\nWhat is 2 + 2?\n/exit\n"))
+    assert main(["chat", "--model", full["out"], "--temperature", "0", "--max-new-tokens", "6"]) == 0
+    assert "budget 2" in capsys.readouterr().out
