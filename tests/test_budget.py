@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import _align_fixtures
+from gptqwen.config import Config
 from gptqwen.errors import UserError
-from gptqwen.eval.budget import _match, parse_budgets, reasoning_items
+from gptqwen.eval.budget import _match, budget_point, parse_budgets, reasoning_items
+from gptqwen.infer import Engine
+from gptqwen.model import Transformer
 
 tok, model_dir = _align_fixtures.tok, _align_fixtures.model_dir  # shared fixtures
 
@@ -50,3 +54,27 @@ def test_cli_budget_curve(model_dir, tmp_path, capsys):
     assert "negative" in capsys.readouterr().err
     assert main(["eval", "--model", str(model_dir), "--task", "copy", "--thinking-budget", "8"]) == 2
     assert "generate_until" in capsys.readouterr().err
+
+
+class _Thinker(Transformer):
+    """A model that always says `<think>`: it opens its block at once and never closes it by itself."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits[..., self.think_id] += 1e4
+        return out
+
+
+def test_budget_point_counts_hits_and_thinking_tokens(tok):
+    torch.manual_seed(0)
+    model = _Thinker(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size)).eval()
+    model.think_id = tok.token_to_id("<think>")
+    engine = Engine(model, tok, native=False)  # through forward, where the bias is
+    items = reasoning_items(3, kinds=("logic",))
+    capped = budget_point(engine, items, 5, True, max_new_tokens=12)
+    assert capped["budget_hit"] == 1.0 and capped["thinking_tokens"] == 5.0 and capped["n"] == 3
+    assert capped["samples"][0]["reasoning"].endswith("based on the thinking directly now.")
+    free = budget_point(engine, items, None, True, max_new_tokens=12)
+    assert free["budget_hit"] == 0.0 and free["thinking_tokens"] == 11.0  # the first token opened the block
+    off = budget_point(engine, items, 5, False, max_new_tokens=12)
+    assert off["mode"] == "non_thinking" and off["budget"] == 0 and off["budget_hit"] == 0.0  # no cap without thinking
