@@ -34,6 +34,14 @@ def test_answers_match_numbers_and_text():
         R.math_reward([{"prompt": "x", "_where": "p.jsonl:4"}], ["The answer is 1."])
 
 
+def test_math_reward_reads_the_reply_not_its_thinking():
+    texts = ["<think>\n7 + 5 = 12.\n</think>\n\nThe answer is 12.",
+             "<think>\n7 + 5 = 12. The answer is 12.",  # the think block never closes: the reply has no answer
+             "<think>\nThe answer is 12.\n</think>\n\nThe answer is 13.",  # the reply's answer counts
+             "7 + 5 = 12.\n</think>\n\nThe answer is 12."]  # the prompt opened the think block
+    assert R.math_reward([{"answer": "12"}] * 4, texts) == [1.0, 0.0, 0.0, 1.0]
+
+
 def test_format_reward():
     good = "<think>\nsteps\n</think>\n\nThe answer is 3."
     assert R.format_reward([{}] * 4, [good, "The answer is 3.", "<think>\nsteps\n</think>\n\n", "<think>\nno end"]) == [1, 0, 0, 0]

@@ -9,8 +9,10 @@ A reward function takes the prompt rows (dicts: the JSONL row of each prompt, so
 travel with it) and the completion texts, and returns one float per completion, or None where it cannot
 judge (an unscorable completion gets advantage 0 in GRPO, as in TRL).
 
-- `math`: the final answer — the last `\\boxed{...}`, else the last "answer is X" / "Answer: X" — equals the
-  row's `answer` as a number (fractions and decimals compared numerically) or as normalised text.
+- `math`: the final answer — the last `\\boxed{...}`, else the last "answer is X" / "Answer: X", read from the
+  answer part only (after `</think>`; a think block that never closes has no answer, as a reader of the reply
+  would see none) — equals the row's `answer` as a number (fractions and decimals compared numerically) or as
+  normalised text.
 - `format`: the think/answer structure `<think>\\n...\\n</think>\\n\\n<answer>` with a non-empty answer.
 - `code`: the completion's last ```python block (or the whole text) runs with the row's `tests` (asserts)
   in the project's sandbox (`gptqwen.tools.sandbox`: isolated process, time and memory limits); 1.0 when
@@ -88,7 +90,7 @@ def math_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
     for row, text in zip(rows, completions):
         if "answer" not in row:
             raise UserError(f"the math reward needs an 'answer' in every prompt row; row {row.get('_where', row)} has none")
-        got = extract_final_answer(text)
+        got = extract_final_answer(parse_assistant(text)["content"] or "")
         out.append(float(got is not None and answers_match(got, str(row["answer"]))))
     return out
 

@@ -11,6 +11,7 @@ import torch
 
 from gptqwen.finetune.synthetic import Problem, extract_answer, problems
 from gptqwen.infer import Engine, SamplingParams
+from gptqwen.tokenizer.chat import parse_assistant
 
 
 def heldout_problems(n: int, seed: int, exclude: set[str],
@@ -50,7 +51,7 @@ def reasoning_accuracy(model, tokenizer, items: list[Problem], enable_thinking: 
                                                  add_generation_prompt=True, enable_thinking=enable_thinking)
                    for p in chunk]
         for p, r in zip(chunk, engine.generate(prompts, params)):
-            got = extract_answer(r.text)
+            got = extract_answer(parse_assistant(r.text)["content"])  # the reply, not its thinking
             answered += got is not None
             correct.append(got == p.answer.lower())
             if len(samples) < 3:
