@@ -40,29 +40,29 @@ stages:
     train: {max_steps: $(s 800), lr: 3.0e-3, min_lr: 1.0e-4}
   - name: reasoning-rl
     post: {kind: reasoning_rl, seed: 2, problems: $(s 400), pass_samples: 4}
-    train: {max_steps: $(s 60), lr: 2.0e-5, min_lr: 2.0e-5, schedule: constant, warmup_ratio: 0.0, weight_decay: 0.0, log_interval: 1}
+    train: {max_steps: $(s 40), lr: 1.0e-5, min_lr: 1.0e-5, schedule: constant, warmup_ratio: 0.0, weight_decay: 0.0, log_interval: 1}
   - name: fusion
     post: {kind: fusion, seed: 3, problems: $(s 4000)}
     train: {max_steps: $(s 300), lr: 1.0e-3, min_lr: 1.0e-4}
   - name: general-rl
     post: {kind: general_rl, seed: 4, problems: $(s 400)}
     grpo: {rewards: [math, format, constraints], reward_weights: [1.0, 0.2, 0.5]}
-    train: {max_steps: $(s 40), lr: 2.0e-5, min_lr: 2.0e-5, schedule: constant, warmup_ratio: 0.0, weight_decay: 0.0, log_interval: 1}
+    train: {max_steps: $(s 30), lr: 1.0e-5, min_lr: 1.0e-5, schedule: constant, warmup_ratio: 0.0, weight_decay: 0.0, log_interval: 1}
 EOF
 
 cat > "$OUT/distill.yaml" <<EOF
 name: demo-distill
 trainer: distill
-distill: {synthetic: $(s 1000), synthetic_seed: 5, think_ratio: 0.5, verify: ${VERIFY:-true}, teacher_max_new_tokens: 160, kl: reverse,
+distill: {synthetic: $(s 600), synthetic_seed: 5, think_ratio: 0.5, verify: ${VERIFY:-true}, teacher_max_new_tokens: 160, kl: reverse,
           prompts_per_step: 8, max_new_tokens: 96}
 train: {batch_size: 8, warmup_ratio: 0.03, seed: 0, log_interval: 10, eval_interval: 0, sample_tokens: 0, ckpt_interval: 100, keep_last: 1}
 stages:
   - name: off-policy
     distill: {phase: off_policy}
-    train: {max_steps: $(s 300), lr: 3.0e-3, min_lr: 1.0e-4}
+    train: {max_steps: $(s 250), lr: 3.0e-3, min_lr: 1.0e-4}
   - name: on-policy
     distill: {phase: on_policy}
-    train: {max_steps: $(s 30), lr: 1.0e-4, min_lr: 1.0e-4, schedule: constant, warmup_ratio: 0.0, log_interval: 1}
+    train: {max_steps: $(s 30), lr: 2.0e-4, min_lr: 2.0e-4, schedule: constant, warmup_ratio: 0.0, log_interval: 1}
 EOF
 
 echo "== 0. tokenizer and the two starting points (random weights)"
