@@ -143,10 +143,10 @@ def run_off_policy(recipe: Recipe, out: Path, resume: bool = False, overwrite: b
             raise UserError(f"the teacher answered none of {len(rows)} prompts (correctly, within "
                             f"distill.teacher_max_new_tokens={d.teacher_max_new_tokens}); check the teacher")  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "teacher_data.json") as f:  # first: where the data is, its counts are too
+            json.dump(stats, f, indent=2)
         with atomic_write(data) as f:
             f.writelines(json.dumps(c, ensure_ascii=False) + "\n" for c in convs)
-        with atomic_write(out / "teacher_data.json") as f:
-            json.dump(stats, f, indent=2)
     stats = json.loads((out / "teacher_data.json").read_text())
     sft = sub_recipe(recipe, "sft", sft={"data": str(data), "synthetic": None})
     summary = run_sft(sft, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_at=stop_at)

@@ -78,6 +78,8 @@ def run_stages(recipe: Recipe, out: Path, run_stage: StageFn, resume: bool = Fal
     base, tokenizer = recipe.model.base, recipe.model.tokenizer
     if not base:
         raise UserError("no model to start from; pass --from (a run dir, HF dir, .gguf or preset) or set model.base")
+    if not resume:  # a new run: the record of an earlier one must not make a later --resume skip stages
+        record.unlink(missing_ok=True)
     for i in range(max(1, len(recipe.stages))):
         stage, name = (recipe.stage(i) if recipe.stages else recipe), _name(recipe, i)
         folder = out / name
@@ -138,12 +140,12 @@ def _sft_stage(stage: Recipe, folder: Path, convs: list[dict], **kw) -> dict:
     return run_sft(sub_recipe(stage, "sft", sft={"data": data, "synthetic": None}), folder, **kw)
 
 
-def _filtered_prompts(stage: Recipe, folder: Path) -> tuple[list[dict], dict]:
+def _filtered_prompts(stage: Recipe, folder: Path, resume: bool) -> tuple[list[dict], dict]:
     """reasoning_rl: the stage's problems the current model solves sometimes, as GRPO prompt rows."""
     p, g = stage.post, stage.grpo
     items = stage_problems(p)
     cache = folder / "pass_rates.json"
-    if cache.is_file():  # a resumed stage keeps the prompts it chose (sampling again could choose others)
+    if cache.is_file() and resume:  # a resumed stage keeps the prompts it chose (sampling again could choose others)
         saved = json.loads(cache.read_text())
         return saved["rows"], saved["stats"]
     model, tok = load_model_and_tokenizer(stage.model.base)
@@ -182,7 +184,7 @@ def run_stage(stage: Recipe, folder: Path, **kw) -> dict:
     if p.kind == "fusion":
         return _sft_stage(stage, folder, fusion_conversations(p, stage.sft), **kw)
     if p.kind == "reasoning_rl":
-        rows, stats = _filtered_prompts(stage, folder)
+        rows, stats = _filtered_prompts(stage, folder, kw.get("resume", False))
     else:
         rows, stats = instruction_prompts(p), {}
     prompts = _write_jsonl(folder / "prompts.jsonl", rows)
