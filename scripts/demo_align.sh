@@ -2,10 +2,10 @@
 # Alignment demonstration (issue 16): the Qwen2.5 recipe at toy scale, on 1-2 CPU threads.
 #   1. SFT: a tiny Qwen3 (0.85M params, its own BPE) learns to solve multi-step arithmetic ("What is 7 - 5 + 3 + 1?")
 #      step by step in its think block — a short run, so it is decent, not perfect;
-#   2. rejection sampling: k solutions per problem from the SFT model, graded by the math verifier, give
-#      preference pairs (a right solution vs a wrong one of the same problem);
-#   3. DPO on those pairs;
-#   4. GRPO from the DPO model with the verifier as reward (G completions per prompt, online).
+#   2. rejection sampling: k solutions per problem from the SFT model (T = 0.7), graded by the step verifier (every
+#      step of the chain right, and the reply's answer), give preference pairs (a verified solution vs a failed one);
+#   3. DPO + NLL on those pairs (β 0.01: on these chains the NLL term carries the gain, see the README);
+#   4. GRPO from the DPO model with the step verifier as reward (G completions per prompt, online).
 # Held-out accuracy (greedy, thinking mode, problems none of the stages trained on) after each stage,
 # with its standard error; the GRPO reward curve goes to docs/align_grpo_reward.png.
 # Part rbrm (GPT-4's rule-based reward model): a policy SFT'd to refuse half of its (harmless) questions is
@@ -19,7 +19,7 @@ OUT=${OUT:-runs/demo-align}
 THREADS=${THREADS:-2}
 EVAL_N=${EVAL_N:-400}
 SFT_STEPS=${SFT_STEPS:-800}
-GRPO_STEPS=${GRPO_STEPS:-60}
+GRPO_STEPS=${GRPO_STEPS:-100}
 PY=${PYTHON:-python}
 mkdir -p "$OUT" docs
 export OMP_NUM_THREADS=$THREADS
@@ -60,19 +60,19 @@ json.dump(sorted(seen), open(f"{sys.argv[1]}/train_questions.json", "w"))
 PYEOF
 grade "$OUT/sft" sft
 
-echo "== 2. rejection sampling: 8 solutions per problem, graded by the math verifier"
-gptqwen synth rejection --model "$OUT/sft" --n 400 --seed 11 --k 8 --max-new-tokens 64 \
-    --pairs-per-problem 2 --prefs-out "$OUT/prefs.jsonl" --sft-out "$OUT/accepted.jsonl" --json > "$OUT/rejection.json"
+echo "== 2. rejection sampling: 8 solutions per problem at T = 0.7, graded by the step verifier"
+gptqwen synth rejection --model "$OUT/sft" --n 400 --seed 11 --k 8 --max-new-tokens 64 --temperature ${REJ_T:-0.7} \
+    --verifier steps --pairs-per-problem 2 --prefs-out "$OUT/prefs.jsonl" --sft-out "$OUT/accepted.jsonl" --json > "$OUT/rejection.json"
 $PY -c "import json,sys; s=json.load(open(sys.argv[1])); print(f\"  pass rate {s['pass_rate']:.3f}, {s['solved_problems']}/{s['problems']} problems solved at least once, {s['pairs']} preference pairs\")" "$OUT/rejection.json"
 
 echo "== 3. DPO on the pairs"
-gptqwen dpo --from "$OUT/sft" --data "$OUT/prefs.jsonl" --out "$OUT/dpo" --epochs 1 --batch-size 16 --lr ${DPO_LR:-1e-4} \
-    --min-lr 1e-5 --beta 0.1 --nll-weight ${DPO_NLL:-1.0} "${COMMON[@]}"
+gptqwen dpo --from "$OUT/sft" --data "$OUT/prefs.jsonl" --out "$OUT/dpo" --epochs 1 --batch-size 16 --lr ${DPO_LR:-2e-5} \
+    --min-lr 1e-6 --beta ${DPO_BETA:-0.01} --nll-weight ${DPO_NLL:-1.0} "${COMMON[@]}"
 grade "$OUT/dpo" dpo
 
 echo "== 4. GRPO from the DPO model, verifier reward ($GRPO_STEPS steps)"
-gptqwen grpo --from "$OUT/dpo" --synthetic 1000 grpo.synthetic_seed=12 --rewards math --out "$OUT/grpo" \
-    --max-steps "$GRPO_STEPS" --num-generations 8 --prompts-per-step 4 --max-new-tokens 64 --lr ${GRPO_LR:-1e-4} "${COMMON[@]}"
+gptqwen grpo --from "$OUT/dpo" --synthetic 1000 grpo.synthetic_seed=12 --rewards ${GRPO_REWARD:-steps} --out "$OUT/grpo" \
+    --max-steps "$GRPO_STEPS" --num-generations 8 --prompts-per-step 8 --max-new-tokens 64 --lr ${GRPO_LR:-1e-5} "${COMMON[@]}"
 cp "$OUT/grpo/reward.png" docs/align_grpo_reward.png
 grade "$OUT/grpo" grpo
 

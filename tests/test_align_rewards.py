@@ -146,3 +146,15 @@ def test_evolve_and_synth_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["synth", "rejection", "--n", "5"]) == 2
     assert "--sft-out" in capsys.readouterr().err
+
+
+def test_steps_reward_checks_every_step_of_an_arithmetic_chain():
+    rows = [{"prompt": [{"role": "user", "content": "What is 9 - 8 + 3?"}], "answer": "4"}] * 5
+    texts = ["<think>\n9 - 8 = 1.\n1 + 3 = 4.\n</think>\n\nThe answer is 4.",
+             "<think>\n9 - 8 = 2.\n2 + 3 = 4.\n</think>\n\nThe answer is 4.",  # right answer, wrong step
+             "<think>\n8 - 4 = 4.\n</think>\n\nThe answer is 4.",  # another problem's chain
+             "<think>\n9 - 8 = 1.\n1 + 3 = 4.\n</think>\n\nThe answer is 5.",  # right steps, wrong reply
+             "<think>\n9 - 8 = 1.\n1 + 3 = 4."]  # no reply
+    assert R.steps_reward(rows, texts) == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert R.math_reward(rows, texts) == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert R.steps_reward([{"prompt": "Is the sky blue?", "answer": "yes"}], ["The answer is yes."]) == [None]

@@ -100,7 +100,7 @@ def sample(model: torch.nn.Module, tokenizer, prompt_ids: list[list[int]], param
 
 
 def build_rewards(specs: list[str], weights: list[float] | None = None, device: str | None = None) -> RewardSet:
-    """A `RewardSet` from names: math, format, code, rbrm:RUBRIC.yaml, model:REWARD_DIR."""
+    """A `RewardSet` from names: math, steps, format, code, constraints, rbrm:RUBRIC.yaml, model:REWARD_DIR."""
     if not specs:
         raise UserError("no reward functions; set grpo.rewards, e.g. [math] or [math, format]")
     weights = [1.0] * len(specs) if weights is None else [float(w) for w in weights]
@@ -116,7 +116,7 @@ def build_rewards(specs: list[str], weights: list[float] | None = None, device: 
         elif kind == "model" and arg:
             fns.append(model_reward(arg, device))
         else:
-            raise UserError(f"unknown reward '{spec}'; use math, format, code, constraints, rbrm:RUBRIC.yaml or model:REWARD_DIR")
+            raise UserError(f"unknown reward '{spec}'; use math, steps, format, code, constraints, rbrm:RUBRIC.yaml or model:REWARD_DIR")
     return RewardSet([str(s) for s in specs], fns, weights)
 
 

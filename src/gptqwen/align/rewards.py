@@ -17,6 +17,9 @@ judge (an unscorable completion gets advantage 0 in GRPO, as in TRL).
 - `code`: the completion's last ```python block (or the whole text) runs with the row's `tests` (asserts)
   in the project's sandbox (`gptqwen.tools.sandbox`: isolated process, time and memory limits); 1.0 when
   it runs to the end.
+- `steps`: a process check for arithmetic chain questions ("What is 9 - 8 + 3?", the built-in `arithmetic`
+  problems): the reasoning works the chain left to right, one correct step per line, and the reply states the
+  result; None for rows that are not such questions.
 - `constraints`: the row's output `constraints` (max_words, end_with, uppercase; `gptqwen synth evolve`
   adds them) all hold for the answer part.
 - `rbrm:RUBRIC.yaml` (a rubric judge, `align.rbrm`) and `model:DIR` (a trained reward model).
@@ -161,8 +164,53 @@ def constraints_reward(rows: list[dict], completions: list[str]) -> list[float |
     return [float(check_constraints(t, r["constraints"])) if r.get("constraints") else None for r, t in zip(rows, completions)]
 
 
+_CHAIN_QUESTION_RE = re.compile(r"What is (\d+(?: [+-] \d+)+)\?")
+_CHAIN_STEP_RE = re.compile(r"(-?\d+) ([+-]) (\d+) = (-?\d+)\.?")
+
+
+def _prompt_text(row: dict) -> str:
+    prompt = row.get("prompt")
+    if isinstance(prompt, list):
+        users = [m.get("content") or "" for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        return users[-1] if users else ""
+    return prompt if isinstance(prompt, str) else ""
+
+
+def chain_is_verified(question: str, text: str) -> bool | None:
+    """Whether a completion works an arithmetic chain question ("What is 9 - 8 + 3?") left to right in its
+    reasoning, one correct step per line ("9 - 8 = 1." then "1 + 3 = 4."), and replies with the result;
+    None when `question` is not such a question."""
+    m = _CHAIN_QUESTION_RE.search(question)
+    if m is None:
+        return None
+    terms = m.group(1).split()
+    parsed = parse_assistant(text)
+    lines = [ln.strip() for ln in (parsed["reasoning_content"] or "").splitlines() if ln.strip()]
+    if len(lines) != (len(terms) - 1) // 2:
+        return False
+    total = int(terms[0])
+    for line, op, x in zip(lines, terms[1::2], terms[2::2]):
+        step = _CHAIN_STEP_RE.fullmatch(line)
+        new = total + int(x) if op == "+" else total - int(x)
+        if step is None or step.groups() != (str(total), op, x, str(new)):
+            return False
+        total = new
+    got = extract_final_answer(parsed["content"] or "")
+    return got is not None and answers_match(got, str(total))
+
+
+def steps_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
+    """1.0 when every step of an arithmetic chain is right and the reply states the result (a process check:
+    an outcome check alone also rewards a wrong chain that lands on the right number); None for other rows."""
+    out: list[float | None] = []
+    for row, text in zip(rows, completions):
+        ok = chain_is_verified(_prompt_text(row), text)
+        out.append(None if ok is None else float(ok))
+    return out
+
+
 BUILTIN: dict[str, RewardFn] = {"math": math_reward, "format": format_reward, "code": code_reward,
-                                 "constraints": constraints_reward}
+                                 "constraints": constraints_reward, "steps": steps_reward}
 
 
 class RewardSet:

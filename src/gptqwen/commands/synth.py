@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--max-new-tokens", type=int, default=128)
     m.add_argument("--temperature", type=float, default=1.0)
     m.add_argument("--no-thinking", action="store_true", help="render prompts in non-thinking mode")
+    m.add_argument("--verifier", choices=["auto", "math", "steps"], default="auto",
+                   help="rejection: math grades the final answer; steps also checks every step of an arithmetic chain "
+                        "(auto: math, or code for rows with tests)")  # fmt: skip
     m.add_argument("--pairs-per-problem", type=int, default=2, help="rejection: preference pairs per problem at most")
     m.add_argument("--sft-out", help="rejection/execution: accepted answers as SFT conversations (JSONL)")
     m.add_argument("--prefs-out", help="rejection: accepted vs rejected answers as preference pairs (JSONL)")
@@ -120,7 +123,7 @@ def _with_model(args: argparse.Namespace) -> dict:
                                            params, not args.no_thinking)  # fmt: skip
         synth.write_jsonl(args.out, kept)
         return {**stats, "out": args.out}
-    out = synth.rejection_sample(model, tok, rows, args.k, params, "code" if args.kind == "execution" else "auto",
+    out = synth.rejection_sample(model, tok, rows, args.k, params, "code" if args.kind == "execution" else args.verifier,
                                  args.pairs_per_problem if args.prefs_out else 0, seed=args.seed)  # fmt: skip
     if args.sft_out:
         synth.write_jsonl(args.sft_out, out["sft"])
