@@ -43,11 +43,11 @@ gptqwen vl eval --model "$OUT/vlm/all" --items 2 --train-items "$ITEMS" --exampl
 
 echo "== 4. pdf_extract: text layer and VLM transcription =="
 $PY - "$OUT" "$PDFS" <<'PYEOF'
-import json, random, sys
+import json, os, random, sys
 from gptqwen.data.io import write_documents
 from gptqwen.data.pdf import make_test_pdfs
 from gptqwen.vision.data import WORDS
-out, n = sys.argv[1], int(sys.argv[2])
+out, n = os.path.abspath(sys.argv[1]), int(sys.argv[2])  # a pipeline YAML resolves relative paths from its folder
 rng = random.Random(22)
 pages = ["\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9))) for _ in range(rng.randint(5, 30)))
          for _ in range(n // 4)]
