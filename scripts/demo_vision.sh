@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Vision demonstration (issue 22): a tiny vision-language model trained here on CPU (under 30 minutes on 1 thread).
-#   1. baseline: the qwen3-tiny decoder (0.85M params, its own 384-token BPE) trained on the questions and
+#   1. baseline: the qwen3-tiny decoder (0.84M params with its own 384-token BPE) trained on the questions and
 #      answers alone (vl.text_only=true) — it cannot see, so it learns the answers' priors;
 #   2. VLM: a ViT (3 blocks, 8-pixel patches, 2D RoPE) + 2x2-merge projector in front of that decoder;
 #      stage 1 trains the projector only (encoder and decoder frozen, 100 steps), stage 2 everything (1800 steps);
