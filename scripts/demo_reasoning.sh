@@ -33,7 +33,7 @@ trainer: post
 post: {kinds: [arithmetic, logic], eval_problems: $EVAL_N, eval_max_new_tokens: 128, pass_min: ${PASS_MIN:-0.01}}
 sft: {think_ratio: 0.5, flag_prob: 0.5}
 grpo: {rewards: [math], num_generations: 8, prompts_per_step: 4, max_new_tokens: 96, temperature: 1.0, loss_type: dapo}
-train: {batch_size: 8, warmup_ratio: 0.03, seed: 0, log_interval: 10, eval_interval: 0, sample_tokens: 0, ckpt_interval: 100, keep_last: 1}
+train: {batch_size: 8, warmup_steps: 0, warmup_ratio: 0.03, seed: 0, log_interval: 10, eval_interval: 0, sample_tokens: 0, ckpt_interval: 100, keep_last: 1}
 stages:
   - name: cold-start
     post: {kind: cold_start, seed: 1, problems: $(s 8000)}
@@ -53,16 +53,16 @@ EOF
 cat > "$OUT/distill.yaml" <<EOF
 name: demo-distill
 trainer: distill
-distill: {synthetic: $(s 600), synthetic_seed: 5, think_ratio: 0.5, verify: ${VERIFY:-true}, teacher_max_new_tokens: 160, kl: reverse,
+distill: {synthetic: $(s 800), synthetic_seed: 5, think_ratio: 0.5, verify: ${VERIFY:-true}, teacher_max_new_tokens: 160, kl: reverse,
           prompts_per_step: 8, max_new_tokens: 96}
-train: {batch_size: 8, warmup_ratio: 0.03, seed: 0, log_interval: 10, eval_interval: 0, sample_tokens: 0, ckpt_interval: 100, keep_last: 1}
+train: {batch_size: 8, warmup_steps: 0, warmup_ratio: 0.03, seed: 0, log_interval: 10, eval_interval: 0, sample_tokens: 0, ckpt_interval: 100, keep_last: 1}
 stages:
   - name: off-policy
     distill: {phase: off_policy}
-    train: {max_steps: $(s 250), lr: 3.0e-3, min_lr: 1.0e-4}
+    train: {max_steps: $(s 180), lr: 3.0e-3, min_lr: 1.0e-4}
   - name: on-policy
     distill: {phase: on_policy}
-    train: {max_steps: $(s 30), lr: 2.0e-4, min_lr: 2.0e-4, schedule: constant, warmup_ratio: 0.0, log_interval: 1}
+    train: {max_steps: $(s 60), lr: 3.0e-4, min_lr: 3.0e-4, schedule: constant, warmup_ratio: 0.0, log_interval: 1}
 EOF
 
 echo "== 0. tokenizer and the two starting points (random weights)"
