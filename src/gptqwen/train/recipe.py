@@ -444,7 +444,8 @@ def load_recipe(name_or_path: str | None = None, overrides: list[str] | None = N
                 trainer: str = "pretrain") -> Recipe:  # fmt: skip
     """A built-in recipe by name or a YAML file (default: the trainer's), with overrides applied and checked.
 
-    `preset` (pretrain's `--preset`) replaces the recipe's model section; `overrides` are `key=value` strings."""
+    `preset` (pretrain's `--preset`) replaces the recipe's model section and names the recipe (and so its default
+    run folder) after the model, overrides included; `overrides` are `key=value` strings."""
     spec = name_or_path or DEFAULT_RECIPES[trainer]
     path = Path(spec).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
