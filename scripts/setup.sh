@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up ./.venv for gptqwen. Reuses an installed torch >= 2.4 (the venv sees system packages);
+# Set up ./.venv for gptqwen. Reuses an installed torch >= 2.6 (the venv sees system packages; pyproject.toml says why 2.6);
 # otherwise installs the CPU build torch==2.13.0. `--dev` adds the test and reference packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,7 @@ pip() { command pip "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }; ret
 if ! python - <<'PY' 2>/dev/null
 import sys, torch
 major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
-sys.exit(0 if (major, minor) >= (2, 4) else 1)
+sys.exit(0 if (major, minor) >= (2, 6) else 1)
 PY
 then
   echo "[setup] installing PyTorch (CPU build)"
