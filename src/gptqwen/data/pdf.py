@@ -37,12 +37,6 @@ def edit_distance(a: str, b: str) -> int:
     return row[-1]
 
 
-def char_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Total edits over total reference characters."""
-    chars = sum(len(r) for r in references)
-    return sum(edit_distance(r, h) for r, h in zip(references, hypotheses)) / max(1, chars)
-
-
 def pdf_pages(path: str, method: str = "text", max_pages: int = 1000, model: str | None = None,
               prompt: str = "What word is written?", scale: float = 1.0, max_new_tokens: int = 32) -> list[str]:
     """The text of each page of a PDF: its text layer (`text`), or a VLM's transcription of the rendered page (`vlm`)."""
