@@ -19,7 +19,6 @@ document. For lm-evaluation-harness's own command line with this project's model
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from gptqwen.errors import UserError
@@ -36,9 +35,10 @@ from gptqwen.eval.long_context import (
 )
 from gptqwen.eval.perplexity import file_task
 from gptqwen.eval.plot import model_label, plot_shot_curves
+from gptqwen.eval.report import write_outputs
 from gptqwen.eval.taskspec import BUILTIN_DIR, builtin_task_names, load_task
 from gptqwen.model.dca import extend_context
-from gptqwen.utils import atomic_write, print_json
+from gptqwen.utils import print_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
 
     doc = {"results": [r.to_dict() for r in results],
            "config": {"shots": shots, "limit": args.limit, "seed": args.seed, "backend": args.backend}}
-    _write_outputs(results, doc, args)
+    samples = ({"model": r.model, "task": r.task, "shots": r.shots, **s} for r in results for s in r.samples)
+    write_outputs(doc, output=args.output, samples_path=args.samples, samples=samples, plot_path=args.plot,
+                  plot=lambda path: plot_shot_curves(doc["results"], path))
     if args.json:
         print_json(doc)
     else:
@@ -120,20 +122,6 @@ def _evaluate_model(spec: str, loaded, shots: list[int], args, progress: bool):
             else:
                 out.append(evaluate(lm, task, shots=k, limit=args.limit, seed=args.seed, stride=args.stride))
     return out
-
-
-def _write_outputs(results, doc: dict, args) -> None:
-    if args.output:
-        with atomic_write(args.output) as f:
-            json.dump(doc, f, indent=2)
-    if args.samples:
-        with atomic_write(args.samples) as f:
-            for r in results:
-                for s in r.samples:
-                    f.write(json.dumps({"model": r.model, "task": r.task, "shots": r.shots, **s}, default=str) + "\n")
-    if args.plot:
-        plot_shot_curves([r.to_dict() for r in results], args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
 
 
 def _print_table(results) -> None:
@@ -214,15 +202,10 @@ def _long_context(args: argparse.Namespace) -> int:
             got = {"passkey": ev.passkey, "needle": ev.needle, "ppl-position": ev.ppl_by_position}[task]()
             rows += [{"model": spec, "yarn": args.yarn, "dca": args.dca, **r} for r in got]
     doc = {"results": rows}
-    if args.output:
-        with atomic_write(args.output) as f:
-            json.dump(doc, f, indent=2)
-    if args.plot:
-        if any(r["task"] == "passkey" for r in rows):
-            plot_passkey_heatmap([r for r in rows if r["task"] == "passkey"], args.plot)
-        else:
-            plot_ppl_by_position([r for r in rows if r["task"] == "ppl-position"], args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
+    passkey = [r for r in rows if r["task"] == "passkey"]
+    write_outputs(doc, output=args.output, plot_path=args.plot,
+                  plot=lambda path: plot_passkey_heatmap(passkey, path) if passkey
+                  else plot_ppl_by_position([r for r in rows if r["task"] == "ppl-position"], path))
     if args.json:
         print_json(doc)
     else:

@@ -22,9 +22,7 @@ thinking tokens. Decoding is greedy, many turns run as one batch through `Engine
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,12 +31,13 @@ from gptqwen.eval import scorers
 from gptqwen.eval.harness import fewshot_prefix
 from gptqwen.eval.lm import ScoringModel
 from gptqwen.eval.plot import model_label
+from gptqwen.eval.report import write_outputs
 from gptqwen.eval.taskspec import load_task
 from gptqwen.finetune.evaluate import heldout_problems
 from gptqwen.finetune.synthetic import GENERATORS, Problem, extract_answer
 from gptqwen.infer import Engine, SamplingParams
 from gptqwen.infer.thinking import chat_many
-from gptqwen.utils import atomic_write, print_json, save_figure
+from gptqwen.utils import print_json, save_figure
 
 UNLIMITED = ("none", "unlimited", "inf")
 REASONING_TASK = "reasoning"
@@ -211,17 +210,9 @@ def run_budget(args: argparse.Namespace) -> int:
             rows += [{"model": spec, "task": task, **p} for p in points]
     doc = {"results": [{k: v for k, v in r.items() if k != "samples"} for r in rows],
            "config": {"budgets": budgets, "limit": args.limit, "max_new_tokens": args.max_new_tokens}}
-    if args.output:
-        with atomic_write(args.output) as f:
-            json.dump(doc, f, indent=2)
-    if args.samples:
-        with atomic_write(args.samples) as f:
-            for r in rows:
-                for s in r["samples"]:
-                    f.write(json.dumps({"model": r["model"], "task": r["task"], "budget": r["budget"], **s}) + "\n")
-    if args.plot:
-        plot_budget_curves(rows, args.plot)
-        print(f"wrote {args.plot}", file=sys.stderr)
+    samples = ({"model": r["model"], "task": r["task"], "budget": r["budget"], **s} for r in rows for s in r["samples"])
+    write_outputs(doc, output=args.output, samples_path=args.samples, samples=samples, plot_path=args.plot,
+                  plot=lambda path: plot_budget_curves(rows, path))
     if args.json:
         print_json(doc)
         return 0
