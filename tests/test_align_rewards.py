@@ -42,6 +42,45 @@ def test_math_reward_reads_the_reply_not_its_thinking():
     assert R.math_reward([{"answer": "12"}] * 4, texts) == [1.0, 0.0, 0.0, 1.0]
 
 
+# (completion, the row's answer, the verdict): the built-in checker and math-verify must both give the verdict
+BACKEND_CASES = [
+    ("The answer is 12.", "12", True),
+    ("The answer is 13.", "12", False),
+    ("so \\boxed{\\frac{1}{2}}", "0.5", True),
+    ("\\boxed{\\dfrac{3}{4}} at last", "3/4", True),
+    ("\\boxed{\\frac{2}{3}}", "\\frac{3}{2}", False),
+    ("\\boxed{0.25}", "\\frac{1}{4}", True),
+    ("\\boxed{-\\frac{6}{4}}", "-1.5", True),
+    ("Answer: 1,234.", "1234", True),
+    ("The answer is -7.", "-7", True),
+    ("The answer is 7.0", "7", True),
+    ("The answer is yes.", "Yes", True),
+    ("The answer is no.", "yes", False),
+    ("no answer here", "3", False),
+    ("<think>\nThe answer is 5.\n</think>\n\nThe answer is 4.", "5", False),
+]
+
+
+def test_math_verify_backend_agrees_with_the_builtin_checker():
+    pytest.importorskip("math_verify")
+    rows, texts = [{"answer": a} for _, a, _ in BACKEND_CASES], [t for t, _, _ in BACKEND_CASES]
+    want = [float(v) for _, _, v in BACKEND_CASES]
+    assert R.math_reward(rows, texts) == want
+    assert R.math_verify_reward(rows, texts) == want
+    assert build_rewards(["math-verify"]).names == ["math-verify"]
+    # what only the symbolic backend sees
+    assert R.answers_match("2\\sqrt{2}", "\\sqrt{8}", "math-verify") and not R.answers_match("2\\sqrt{2}", "\\sqrt{8}")
+    assert R.answers_match("x+1", "1+x", "math-verify")
+
+
+def test_math_verify_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "math_verify", None)  # as if not installed
+    with pytest.raises(UserError, match="pip install 'gptqwen\\[align\\]'"):
+        build_rewards(["math-verify"])
+    with pytest.raises(UserError, match="unknown math checker backend"):
+        R.answers_match("1", "1", "sympy")
+
+
 def test_format_reward():
     good = "<think>\nsteps\n</think>\n\nThe answer is 3."
     assert R.format_reward([{}] * 4, [good, "The answer is 3.", "<think>\nsteps\n</think>\n\n", "<think>\nno end"]) == [1, 0, 0, 0]

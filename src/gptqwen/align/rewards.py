@@ -13,6 +13,10 @@ judge (an unscorable completion gets advantage 0 in GRPO, as in TRL).
   answer part only (after `</think>`; a think block that never closes has no answer, as a reader of the reply
   would see none) — equals the row's `answer` as a number (fractions and decimals compared numerically) or as
   normalised text.
+- `math-verify`: the same answer, compared by HuggingFace's math-verify instead (optional: `pip install
+  'gptqwen[align]'`): symbolic equality of LaTeX and expressions (`2\\sqrt{2}` = `\\sqrt{8}`, `x+1` = `1+x`,
+  `\\frac14` = 0.25), where the built-in check knows numbers and text only. Answers without digits or
+  LaTeX (yes/no, words) are compared as normalised text by both.
 - `format`: the think/answer structure `<think>\\n...\\n</think>\\n\\n<answer>` with a non-empty answer.
 - `code`: the completion's last ```python block (or the whole text) runs with the row's `tests` (asserts)
   in the project's sandbox (`gptqwen.tools.sandbox`: isolated process, time and memory limits); 1.0 when
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -69,17 +74,43 @@ def extract_final_answer(text: str) -> str | None:
 
 def _number(text: str) -> Fraction | None:
     s = text.replace(",", "").replace(" ", "").strip().rstrip(".")
-    m = re.fullmatch(r"\\(?:d?frac)\{(-?\d+)\}\{(-?\d+)\}", s)
+    m = re.fullmatch(r"(-?)\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}", s)
     if m:
-        s = f"{m.group(1)}/{m.group(2)}"
+        s = f"{m.group(1)}{m.group(2)}/{m.group(3)}".replace("--", "")
     try:
         return Fraction(s)
     except (ValueError, ZeroDivisionError):
         return None
 
 
-def answers_match(got: str, want: str) -> bool:
-    """Numeric equality when both are numbers (1e-9 relative), else equal normalised text."""
+MATH_BACKENDS = ("builtin", "math-verify")
+
+
+def require_math_verify():
+    """The math_verify module, or a UserError that says how to install it."""
+    try:
+        import math_verify  # optional backend, deferred: pip install 'gptqwen[align]'
+    except ImportError:
+        raise UserError("the math-verify backend needs the math-verify package: pip install 'gptqwen[align]' "
+                        "(or pip install math-verify), or use the built-in checker ('math')") from None
+    return math_verify
+
+
+def _math_verify_equal(got: str, want: str) -> bool:
+    mv = require_math_verify()
+    # math-verify's time limits use SIGALRM, which only the main thread may set; elsewhere it runs without them
+    limit = 5 if threading.current_thread() is threading.main_thread() else None
+    gold, pred = (mv.parse(f"${s.strip().strip('$')}$", parsing_timeout=limit) for s in (want, got))
+    return bool(gold and pred and mv.verify(gold, pred, timeout_seconds=limit))
+
+
+def answers_match(got: str, want: str, backend: str = "builtin") -> bool:
+    """Numeric equality when both are numbers (1e-9 relative), else equal normalised text; with the
+    `math-verify` backend, math-verify's symbolic equality for answers with digits or LaTeX."""
+    if backend not in MATH_BACKENDS:
+        raise UserError(f"unknown math checker backend '{backend}'; choose from {', '.join(MATH_BACKENDS)}")
+    if backend == "math-verify" and any(ch.isdigit() or ch == "\\" for ch in got + want):
+        return _math_verify_equal(got, want)
     a, b = _number(got), _number(want)
     if a is not None and b is not None:
         return abs(float(a - b)) <= 1e-9 * max(1.0, abs(float(b)))
@@ -87,15 +118,22 @@ def answers_match(got: str, want: str) -> bool:
     return norm(got) == norm(want)
 
 
-def math_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
-    """1.0 when the completion's final answer matches the row's `answer`, else 0.0."""
+def math_reward(rows: list[dict], completions: list[str], backend: str = "builtin") -> list[float | None]:
+    """1.0 when the completion's final answer matches the row's `answer`, else 0.0 (`backend`: see
+    `answers_match`)."""
     out: list[float | None] = []
     for row, text in zip(rows, completions):
         if "answer" not in row:
             raise UserError(f"the math reward needs an 'answer' in every prompt row; row {row.get('_where', row)} has none")
         got = extract_final_answer(parse_assistant(text)["content"] or "")
-        out.append(float(got is not None and answers_match(got, str(row["answer"]))))
+        out.append(float(got is not None and answers_match(got, str(row["answer"]), backend)))
     return out
+
+
+def math_verify_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
+    """`math_reward` with math-verify comparing the answers."""
+    require_math_verify()  # a missing package is a clear error before any answer is compared
+    return math_reward(rows, completions, "math-verify")
 
 
 def format_reward(rows: list[dict], completions: list[str]) -> list[float | None]:
@@ -209,8 +247,8 @@ def steps_reward(rows: list[dict], completions: list[str]) -> list[float | None]
     return out
 
 
-BUILTIN: dict[str, RewardFn] = {"math": math_reward, "format": format_reward, "code": code_reward,
-                                 "constraints": constraints_reward, "steps": steps_reward}
+BUILTIN: dict[str, RewardFn] = {"math": math_reward, "math-verify": math_verify_reward, "format": format_reward,
+                                 "code": code_reward, "constraints": constraints_reward, "steps": steps_reward}
 
 
 class RewardSet:

@@ -25,7 +25,15 @@ from pathlib import Path
 import torch
 
 from gptqwen.align.grpo import encode_prompt_rows, sample
-from gptqwen.align.rewards import CONSTRAINTS, RewardFn, check_constraints, code_reward, math_reward, steps_reward
+from gptqwen.align.rewards import (
+    CONSTRAINTS,
+    RewardFn,
+    check_constraints,
+    code_reward,
+    math_reward,
+    math_verify_reward,
+    steps_reward,
+)
 from gptqwen.errors import UserError
 from gptqwen.infer import SamplingParams
 from gptqwen.tokenizer.chat import parse_assistant
@@ -42,11 +50,11 @@ def assistant_message(text: str) -> dict:
 
 
 def verifier_for(rows: list[dict], kind: str = "auto") -> tuple[str, RewardFn]:
-    """The grader: `code` when the rows carry tests, `math` when they carry answers (or as asked: `steps` also
-    checks every step of an arithmetic chain)."""
+    """The grader: `code` when the rows carry tests, `math` when they carry answers (or as asked: `math-verify`
+    compares answers with the math-verify package, `steps` also checks every step of an arithmetic chain)."""
     if kind == "auto":
         kind = "code" if all("tests" in r for r in rows) else "math"
-    graders = {"math": math_reward, "code": code_reward, "steps": steps_reward}
+    graders = {"math": math_reward, "math-verify": math_verify_reward, "code": code_reward, "steps": steps_reward}
     if kind not in graders:
         raise UserError(f"unknown verifier '{kind}'; choose from auto, {', '.join(graders)}")
     return kind, graders[kind]

@@ -6,7 +6,8 @@
     gptqwen grpo ... --out grpo/ --resume                   # continue an interrupted run exactly
 
 Prompt rows: {"prompt": text or chat messages, "answer"?: for math, "tests"?: for code, ...}. Rewards:
-math, format, code, rbrm:RUBRIC.yaml (a judge model + rules), model:REWARD_DIR (`gptqwen reward train`).
+math, math-verify (the same answer check by the optional math-verify package: pip install 'gptqwen[align]'),
+steps, format, code, constraints, rbrm:RUBRIC.yaml (a judge model + rules), model:REWARD_DIR (`gptqwen reward train`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ FLAGS: align_flags.Table = {
     "--prompts": ("grpo.prompts", "prompt JSONL: {\"prompt\", \"answer\"?, \"tests\"?} rows"),
     "--synthetic": ("grpo.synthetic", "instead of --prompts: N built-in problems with answers"),
     "--synthetic-kinds": ("grpo.synthetic_kinds", "built-in problem kinds (comma-separated)"),
-    "--rewards": ("grpo.rewards", "reward functions, comma-separated: math, format, code, rbrm:RUBRIC, model:DIR"),
+    "--rewards": ("grpo.rewards", "reward functions, comma-separated: math, math-verify, steps, format, code, rbrm:RUBRIC, model:DIR"),
     "--reward-weights": ("grpo.reward_weights", "weights of the reward functions (comma-separated)"),
     "--num-generations": ("grpo.num_generations", "G: completions per prompt"),
     "--prompts-per-step": ("grpo.prompts_per_step", "prompts per generation batch"),

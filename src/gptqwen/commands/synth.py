@@ -55,9 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--max-new-tokens", type=int, default=128)
     m.add_argument("--temperature", type=float, default=1.0)
     m.add_argument("--no-thinking", action="store_true", help="render prompts in non-thinking mode")
-    m.add_argument("--verifier", choices=["auto", "math", "steps"], default="auto",
-                   help="rejection: math grades the final answer; steps also checks every step of an arithmetic chain "
-                        "(auto: math, or code for rows with tests)")  # fmt: skip
+    m.add_argument("--verifier", choices=["auto", "math", "math-verify", "steps"], default="auto",
+                   help="rejection: math grades the final answer (math-verify: compared by the optional math-verify "
+                        "package); steps also checks every step of an arithmetic chain (auto: math, or code for rows "
+                        "with tests)")  # fmt: skip
     m.add_argument("--pairs-per-problem", type=int, default=2, help="rejection: preference pairs per problem at most")
     m.add_argument("--sft-out", help="rejection/execution: accepted answers as SFT conversations (JSONL)")
     m.add_argument("--prefs-out", help="rejection: accepted vs rejected answers as preference pairs (JSONL)")
