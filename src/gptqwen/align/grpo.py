@@ -31,7 +31,7 @@ from gptqwen.align import prefs
 from gptqwen.align.losses import group_advantages, group_variance, grpo_loss
 from gptqwen.align.rbrm import rubric_reward
 from gptqwen.align.reward import load_reward_model
-from gptqwen.align.rewards import BUILTIN, RewardFn, RewardSet
+from gptqwen.align.rewards import BUILTIN, RewardFn, RewardSet, require_math_verify
 from gptqwen.errors import UserError
 from gptqwen.finetune import lora as lora_mod
 from gptqwen.finetune.common import export_run, load_base
@@ -100,7 +100,8 @@ def sample(model: torch.nn.Module, tokenizer, prompt_ids: list[list[int]], param
 
 
 def build_rewards(specs: list[str], weights: list[float] | None = None, device: str | None = None) -> RewardSet:
-    """A `RewardSet` from names: math, steps, format, code, constraints, rbrm:RUBRIC.yaml, model:REWARD_DIR."""
+    """A `RewardSet` from names: math, math-verify, steps, format, code, constraints, rbrm:RUBRIC.yaml,
+    model:REWARD_DIR."""
     if not specs:
         raise UserError("no reward functions; set grpo.rewards, e.g. [math] or [math, format]")
     weights = [1.0] * len(specs) if weights is None else [float(w) for w in weights]
@@ -110,13 +111,16 @@ def build_rewards(specs: list[str], weights: list[float] | None = None, device: 
     for spec in specs:
         kind, _, arg = str(spec).partition(":")
         if kind in BUILTIN and not arg:
+            if kind == "math-verify":
+                require_math_verify()  # a missing optional package is reported before any work starts
             fns.append(BUILTIN[kind])
         elif kind == "rbrm" and arg:
             fns.append(rubric_reward(arg, device))
         elif kind == "model" and arg:
             fns.append(model_reward(arg, device))
         else:
-            raise UserError(f"unknown reward '{spec}'; use math, steps, format, code, constraints, rbrm:RUBRIC.yaml or model:REWARD_DIR")
+            raise UserError(f"unknown reward '{spec}'; use math, math-verify, steps, format, code, constraints, "
+                            "rbrm:RUBRIC.yaml or model:REWARD_DIR")
     return RewardSet([str(s) for s in specs], fns, weights)
 
 
@@ -215,13 +219,14 @@ class Rollouts:
         if self.g.num_iterations == 1 and not self.g.beta:
             return out
         ids, targets = b["input_ids"].to(self.device), b["targets"].to(self.device)
+        t = self.g.temperature or 1.0
         was = self.model.training
         self.model.eval()
         if self.g.num_iterations > 1:
-            out["old"] = prefs.token_logps(self.model(ids).logits, targets).cpu()
+            out["old"] = prefs.token_logps(self.model(ids).logits / t, targets).cpu()
         if self.g.beta:
             with adapters_off(self.model) if self.lora else contextlib.nullcontext():
-                out["ref"] = prefs.token_logps((self.reference or self.model)(ids).logits, targets).cpu()
+                out["ref"] = prefs.token_logps((self.reference or self.model)(ids).logits / t, targets).cpu()
         self.model.train(was)
         return out
 
@@ -275,6 +280,9 @@ def grpo_workload(recipe: Recipe, model: torch.nn.Module, tok, rows: list[dict],
         model(torch.zeros(1, 1, dtype=torch.long, device=device))
     rollouts = Rollouts(recipe, model, tok, rows, rewards, reference, out, device, bool(wrapped))
     eps_high = g.epsilon_high if g.epsilon_high is not None else g.epsilon
+    # log-probs of the distribution the completions were drawn from (logits ÷ T, as TRL does): the ratio and
+    # the gradient are then those of the sampling policy, not of its T = 1 version
+    temperature = g.temperature or 1.0
 
     def loss(fwd: torch.nn.Module, batch: dict):
         stats = batch["stats"]
@@ -282,7 +290,7 @@ def grpo_workload(recipe: Recipe, model: torch.nn.Module, tok, rows: list[dict],
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
             return zero, {"loss": zero.detach(), **stats}
         b = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        logp = prefs.token_logps(fwd(b["input_ids"]).logits, b["targets"])
+        logp = prefs.token_logps(fwd(b["input_ids"]).logits / temperature, b["targets"])
         objective, extra = grpo_loss(logp, b.get("old", logp.detach()), b["advantages"], b["completion_mask"], g.loss_type,
                                      g.epsilon, eps_high, g.beta, b.get("ref"), g.max_new_tokens, b["num_items"])  # fmt: skip
         return objective, {"loss": objective.detach(), **extra, **stats}
