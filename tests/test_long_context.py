@@ -155,3 +155,47 @@ def test_dca_on_learned_positions_is_a_cli_error(tokenizer, tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path), "--task", "passkey", "--context-lengths", "512",
                  "--dca", "128", "32"]) == 2
     assert "learned positions" in capsys.readouterr().err
+
+
+def test_generate_takes_yarn_and_dca_through_the_evals_extension(checkpoint, tokenizer, capsys):
+    """`gptqwen generate --yarn --dca` answers a prompt past the trained 256 tokens exactly as a model extended by
+    `extend_context` (what `gptqwen eval` calls) does; without the flags the prompt does not fit."""
+    from gptqwen.loading import load_model_and_tokenizer
+    from gptqwen.model.dca import extend_context
+
+    prompt = tokenizer.decode(haystack(tokenizer, 400, [(0.3, NEEDLE)], QUESTION))
+    args = ["generate", "--model", str(checkpoint), "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "4",
+            "--json"]
+    assert main(args) == 2 and "does not fit the context window of 256" in capsys.readouterr().err
+    assert main([*args, "--yarn", "2", "--dca", "96", "32"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    model, tok = load_model_and_tokenizer(str(checkpoint))
+    extend_context(model, 512, yarn=2.0, dca=(96, 32))
+    want = Engine(model, tok).generate([tok.encode(prompt)], SamplingParams(temperature=0, max_new_tokens=4))[0]
+    assert got["prompt_tokens"] > 256 and got["tokens"] == want.token_ids
+    assert main([*args, "--context", "300"]) == 2 and "--context needs --yarn" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["chat", "serve", "tools"])
+def test_chat_serve_and_tools_take_the_context_flags(verb, capsys):
+    with pytest.raises(SystemExit):
+        main([verb, "--help"]) if verb != "tools" else main([verb, "eval", "--help"])
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--yarn FACTOR", "--dca CHUNK LOCAL", "--allow-longer", "--context TOKENS"))
+
+
+def test_hf_dual_chunk_attention_config_round_trips(tmp_path):
+    """config.json's `dual_chunk_attention_config` (Qwen2.5-1M, vLLM) counts chunk_size as the whole window
+    chunk + local; ours counts the chunk alone."""
+    from gptqwen.loading import from_pretrained
+
+    model = _model("qwen2-tiny", 256, max_seq_len=128, dca={"chunk_size": 96, "local_size": 32})
+    model.save_pretrained(str(tmp_path))
+    hf = json.loads((tmp_path / "config.json").read_text())
+    assert hf["dual_chunk_attention_config"] == {"chunk_size": 128, "local_size": 32,
+                                                 "original_max_position_embeddings": 128}
+    assert from_pretrained(str(tmp_path)).config.dca == {"chunk_size": 96, "local_size": 32}
+    hf["dual_chunk_attention_config"] = {"chunk_size": 100, "local_size": "x"}
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    with pytest.raises(UserError, match="dual_chunk_attention_config"):
+        from_pretrained(str(tmp_path))

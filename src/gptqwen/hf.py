@@ -289,7 +289,7 @@ def read_checkpoint(path: Path) -> HFCheckpoint:
         hf_cfg = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"'{cfg_file}' is not valid JSON ({e}); restore the file") from None
-    cfg = config_from_hf(hf_cfg, name=_model_name(path))
+    cfg = _dca_from_hf(config_from_hf(hf_cfg, name=_model_name(path)), hf_cfg.get("dual_chunk_attention_config"))
     ckpt = _Checkpoint(path)
     fused = any(k.endswith("experts.gate_up_proj") for k in ckpt.where)
     rules = weight_rules(cfg, fused_experts=fused)
@@ -353,6 +353,28 @@ def _with_legacy_keys(hf_cfg: dict, dtype: torch.dtype) -> dict:
         out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
     return out
 
+def _dca_from_hf(cfg: Config, dca: dict | None) -> Config:
+    """Qwen2.5-1M's `dual_chunk_attention_config` (also vLLM's): its `chunk_size` is the whole window c = s + w
+    (chunks of chunk_size - local_size tokens), our `dca.chunk_size` is s."""
+    if not dca:
+        return cfg
+    try:
+        c, w = int(dca["chunk_size"]), int(dca["local_size"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"config.json's dual_chunk_attention_config {dca!r} needs integer chunk_size and "
+                        "local_size; fix or remove it") from None
+    return cfg.replace(dca={"chunk_size": c - w, "local_size": w})
+
+
+def _dca_to_hf(cfg: Config) -> dict:
+    """The `dual_chunk_attention_config` key for a model with DCA switched on (`_dca_from_hf` reversed)."""
+    if not cfg.dca:
+        return {}
+    s, w = cfg.dca["chunk_size"], cfg.dca["local_size"]
+    return {"dual_chunk_attention_config": {"chunk_size": s + w, "local_size": w,
+                                            "original_max_position_embeddings": cfg.trained_len()}}
+
+
 def _parse_size(s: str | int) -> int:
     if isinstance(s, int):
         return s
@@ -368,7 +390,7 @@ def save_pretrained(model, path: str | os.PathLike, max_shard_size: str | int = 
     """Write `model` (any module with `.config` and `.state_dict()`) as an HF checkpoint directory, atomically;
     shards with an index above `max_shard_size`; with `tokenizer`, its files too (`save_tokenizer`)."""
     cfg: Config = model.config
-    hf_cfg = config_to_hf(cfg)  # raises for architectures transformers cannot represent
+    hf_cfg = {**config_to_hf(cfg), **_dca_to_hf(cfg)}  # raises for architectures transformers cannot represent
     state = model.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for r in weight_rules(cfg):

@@ -1,4 +1,12 @@
-"""Command-line options shared by `gptqwen generate` and `gptqwen chat`: model loading and sampling flags."""
+"""Command-line options shared by `gptqwen generate`, `chat`, `serve` and `tools`: model loading, context extension
+and sampling flags.
+
+    gptqwen generate --model SmolLM2.gguf --yarn 2 --dca 6144 2048 --prompt "..."   # 16k tokens instead of 8k
+    gptqwen serve --model runs/qwen3-long/long --yarn 4 --dca 768 256              # 4096 tokens instead of 1024
+
+--yarn / --dca / --allow-longer go through `gptqwen.model.dca.extend_context`, the same call `gptqwen eval` makes
+for its long-context tasks, so a served model extends its context exactly as the evaluated one did.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from gptqwen.infer.engine import Engine
 from gptqwen.infer.quant import quantize
 from gptqwen.infer.sampling import DEFAULT_TEMPERATURE, SamplingParams
 from gptqwen.loading import load_model_and_tokenizer
+from gptqwen.model.dca import extend_context
 from gptqwen.utils import parse_dtype, pick_device
 from gptqwen.vision import VisionLanguageModel, is_vlm_dir
 
@@ -41,6 +50,35 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "GPT-2 layouts; the same logits) — for comparison")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's choice; 1 is faster on a machine busy with other work)")
+    add_context_arguments(p)
+
+
+def add_context_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("long context (RoPE models; applied as `gptqwen eval` applies them)")
+    g.add_argument("--yarn", type=float, default=None, metavar="FACTOR",
+                   help="YaRN: stretch the RoPE frequencies to FACTOR x the trained context")
+    g.add_argument("--dca", nargs=2, type=int, default=None, metavar=("CHUNK", "LOCAL"),
+                   help="Dual Chunk Attention with chunks of CHUNK tokens and a local window of LOCAL "
+                        "(CHUNK + LOCAL <= the trained context)")
+    g.add_argument("--allow-longer", action="store_true",
+                   help="run plain RoPE past the trained context (it usually fails there; for comparison)")
+    g.add_argument("--context", type=int, default=None, metavar="TOKENS",
+                   help="the longest prompt + answer to accept (default: FACTOR x the trained context with --yarn, "
+                        "else 4 x with --dca or --allow-longer)")
+
+
+def apply_context_arguments(model: torch.nn.Module, args: argparse.Namespace) -> None:
+    """Extend a loaded model's context as --yarn / --dca / --allow-longer / --context ask (nothing without them)."""
+    if args.yarn is None and args.dca is None and not args.allow_longer:
+        if args.context is not None:
+            raise UserError("--context needs --yarn FACTOR, --dca CHUNK LOCAL or --allow-longer to extend the model")
+        return
+    trained = model.config.trained_len()
+    context = args.context or round(trained * (args.yarn if args.yarn is not None else 4))
+    if context < 1:
+        raise UserError(f"--context {context} is invalid; give a positive number of tokens")
+    extend_context(model, context, yarn=args.yarn, dca=tuple(args.dca) if args.dca else None,
+                   allow_longer=args.allow_longer)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = DEFAULT_TEMPERATURE) -> None:
@@ -79,6 +117,7 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
     if tok is None:
         raise UserError(f"'{args.model}' has no tokenizer to turn text into tokens; "
                         "use a .gguf file, an HF checkpoint or a run directory that has one")
+    apply_context_arguments(model, args)
     if args.quant:
         quantize(model, args.quant)
     if is_vlm_dir(args.model):  # a vision-language model: its image encoder sits beside the decoder
