@@ -3,7 +3,8 @@
     gptqwen scaling fit runs.csv --law chinchilla --json          # E, A, B, alpha, beta with bootstrap intervals
     gptqwen scaling fit runs.csv --law gpt4 --plot fit.png        # L(C) = a·C^b + c, loss-vs-compute plot
     gptqwen scaling predict runs.csv --law gpt4 --target-flops 1e15 --max-fraction 0.01 --actual 3.21
-    gptqwen scaling predict runs.csv --law chinchilla --target-params 1e8 --target-tokens 2e9
+    gptqwen scaling predict runs.csv --law chinchilla --target-params 1e8 --target-tokens 2e9 --save pred.json
+    gptqwen scaling check runs.csv --law chinchilla --holdout 0.7  # fit all but the top budget, score it
     gptqwen scaling sweep -c qwen3-shakespeare --out runs/sweep --size n_layer=2,n_embd=64 \
         --size n_layer=4,n_embd=128 --flops 1e12,1e13 train.warmup_steps=10   # then: fit runs/sweep/runs.csv
 
@@ -15,25 +16,33 @@ fit from a grid of starts), kaplan L(N), L(D), L(C) power laws, gpt4 L(C) = a·C
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import sys
 
 from gptqwen.errors import UserError
-from gptqwen.utils import print_json, refuse_file_in_path
+from gptqwen.utils import atomic_write, print_json, refuse_file_in_path
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="CSV of runs with columns params,tokens,loss[,flops]")
     p.add_argument("--law", choices=["chinchilla", "kaplan", "gpt4"], default="chinchilla", help="default: chinchilla")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--flops-column", default="flops", metavar="NAME",
+                   help="the column holding each run's compute, e.g. a sweep's flops_exact (default: flops, else 6ND)")
+    p.add_argument("--starts", default="128", metavar="K|all",
+                   help="chinchilla: L-BFGS from the K best points of Hoffmann's 4,500-point grid, or 'all' (default: 128)")
+    p.add_argument("--frontier", action="store_true",
+                   help="fit only the compute frontier: runs with a lower loss than every cheaper run (e.g. gpt4 on a grid)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _inputs(p)
     p.add_argument("--plot", metavar="OUT.png", help="write the loss-vs-compute / IsoFLOP figure here (needs matplotlib)")
     p.add_argument("--bootstrap", type=int, default=100, metavar="N",
                    help="resamples for the confidence intervals (default: 100; 0 = none)")
     p.add_argument("--confidence", type=float, default=0.95, help="interval coverage (default: 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
-    p.add_argument("--starts", default="128", metavar="K|all",
-                   help="chinchilla: L-BFGS from the K best points of Hoffmann's 4,500-point grid, or 'all' (default: 128)")
-    p.add_argument("--frontier", action="store_true",
-                   help="fit only the compute frontier: runs with a lower loss than every cheaper run (e.g. gpt4 on a grid)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max-fraction", type=float, metavar="F",
                    help="fit only on runs using at most this fraction of the target's compute (e.g. 0.01)")
     p.add_argument("--actual", type=float, metavar="LOSS", help="the target's real loss: report the relative error")
+    p.add_argument("--save", metavar="FILE.json",
+                   help="also write the report, stamped with the time it was made (UTC), to this file")
+    p = sub.add_parser("check", help="leave the most expensive runs out, fit the rest, and score the predictions of them")
+    _inputs(p)
+    p.add_argument("--holdout", type=float, default=0.7, metavar="F",
+                   help="hold out the runs with compute above F x the largest (default: 0.7)")
 
     p = sub.add_parser("sweep", help="train a grid of model sizes x token (or IsoFLOP) budgets into one runs CSV")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides for every run, e.g. train.lr=1e-3")
@@ -59,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--tokens", metavar="D,...", help="training tokens per run, comma-separated (a grid)")
     budget.add_argument("--flops", metavar="C,...", help="IsoFLOP compute budgets: each size gets D = C / 6N")
+    p.add_argument("--min-steps", type=int, default=1, metavar="K",
+                   help="leave out runs of fewer than K optimizer steps (default: 1, none left out)")
     p.add_argument("--shard", default="0/1", metavar="I/K", help="train only runs I, I+K, ... (split a sweep over K processes)")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs (N, D, C) and train nothing")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -103,7 +120,8 @@ def _sweep(args: argparse.Namespace) -> int:
     flops = _numbers(args.flops, "--flops") if args.flops else None
     if not args.dry_run:  # before planning, which may build the dataset
         refuse_file_in_path(args.out, "the sweep folder --out")
-    specs = plan_sweep(args.config, args.overrides, [parse_size(s) for s in args.size], tokens, flops)
+    specs = plan_sweep(args.config, args.overrides, [parse_size(s) for s in args.size], tokens, flops,
+                       args.min_steps)
     if args.dry_run:
         rows = [{"run": s.name, "params": s.params, "params_nonembed": s.params_nonembed, "tokens": s.tokens,
                  "flops": s.flops, "flops_exact": s.flops_exact, "steps": s.steps} for s in specs]
@@ -121,17 +139,42 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from gptqwen.scaling.analysis import holdout
+    from gptqwen.scaling.data import read_runs
+
+    out = holdout(_law(args), read_runs(args.file, args.flops_column), args.holdout, args.frontier)
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"{out['law']} fitted on {len(out['fitted_lines'])} runs with compute <= {args.holdout:g} x the largest; "
+          f"held-out runs of {out['file']}:")
+    for r in out["held_out"]:
+        print(f"  line {r['line']:>3}  N {r['params']:>10,.0f}  D {r['tokens']:>11,.0f}  C {r['flops']:.3g}  loss "
+              f"{r['loss']:.4f}  predicted {r['predicted']:.4f}  error {100 * r['relative_error']:+.2f}%")
+    print(f"mean |error| {100 * out['mean_abs_error']:.2f}%, max {100 * out['max_abs_error']:.2f}%")
+    return 0
+
+
+def _law(args: argparse.Namespace):
+    from gptqwen.scaling.fit import get_law
+
+    return get_law(args.law, **({"starts": _starts(args.starts)} if args.law == "chinchilla" else {}))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.action == "sweep":
         return _sweep(args)
+    if args.action == "check":
+        return _check(args)
     import numpy as np
 
     from gptqwen.scaling.analysis import report, within_fraction
     from gptqwen.scaling.data import read_runs
-    from gptqwen.scaling.fit import compute_frontier, get_law
+    from gptqwen.scaling.fit import compute_frontier
 
-    law = get_law(args.law, **({"starts": _starts(args.starts)} if args.law == "chinchilla" else {}))
-    everything = read_runs(args.file)
+    law = _law(args)
+    everything = read_runs(args.file, args.flops_column)
     used = np.ones(len(everything), dtype=bool)
     target = _target(args) if args.action == "predict" else None
     if target is not None and args.max_fraction is not None:
@@ -149,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
     runs, excluded = everything.subset(used), everything.subset(~used)
     out, fit = report(law, runs, args.bootstrap, args.seed, args.confidence, target, getattr(args, "actual", None))
     out["excluded_lines"] = [int(n) for n in excluded.lines]
+    if getattr(args, "save", None):
+        out["made_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        with atomic_write(args.save) as f:
+            json.dump(out, f, indent=2)
     if args.plot:
         from gptqwen.scaling.plot import plot_fit
 

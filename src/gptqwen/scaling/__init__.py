@@ -7,8 +7,8 @@
 bootstrap and prediction report, `plot` the figures (matplotlib). scipy is needed for fitting (extra `scaling`).
 """
 
-from gptqwen.scaling.analysis import bootstrap, report, within_fraction
+from gptqwen.scaling.analysis import bootstrap, holdout, report, within_fraction
 from gptqwen.scaling.data import Runs, make_runs, read_runs
 from gptqwen.scaling.fit import LAWS, Fit, Target, get_law
 
-__all__ = ["LAWS", "Fit", "Runs", "Target", "bootstrap", "get_law", "make_runs", "read_runs", "report", "within_fraction"]
+__all__ = ["LAWS", "Fit", "Runs", "Target", "bootstrap", "get_law", "holdout", "make_runs", "read_runs", "report", "within_fraction"]

@@ -14,7 +14,7 @@ import numpy as np
 
 from gptqwen.errors import UserError
 from gptqwen.scaling.data import Runs
-from gptqwen.scaling.fit import Fit, Target
+from gptqwen.scaling.fit import Fit, Target, compute_frontier
 
 
 def bootstrap(law, runs: Runs, fit: Fit, n: int, seed: int = 0, target: Target | None = None,
@@ -81,3 +81,37 @@ def report(law, runs: Runs, n_bootstrap: int = 0, seed: int = 0, confidence: flo
             pred.update(actual=actual, relative_error=(pred["loss"] - actual) / actual)
         out["prediction"] = pred
     return out, fit
+
+
+def holdout(law, runs: Runs, fraction: float, frontier: bool = False) -> dict[str, Any]:
+    """Leave the most expensive runs out, fit `law` on the rest and predict the ones left out.
+
+    The runs with compute above `fraction` × the largest are held out (0.7 on a sweep of budgets a factor 2
+    apart holds out the top budget, whose runs' compute differs a little from the budget's). Chinchilla
+    predicts every held-out run from its N and D; a law of compute alone (gpt4, kaplan's L(C)) predicts the
+    best loss reachable at a budget, so it is scored only on held-out runs on the compute frontier of all the
+    runs. `frontier` fits only the frontier of the fitting runs."""
+    if not 0 < fraction < 1:
+        raise UserError(f"--holdout must be in (0, 1), not {fraction}")
+    held = runs.flops > fraction * runs.flops.max()
+    fitting = np.flatnonzero(~held)
+    if frontier:
+        fitting = fitting[compute_frontier(runs.subset(fitting))]
+    if len(fitting) == 0:
+        raise UserError(f"--holdout {fraction:g} leaves no runs of {runs.source} to fit; raise it")
+    fit = law.fit(runs.subset(fitting))
+    scored = np.flatnonzero(held)
+    if law.name != "chinchilla":
+        scored = np.intersect1d(scored, compute_frontier(runs))
+    rows = []
+    for i in scored:
+        target = (Target(params=float(runs.params[i]), tokens=float(runs.tokens[i])) if law.name == "chinchilla"
+                  else Target(flops=float(runs.flops[i])))
+        predicted = law.predict(fit.params, target)
+        rows.append({"line": int(runs.lines[i]), "params": float(runs.params[i]), "tokens": float(runs.tokens[i]),
+                     "flops": float(runs.flops[i]), "loss": float(runs.loss[i]), "predicted": predicted,
+                     "relative_error": (predicted - runs.loss[i]) / runs.loss[i]})
+    errors = np.abs([r["relative_error"] for r in rows]) if rows else np.array([np.nan])
+    return {"law": law.name, "file": runs.source, "holdout": fraction, "fitted_lines": [int(n) for n in runs.lines[fitting]],
+            "params": fit.params, "held_out": rows, "mean_abs_error": float(errors.mean()),
+            "max_abs_error": float(errors.max())}

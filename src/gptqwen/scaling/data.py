@@ -54,8 +54,11 @@ def make_runs(params, tokens, loss, flops=None, source: str = "<runs>") -> Runs:
     return runs
 
 
-def read_runs(path: str | Path) -> Runs:
-    """Read and validate a runs CSV; line numbers in errors count the header as line 1."""
+def read_runs(path: str | Path, flops_column: str = "flops") -> Runs:
+    """Read and validate a runs CSV; line numbers in errors count the header as line 1.
+
+    The compute C comes from `flops_column` (e.g. a sweep's `flops_exact`), else 6·N·D when the CSV has
+    no `flops` column."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"'{path}' does not exist; give a CSV with columns {', '.join(REQUIRED)} (optionally flops)")
@@ -71,7 +74,10 @@ def read_runs(path: str | Path) -> Runs:
     if missing:
         raise UserError(f"'{path}' lacks the column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'}); "
                         f"the header must name {', '.join(REQUIRED)} and optionally flops")
-    wanted = [*REQUIRED, "flops"] if "flops" in header else list(REQUIRED)
+    if flops_column != "flops" and flops_column not in header:
+        raise UserError(f"'{path}' has no column {flops_column!r} to take the compute from "
+                        f"(found: {', '.join(header)})")
+    wanted = [*REQUIRED, flops_column] if flops_column in header else list(REQUIRED)
     cols = {c: header.index(c) for c in wanted}
     values: dict[str, list[float]] = {c: [] for c in wanted}
     lines, bad = [], []
@@ -91,7 +97,7 @@ def read_runs(path: str | Path) -> Runs:
     if not lines:
         raise UserError(f"'{path}' has a header but no runs")
     arr = {c: np.array(v) for c, v in values.items()}
-    flops = arr["flops"] if "flops" in arr else 6.0 * arr["params"] * arr["tokens"]
+    flops = arr[flops_column] if flops_column in arr else 6.0 * arr["params"] * arr["tokens"]
     runs = Runs(arr["params"], arr["tokens"], arr["loss"], flops, np.array(lines), str(path))
     _check_values(runs)
     return runs

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Predictable scaling (issue 18): predict the final loss of a run with >= 100x the compute of every run the law is
+# fitted on, write the prediction down (timestamped), and only then read the run's real loss.
+#   1. target   one run of recipe scaling-qwen3 (3.1M parameters, 2.4M tokens = one pass over the plays, 2,340
+#               steps), started in the background on its own core: it does not depend on the fit
+#   2. sweep    18 IsoFLOP runs, 6 sizes (74k-804k parameters) x 5 budgets a factor 2 apart (6ND 2.2e10 ... 3.5e11),
+#               runs shorter than 40 steps left out; every run has >= 100x less compute than the target (exact count)
+#   3. check    each law is fitted on all but the top budget and scored on it (leave-largest-out); the law with the
+#               smaller mean error makes the prediction
+#   4. predict  fitted on the whole sweep (--max-fraction 0.01 checks the 1/100 rule), saved to $OUT/prediction.json
+#   5. actual   wait for the target, read its loss, report the error; plot docs/scaling_prediction.png
+# Every run is one protocol: cosine decay to the end of that run, warmup 5% of it, the loss on all 127k held-out
+# tokens at the end only. Finished runs are skipped and interrupted ones resumed, so rerunning is cheap.
+# Usage: scripts/demo_scaling.sh   (OUT=runs/scaling-demo PLOT=docs/scaling_prediction.png)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/scaling-demo}
+PLOT=${PLOT:-docs/scaling_prediction.png}
+export OMP_NUM_THREADS=1  # one core for the target, one for the sweep
+if ! command -v gptqwen > /dev/null; then  # not activated: use the project's own environment if there is one
+  [[ -x .venv/bin/gptqwen ]] || { echo "gptqwen not found: activate its environment or pip install -e ." >&2; exit 2; }
+  PATH=$PWD/.venv/bin:$PATH
+fi
+PY=$(dirname "$(command -v gptqwen)")/python
+TIME="/usr/bin/time -f %e_s_wall_%U_s_user_%S_s_sys"
+[[ -x /usr/bin/time ]] || TIME=""
+mkdir -p "$OUT"
+SIZES=(
+  --size n_layer=2,n_embd=48,n_head=3,n_kv_head=1,head_dim=16,intermediate_size=128
+  --size n_layer=2,n_embd=64,n_head=2,n_kv_head=1,head_dim=32,intermediate_size=176
+  --size n_layer=2,n_embd=96,n_head=3,n_kv_head=1,head_dim=32,intermediate_size=256
+  --size n_layer=3,n_embd=96,n_head=3,n_kv_head=1,head_dim=32,intermediate_size=256
+  --size n_layer=3,n_embd=128,n_head=4,n_kv_head=2,head_dim=32,intermediate_size=352
+  --size n_layer=4,n_embd=128,n_head=4,n_kv_head=2,head_dim=32,intermediate_size=352
+)
+BUDGETS=2.2e10,4.4e10,8.75e10,1.75e11,3.5e11
+TARGET=(-c scaling-qwen3 --out "$OUT/target" --size n_layer=4 --tokens 2396160)
+field() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
+
+echo "== $(date -u +%T) target plan (builds data/shakespeare-bpe512 on first use)"
+gptqwen scaling sweep "${TARGET[@]}" --dry-run --json > "$OUT/target_plan.json"
+N=$(field "$OUT/target_plan.json" '[0]["params"]')
+D=$(field "$OUT/target_plan.json" '[0]["tokens"]')
+C=$(field "$OUT/target_plan.json" '[0]["flops_exact"]')
+echo "target: N $N, D $D, C $C FLOPs (exact count)"
+
+echo "== $(date -u +%T) target run in the background (log: $OUT/target.log)"
+$TIME gptqwen scaling sweep "${TARGET[@]}" > "$OUT/target.log" 2>&1 &
+TARGET_PID=$!
+
+echo "== $(date -u +%T) fitting sweep"
+$TIME gptqwen scaling sweep -c scaling-qwen3 --out "$OUT/sweep" "${SIZES[@]}" --flops "$BUDGETS" --min-steps 40
+RUNS=$OUT/sweep/runs.csv
+
+echo "== $(date -u +%T) leave-largest-out check: fit all but the top budget, predict it"
+for law in chinchilla gpt4; do
+  frontier=$([[ $law == gpt4 ]] && echo --frontier || true)
+  gptqwen scaling check "$RUNS" --law $law $frontier --flops-column flops_exact --holdout 0.7 --json > "$OUT/check_$law.json"
+  echo "$law: mean |error| $(field "$OUT/check_$law.json" '["mean_abs_error"] * 100')%," \
+       "max $(field "$OUT/check_$law.json" '["max_abs_error"] * 100')% on the top budget's runs"
+done
+LAW=$("$PY" -c "import json,sys; e={l: json.load(open(f'$OUT/check_{l}.json'))['mean_abs_error'] for l in sys.argv[1:]}; print(min(e, key=e.get))" chinchilla gpt4)
+FRONTIER=$([[ $LAW == gpt4 ]] && echo --frontier || true)
+echo "chosen law: $LAW"
+
+PREDICT=(gptqwen scaling predict "$RUNS" --law "$LAW" $FRONTIER --flops-column flops_exact --target-flops "$C"
+         --max-fraction 0.01 --bootstrap 200)
+[[ $LAW == chinchilla ]] && PREDICT+=(--target-params "$N" --target-tokens "$D")
+echo "== $(date -u +%T) prediction, before the target's loss is read: $OUT/prediction.json"
+"${PREDICT[@]}" --save "$OUT/prediction.json"
+
+echo "== $(date -u +%T) waiting for the target"
+wait $TARGET_PID || { echo "the target run failed; see $OUT/target.log" >&2; exit 1; }
+tail -1 "$OUT/target.log"
+ACTUAL=$("$PY" -c "import csv,sys; print(next(csv.DictReader(open(sys.argv[1])))['loss'])" "$OUT/target/runs.csv")
+echo "== $(date -u +%T) actual loss $ACTUAL"
+"${PREDICT[@]}" --actual "$ACTUAL" --plot "$PLOT" --json > "$OUT/result.json"
+"$PY" - "$OUT/prediction.json" "$OUT/result.json" << 'EOF'
+import json, sys
+saved, result = (json.load(open(p)) for p in sys.argv[1:])
+p = result["prediction"]
+assert p["loss"] == saved["prediction"]["loss"], "the refit differs from the saved prediction"
+lo, hi = p["interval"]
+print(f"predicted {p['loss']:.4f} [{lo:.4f}, {hi:.4f}] (made {saved['made_at']}), actual {p['actual']:.4f}: "
+      f"error {100 * p['relative_error']:+.2f}% of the loss; plot {result['plot']}")
+EOF

@@ -1,0 +1,101 @@
+"""Scaling predictions: the leave-largest-out check, the compute column, the saved prediction, sweep min-steps."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+
+from gptqwen.cli import main
+from gptqwen.errors import UserError
+from gptqwen.scaling import get_law, holdout, make_runs, read_runs
+from gptqwen.scaling.fit import compute_frontier
+from gptqwen.scaling.laws import chinchilla_loss
+
+FIXTURES = Path(__file__).parent / "fixtures" / "scaling"
+LAW = {"E": 1.8, "A": 60.0, "B": 300.0, "alpha": 0.3, "beta": 0.35}
+
+
+def isoflop_runs(noise=0.0, seed=0):
+    """Five IsoFLOP budgets a factor 2 apart, five sizes each, losses from LAW (times log-normal noise)."""
+    rng = np.random.default_rng(seed)
+    c = np.repeat(np.geomspace(1e10, 1.6e11, 5), 5)
+    n = np.tile(np.geomspace(5e4, 8e5, 5), 5)
+    d = c / (6 * n)
+    return make_runs(n, d, chinchilla_loss(n, d, **LAW) * np.exp(rng.normal(0, noise, n.size)))
+
+
+def test_holdout_scores_the_top_budget_from_the_rest():
+    runs = isoflop_runs()
+    out = holdout(get_law("chinchilla", starts=32), runs, 0.7)
+    held = np.flatnonzero(runs.flops > 0.7 * runs.flops.max())
+    assert [r["line"] for r in out["held_out"]] == runs.lines[held].tolist() and len(held) == 5
+    assert sorted(out["fitted_lines"]) == runs.lines[runs.flops <= 0.7 * runs.flops.max()].tolist()
+    assert out["max_abs_error"] < 1e-3  # noiseless runs of the law itself: extrapolated almost exactly
+    for r in out["held_out"]:
+        assert r["relative_error"] == pytest.approx((r["predicted"] - r["loss"]) / r["loss"])
+
+
+def test_holdout_scores_a_compute_law_only_on_the_frontier():
+    runs = isoflop_runs(noise=0.002)
+    out = holdout(get_law("gpt4"), runs, 0.7, frontier=True)
+    frontier_lines = set(runs.lines[compute_frontier(runs)].tolist())
+    assert out["held_out"] and {r["line"] for r in out["held_out"]} <= frontier_lines
+    fitted = read_subset_lines(runs, out["fitted_lines"])
+    assert set(out["fitted_lines"]) == set(fitted.lines[compute_frontier(fitted)].tolist())
+    with pytest.raises(UserError, match="--holdout"):
+        holdout(get_law("gpt4"), runs, 1.0)
+
+
+def read_subset_lines(runs, lines):
+    return runs.subset(np.isin(runs.lines, lines))
+
+
+def test_flops_column_is_read_and_a_missing_one_is_named(tmp_path):
+    csv = tmp_path / "runs.csv"
+    csv.write_text("params,tokens,loss,flops,flops_exact\n1e5,1e6,3.0,6e11,7e11\n2e5,1e6,2.9,1.2e12,1.3e12\n")
+    assert read_runs(csv, "flops_exact").flops.tolist() == [7e11, 1.3e12]
+    assert read_runs(csv).flops.tolist() == [6e11, 1.2e12]
+    with pytest.raises(UserError, match="no column 'flops_fwd'"):
+        read_runs(csv, "flops_fwd")
+    csv.write_text("params,tokens,loss,flops_exact\n1e5,1e6,3.0,-1\n")
+    with pytest.raises(UserError, match="line 2"):
+        read_runs(csv, "flops_exact")
+
+
+def test_cli_check_and_saved_prediction(tmp_path, capsys):
+    runs = isoflop_runs(noise=0.002, seed=1)
+    csv = tmp_path / "runs.csv"
+    rows = "\n".join(f"{p},{t},{l}" for p, t, l in zip(runs.params, runs.tokens, runs.loss))
+    csv.write_text("params,tokens,loss\n" + rows + "\n")
+    assert main(["scaling", "check", str(csv), "--law", "chinchilla", "--starts", "32"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("predicted") == 5 and "mean |error|" in out
+    saved = tmp_path / "pred.json"
+    argv = ["scaling", "predict", str(csv), "--target-params", "3e6", "--target-tokens", "2e6", "--max-fraction",
+            "0.01", "--bootstrap", "0", "--starts", "32", "--json"]
+    assert main([*argv, "--save", str(saved)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads(saved.read_text())
+    assert written["made_at"].endswith("+00:00") and written["prediction"] == printed["prediction"]
+    assert printed["prediction"]["loss"] == pytest.approx(float(chinchilla_loss(3e6, 2e6, **LAW)), rel=0.02)
+
+
+def test_sweep_min_steps_leaves_out_short_runs(monkeypatch):
+    import gptqwen.scaling.sweep as sweep
+    from gptqwen.config import Config
+
+    class Recipe:  # only what plan_sweep reads: the step size and the model config
+        class train:
+            batch_size, seq_len = 4, 32
+
+    monkeypatch.setattr(sweep, "load_recipe", lambda name, overrides: Recipe)
+    monkeypatch.setattr(sweep, "_dataset_vocab", lambda recipe: (300, None))
+    monkeypatch.setattr(sweep, "model_config", lambda recipe, vocab, eos: Config.from_name("qwen3-tiny", vocab_size=vocab))
+    everything = sweep.plan_sweep("r", [], [{"n_layer": 2}], flops=[1e9, 1e10, 1e11])
+    kept = sweep.plan_sweep("r", [], [{"n_layer": 2}], flops=[1e9, 1e10, 1e11], min_steps=20)
+    assert [s.steps for s in kept] == [s.steps for s in everything if s.steps >= 20] and len(kept) < len(everything)
+    with pytest.raises(UserError, match="--min-steps"):
+        sweep.plan_sweep("r", [], [{"n_layer": 2}], flops=[1e9], min_steps=10**6)
