@@ -8,8 +8,8 @@
   a verifier grades each (the `math` reward against the row's `answer`, or `code` against its `tests`);
   accepted completions become SFT conversations, and accepted × rejected completions of the same
   problem become preference pairs (`{"prompt", "chosen", "rejected"}` chat rows for `dpo` / `reward train`).
-- **Execution feedback**: the same with the code verifier only — each row's Python asserts (`tests`) run
-  against the generated code in a subprocess with time and memory limits; only passing solutions are kept.
+- **Execution feedback** (`align.exec_tests`): k programs per task run in the sandbox against the row's own
+  tests or tests a model writes (kept only when they pass a sanity filter); only passing programs are kept.
 - **Instruction evolution**: each seed problem is made harder by one evolution step — a deeper
   problem (one more operation, its answer recomputed) or an added output constraint checked by a rule
   (`constraints` in the row, graded by the `constraints` reward) — and, with a model, the filter keeps
@@ -87,27 +87,32 @@ def rejection_sample(model, tokenizer, rows: list[dict], k: int = 8, params: Sam
         _, texts = sample(model, tokenizer, [r["_prompt_ids"] for r in chunk for _ in range(k)], params)
         scores = grade([r for r in chunk for _ in range(k)], texts)
         for i, row in enumerate(chunk):
-            prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
-            good = [texts[i * k + j] for j in range(k) if scores[i * k + j] == 1.0]
-            # a wrong solution must be a whole reply to be a rejected turn: one cut off inside its think block
-            # (no answer) cannot be rendered as the model wrote it, so it is left out
-            bad = [texts[i * k + j] for j in range(k)
-                   if scores[i * k + j] == 0.0 and assistant_message(texts[i * k + j])["content"].strip()]
-            passed += len(good)
-            solved += bool(good)
-            for text in dict.fromkeys(good):  # distinct accepted answers
-                sft.append({"messages": [*prompt, assistant_message(text)], **_extra(row)})
-            combos = [(g, b) for g in dict.fromkeys(good) for b in dict.fromkeys(bad)]
-            for g, b in rng.sample(combos, min(pairs_per_problem, len(combos))):
-                pairs.append({"prompt": prompt, "chosen": [assistant_message(g)], "rejected": [assistant_message(b)],
-                              **_extra(row)})  # fmt: skip
+            s, p = preference_rows(row, texts[i * k:(i + 1) * k], scores[i * k:(i + 1) * k], rng, pairs_per_problem)
+            sft += s
+            pairs += p
+            passed += sum(x == 1.0 for x in scores[i * k:(i + 1) * k])
+            solved += any(x == 1.0 for x in scores[i * k:(i + 1) * k])
     n = max(1, len(rows) * k)
     return {"sft": sft, "prefs": pairs, "stats": {"problems": len(rows), "samples": len(rows) * k, "verifier": name,
             "pass_rate": passed / n, "solved_problems": solved, "sft_rows": len(sft), "pairs": len(pairs)}}
 
 
-def _extra(row: dict) -> dict:
-    return {k: v for k, v in public(row).items() if k in ("answer", "tests")}
+def preference_rows(row: dict, texts: list[str], scores: list[float | None], rng: random.Random,
+                    pairs_per_problem: int, extra: dict | None = None) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """One problem's graded samples as SFT conversations (distinct accepted texts) and at most
+    `pairs_per_problem` accepted-vs-rejected preference rows; `extra` (default: the row's answer and tests)
+    travels in every row."""
+    extra = {k: v for k, v in public(row).items() if k in ("answer", "tests")} if extra is None else extra
+    prompt = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+    good = list(dict.fromkeys(t for t, s in zip(texts, scores) if s == 1.0))
+    # a wrong solution must be a whole reply to be a rejected turn: one cut off inside its think block
+    # (no answer) cannot be rendered as the model wrote it, so it is left out
+    bad = list(dict.fromkeys(t for t, s in zip(texts, scores) if s == 0.0 and assistant_message(t)["content"].strip()))
+    sft = [{"messages": [*prompt, assistant_message(t)], **extra} for t in good]
+    combos = [(g, b) for g in good for b in bad]
+    pairs = [{"prompt": prompt, "chosen": [assistant_message(g)], "rejected": [assistant_message(b)], **extra}
+             for g, b in rng.sample(combos, min(pairs_per_problem, len(combos)))]  # fmt: skip
+    return sft, pairs
 
 
 # --- instruction evolution -------------------------------------------------------------------------

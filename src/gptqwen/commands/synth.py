@@ -11,9 +11,12 @@ Machine-made post-training data from a model (Qwen2; `gptqwen.align.synth`):
     gptqwen synth execution --model sft/ --prompts code.jsonl --k 4 --sft-out code_sft.jsonl
     gptqwen synth evolve --n 200 --out evolved.jsonl [--model sft/ --k 8]   # harder instructions, filtered
 
-rejection / execution: k samples per problem (built-in arithmetic problems, or --prompts rows with
-"answer" or "tests"), graded by the math or code verifier; accepted answers -> SFT conversations,
-accepted x rejected -> preference pairs for `gptqwen dpo` / `gptqwen reward train`.
+rejection: k samples per problem (built-in arithmetic problems, or --prompts rows with "answer"), graded by
+the math verifier; execution: k programs per task (--prompts rows {"prompt", "entry_point"?, "tests"?}) run
+in the sandbox against the row's tests or tests the model (or --test-model) writes, kept when they pass a
+sanity filter (well-formed asserts that call the function, fail for a do-nothing stub, and pass for at least
+one sampled program; gptqwen.align.exec_tests). Accepted answers -> SFT conversations, accepted x rejected ->
+preference pairs for `gptqwen dpo` / `gptqwen reward train`.
 The generators are in `gptqwen.finetune.synthetic`.
 """
 
@@ -59,9 +62,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rejection: math grades the final answer (math-verify: compared by the optional math-verify "
                         "package); steps also checks every step of an arithmetic chain (auto: math, or code for rows "
                         "with tests)")  # fmt: skip
-    m.add_argument("--pairs-per-problem", type=int, default=2, help="rejection: preference pairs per problem at most")
+    m.add_argument("--pairs-per-problem", type=int, default=2,
+                   help="rejection/execution: preference pairs per problem at most")
+    m.add_argument("--tests", choices=["auto", "generated", "given"], default="auto",
+                   help="execution: the rows' own tests (given), tests the model writes (generated), or given where a "
+                        "row has them and generated elsewhere (auto)")  # fmt: skip
+    m.add_argument("--test-model", help="execution: the model that writes the tests (default: --model)")
+    m.add_argument("--test-samples", type=int, default=4, help="execution: test-writing replies per task")
+    m.add_argument("--min-tests", type=int, default=2,
+                   help="execution: tasks with fewer model-written tests left after the sanity filter are skipped")
     m.add_argument("--sft-out", help="rejection/execution: accepted answers as SFT conversations (JSONL)")
-    m.add_argument("--prefs-out", help="rejection: accepted vs rejected answers as preference pairs (JSONL)")
+    m.add_argument("--prefs-out", help="rejection/execution: accepted vs rejected answers as preference pairs (JSONL)")
     m.add_argument("--device", help="cpu, cuda, mps (default: best available)")
     m.add_argument("--json", action="store_true", help="print the statistics as JSON")
 
@@ -104,7 +115,8 @@ def _with_model(args: argparse.Namespace) -> dict:
     if args.kind != "evolve" and not (args.sft_out or args.prefs_out):
         raise UserError(f"gptqwen synth {args.kind} needs --sft-out FILE and/or --prefs-out FILE")
     if args.kind == "execution" and not args.prompts:
-        raise UserError("gptqwen synth execution needs --prompts rows with \"tests\" (Python asserts)")
+        raise UserError("gptqwen synth execution needs --prompts rows: {\"prompt\": a task, \"entry_point\"?: the "
+                        "function's name, \"tests\"?: Python asserts}")
     if args.k < 1:
         raise UserError(f"--k must be at least 1, got {args.k}")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -124,8 +136,15 @@ def _with_model(args: argparse.Namespace) -> dict:
                                            params, not args.no_thinking)  # fmt: skip
         synth.write_jsonl(args.out, kept)
         return {**stats, "out": args.out}
-    out = synth.rejection_sample(model, tok, rows, args.k, params, "code" if args.kind == "execution" else args.verifier,
-                                 args.pairs_per_problem if args.prefs_out else 0, seed=args.seed)  # fmt: skip
+    pairs = args.pairs_per_problem if args.prefs_out else 0
+    if args.kind == "execution":
+        from gptqwen.align.exec_tests import execution_feedback
+
+        writer, writer_tok = load_base(args.test_model, None, args.device, args.seed) if args.test_model else (None, None)
+        out = execution_feedback(model, tok, rows, args.k, params, args.tests, writer, writer_tok, args.test_samples,
+                                 args.min_tests, pairs, not args.no_thinking, args.seed)  # fmt: skip
+    else:
+        out = synth.rejection_sample(model, tok, rows, args.k, params, args.verifier, pairs, seed=args.seed)
     if args.sft_out:
         synth.write_jsonl(args.sft_out, out["sft"])
     if args.prefs_out:
