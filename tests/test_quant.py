@@ -40,7 +40,7 @@ def test_blocks_round_trip_within_half_a_step(fmt):
 
 @needs_kernels
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("rows", [1, 3, 8, 9, 20, 40])  # 40: a prefill, dequantised
+@pytest.mark.parametrize("rows", [1, 3, 4, 9, 20, 200])  # from 4: the tiled product; 200: a prefill, dequantised
 def test_kernel_equals_float_matmul_with_dequantised_weights(fmt, rows):
     lin, q = _layer(fmt)
     x = torch.randn(rows, lin.in_features)
@@ -64,6 +64,22 @@ def test_portable_loop_threads_and_shapes_agree(fmt):
     assert torch.equal(out[True, 1], out[True, 2])  # each output is summed by one thread, in one order
     assert torch.allclose(out[False, 1], out[True, 1], rtol=1e-5, atol=1e-5)
     assert torch.equal(out[True, 1], fast.reshape(12, 70))
+
+
+@needs_kernels
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tiled_product_rows_do_not_depend_on_the_batch(fmt):
+    """From 4 rows the tiled product sums each output in one order whatever else is in the batch (so a request's
+    tokens do not depend on who shares its decode step), with AVX-512 or AVX2, close to the portable loop."""
+    lin, q = _layer(fmt, n=70, k=256, bias=False)  # 70 rows of W: a short last tile for either width
+    x = torch.randn(13, 256)
+    full = {simd: quant_linear(x, q.qs, q.d, q.m, fmt, simd=simd, threads=1) for simd in (True, 2)}
+    for simd, y in full.items():
+        for rows in (4, 5, 9):
+            assert torch.equal(quant_linear(x[:rows], q.qs, q.d, q.m, fmt, simd=simd, threads=2), y[:rows])
+    portable = quant_linear(x, q.qs, q.d, q.m, fmt, simd=False)
+    torch.testing.assert_close(full[True], portable, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full[2], portable, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -10,8 +10,10 @@ Formats (32 consecutive weights of a row share their scale; K % 32 == 0):
     little-endian words, value e in word e % 4 at nibble 2 (e / 8) + (e % 8) / 4 (the order AVX2 decodes
     with one shift per lane; csrc/products.c).
 The C product multiplies each decoded block with float32 activations, so the result is a float32 product with
-exactly the dequantised weights, up to summation order. Inputs of more than `KERNEL_ROWS` rows (prefills)
-dequantise the weight once and use the float GEMM, which is faster there. `float_matmul` is the same C product
+exactly the dequantised weights, up to summation order. From 4 rows (a batched decode step, a short prefill) it
+dequantises tiles of W to float32 and runs a register-tiled product over all rows (AVX-512 where the CPU has it);
+inputs of more than `KERNEL_ROWS` rows (long prefills) dequantise the whole weight once and use torch's float
+GEMM, which is as fast from there (measured: bench/decode.py --products). `float_matmul` is the same C product
 on float32 weights (the decode step's float path), for tests and benchmarks.
 """
 
@@ -25,7 +27,7 @@ from gptqwen.ops import _clib
 
 FORMATS = ("q8_0", "q4_1")
 BLOCK = 32
-KERNEL_ROWS = 32  # longer inputs (prefills) dequantise the weight once and use the float GEMM: faster there
+KERNEL_ROWS = 128  # longer inputs (prefills) dequantise the weight once and use the float GEMM: as fast there
 
 
 def check_format(fmt: str) -> None:
@@ -90,7 +92,7 @@ def dequantize(qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, fmt: s
 
 
 def _c_matmul(fmt: str, x: torch.Tensor, w: torch.Tensor, d: torch.Tensor | None, m: torch.Tensor | None,
-              n: int, simd: bool, threads: int | None) -> torch.Tensor:
+              n: int, simd: bool | int, threads: int | None) -> torch.Tensor:
     """y [M, n] = x [M, K] @ W.T by gq_matmul, W float32 [n, K] or blocks (qs = w, scales d, mins m)."""
     x = x.contiguous()
     y = torch.empty(x.shape[0], n, dtype=torch.float32, device=x.device)
@@ -109,9 +111,10 @@ def quant_linear_reference(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m
 
 
 def quant_linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, fmt: str,
-                 bias: torch.Tensor | None = None, simd: bool = True, threads: int | None = None) -> torch.Tensor:
-    """x [..., K] @ W.T + bias for W [N, K] held in `fmt` blocks. `simd=False` forces the portable C loop and
-    `threads` overrides torch's thread count (tests compare them)."""
+                 bias: torch.Tensor | None = None, simd: bool | int = True, threads: int | None = None
+                 ) -> torch.Tensor:
+    """x [..., K] @ W.T + bias for W [N, K] held in `fmt` blocks. `simd=False` forces the portable C loop,
+    `simd=2` AVX2 where AVX-512 would be taken, and `threads` overrides torch's thread count (tests compare them)."""
     rows = x.numel() // x.shape[-1]
     if not (rows <= KERNEL_ROWS and x.dtype == torch.float32 and x.is_cpu and blocks_usable(qs, d)):
         return quant_linear_reference(x, qs, d, m, fmt, bias)
