@@ -15,15 +15,14 @@ import torch.nn.functional as F
 
 from gptqwen.cli import main
 from gptqwen.config import Config
+from gptqwen.data.retrieval import FILLER, INTRO, PASSKEY_QUESTION, retrieval_documents
+from gptqwen.data.sources import iter_documents
 from gptqwen.errors import UserError
 from gptqwen.eval.long_context import (
-    FILLER,
-    INTRO,
     LongContextEval,
     LongContextSettings,
     _first_number,
     haystack,
-    passkey_corpus,
     plot_passkey_heatmap,
 )
 from gptqwen.infer import Engine, SamplingParams
@@ -32,7 +31,7 @@ from gptqwen.model import Transformer
 from test_eval import _one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 NEEDLE = "The pass key is 31415. Remember it."
-QUESTION = " What is the pass key? The pass key is"  # the eval's question
+QUESTION = PASSKEY_QUESTION
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +69,27 @@ def test_haystack_is_exactly_the_length_with_the_needle_at_its_depth(tokenizer, 
         haystack(tokenizer, 40, [(depth, NEEDLE)], QUESTION)
 
 
-def test_passkey_corpus_documents_answer_the_evals_question(tmp_path):
-    path = passkey_corpus(tmp_path / "pk.jsonl", docs=50, max_units=3, seed=0)
-    docs = [json.loads(line)["text"] for line in path.read_text().splitlines()]
-    assert len(docs) == 50
+def test_retrieval_documents_answer_the_evals_questions():
+    """synthetic:retrieval documents end in the evals' own questions, each followed by its answer; deterministic."""
+    docs = [p.text for p in iter_documents(["synthetic:retrieval:60"])]
+    assert docs == [p.text for p in iter_documents(["synthetic:retrieval:60"])] and len(docs) == 60
+    kinds = set()
     for doc in docs:
-        key = re.search(r"The pass key is (\d{5})\. Remember it\. \1 is the pass key\.", doc).group(1)
-        assert doc.startswith(INTRO) and doc.endswith(QUESTION + f" {key}.") and doc.count(FILLER) <= 3
+        assert doc.startswith(INTRO) and doc.count(FILLER) <= 7
+        m = re.search(r"The pass key is (\d{5})\. Remember it\. \1 is the pass key\.", doc)
+        if m:
+            kinds.add("passkey")
+            assert doc.endswith(PASSKEY_QUESTION + f" {m.group(1)}.")
+            continue
+        kinds.add("needle")
+        keys = dict(re.findall(r"The pass key for (\w+) is (\d{5})\.", doc))
+        asked = re.findall(r"What is the pass key for (\w+)\? The pass key for \1 is (\d{5})\.", doc)
+        assert len(keys) == 4 and sorted(asked) == sorted(keys.items())
+    assert kinds == {"passkey", "needle"}
+    long = [p.text for p in iter_documents(["synthetic:retrieval-long:40"])]
+    assert max(d.count(FILLER) for d in long) > 7 >= min(d.count(FILLER) for d in long)
+    with pytest.raises(UserError, match="needle_fraction"):
+        next(retrieval_documents(3, needle_fraction=2))
 
 
 def test_answer_scoring_takes_the_first_number():

@@ -12,18 +12,12 @@ is exactly the context length. Needle: `keys` named numbers at random depths, th
 Perplexity by position: windows of the context length cut from a document (default: the held-out Shakespeare
 blocks), per-token negative log-likelihood averaged in position buckets; it shows where a model stops using
 its context. `extend_context` (model/dca.py) applies --yarn / --dca / --allow-longer first; a context beyond
-what the model can take is a UserError.
-
-`passkey_corpus` writes training documents in the same format (answer included) for a model trained here to
-learn the task, as scripts/demo_long_context.sh does:
-
-    python -m gptqwen.eval.long_context corpus data/passkey-256.jsonl --docs 20000 --max-units 12
+what the model can take is a UserError. The wording of the prompts lives in `gptqwen.data.retrieval`, whose
+training documents (`synthetic:retrieval`, answers included) teach a model trained here the same task.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import random
 import re
@@ -32,15 +26,20 @@ from pathlib import Path
 
 import torch
 
+from gptqwen.data.retrieval import (
+    FILLER,
+    INTRO,
+    NAMES,
+    PASSKEY_QUESTION,
+    needle_question,
+    passkey_needle,
+    random_key,
+)
 from gptqwen.errors import UserError, require
 from gptqwen.eval.perplexity import heldout_blocks
 from gptqwen.infer import Engine, SamplingParams
-from gptqwen.utils import atomic_write, save_figure
+from gptqwen.utils import save_figure
 
-INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-         "I will quiz you about the important information there.\n")
-FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-NAMES = ("apple", "river", "falcon", "copper", "meadow", "lantern", "violet", "harbor", "tiger", "quartz")
 LONG_TASKS = ("passkey", "needle", "ppl-position")
 
 
@@ -94,31 +93,9 @@ def haystack(tok, length: int, needles: list[tuple[float, str]], question: str) 
     return ids
 
 
-def passkey_document(rng: random.Random, max_units: int, digits: int = 5) -> str:
-    """One training document: the intro, 0..max_units filler sentence groups with the needle at a random place,
-    the question and its answer."""
-    key, n = _key(rng, digits), rng.randint(0, max_units)
-    at = rng.randint(0, n)
-    needle = f" The pass key is {key}. Remember it. {key} is the pass key."
-    return INTRO + FILLER * at + needle + FILLER * (n - at) + f" What is the pass key? The pass key is {key}."
-
-
-def passkey_corpus(out: str | Path, docs: int, max_units: int, seed: int = 0) -> Path:
-    """Write `docs` passkey documents as JSONL records {"text": ...} (a `gptqwen data prepare` source)."""
-    rng = random.Random(seed)
-    with atomic_write(out) as f:
-        for _ in range(docs):
-            f.write(json.dumps({"text": passkey_document(rng, max_units)}) + "\n")
-    return Path(out)
-
-
 def _first_number(text: str) -> str | None:
     m = re.search(r"\d+", text)
     return m.group(0) if m else None
-
-
-def _key(rng: random.Random, digits: int) -> str:
-    return str(rng.randrange(10 ** (digits - 1), 10 ** digits))
 
 
 class LongContextEval:
@@ -145,10 +122,9 @@ class LongContextEval:
         rows, rng = [], random.Random(self.s.seed)
         for L in self.s.context_lengths:
             for depth in self.s.depths:
-                keys = [_key(rng, self.s.digits) for _ in range(self.s.trials)]
-                prompts = [haystack(self.tok, L - self.answer_budget,
-                                    [(depth, f"The pass key is {k}. Remember it. {k} is the pass key.")],
-                                    " What is the pass key? The pass key is") for k in keys]
+                keys = [random_key(rng, self.s.digits) for _ in range(self.s.trials)]
+                prompts = [haystack(self.tok, L - self.answer_budget, [(depth, passkey_needle(k))], PASSKEY_QUESTION)
+                           for k in keys]
                 got = [_first_number(a) for a in self._answers(prompts)]
                 rows.append(self._row("passkey", L, depth, keys, got))
                 self.progress(f"passkey L={L} depth={depth:.2f}: {rows[-1]['correct']}/{self.s.trials}")
@@ -164,11 +140,10 @@ class LongContextEval:
             prompts, want = [], []
             for _ in range(self.s.trials):
                 names = rng.sample(NAMES, self.s.keys)
-                keys = [_key(rng, self.s.digits) for _ in names]
+                keys = [random_key(rng, self.s.digits) for _ in names]
                 needles = [(rng.random(), f"The pass key for {n} is {k}.") for n, k in zip(names, keys)]
                 ask = rng.randrange(self.s.keys)
-                prompts.append(haystack(self.tok, L - self.answer_budget, needles,
-                                        f" What is the pass key for {names[ask]}? The pass key for {names[ask]} is"))
+                prompts.append(haystack(self.tok, L - self.answer_budget, needles, needle_question(names[ask])))
                 want.append(keys[ask])
             got = [_first_number(a) for a in self._answers(prompts)]
             rows.append(self._row("needle", L, None, want, got))
@@ -278,14 +253,3 @@ def plot_ppl_by_position(rows: list[dict], out: str | Path, title: str = "perple
     path = save_figure(fig, out, dpi=120)
     plt.close(fig)
     return path
-
-
-if __name__ == "__main__":  # python -m gptqwen.eval.long_context corpus OUT.jsonl --docs N --max-units M
-    ap = argparse.ArgumentParser(description="write passkey training documents (JSONL)")
-    ap.add_argument("what", choices=["corpus"])
-    ap.add_argument("out")
-    ap.add_argument("--docs", type=int, default=20000)
-    ap.add_argument("--max-units", type=int, default=12, help="most filler sentence groups per document")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    print(passkey_corpus(a.out, a.docs, a.max_units, a.seed))

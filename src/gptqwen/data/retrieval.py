@@ -1,0 +1,85 @@
+"""Retrieval documents for long-context training: a pass key (or several named ones) hidden in filler text, then
+the question and its answer, in exactly the wording of the passkey / needle evaluations (`gptqwen.eval.long_context`).
+
+Long-context stages mix such documents into their data so that a model learns to fetch a fact from far back before
+it is asked to do so beyond its training length. Two `gptqwen data prepare` / recipe sources, deterministic by seed:
+
+  * ``synthetic:retrieval[:N]``       N documents of up to ~256 tokens (0..7 filler sentence groups);
+  * ``synthetic:retrieval-long[:N]``  N documents of up to ~1024 tokens (0..38 groups), for a long stage.
+
+Half the documents are single pass keys (the passkey eval's format), half hold `keys` named keys and ask for every
+one of them in random order (the needle eval's format): four questions in one document give four times the
+copying signal of one, which is what makes a small model learn to copy within CPU minutes.
+
+    from gptqwen.data.retrieval import retrieval_documents
+    docs = list(retrieval_documents(1000, max_units=7, seed=0))
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from functools import partial
+
+from gptqwen.errors import UserError
+
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+         "I will quiz you about the important information there.\n")
+FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NAMES = ("apple", "river", "falcon", "copper", "meadow", "lantern", "violet", "harbor", "tiger", "quartz")
+PASSKEY_QUESTION = " What is the pass key? The pass key is"
+
+
+def passkey_needle(key: str) -> str:
+    return f"The pass key is {key}. Remember it. {key} is the pass key."
+
+
+def needle_question(name: str) -> str:
+    return f" What is the pass key for {name}? The pass key for {name} is"
+
+
+def random_key(rng: random.Random, digits: int = 5) -> str:
+    return str(rng.randrange(10 ** (digits - 1), 10 ** digits))
+
+
+def passkey_document(rng: random.Random, max_units: int, digits: int = 5) -> str:
+    """The intro, 0..max_units filler sentence groups with the needle at a random place, the question, the answer."""
+    key, n = random_key(rng, digits), rng.randint(0, max_units)
+    at = rng.randint(0, n)
+    return INTRO + FILLER * at + " " + passkey_needle(key) + FILLER * (n - at) + PASSKEY_QUESTION + f" {key}."
+
+
+def needle_document(rng: random.Random, max_units: int, keys: int = 4, digits: int = 5) -> str:
+    """The intro, `keys` named pass keys spread over 0..max_units filler groups, then every name asked for in a
+    random order, each question followed by its answer."""
+    names = rng.sample(NAMES, keys)
+    values = [random_key(rng, digits) for _ in names]
+    n = rng.randint(0, max(0, max_units - keys))  # the questions take about as much room as `keys` filler groups
+    cuts = sorted(rng.randint(0, n) for _ in names)
+    text, done = INTRO, 0
+    for cut, name, value in zip(cuts, names, values):
+        text += FILLER * (cut - done) + f" The pass key for {name} is {value}."
+        done = cut
+    text += FILLER * (n - done)
+    for i in rng.sample(range(keys), keys):
+        text += needle_question(names[i]) + f" {values[i]}."
+    return text
+
+
+def retrieval_documents(n: int, max_units: int = 7, seed: int = 0, needle_fraction: float = 0.5,
+                        keys: int = 4) -> Iterator[str]:
+    """`n` documents: passkey documents and, a `needle_fraction` of them, multi-key needle documents."""
+    if n < 1 or max_units < 0 or not 0 <= needle_fraction <= 1 or not 1 <= keys <= len(NAMES):
+        raise UserError(f"retrieval documents: need n >= 1, max_units >= 0, needle_fraction in [0, 1] and "
+                        f"1 <= keys <= {len(NAMES)}; got n={n}, max_units={max_units}, "
+                        f"needle_fraction={needle_fraction}, keys={keys}")
+    rng = random.Random(seed)
+    for _ in range(n):
+        if rng.random() < needle_fraction:
+            yield needle_document(rng, max_units, keys)
+        else:
+            yield passkey_document(rng, max_units)
+
+
+short_documents = partial(retrieval_documents, max_units=7)  # synthetic:retrieval (up to ~256 tokens)
+long_documents = partial(retrieval_documents, max_units=38, seed=1)  # synthetic:retrieval-long (up to ~1024)
