@@ -35,7 +35,7 @@
  */
 #include "common.h"
 
-#define TILE_ROWS 4 /* rows of x from which matmul_tiled is faster (bench/decode.py --products) */
+#define TILE_ROWS 4 /* rows of x from which matmul_tiled is faster (bench/batch_step.py) */
 
 /* q4_1's m term needs the sum of each block of x: sums[r * G + g]. */
 static void block_sums(const float *x, int mb, int64_t K, float *sums) {
@@ -228,7 +228,7 @@ static void dequant_row(int fmt, const uint8_t *qs_row, const uint16_t *d_row, c
  * dequantises a tile of TN rows of W to float32 once per thread (it stays in L1) and multiplies it with every row
  * of x by a TM x TN register tile (tiles.h). It is built twice: for AVX2, and for AVX-512 through a target
  * attribute, taken when the CPU has it (1.25x faster at 32 rows on a Xeon with both; measured by
- * bench/decode.py --products). */
+ * bench/batch_step.py). */
 #define TILE_NAME(f) f##_avx2
 #define TILE_TARGET
 #define VEC __m256

@@ -13,7 +13,7 @@ The C product multiplies each decoded block with float32 activations, so the res
 exactly the dequantised weights, up to summation order. From 4 rows (a batched decode step, a short prefill) it
 dequantises tiles of W to float32 and runs a register-tiled product over all rows (AVX-512 where the CPU has it);
 inputs of more than `KERNEL_ROWS` rows (long prefills) dequantise the whole weight once and use torch's float
-GEMM, which is as fast from there (measured: bench/decode.py --products). `float_matmul` is the same C product
+GEMM, which is as fast from there (measured: bench/batch_step.py). `float_matmul` is the same C product
 on float32 weights (the decode step's float path), for tests and benchmarks.
 """
 
