@@ -152,6 +152,11 @@ def test_tool_traces_render_and_hold_out():
     seen = training_expressions(rows)
     assert len(seen) == 50 and not seen & {p.expression for p in problems(100, seed=1, exclude=seen)}
     assert conversation(problems(1, 3)[0], use_tools=False)["messages"][1]["content"].startswith("The answer is")
+    multi = tool_traces(40, seed=0, tool_share=1.0, turns=3)  # several questions under one tool prompt
+    asked = [sum(m["role"] == "user" for m in r["messages"]) for r in multi]
+    assert set(asked) == {1, 2, 3} and len(training_expressions(multi)) == sum(asked)
+    roles = [m["role"] for m in multi[asked.index(3)]["messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant"] * 3
 
 
 def test_tools_cli(capsys, tmp_path):

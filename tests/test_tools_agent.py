@@ -113,6 +113,16 @@ def test_bad_calls_go_back_to_the_model_and_the_loop_continues(tok):
     assert res.content == "Sorry." and res.steps == 3
 
 
+def test_engine_chat_with_tools_is_one_turn_and_runs_nothing(tok):
+    """Engine.chat(tools=schemas) renders the tools and returns the parsed calls (as transformers/vLLM chat do);
+    running them and continuing is agent.run's job."""
+    eng = engine_for(tok, [call("calculator", {"expression": "4821 * 37"})])
+    res = eng.chat(USER, tools=load_toolbox("calculator").schemas(), params=GREEDY)
+    [c] = res.tool_calls
+    assert c["function"]["name"] == "calculator" and c["function"]["arguments"] == {"expression": "4821 * 37"}
+    assert res.content == "" and len(eng.model.prompts) == 1  # one generation; no tool response fed back
+
+
 def test_step_limit(tok):
     eng = engine_for(tok, [call("calculator", {"expression": "1+1"})] * 5)
     res = agent.run(eng, USER, load_toolbox("calculator"), params=GREEDY, max_steps=3)

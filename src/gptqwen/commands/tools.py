@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     call.add_argument("--tools", default="calculator,python")
     prep = sub.add_parser("prepare", help="write tool-use SFT traces, a tokenizer for them and a fresh base model")
     prep.add_argument("--out", required=True)
-    prep.add_argument("--n", type=int, default=6000, help="conversations (half of them use the calculator)")
+    prep.add_argument("--n", type=int, default=6000, help="conversations (--tool-share of them use the calculator)")
+    prep.add_argument("--turns", type=int, default=4,
+                      help="questions per conversation: 1 to this many (several share one system turn's tool prompt)")
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--vocab-size", type=int, default=768)
     prep.add_argument("--preset", default="qwen2-tiny",
@@ -81,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "prepare":
         if args.n < 1:
             raise UserError(f"--n must be at least 1, got {args.n}")
+        if args.turns < 1:
+            raise UserError(f"--turns must be at least 1, got {args.turns}")
         if not 0 <= args.tool_share <= 1:
             raise UserError(f"--tool-share must be in [0, 1], got {args.tool_share}")
         refuse_file_in_path(args.out, "--out")
         print_json(synthetic.prepare(args.out, args.n, args.seed, args.vocab_size, args.preset, args.context,
-                                     args.tool_share, args.rope_theta))
+                                     args.tool_share, args.rope_theta, args.turns))
         return 0
     box = load_toolbox(args.tools)
     try:

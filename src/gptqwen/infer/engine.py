@@ -75,7 +75,9 @@ class Engine:
                 yield text
 
     def chat(self, messages: list[dict], **kwargs: Any):
-        """One assistant turn with thinking control; see `gptqwen.infer.thinking.chat`."""
+        """One assistant turn with thinking control; see `gptqwen.infer.thinking.chat`. With `tools=` (OpenAI
+        schemas) it renders them and returns the turn's parsed `tool_calls` without running them, as transformers'
+        and vLLM's chat do; the loop that runs the calls and continues is `gptqwen.tools.agent.run`."""
         return chat(self, messages, **kwargs)
 
     def stream_chat(self, messages: list[dict], **kwargs: Any):

@@ -1,14 +1,15 @@
 """Tool-use SFT traces and the held-out evaluation of a tool-using model (multi-digit arithmetic).
 
 A problem is `a op b` with 3- and 4-digit numbers (+, -, *): easy for a calculator, hard to do in the head
-for a tiny model. Two kinds of training conversation, in equal shares:
+for a tiny model. Two kinds of training conversation (`tool_share` of them with tools), each asking 1 to
+`turns` problems in turn:
 
 * with tools (the calculator's schema in the system turn): the assistant calls
   `calculator({"expression": "a op b"})`, reads the tool response and answers "The answer is R.";
 * without tools: the assistant answers "The answer is R." at once (what the model can do unaided).
 
-    rows = tool_traces(4000, seed=0)             # {"messages", "tools"?, "answer"} rows for `gptqwen sft --data`
-    accuracy(engine, heldout_problems(200, seed=1, exclude=...), use_tools=True)
+    rows = tool_traces(4000, seed=0, turns=4)    # {"messages", "tools"?, "answer"} rows for `gptqwen sft --data`
+    accuracy(engine, problems(200, seed=1234, exclude=training_expressions(rows)), use_tools=True)
 
 `accuracy` runs the real agent loop (`gptqwen.tools.agent`) with the calculator, or plain generation
 without tools, greedily, and grades the last "The answer is R".
@@ -65,23 +66,36 @@ def problems(n: int, seed: int, exclude: set[str] = frozenset()) -> list[Problem
     return out
 
 
-def conversation(p: Problem, use_tools: bool) -> dict:
-    # A one-line thought on every answer makes each turn a thinking turn, so training and inference
-    # (enable_thinking=True) render every step alike: the model writes its own think block.
+def conversation(ps: Problem | list[Problem], use_tools: bool) -> dict:
+    """One SFT row asking the problems `ps` in turn: through the calculator (its schema in the system turn) or
+    answered at once. Several questions share one system turn, so the tool prompt, which is most of a one-question
+    row's tokens and carries no loss, is paid once per row."""
+    ps = [ps] if isinstance(ps, Problem) else ps
+    # A one-line thought on every answer makes each final turn a thinking turn, so training and inference
+    # (enable_thinking=True) render the last step alike: the model writes its own think block. (The template
+    # drops the thoughts of earlier questions, as it does in any multi-turn chat.)
     thought = "The calculator gave the result." if use_tools else "There is no tool, so I answer directly."
-    answer = {"role": "assistant", "reasoning_content": thought, "content": f"The answer is {p.answer}."}
-    user = {"role": "user", "content": p.question}
-    if not use_tools:
-        return {"messages": [user, answer], "answer": p.answer}
-    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": p.expression}}}
-    return {"messages": [user, {"role": "assistant", "content": "", "tool_calls": [call]},
-                         {"role": "tool", "content": p.answer}, answer], "tools": [CALCULATOR], "answer": p.answer}
+    messages = []
+    for p in ps:
+        answer = {"role": "assistant", "reasoning_content": thought, "content": f"The answer is {p.answer}."}
+        messages.append({"role": "user", "content": p.question})
+        if use_tools:
+            call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": p.expression}}}
+            messages += [{"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "tool", "content": p.answer}]
+        messages.append(answer)
+    row = {"messages": messages, "answer": ps[-1].answer}
+    return {**row, "tools": [CALCULATOR]} if use_tools else row
 
 
-def tool_traces(n: int, seed: int = 0, tool_share: float = 0.5) -> list[dict]:
-    """`n` SFT rows: `tool_share` of them solve the problem through the calculator, the rest answer directly."""
+def tool_traces(n: int, seed: int = 0, tool_share: float = 0.5, turns: int = 1) -> list[dict]:
+    """`n` SFT rows of 1 to `turns` questions each (uniformly): `tool_share` of them solve their problems through
+    the calculator, the rest answer directly. Every problem is asked once."""
     rng = random.Random(seed + 1)
-    return [conversation(p, rng.random() < tool_share) for p in problems(n, seed)]
+    sizes = [rng.randint(1, turns) for _ in range(n)]
+    pool, rows = iter(problems(sum(sizes), seed)), []
+    for k in sizes:
+        rows.append(conversation([next(pool) for _ in range(k)], rng.random() < tool_share))
+    return rows
 
 
 def training_expressions(rows: list[dict]) -> set[str]:
@@ -134,14 +148,14 @@ DEMO_MODEL = dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2, head_dim=32, int
 
 
 def prepare(out: str | Path, n: int, seed: int = 0, vocab_size: int = 768, preset: str = "qwen2-tiny",
-            context: int = 512, tool_share: float = 0.7, rope_theta: float = 10000.0) -> dict:  # fmt: skip
-    """Everything the tool-use SFT starts from, in `out`: `traces.jsonl` (n rows, `tool_share` of them through the
-    calculator), `tokenizer/` (a byte-level BPE trained on the rendered traces, so the tool prompt is short) and
-    `base/` (a freshly initialised `preset` with that vocabulary, a `context`-token window and `rope_theta`, as an
-    HF checkpoint). A small RoPE base keeps nearby positions apart in every frequency band, which the copying
+            context: int = 512, tool_share: float = 0.7, rope_theta: float = 10000.0, turns: int = 1) -> dict:  # fmt: skip
+    """Everything the tool-use SFT starts from, in `out`: `traces.jsonl` (n rows of 1 to `turns` questions,
+    `tool_share` of them through the calculator), `tokenizer/` (a byte-level BPE trained on the rendered traces, so
+    the tool prompt is short) and `base/` (a freshly initialised `preset` with that vocabulary, a `context`-token
+    window and `rope_theta`, as an HF checkpoint). A small RoPE base keeps nearby positions apart in every frequency band, which the copying
     of digits from the question into the call needs; Qwen3's 1e6 is made for long contexts."""
     out = Path(out)
-    rows = tool_traces(n, seed, tool_share)
+    rows = tool_traces(n, seed, tool_share, turns)
     qwen = Tokenizer.from_preset("qwen3")  # any Qwen3-template tokenizer renders the same text
     texts = [qwen.apply_chat_template(r["messages"], tools=r.get("tools"), add_generation_prompt=False) for r in rows]
     tok = train_tokenizer(texts, vocab_size, style="qwen", show_progress=False)
