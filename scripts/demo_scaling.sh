@@ -26,15 +26,15 @@ TIME="/usr/bin/time -f %e_s_wall_%U_s_user_%S_s_sys"
 [[ -x /usr/bin/time ]] || TIME=""
 mkdir -p "$OUT"
 SIZES=(
+  --size n_layer=1,n_embd=32,n_head=2,n_kv_head=1,head_dim=16,intermediate_size=96
+  --size n_layer=2,n_embd=32,n_head=2,n_kv_head=1,head_dim=16,intermediate_size=96
   --size n_layer=2,n_embd=48,n_head=3,n_kv_head=1,head_dim=16,intermediate_size=128
   --size n_layer=2,n_embd=64,n_head=2,n_kv_head=1,head_dim=32,intermediate_size=176
   --size n_layer=2,n_embd=96,n_head=3,n_kv_head=1,head_dim=32,intermediate_size=256
   --size n_layer=3,n_embd=96,n_head=3,n_kv_head=1,head_dim=32,intermediate_size=256
-  --size n_layer=3,n_embd=128,n_head=4,n_kv_head=2,head_dim=32,intermediate_size=352
-  --size n_layer=4,n_embd=128,n_head=4,n_kv_head=2,head_dim=32,intermediate_size=352
 )
-BUDGETS=2.2e10,4.4e10,8.75e10,1.75e11,3.5e11
-TARGET=(-c scaling-qwen3 --out "$OUT/target" --size n_layer=4 --tokens 2396160)
+BUDGETS=1.24e10,1.75e10,2.47e10,3.5e10,4.95e10,7e10,9.9e10,1.4e11  # a factor sqrt(2) apart
+TARGET=(-c scaling-qwen3 --out "$OUT/target" --size n_layer=3 --tokens 4800512)
 field() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
 
 echo "== $(date -u +%T) target plan (builds data/shakespeare-bpe512 on first use)"
@@ -44,22 +44,29 @@ D=$(field "$OUT/target_plan.json" '[0]["tokens"]')
 C=$(field "$OUT/target_plan.json" '[0]["flops_exact"]')
 echo "target: N $N, D $D, C $C FLOPs (exact count)"
 
-echo "== $(date -u +%T) target run in the background (log: $OUT/target.log)"
-$TIME gptqwen scaling sweep "${TARGET[@]}" > "$OUT/target.log" 2>&1 &
-TARGET_PID=$!
+if [[ -f $OUT/target.pid ]] && kill -0 "$(cat "$OUT/target.pid")" 2> /dev/null; then
+  echo "== the target run of an earlier call is still going (pid $(cat "$OUT/target.pid")): not starting another"
+else
+  echo "== $(date -u +%T) target run in the background (log: $OUT/target.log)"
+  $TIME gptqwen scaling sweep "${TARGET[@]}" > "$OUT/target.log" 2>&1 &
+  echo $! > "$OUT/target.pid"
+fi
 
 echo "== $(date -u +%T) fitting sweep"
-$TIME gptqwen scaling sweep -c scaling-qwen3 --out "$OUT/sweep" "${SIZES[@]}" --flops "$BUDGETS" --min-steps 40
+$TIME gptqwen scaling sweep -c scaling-qwen3 --out "$OUT/sweep" "${SIZES[@]}" --flops "$BUDGETS" --min-steps 60
 RUNS=$OUT/sweep/runs.csv
 
 echo "== $(date -u +%T) leave-largest-out check: fit all but the top budget, predict it"
 for law in chinchilla gpt4; do
   frontier=$([[ $law == gpt4 ]] && echo --frontier || true)
-  gptqwen scaling check "$RUNS" --law $law $frontier --flops-column flops_exact --holdout 0.7 --json > "$OUT/check_$law.json"
+  rm -f "$OUT/check_$law.json"
+  gptqwen scaling check "$RUNS" --law $law $frontier --flops-column flops_exact --holdout 0.8 --json \
+    > "$OUT/check_$law.tmp" && mv "$OUT/check_$law.tmp" "$OUT/check_$law.json" || { echo "$law: no fit"; continue; }
   echo "$law: mean |error| $(field "$OUT/check_$law.json" '["mean_abs_error"] * 100')%," \
        "max $(field "$OUT/check_$law.json" '["max_abs_error"] * 100')% on the top budget's runs"
 done
-LAW=$("$PY" -c "import json,sys; e={l: json.load(open(f'$OUT/check_{l}.json'))['mean_abs_error'] for l in sys.argv[1:]}; print(min(e, key=e.get))" chinchilla gpt4)
+LAW=$("$PY" -c "import json,os,sys; e={l: json.load(open(f'$OUT/check_{l}.json'))['mean_abs_error'] for l in sys.argv[1:]
+                 if os.path.exists(f'$OUT/check_{l}.json')}; print(min(e, key=e.get))" chinchilla gpt4)
 FRONTIER=$([[ $LAW == gpt4 ]] && echo --frontier || true)
 echo "chosen law: $LAW"
 
@@ -70,7 +77,8 @@ echo "== $(date -u +%T) prediction, before the target's loss is read: $OUT/predi
 "${PREDICT[@]}" --save "$OUT/prediction.json"
 
 echo "== $(date -u +%T) waiting for the target"
-wait $TARGET_PID || { echo "the target run failed; see $OUT/target.log" >&2; exit 1; }
+while kill -0 "$(cat "$OUT/target.pid")" 2> /dev/null; do sleep 10; done
+[[ -f $OUT/target/runs.csv ]] || { echo "the target run failed; see $OUT/target.log" >&2; exit 1; }
 tail -1 "$OUT/target.log"
 ACTUAL=$("$PY" -c "import csv,sys; print(next(csv.DictReader(open(sys.argv[1])))['loss'])" "$OUT/target/runs.csv")
 echo "== $(date -u +%T) actual loss $ACTUAL"
