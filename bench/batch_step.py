@@ -40,7 +40,7 @@ def cpu_ms(fn, repeats: int) -> float:
 
 
 def products(model, batches: list[int], repeats: int) -> None:
-    from gptqwen.ops.quant import quant_linear, quant_linear_reference
+    from gptqwen.ops.quant import _c_matmul, quant_linear_reference
 
     layer, head = model.blocks[0], model.lm_head
     mats = [(layer.attn.qkv, len(model.blocks)), (layer.attn.proj, len(model.blocks)),
@@ -50,8 +50,9 @@ def products(model, batches: list[int], repeats: int) -> None:
     print("  rows |   C as built       |   C AVX2           | dequant + torch GEMM")
     for b in batches:
         cells = []
-        for run in (lambda m, x: quant_linear(x, m.qs, m.d, m.m, m.fmt),
-                    lambda m, x: quant_linear(x, m.qs, m.d, m.m, m.fmt, simd=2),
+        # the C product itself at every row count (quant_linear hands more than KERNEL_ROWS rows to the reference)
+        for run in (lambda m, x: _c_matmul(m.fmt, x, m.qs, m.d, m.m, m.out_features, True, None),
+                    lambda m, x: _c_matmul(m.fmt, x, m.qs, m.d, m.m, m.out_features, 2, None),
                     lambda m, x: quant_linear_reference(x, m.qs, m.d, m.m, m.fmt)):
             ms = 0.0
             for m, n in mats:

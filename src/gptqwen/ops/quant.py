@@ -13,7 +13,7 @@ The C product multiplies each decoded block with float32 activations, so the res
 exactly the dequantised weights, up to summation order. From 4 rows (a batched decode step, a short prefill) it
 dequantises tiles of W to float32 and runs a register-tiled product over all rows (AVX-512 where the CPU has it);
 inputs of more than `KERNEL_ROWS` rows (long prefills) dequantise the whole weight once and use torch's float
-GEMM, which is as fast from there (measured: bench/batch_step.py). `float_matmul` is the same C product
+GEMM, which is faster from there (measured: bench/batch_step.py). `float_matmul` is the same C product
 on float32 weights (the decode step's float path), for tests and benchmarks.
 """
 
@@ -27,7 +27,7 @@ from gptqwen.ops import _clib
 
 FORMATS = ("q8_0", "q4_1")
 BLOCK = 32
-KERNEL_ROWS = 128  # longer inputs (prefills) dequantise the weight once and use the float GEMM: as fast there
+KERNEL_ROWS = 64  # longer inputs (prefills) dequantise the weight once and use the float GEMM: faster there
 
 
 def check_format(fmt: str) -> None:
