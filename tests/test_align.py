@@ -175,3 +175,22 @@ def test_query_selection_drops_agreeing_groups_and_orders_by_variance(tok, tmp_p
     assert batch["input_ids"][:4, 0].tolist() == [7] * 4 and batch["advantages"][:4].tolist() == pytest.approx(
         grpo.group_advantages(torch.tensor([1.0, 1, 0, 0]), 4).tolist())  # variance 0.25 (group 2) first
     assert batch["advantages"][4:].tolist() == pytest.approx(grpo.group_advantages(torch.tensor([1.0, 0, 0, 0]), 4).tolist())
+
+
+def test_grpo_log_probs_are_those_of_the_sampling_temperature(model_dir, tok, tmp_path):
+    """Completions drawn at T are scored by log-softmax(logits / T), for the ratio's old and the KL's reference
+    log-probs as for the policy's (as TRL does)."""
+    from gptqwen.align import grpo, prefs
+    from gptqwen.loading import load_model_and_tokenizer
+    from gptqwen.train.recipe import load_recipe
+
+    model, _ = load_model_and_tokenizer(str(model_dir))
+    recipe = load_recipe("grpo-qwen3", ["grpo.temperature=0.5", "grpo.num_iterations=2", "grpo.beta=0.1", "grpo.prompts=x"],
+                         trainer="grpo")  # fmt: skip
+    roll = grpo.Rollouts(recipe, model, tok, [], grpo.build_rewards(["math"]), None, tmp_path, torch.device("cpu"), False)
+    batch = prefs.collate_sequences([([5, 6, 7], [8, 9]), ([5], [8, 9, 10])], 0)
+    got = roll.logps(batch)
+    with torch.no_grad():
+        want = prefs.token_logps(model.eval()(batch["input_ids"]).logits / 0.5, batch["targets"])
+    assert torch.allclose(got["old"], want, atol=1e-6) and torch.allclose(got["ref"], want, atol=1e-6)
+    assert not torch.allclose(want, prefs.token_logps(model(batch["input_ids"]).logits, batch["targets"]), atol=1e-3)
