@@ -59,12 +59,13 @@ def _opcheck_cases():
         "causal_attention_backward": (g.causal_attention_backward.default,
                                       (q.detach(), k.detach(), v.detach(), o, lse, torch.randn_like(o))),
         "linear_cross_entropy": (g.linear_cross_entropy.default, (hidden, head, targets, True, True)),
+        "linear_cross_entropy_bf16": (g.linear_cross_entropy_bf16.default, (hidden, head, targets, True, True)),
     }
 
 
 OPCHECK_CASES = ["rms_norm", "rms_norm_backward", "gelu", "gelu_backward", "swiglu", "swiglu_backward", "norm_rope",
                  "norm_rope_no_norm", "norm_rope_backward", "causal_attention", "causal_attention_backward",
-                 "linear_cross_entropy"]
+                 "linear_cross_entropy", "linear_cross_entropy_bf16"]
 
 
 def test_every_custom_op_is_opchecked():
@@ -122,6 +123,50 @@ def test_each_op_equals_its_reference():
           _grads(lambda a, b: ops.linear_cross_entropy_reference(a, b, targets), hidden, head))
 
 
+def _bf16_head_case(n=300, vocab=1000, dim=24):
+    torch.manual_seed(2)
+    hidden, head = torch.randn(n, dim, requires_grad=True), (0.3 * torch.randn(vocab, dim)).requires_grad_()
+    targets = torch.randint(0, vocab, (n,))
+    targets[::7] = -100
+    return hidden, head, targets
+
+
+def _close_bf16(ours, want):
+    """Equal up to bf16 rounding: the loss to 1e-4, each gradient to 1% of its largest entry."""
+    torch.testing.assert_close(ours[0], want[0], atol=1e-4, rtol=1e-4)
+    for a, b in zip(ours[1:], want[1:]):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, atol=1e-2 * b.abs().max().item(), rtol=0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("blocks", ["one", "many"])
+def test_bf16_linear_cross_entropy_equals_the_autocast_reference(monkeypatch, blocks):
+    """Under bf16 autocast the fused head (vocabulary blocks, C passes) matches autocast's own head + loss; "many"
+    shrinks the blocks and token chunks so that the last block is partial and d(weight) accumulates."""
+    from gptqwen.ops import loss as loss_mod
+
+    if blocks == "many":
+        monkeypatch.setattr(loss_mod, "_BF16_BLOCK_ELEMENTS", 64 * 128)
+        monkeypatch.setattr(loss_mod, "_BF16_TOKENS", 128)
+    hidden, head, targets = _bf16_head_case()
+
+    def autocast(fn):
+        def run(a, b):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert ops.fuses_linear_cross_entropy(a, b)
+                return fn(a, b, targets)
+        return run
+
+    _close_bf16(_grads(autocast(ops.linear_cross_entropy), hidden, head),
+                _grads(autocast(ops.linear_cross_entropy_reference), hidden, head))
+    # bf16 tensors without autocast take the same path, with bf16 gradients
+    hb, wb = hidden.detach().bfloat16().requires_grad_(), head.detach().bfloat16().requires_grad_()
+    assert ops.fuses_linear_cross_entropy(hb, wb)
+    _close_bf16(_grads(lambda a, b: ops.linear_cross_entropy(a, b, targets), hb, wb),
+                _grads(lambda a, b: ops.linear_cross_entropy_reference(a, b, targets), hb, wb))
+
+
 def test_dispatch_takes_the_reference_where_c_does_not_apply(monkeypatch):
     """bf16, a 2-D norm weight, inference with the kernels off: the reference, with the same numbers."""
     x = torch.randn(3, 32)
@@ -133,6 +178,8 @@ def test_dispatch_takes_the_reference_where_c_does_not_apply(monkeypatch):
     monkeypatch.setattr(_clib, "library", lambda: None)
     assert not ops.available()
     assert torch.equal(ops.gelu(x), F.gelu(x, approximate="tanh"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the bf16 head needs the C passes
+        assert not ops.fuses_linear_cross_entropy(x.requires_grad_(), w2)
     with torch.no_grad():  # no backward follows: the loss is the plain one
         assert torch.equal(ops.linear_cross_entropy(x, w2, torch.tensor([0, 1, 2])),
                            ops.linear_cross_entropy_reference(x, w2, torch.tensor([0, 1, 2])))
@@ -192,3 +239,31 @@ def test_compiled_training_step_keeps_the_c_passes_and_equals_eager(name):
     else:
         expected.add("gptqwen.gelu")
     assert expected <= called, sorted(c for c in called if "gptqwen" in c)
+
+
+@needs_kernels
+@pytest.mark.slow
+def test_compiled_bf16_training_step_keeps_the_fused_head_and_equals_eager():
+    """train.dtype=bf16 train.compile=true: the graph keeps the bf16 head + loss op, with no graph break."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Transformer(Config.from_name("gpt2-tiny", n_layer=2))
+    ids = torch.randint(0, model.config.vocab_size, (4, 33))
+
+    def step(fn):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = fn(ids[:, :-1], targets=ids[:, 1:]).loss
+        loss.backward()
+        return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    graphs = []
+
+    def backend(gm, inputs):  # AOT autograd without inductor: the op's fake and autograd registrations are what count
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, inputs)
+
+    eager, compiled = step(model), step(torch.compile(model, fullgraph=True, backend=backend))  # a break would raise
+    _close_bf16(compiled, eager)
+    called = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    assert "gptqwen.linear_cross_entropy_bf16.default" in called, sorted(c for c in called if "gptqwen" in c)

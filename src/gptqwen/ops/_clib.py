@@ -52,6 +52,8 @@ _SIGNATURES: dict[str, tuple[list, bool]] = {
     "gq_attention_forward": ([_P, _I64, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I64, _INT], True),
     "gq_attention_backward": ([_P, _I64, _P, _I64, _P, _I64, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64,
                                _INT], True),
+    "gq_ce_stats": ([_P, _I64, _I64, _I64, _P, _P, _P, _P, _INT], True),
+    "gq_ce_grad": ([_P, _I64, _I64, _I64, _P, _P, _P, _P, _INT], False),
     # (model*, B, tokens, positions, starts, fill, cos, sin, k_cache, v_cache, max_len, logits, threads, simd)
     "gq_decode_step": ([_P, _I64, _P, _P, _P, _I64, _P, _P, _P, _P, _I64, _P, _INT, _INT], True),
 }
