@@ -71,8 +71,9 @@ def test_haystack_is_exactly_the_length_with_the_needle_at_its_depth(tokenizer, 
 
 def test_retrieval_documents_answer_the_evals_questions():
     """synthetic:retrieval documents end in the evals' own questions, each followed by its answer; deterministic."""
-    docs = [p.text for p in iter_documents(["synthetic:retrieval:60"])]
-    assert docs == [p.text for p in iter_documents(["synthetic:retrieval:60"])] and len(docs) == 60
+    docs = [p.text for p in iter_documents(["synthetic:retrieval:30", "synthetic:needles:30"])]
+    assert docs == [p.text for p in iter_documents(["synthetic:retrieval:30", "synthetic:needles:30"])]
+    assert len(docs) == 60
     kinds = set()
     for doc in docs:
         assert doc.startswith(INTRO) and doc.count(FILLER) <= 7
