@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Predictable scaling (issue 18): predict the final loss of a run with >= 100x the compute of every run the law is
 # fitted on, write the prediction down (timestamped), and only then read the run's real loss.
-#   1. target   one run of recipe scaling-qwen3 (3.1M parameters, 2.4M tokens = one pass over the plays, 2,340
-#               steps), started in the background on its own core: it does not depend on the fit
-#   2. sweep    18 IsoFLOP runs, 6 sizes (74k-804k parameters) x 5 budgets a factor 2 apart (6ND 2.2e10 ... 3.5e11),
-#               runs shorter than 40 steps left out; every run has >= 100x less compute than the target (exact count)
-#   3. check    each law is fitted on all but the top budget and scored on it (leave-largest-out); the law with the
-#               smaller mean error makes the prediction
+#   1. target   one run of recipe scaling-qwen3 (620k parameters, 2.4M tokens = one pass over the plays, 9,375
+#               steps of 4 x 64 tokens), started in the background on its own core: it does not depend on the fit
+#   2. sweep    a grid of 6 sizes (29k-345k parameters) x 8 token counts a factor sqrt(2) apart (33k-371k), keeping
+#               the runs of >= 100 steps and <= 1/100 of the target's compute (the project's exact FLOP count)
+#   3. check    each law is fitted on the runs with <= 0.5 of the sweep's largest compute and scored on the rest
+#               (leave-largest-out); the law with the smaller mean error makes the prediction
 #   4. predict  fitted on the whole sweep (--max-fraction 0.01 checks the 1/100 rule), saved to $OUT/prediction.json
 #   5. actual   wait for the target, read its loss, report the error; plot docs/scaling_prediction.png
-# Every run is one protocol: cosine decay to the end of that run, warmup 5% of it, the loss on all 127k held-out
-# tokens at the end only. Finished runs are skipped and interrupted ones resumed, so rerunning is cheap.
-# Usage: scripts/demo_scaling.sh   (OUT=runs/scaling-demo PLOT=docs/scaling_prediction.png)
+# Every run is one protocol: small steps (256 tokens) so that even the smallest runs take 100 steps, cosine decay
+# to the end of each run, warmup 5% of it, and the loss on all 127k held-out tokens at the end only. Finished runs
+# are skipped and interrupted ones resumed, so rerunning is cheap.
+# Usage: scripts/demo_scaling.sh   (OUT=runs/scaling PLOT=docs/scaling_prediction.png)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/scaling-demo}
+OUT=${OUT:-runs/scaling}
 PLOT=${PLOT:-docs/scaling_prediction.png}
 export OMP_NUM_THREADS=1  # one core for the target, one for the sweep
 if ! command -v gptqwen > /dev/null; then  # not activated: use the project's own environment if there is one
@@ -33,8 +34,8 @@ SIZES=(
   --size n_layer=2,n_embd=96,n_head=3,n_kv_head=1,head_dim=32,intermediate_size=256
   --size n_layer=3,n_embd=96,n_head=3,n_kv_head=1,head_dim=32,intermediate_size=256
 )
-BUDGETS=1.24e10,1.75e10,2.47e10,3.5e10,4.95e10,7e10,9.9e10,1.4e11  # a factor sqrt(2) apart
-TARGET=(-c scaling-qwen3 --out "$OUT/target" --size n_layer=3 --tokens 4800512)
+TOKENS=32768,46336,65536,92672,131072,185344,262144,370688  # a factor sqrt(2) apart
+TARGET=(-c scaling-qwen3 --out "$OUT/target" --size n_layer=3 --tokens 2400000)
 field() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
 
 echo "== $(date -u +%T) target plan (builds data/shakespeare-bpe512 on first use)"
@@ -42,7 +43,8 @@ gptqwen scaling sweep "${TARGET[@]}" --dry-run --json > "$OUT/target_plan.json"
 N=$(field "$OUT/target_plan.json" '[0]["params"]')
 D=$(field "$OUT/target_plan.json" '[0]["tokens"]')
 C=$(field "$OUT/target_plan.json" '[0]["flops_exact"]')
-echo "target: N $N, D $D, C $C FLOPs (exact count)"
+MAX_FLOPS=$("$PY" -c "print($C / 100)")
+echo "target: N $N, D $D, C $C FLOPs (exact count); fitting runs <= $MAX_FLOPS"
 
 if [[ -f $OUT/target.pid ]] && kill -0 "$(cat "$OUT/target.pid")" 2> /dev/null; then
   echo "== the target run of an earlier call is still going (pid $(cat "$OUT/target.pid")): not starting another"
@@ -53,14 +55,15 @@ else
 fi
 
 echo "== $(date -u +%T) fitting sweep"
-$TIME gptqwen scaling sweep -c scaling-qwen3 --out "$OUT/sweep" "${SIZES[@]}" --flops "$BUDGETS" --min-steps 60
+$TIME gptqwen scaling sweep -c scaling-qwen3 --out "$OUT/sweep" "${SIZES[@]}" --tokens "$TOKENS" \
+  --max-flops "$MAX_FLOPS" --min-steps 100
 RUNS=$OUT/sweep/runs.csv
 
 echo "== $(date -u +%T) leave-largest-out check: fit all but the top budget, predict it"
 for law in chinchilla gpt4; do
   frontier=$([[ $law == gpt4 ]] && echo --frontier || true)
   rm -f "$OUT/check_$law.json"
-  gptqwen scaling check "$RUNS" --law $law $frontier --flops-column flops_exact --holdout 0.8 --json \
+  gptqwen scaling check "$RUNS" --law $law $frontier --flops-column flops_exact --holdout 0.5 --json \
     > "$OUT/check_$law.tmp" && mv "$OUT/check_$law.tmp" "$OUT/check_$law.json" || { echo "$law: no fit"; continue; }
   echo "$law: mean |error| $(field "$OUT/check_$law.json" '["mean_abs_error"] * 100')%," \
        "max $(field "$OUT/check_$law.json" '["max_abs_error"] * 100')% on the top budget's runs"

@@ -83,7 +83,7 @@ def test_cli_check_and_saved_prediction(tmp_path, capsys):
     assert printed["prediction"]["loss"] == pytest.approx(float(chinchilla_loss(3e6, 2e6, **LAW)), rel=0.02)
 
 
-def test_sweep_min_steps_leaves_out_short_runs(monkeypatch):
+def test_sweep_leaves_out_short_and_too_costly_runs(monkeypatch):
     import gptqwen.scaling.sweep as sweep
     from gptqwen.config import Config
 
@@ -99,3 +99,8 @@ def test_sweep_min_steps_leaves_out_short_runs(monkeypatch):
     assert [s.steps for s in kept] == [s.steps for s in everything if s.steps >= 20] and len(kept) < len(everything)
     with pytest.raises(UserError, match="--min-steps"):
         sweep.plan_sweep("r", [], [{"n_layer": 2}], flops=[1e9], min_steps=10**6)
+    cap = everything[1].flops_exact
+    capped = sweep.plan_sweep("r", [], [{"n_layer": 2}], flops=[1e9, 1e10, 1e11], max_flops=cap)
+    assert [s.name for s in capped] == [s.name for s in everything[:2]]
+    with pytest.raises(UserError, match="--max-flops"):
+        sweep.plan_sweep("r", [], [{"n_layer": 2}], flops=[1e9], max_flops=-1.0)

@@ -76,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--flops", metavar="C,...", help="IsoFLOP compute budgets: each size gets D = C / 6N")
     p.add_argument("--min-steps", type=int, default=1, metavar="K",
                    help="leave out runs of fewer than K optimizer steps (default: 1, none left out)")
+    p.add_argument("--max-flops", type=float, metavar="C",
+                   help="leave out runs whose exact FLOP count is above C (e.g. 1/100 of a target run's)")
     p.add_argument("--shard", default="0/1", metavar="I/K", help="train only runs I, I+K, ... (split a sweep over K processes)")
     p.add_argument("--dry-run", action="store_true", help="print the planned runs (N, D, C) and train nothing")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
@@ -121,7 +123,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if not args.dry_run:  # before planning, which may build the dataset
         refuse_file_in_path(args.out, "the sweep folder --out")
     specs = plan_sweep(args.config, args.overrides, [parse_size(s) for s in args.size], tokens, flops,
-                       args.min_steps)
+                       args.min_steps, args.max_flops)
     if args.dry_run:
         rows = [{"run": s.name, "params": s.params, "params_nonembed": s.params_nonembed, "tokens": s.tokens,
                  "flops": s.flops, "flops_exact": s.flops_exact, "steps": s.steps} for s in specs]

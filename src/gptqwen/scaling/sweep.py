@@ -68,13 +68,16 @@ def _size_name(size: dict[str, Any]) -> str:
 
 def plan_sweep(recipe_name: str | None, overrides: list[str], sizes: list[dict[str, Any]],
                tokens: list[float] | None = None, flops: list[float] | None = None,
-               min_steps: int = 1) -> list[RunSpec]:
+               min_steps: int = 1, max_flops: float | None = None) -> list[RunSpec]:
     """Every (size, budget) run of the sweep, with its N, D and C worked out before any training.
 
     Runs of fewer than `min_steps` optimizer steps are left out: an IsoFLOP budget gives the largest sizes
-    only a few steps, too early in training to follow the power law the others trace."""
+    only a few steps, too early in training to follow the power law the others trace. Runs whose exact
+    FLOP count is above `max_flops` are left out too (e.g. 1/100 of a target's, on a grid of tokens)."""
     if min_steps < 1:
         raise UserError(f"--min-steps must be at least 1, not {min_steps}")
+    if max_flops is not None and not (max_flops > 0 and math.isfinite(max_flops)):
+        raise UserError(f"--max-flops must be a positive number, not {max_flops}")
     if (tokens is None) == (flops is None):
         raise UserError("give the budgets either as token counts (--tokens) or as IsoFLOP compute budgets (--flops)")
     budgets = tokens if tokens is not None else flops
@@ -93,16 +96,18 @@ def plan_sweep(recipe_name: str | None, overrides: list[str], sizes: list[dict[s
         for budget in budgets:
             d = budget if tokens is not None else budget / (6 * n)
             steps = max(1, round(d / step_tokens))
-            if steps < min_steps:
-                continue
             d_real = steps * step_tokens
+            flops_exact = float(cfg.flops_per_token(base.train.seq_len)) * d_real
+            if steps < min_steps or (max_flops is not None and flops_exact > max_flops):
+                continue
             specs.append(RunSpec(
                 name=f"{_size_name(size)}-steps{steps}", overrides=tuple(size_overrides + [f"train.max_steps={steps}"]),
                 steps=steps, params=n, params_nonembed=cfg.num_params(embeddings=False), tokens=d_real,
-                flops=6.0 * n * d_real, flops_exact=float(cfg.flops_per_token(base.train.seq_len)) * d_real,
+                flops=6.0 * n * d_real, flops_exact=flops_exact,
             ))  # fmt: skip
     if not specs:
-        raise UserError(f"every run of the sweep has fewer than --min-steps {min_steps} steps; raise the budgets")
+        raise UserError(f"every run of the sweep has fewer than --min-steps {min_steps} steps or more than --max-flops "
+                        f"{max_flops} FLOPs; change the budgets")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise UserError("two runs of the sweep round to the same size and number of steps; use budgets further apart")
