@@ -14,7 +14,7 @@ from gptqwen.tokenizer.chat import parse_assistant
 from gptqwen.tokenizer.qwen_format import parse_tool_calls
 from gptqwen.tools.builtin import calculator, load_toolbox
 from gptqwen.tools.registry import Tool, Toolbox
-from gptqwen.tools.synthetic import conversation, problems, tool_traces, training_expressions
+from gptqwen.tools.synthetic import conversation, grade, problems, tool_traces, training_expressions
 
 
 def get_weather(city: str, unit: Literal["celsius", "fahrenheit"] = "celsius", days: int | None = None,
@@ -148,10 +148,13 @@ def test_tool_traces_render_and_hold_out():
     assert [m["role"] for m in r["messages"]] == ["user", "assistant", "tool", "assistant"]
     expr = r["messages"][1]["tool_calls"][0]["function"]["arguments"]["expression"]
     assert calculator(expr) == r["answer"] == r["messages"][2]["content"]
-    assert r["messages"][3]["content"] == f"The answer is {r['answer']}."
+    assert r["messages"][3]["content"] == f"{expr} = {r['answer']}."
     seen = training_expressions(rows)
     assert len(seen) == 50 and not seen & {p.expression for p in problems(100, seed=1, exclude=seen)}
-    assert conversation(problems(1, 3)[0], use_tools=False)["messages"][1]["content"].startswith("The answer is")
+    p = problems(1, 3)[0]
+    assert conversation(p, use_tools=False)["messages"][1]["content"] == f"{p.expression} = {p.answer}."
+    assert grade(f"{p.expression} = {p.answer}.", p.answer) and grade(f"The answer is {p.answer}", p.answer)
+    assert not grade(f"{p.expression} = 1{p.answer}.", p.answer) and not grade(p.expression, p.answer)
     multi = tool_traces(40, seed=0, tool_share=1.0, turns=3)  # several questions under one tool prompt
     asked = [sum(m["role"] == "user" for m in r["messages"]) for r in multi]
     assert set(asked) == {1, 2, 3} and len(training_expressions(multi)) == sum(asked)

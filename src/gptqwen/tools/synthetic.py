@@ -5,14 +5,18 @@ for a tiny model. Two kinds of training conversation (`tool_share` of them with 
 `turns` problems in turn:
 
 * with tools (the calculator's schema in the system turn): the assistant calls
-  `calculator({"expression": "a op b"})`, reads the tool response and answers "The answer is R.";
-* without tools: the assistant answers "The answer is R." at once (what the model can do unaided).
+  `calculator({"expression": "a op b"})`, reads the tool response and answers "a op b = R.";
+* without tools: the assistant answers "a op b = R." at once (what the model can do unaided).
+
+Restating the expression in the answer makes every row, the short no-tools ones too, practise copying digits from
+the question: a tiny model learns that copying far sooner in short rows than behind the ~180-token tool prompt,
+and the call's arguments need the same skill.
 
     rows = tool_traces(4000, seed=0, turns=4)    # {"messages", "tools"?, "answer"} rows for `gptqwen sft --data`
     accuracy(engine, problems(200, seed=1234, exclude=training_expressions(rows)), use_tools=True)
 
 `accuracy` runs the real agent loop (`gptqwen.tools.agent`) with the calculator, or plain generation
-without tools, greedily, and grades the last "The answer is R".
+without tools, greedily, and grades the last "= R" (or "answer is R").
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from gptqwen.tools.builtin import calculator, load_toolbox
 from gptqwen.tools.registry import Tool
 from gptqwen.utils import atomic_dir, atomic_write
 
-_ANSWER = re.compile(r"answer is\s*(-?\d+)")
+_ANSWER = re.compile(r"(?:answer is|=)\s*(-?\d+)")
 QUESTIONS = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}.")
 CALCULATOR = Tool.from_function(calculator).schema()
 
@@ -77,7 +81,7 @@ def conversation(ps: Problem | list[Problem], use_tools: bool) -> dict:
     thought = "The calculator gave the result." if use_tools else "There is no tool, so I answer directly."
     messages = []
     for p in ps:
-        answer = {"role": "assistant", "reasoning_content": thought, "content": f"The answer is {p.answer}."}
+        answer = {"role": "assistant", "reasoning_content": thought, "content": f"{p.expression} = {p.answer}."}
         messages.append({"role": "user", "content": p.question})
         if use_tools:
             call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": p.expression}}}
@@ -119,7 +123,7 @@ def accuracy(engine, items: list[Problem], use_tools: bool, max_new_tokens: int 
              samples: int = 2) -> dict:  # fmt: skip
     """Greedy accuracy on `items` with the calculator offered (the agent loop) or without tools; with the
     standard error of the mean, how often the calculator was called, how often an answer in the trained form
-    ("The answer is N") came at all, and a few transcripts."""
+    ("... = N") came at all, and a few transcripts."""
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     box = load_toolbox("calculator")
     correct, called, answered, shown = [], 0, 0, []
