@@ -36,7 +36,7 @@ fi
 
 if [[ $PART == b || $PART == all ]]; then
   echo "== (b) a tiny model that uses the calculator"
-  gptqwen tools prepare --out "$OUT" --n "${N_TRAIN:-8000}" --turns "${TURNS:-4}" --seed 0
+  gptqwen tools prepare --out "$OUT" --n "${N_TRAIN:-8000}" --turns "${TURNS:-3}" --seed 0
   gptqwen sft -c sft-tools --data "$OUT/traces.jsonl" --from "$OUT/base" --out "$OUT/sft" --overwrite --quiet \
       --max-steps "${STEPS:-700}" --threads "$THREADS"
   gptqwen tools eval --model "$OUT/sft" --n "${N_EVAL:-200}" --seed 1234 --exclude "$OUT/traces.jsonl" \

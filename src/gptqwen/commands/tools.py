@@ -37,14 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     prep = sub.add_parser("prepare", help="write tool-use SFT traces, a tokenizer for them and a fresh base model")
     prep.add_argument("--out", required=True)
     prep.add_argument("--n", type=int, default=6000, help="conversations (--tool-share of them use the calculator)")
-    prep.add_argument("--turns", type=int, default=4,
+    prep.add_argument("--turns", type=int, default=3,
                       help="questions per conversation: 1 to this many (several share one system turn's tool prompt)")
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--vocab-size", type=int, default=768)
     prep.add_argument("--preset", default="qwen2-tiny",
                       help="architecture of the base model (qwen2-tiny: at qwen3-tiny's size, 4 layers x 128)")
     prep.add_argument("--context", type=int, default=512, help="the base model's context window")
-    prep.add_argument("--tool-share", type=float, default=0.7, help="share of conversations that use the calculator")
+    prep.add_argument("--tool-share", type=float, default=0.5, help="share of conversations that use the calculator")
     prep.add_argument("--rope-theta", type=float, default=10000.0, help="the base model's RoPE base")
     ev = sub.add_parser("eval", help="held-out accuracy with the calculator vs without tools")
     ev.add_argument("--n", type=int, default=200, help="held-out problems")

@@ -152,7 +152,7 @@ DEMO_MODEL = dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2, head_dim=32, int
 
 
 def prepare(out: str | Path, n: int, seed: int = 0, vocab_size: int = 768, preset: str = "qwen2-tiny",
-            context: int = 512, tool_share: float = 0.7, rope_theta: float = 10000.0, turns: int = 1) -> dict:  # fmt: skip
+            context: int = 512, tool_share: float = 0.5, rope_theta: float = 10000.0, turns: int = 3) -> dict:  # fmt: skip
     """Everything the tool-use SFT starts from, in `out`: `traces.jsonl` (n rows of 1 to `turns` questions,
     `tool_share` of them through the calculator), `tokenizer/` (a byte-level BPE trained on the rendered traces, so
     the tool prompt is short) and `base/` (a freshly initialised `preset` with that vocabulary, a `context`-token
