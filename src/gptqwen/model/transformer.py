@@ -227,7 +227,7 @@ class Transformer(nn.Module):
 
     def _fused_loss_applies(self, x: torch.Tensor) -> bool:
         """Whether the loss may skip the logits: a plain head (not quantised, LoRA-wrapped or hooked) that
-        `ops.linear_cross_entropy` fuses (training in fp32)."""
+        `ops.linear_cross_entropy` fuses (training in fp32, or in bf16 on the CPU)."""
         head = self.lm_head
         return (type(head) is nn.Linear and head.bias is None and not (head._forward_hooks or head._forward_pre_hooks)
                 and ops.fuses_linear_cross_entropy(x, head.weight))
