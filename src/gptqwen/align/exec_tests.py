@@ -38,7 +38,7 @@ import secrets
 import torch
 
 from gptqwen.align.grpo import encode_prompt_rows, sample
-from gptqwen.align.rewards import extract_code
+from gptqwen.align.rewards import extract_code, prompt_text
 from gptqwen.align.synth import preference_rows
 from gptqwen.errors import UserError
 from gptqwen.infer import SamplingParams
@@ -85,21 +85,12 @@ def run_tests(code: str, tests: list[str], timeout: float = 5.0, memory_mb: int 
     return [False] * len(tests)
 
 
-def task_text(row: dict) -> str:
-    """The task a row asks for: its prompt text, or the last user message of a chat prompt."""
-    prompt = row.get("prompt")
-    if isinstance(prompt, list):
-        users = [m.get("content") or "" for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-        return users[-1] if users else ""
-    return prompt if isinstance(prompt, str) else ""
-
-
 def entry_point(row: dict) -> str:
     """The function the tests call: the row's `entry_point`, else the first `def NAME(` of its prompt."""
     name = row.get("entry_point")
     if isinstance(name, str) and name.isidentifier():
         return name
-    found = _DEF_RE.search(task_text(row))
+    found = _DEF_RE.search(prompt_text(row))
     if found is None:
         raise UserError(f"{row.get('_where', 'a prompt row')}: model-written tests need the function's name; add "
                         "\"entry_point\": NAME to the row or a `def NAME(...)` signature to its prompt")  # fmt: skip
@@ -176,7 +167,7 @@ def execution_feedback(model, tokenizer, rows: list[dict], k: int = 8, params: S
 def _written_tests(model, tokenizer, rows: list[dict], names: list[str | None], n: int, params: SamplingParams,
                    enable_thinking: bool) -> list[list[str]]:  # fmt: skip
     """Candidate tests per row (empty for rows with given tests): `n` replies of the test writer each."""
-    asks = [(i, {"prompt": [{"role": "user", "content": TEST_PROMPT.format(name=name, task=task_text(rows[i]))}]})
+    asks = [(i, {"prompt": [{"role": "user", "content": TEST_PROMPT.format(name=name, task=prompt_text(rows[i]))}]})
             for i, name in enumerate(names) if name is not None]  # fmt: skip
     out: list[list[str]] = [[] for _ in rows]
     if not asks:

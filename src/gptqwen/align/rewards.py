@@ -206,7 +206,8 @@ _CHAIN_QUESTION_RE = re.compile(r"What is (\d+(?: [+-] \d+)+)\?")
 _CHAIN_STEP_RE = re.compile(r"(-?\d+) ([+-]) (\d+) = (-?\d+)\.?")
 
 
-def _prompt_text(row: dict) -> str:
+def prompt_text(row: dict) -> str:
+    """The text a prompt row asks: its prompt text, or the last user message of a chat prompt."""
     prompt = row.get("prompt")
     if isinstance(prompt, list):
         users = [m.get("content") or "" for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
@@ -242,7 +243,7 @@ def steps_reward(rows: list[dict], completions: list[str]) -> list[float | None]
     an outcome check alone also rewards a wrong chain that lands on the right number); None for other rows."""
     out: list[float | None] = []
     for row, text in zip(rows, completions):
-        ok = chain_is_verified(_prompt_text(row), text)
+        ok = chain_is_verified(prompt_text(row), text)
         out.append(None if ok is None else float(ok))
     return out
 
