@@ -42,6 +42,8 @@ def _opcheck_cases():
     o, lse = torch.ops.gptqwen.causal_attention(q.detach(), k.detach(), v.detach())
     hidden, head = torch.randn(10, 8, requires_grad=True), torch.randn(30, 8, requires_grad=True)
     targets = torch.tensor([1, 2, -100, 4, 5, 6, 7, 8, 9, 0])
+    _, lse_, picked_, wb_ = torch.ops.gptqwen.linear_cross_entropy_bf16(hidden.detach(), head.detach(), targets)
+    bf16_saved = (wb_, targets, lse_, picked_)
     g = torch.ops.gptqwen
     return {
         "rms_norm": (g.rms_norm.default, (x, w, 1e-6)),
@@ -59,13 +61,16 @@ def _opcheck_cases():
         "causal_attention_backward": (g.causal_attention_backward.default,
                                       (q.detach(), k.detach(), v.detach(), o, lse, torch.randn_like(o))),
         "linear_cross_entropy": (g.linear_cross_entropy.default, (hidden, head, targets, True, True)),
-        "linear_cross_entropy_bf16": (g.linear_cross_entropy_bf16.default, (hidden, head, targets, True, True)),
+        "linear_cross_entropy_bf16": (g.linear_cross_entropy_bf16.default, (hidden, head, targets)),
+        "linear_cross_entropy_bf16_backward": (g.linear_cross_entropy_bf16_backward.default,
+                                               (hidden.detach(), head.detach(), *bf16_saved, torch.tensor(0.5),
+                                                True, True)),
     }
 
 
 OPCHECK_CASES = ["rms_norm", "rms_norm_backward", "gelu", "gelu_backward", "swiglu", "swiglu_backward", "norm_rope",
                  "norm_rope_no_norm", "norm_rope_backward", "causal_attention", "causal_attention_backward",
-                 "linear_cross_entropy", "linear_cross_entropy_bf16"]
+                 "linear_cross_entropy", "linear_cross_entropy_bf16", "linear_cross_entropy_bf16_backward"]
 
 
 def test_every_custom_op_is_opchecked():

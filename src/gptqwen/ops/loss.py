@@ -3,24 +3,25 @@
     loss = linear_cross_entropy(hidden [N, C], head_weight [V, C], targets [N])   # mean over targets != -100
 
 Equal to `linear_cross_entropy_reference` (`F.cross_entropy(hidden @ head_weight.T, targets, ignore_index=-100)`)
-to rounding. Both fused paths compute the gradients in the forward (d(hidden), d(head_weight)), so the backward
-only scales them by the incoming gradient; they pay off only when a backward follows, and
-`fuses_linear_cross_entropy` says when `linear_cross_entropy` takes one (otherwise it computes the reference):
+to rounding. `fuses_linear_cross_entropy` says when `linear_cross_entropy` takes a fused path (only when a
+backward follows: otherwise it computes the reference):
 
 * fp32 (any device): the tokens go in chunks; each chunk's logits are computed into one reused workspace, turned
-  into their gradient (softmax minus one-hot) in place and consumed right away by the two gradient matmuls.
-  With a GPT-2 vocabulary this replaces four [N, 50257] fp32 tensors per step (logits, log-softmax, their
-  gradients — fresh allocations, page-faulted in every step) by a few MB, laid out vocabulary-major (W @ h^T),
-  the shape the CPU GEMM runs fastest. The op `gptqwen::linear_cross_entropy` (torch ops).
-* bf16 on the CPU (autocast or bf16 tensors; the C kernels built): the head runs in bf16 as autocast would, one
-  block of vocabulary rows at a time, each block's logits small enough to stay in cache between its product
-  and the C pass that consumes it (`csrc/loss.c`). A first sweep gathers each token's log-sum-exp; a second
-  recomputes every block (the bf16 product is the cheap part on a CPU with AMX) and turns it into its gradient,
-  which the two gradient products consume. Measured on the GPT-2 bench shape (2048 tokens x 50304) this takes
-  well under half the time of inductor's fused kernels over the whole logits tensor, which stream ~1 GB of
-  logits and their gradient through memory. The op `gptqwen::linear_cross_entropy_bf16`.
+  into their gradient (softmax minus one-hot) in place and consumed right away by the two gradient matmuls, so
+  the forward also produces d(hidden) and d(head_weight) and the backward only scales them. With a GPT-2
+  vocabulary this replaces four [N, 50257] fp32 tensors per step (logits, log-softmax, their gradients — fresh
+  allocations, page-faulted in every step) by a few MB, laid out vocabulary-major (W @ h^T), the shape the CPU
+  GEMM runs fastest. The op `gptqwen::linear_cross_entropy` (torch ops).
+* bf16 on the CPU (autocast to bf16, or bf16 tensors; the C kernels built): the head runs in bf16 as autocast
+  would, one block of vocabulary rows at a time, each block's logits small enough to stay in cache from its
+  product to the C pass that consumes it (`csrc/loss.c`). The forward sweeps the blocks once for each token's
+  log-sum-exp and target logit; the backward recomputes every block (the bf16 product is the cheap part on a CPU
+  with AMX), turns it into its gradient, scaled by the incoming one, and feeds the two gradient products. On the
+  GPT-2 bench shape (2048 tokens x 50304) this takes ~30% less CPU time than inductor's fused kernels over the
+  whole logits tensor (measured alone, 1 thread; `bench/train_step.py` times the whole step). The ops
+  `gptqwen::linear_cross_entropy_bf16` and `..._bf16_backward`.
 
-torch.compile keeps both ops in its graph (opaque nodes: the compiler would not block them).
+torch.compile keeps these ops in its graph (opaque nodes: the compiler would not block them).
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     path = _fused_path(x, weight)
     if path is None:
         return linear_cross_entropy_reference(x, weight, targets)
-    op = _fused_op if path == "fp32" else _fused_bf16_op
-    return op(x, weight, targets, x.requires_grad, weight.requires_grad)[0]
+    if path == "bf16":
+        return _bf16_op(x, weight, targets)[0]
+    return _fused_op(x, weight, targets, x.requires_grad, weight.requires_grad)[0]
 
 
 def _fused(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, need_x: bool, need_w: bool
@@ -119,73 +121,95 @@ def _fused(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, need_x:
     return loss * scale, grad_x, grad_w
 
 
-def _fused_bf16(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, need_x: bool, need_w: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`_fused` with the head in bf16, over vocabulary blocks (module docstring); gradients in the inputs' dtypes."""
+def _token_chunks(n_tok: int) -> list[tuple[int, int]]:
+    return [(start, min(n_tok, start + _BF16_TOKENS)) for start in range(0, n_tok, _BF16_TOKENS)]
+
+
+def _vocab_blocks(n: int, vocab: int) -> list[tuple[int, int]]:
+    rows = min(vocab, max(64, _BF16_BLOCK_ELEMENTS // max(n, 1)))
+    return [(v0, min(vocab, v0 + rows)) for v0 in range(0, vocab, rows)]
+
+
+def _block_logits(wb: torch.Tensor, xb: torch.Tensor, v0: int, v1: int, block: torch.Tensor) -> torch.Tensor:
+    """Logits of vocabulary rows [v0, v1) for the chunk's tokens, [v1 - v0, n] bf16, in the reused workspace."""
+    n = xb.shape[0]
+    return torch.mm(wb[v0:v1], xb.t(), out=block[: (v1 - v0) * n].view(v1 - v0, n))
+
+
+def _bf16_forward(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, log-sum-exp [N], target logit [N], the bf16 weight — empty when `weight` is bf16 already): the
+    first sweep over the vocabulary blocks, whose statistics the backward's sweep reuses."""
+    lib, threads = _clib.library(), _clib.threads()
     n_tok = x.shape[0]
+    xb, wb = x.to(torch.bfloat16).contiguous(), weight.to(torch.bfloat16).contiguous()
+    lse = torch.empty(n_tok, dtype=torch.float32, device=x.device)
+    picked = torch.zeros(n_tok, dtype=torch.float32, device=x.device)
+    targets = targets.long().contiguous()
+    for start, stop in _token_chunks(n_tok):
+        xc, n = xb[start:stop], stop - start
+        m = torch.full((n,), -torch.inf, dtype=torch.float32, device=x.device)
+        s = torch.zeros(n, dtype=torch.float32, device=x.device)
+        blocks = _vocab_blocks(n, wb.shape[0])
+        block = torch.empty((blocks[0][1] - blocks[0][0]) * n, dtype=torch.bfloat16, device=x.device)
+        for v0, v1 in blocks:
+            logits = _block_logits(wb, xc, v0, v1, block)
+            _clib.check(lib.gq_ce_stats(logits.data_ptr(), v1 - v0, n, v0, targets[start:stop].data_ptr(), m.data_ptr(),
+                                        s.data_ptr(), picked[start:stop].data_ptr(), threads), "gq_ce_stats")
+        torch.add(m, s.log(), out=lse[start:stop])
+    valid = targets != -100
+    loss = ((lse - picked) * valid).sum() / valid.sum()  # 0 scored tokens give NaN, as F.cross_entropy
+    return loss, lse, picked, wb if weight.dtype != torch.bfloat16 else wb.new_empty((0,))
+
+
+def _bf16_backward(x: torch.Tensor, weight: torch.Tensor, wb: torch.Tensor, targets: torch.Tensor,
+                   lse: torch.Tensor, picked: torch.Tensor, grad: torch.Tensor, need_x: bool, need_w: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d hidden, d weight) scaled by `grad` (empty when not needed): the second sweep recomputes each block's
+    logits, turns them into their gradient (C) and feeds the two gradient products."""
+    lib, threads = _clib.library(), _clib.threads()
+    wb = wb if wb.numel() else weight
+    xb, targets = x.to(torch.bfloat16).contiguous(), targets.long().contiguous()
+    valid = targets != -100
+    scale = (valid / valid.sum() * grad).float()  # the incoming gradient folds into the per-token scale
     # d(hidden) is accumulated transposed, [C, N] in fp32, from W^T's column blocks: W^T @ G reads both operands
     # in the layout the GEMM runs fastest (G^T @ W, with G's transpose, ran ~40% slower per block)
-    grad_xt = torch.zeros((x.shape[1], n_tok) if need_x else (0, 0), dtype=torch.float32, device=x.device)
+    grad_xt = torch.zeros((x.shape[1], x.shape[0]) if need_x else (0, 0), dtype=torch.float32, device=x.device)
     grad_w = torch.empty(weight.shape if need_w else (0,), dtype=weight.dtype, device=weight.device)
-    valid = targets != -100
-    count = valid.sum()  # a tensor: no host sync; 0 scored tokens give NaN, as F.cross_entropy
-    loss = torch.zeros((), dtype=torch.float32, device=x.device)
-    xb, wb = x.to(torch.bfloat16).contiguous(), weight.to(torch.bfloat16).contiguous()
     wt = wb.t().contiguous() if need_x else None
-    for start in range(0, n_tok, _BF16_TOKENS):
-        stop = min(n_tok, start + _BF16_TOKENS)
-        scale = (valid[start:stop] / count).float().contiguous()
-        loss += _bf16_chunk(xb[start:stop], wb, wt, targets[start:stop].long().contiguous(), scale,
-                            grad_xt[:, start:stop] if need_x else None, grad_w if need_w else None, start > 0)
-    if need_w and n_tok == 0:
+    wide = need_w and weight.dtype != torch.bfloat16
+    for start, stop in _token_chunks(x.shape[0]):
+        xc, n = xb[start:stop], stop - start
+        blocks = _vocab_blocks(n, wb.shape[0])
+        rows = blocks[0][1] - blocks[0][0]
+        block = torch.empty(rows * n, dtype=torch.bfloat16, device=x.device)
+        staging_w = torch.empty(rows, wb.shape[1], dtype=torch.bfloat16, device=x.device) if wide else None
+        staging_x = torch.empty(wb.shape[1], n, dtype=torch.bfloat16, device=x.device) if need_x else None
+        for v0, v1 in blocks:
+            logits = _block_logits(wb, xc, v0, v1, block)
+            lib.gq_ce_grad(logits.data_ptr(), v1 - v0, n, v0, targets[start:stop].data_ptr(), lse[start:stop].data_ptr(),
+                           scale[start:stop].data_ptr(), picked[start:stop].data_ptr(), threads)
+            if need_w:
+                rows_w = grad_w[v0:v1]
+                if start > 0:  # a later token chunk adds to the rows
+                    rows_w += logits @ xc
+                elif wide:
+                    rows_w.copy_(torch.mm(logits, xc, out=staging_w[: v1 - v0]))
+                else:
+                    torch.mm(logits, xc, out=rows_w)
+            if need_x:
+                grad_xt[:, start:stop] += torch.mm(wt[:, v0:v1], logits, out=staging_x)
+    if need_w and x.shape[0] == 0:
         grad_w.zero_()
-    grad_x = grad_xt.t().contiguous().to(x.dtype) if need_x else x.new_empty((0,))
-    return loss, grad_x, grad_w
-
-
-def _bf16_chunk(xb: torch.Tensor, wb: torch.Tensor, wt: torch.Tensor | None, targets: torch.Tensor,
-                scale: torch.Tensor, grad_xt: torch.Tensor | None, grad_w: torch.Tensor | None,
-                accumulate_w: bool) -> torch.Tensor:
-    """One chunk of tokens: its share of the loss; adds its d(hidden)^T columns and adds (or writes) d(weight)."""
-    lib, threads = _clib.library(), _clib.threads()
-    n, vocab = xb.shape[0], wb.shape[0]
-    rows = min(vocab, max(64, _BF16_BLOCK_ELEMENTS // max(n, 1)))
-    block = torch.empty(rows * n, dtype=torch.bfloat16, device=xb.device)
-    m = torch.full((n,), -torch.inf, dtype=torch.float32, device=xb.device)
-    s, picked = torch.zeros(n, dtype=torch.float32, device=xb.device), torch.zeros(n, dtype=torch.float32, device=xb.device)
-    xt = xb.t()
-    spans = [(v0, min(vocab, v0 + rows)) for v0 in range(0, vocab, rows)]
-    for v0, v1 in spans:  # sweep 1: each token's log-sum-exp and target logit
-        logits = torch.mm(wb[v0:v1], xt, out=block[: (v1 - v0) * n].view(v1 - v0, n))
-        _clib.check(lib.gq_ce_stats(logits.data_ptr(), v1 - v0, n, v0, targets.data_ptr(), m.data_ptr(), s.data_ptr(),
-                                    picked.data_ptr(), threads), "gq_ce_stats")
-    lse = m + s.log()
-    wide = grad_w is not None and grad_w.dtype != torch.bfloat16
-    staging_w = torch.empty(rows, wb.shape[1], dtype=torch.bfloat16, device=xb.device) if wide else None
-    staging_x = torch.empty(wb.shape[1], n, dtype=torch.bfloat16, device=xb.device) if grad_xt is not None else None
-    for v0, v1 in spans:  # sweep 2: each block's gradient, consumed by the two gradient products
-        logits = torch.mm(wb[v0:v1], xt, out=block[: (v1 - v0) * n].view(v1 - v0, n))
-        lib.gq_ce_grad(logits.data_ptr(), v1 - v0, n, v0, targets.data_ptr(), lse.data_ptr(), scale.data_ptr(),
-                       picked.data_ptr(), threads)
-        if grad_w is not None:
-            rows_w = grad_w[v0:v1]
-            if accumulate_w:
-                rows_w += logits @ xb
-            elif wide:
-                rows_w.copy_(torch.mm(logits, xb, out=staging_w[: v1 - v0]))
-            else:
-                torch.mm(logits, xb, out=rows_w)
-        if grad_xt is not None:
-            grad_xt += torch.mm(wt[:, v0:v1], logits, out=staging_x)
-    return ((lse - picked) * scale).sum()
+    return (grad_xt.t().contiguous().to(x.dtype) if need_x else x.new_empty((0,))), grad_w
 
 
 _fused_op = CustomOp("gptqwen::linear_cross_entropy", _fused, device_types=None)  # torch ops: any device
-_fused_bf16_op = CustomOp("gptqwen::linear_cross_entropy_bf16", _fused_bf16)
+_bf16_op = CustomOp("gptqwen::linear_cross_entropy_bf16", _bf16_forward)
+_bf16_backward_op = CustomOp("gptqwen::linear_cross_entropy_bf16_backward", _bf16_backward)
 
 
 @_fused_op.register_fake
-@_fused_bf16_op.register_fake
 def _(x, weight, targets, need_x, need_w):
     return (x.new_empty((), dtype=torch.float32), x.new_empty(x.shape if need_x else (0,)),
             weight.new_empty(weight.shape if need_w else (0,)))
@@ -204,4 +228,30 @@ def _backward(ctx, grad: torch.Tensor, _grad_gx: torch.Tensor, _grad_gw: torch.T
 
 
 _fused_op.register_autograd(_backward, setup_context=_setup)
-_fused_bf16_op.register_autograd(_backward, setup_context=_setup)
+
+
+@_bf16_op.register_fake
+def _(x, weight, targets):
+    f32 = dict(dtype=torch.float32)
+    wb = weight.new_empty(weight.shape if weight.dtype != torch.bfloat16 else (0,), dtype=torch.bfloat16)
+    return x.new_empty((), **f32), x.new_empty(x.shape[0], **f32), x.new_empty(x.shape[0], **f32), wb
+
+
+@_bf16_backward_op.register_fake
+def _(x, weight, wb, targets, lse, picked, grad, need_x, need_w):
+    return x.new_empty(x.shape if need_x else (0,)), weight.new_empty(weight.shape if need_w else (0,))
+
+
+def _bf16_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs, *output[1:])
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _bf16_grads(ctx, grad: torch.Tensor, *_unused: torch.Tensor):
+    x, weight, targets, lse, picked, wb = ctx.saved_tensors
+    need_x, need_w = ctx.needs_input_grad[:2]
+    grad_x, grad_w = _bf16_backward_op(x, weight, wb, targets, lse, picked, grad, need_x, need_w)
+    return grad_x if need_x else None, grad_w if need_w else None, None
+
+
+_bf16_op.register_autograd(_bf16_grads, setup_context=_bf16_setup)
