@@ -69,6 +69,10 @@ def test_haystack_is_exactly_the_length_with_the_needle_at_its_depth(tokenizer, 
         haystack(tokenizer, 40, [(depth, NEEDLE)], QUESTION)
 
 
+def _sentences(doc: str) -> int:
+    return sum(doc.count(x + ".") for x in FILLER.split(".")[:-1])
+
+
 def test_retrieval_documents_answer_the_evals_questions():
     """synthetic:retrieval documents end in the evals' own questions, each followed by its answer; deterministic."""
     docs = [p.text for p in iter_documents(["synthetic:retrieval:30", "synthetic:needles:30"])]
@@ -76,7 +80,7 @@ def test_retrieval_documents_answer_the_evals_questions():
     assert len(docs) == 60
     kinds = set()
     for doc in docs:
-        assert doc.startswith(INTRO) and doc.count(FILLER) <= 7
+        assert doc.startswith(INTRO) and _sentences(doc) <= 7 * 5
         m = re.search(r"The pass key is (\d{5})\. Remember it\. \1 is the pass key\.", doc)
         if m:
             kinds.add("passkey")
@@ -88,7 +92,9 @@ def test_retrieval_documents_answer_the_evals_questions():
         assert len(keys) == 4 and sorted(asked) == sorted(keys.items())
     assert kinds == {"passkey", "needle"}
     long = [p.text for p in iter_documents(["synthetic:retrieval-long:40"])]
-    assert max(d.count(FILLER) for d in long) > 7 >= min(d.count(FILLER) for d in long)
+    assert max(map(_sentences, long)) > 7 * 5 >= min(map(_sentences, long))
+    gaps = {len(d) - d.index("Remember it.") for d in docs[:30]}  # key-to-question distances: any, not per group
+    assert len(gaps) > 20
     with pytest.raises(UserError, match="needle_fraction"):
         next(retrieval_documents(3, needle_fraction=2))
 

@@ -44,25 +44,37 @@ def random_key(rng: random.Random, digits: int = 5) -> str:
     return str(rng.randrange(10 ** (digits - 1), 10 ** digits))
 
 
+def _filler(rng: random.Random, sentences: int) -> list[str]:
+    """`sentences` filler sentences in the eval's order, from a random one on."""
+    pool = FILLER.split(".")[:-1]
+    first = rng.randrange(len(pool))
+    return [pool[(first + i) % len(pool)] + "." for i in range(sentences)]
+
+
 def passkey_document(rng: random.Random, max_units: int, digits: int = 5) -> str:
-    """The intro, 0..max_units filler sentence groups with the needle at a random place, the question, the answer."""
-    key, n = random_key(rng, digits), rng.randint(0, max_units)
-    at = rng.randint(0, n)
-    return INTRO + FILLER * at + " " + passkey_needle(key) + FILLER * (n - at) + PASSKEY_QUESTION + f" {key}."
+    """The intro, 0..max_units filler sentence groups' worth of sentences with the needle after a random one, the
+    question, the answer. Whole sentences, not whole groups: the distance from the key to the question then takes
+    every value, so a model cannot get by with a head per distance and has to match the key by content."""
+    key = random_key(rng, digits)
+    filler = _filler(rng, rng.randint(0, max_units * FILLER.count(".")))
+    at = rng.randint(0, len(filler))
+    return (INTRO + "".join(filler[:at]) + " " + passkey_needle(key) + "".join(filler[at:]) + PASSKEY_QUESTION
+            + f" {key}.")
 
 
 def needle_document(rng: random.Random, max_units: int, keys: int = 4, digits: int = 5) -> str:
-    """The intro, `keys` named pass keys spread over 0..max_units filler groups, then every name asked for in a
-    random order, each question followed by its answer."""
+    """The intro, `keys` named pass keys spread over filler sentences, then every name asked for in a random order,
+    each question followed by its answer."""
     names = rng.sample(NAMES, keys)
     values = [random_key(rng, digits) for _ in names]
-    n = rng.randint(0, max(0, max_units - keys))  # the questions take about as much room as `keys` filler groups
-    cuts = sorted(rng.randint(0, n) for _ in names)
+    # the questions take about as much room as `keys` filler groups
+    filler = _filler(rng, rng.randint(0, max(0, max_units - keys) * FILLER.count(".")))
+    cuts = sorted(rng.randint(0, len(filler)) for _ in names)
     text, done = INTRO, 0
     for cut, name, value in zip(cuts, names, values):
-        text += FILLER * (cut - done) + f" The pass key for {name} is {value}."
+        text += "".join(filler[done:cut]) + f" The pass key for {name} is {value}."
         done = cut
-    text += FILLER * (n - done)
+    text += "".join(filler[done:])
     for i in rng.sample(range(keys), keys):
         text += needle_question(names[i]) + f" {values[i]}."
     return text
