@@ -46,7 +46,9 @@ C=$(field "$OUT/target_plan.json" '[0]["flops_exact"]')
 MAX_FLOPS=$("$PY" -c "print($C / 100)")
 echo "target: N $N, D $D, C $C FLOPs (exact count); fitting runs <= $MAX_FLOPS"
 
-if [[ -f $OUT/target.pid ]] && kill -0 "$(cat "$OUT/target.pid")" 2> /dev/null; then
+if [[ -f $OUT/target/runs.csv ]]; then
+  echo "== the target run finished in an earlier call"
+elif [[ -f $OUT/target.pid ]] && kill -0 "$(cat "$OUT/target.pid")" 2> /dev/null; then
   echo "== the target run of an earlier call is still going (pid $(cat "$OUT/target.pid")): not starting another"
 else
   echo "== $(date -u +%T) target run in the background (log: $OUT/target.log)"
@@ -59,7 +61,7 @@ $TIME gptqwen scaling sweep -c scaling-qwen3 --out "$OUT/sweep" "${SIZES[@]}" --
   --max-flops "$MAX_FLOPS" --min-steps 100
 RUNS=$OUT/sweep/runs.csv
 
-echo "== $(date -u +%T) leave-largest-out check: fit all but the top budget, predict it"
+echo "== $(date -u +%T) leave-largest-out check: fit the runs with <= 0.5 of the largest compute, predict the rest"
 for law in chinchilla gpt4; do
   frontier=$([[ $law == gpt4 ]] && echo --frontier || true)
   rm -f "$OUT/check_$law.json"
@@ -76,8 +78,12 @@ echo "chosen law: $LAW"
 PREDICT=(gptqwen scaling predict "$RUNS" --law "$LAW" $FRONTIER --flops-column flops_exact --target-flops "$C"
          --max-fraction 0.01 --bootstrap 200)
 [[ $LAW == chinchilla ]] && PREDICT+=(--target-params "$N" --target-tokens "$D")
-echo "== $(date -u +%T) prediction, before the target's loss is read: $OUT/prediction.json"
-"${PREDICT[@]}" --save "$OUT/prediction.json"
+if [[ -f $OUT/prediction.json ]]; then  # made by an earlier call: keep it (and its time), the refit below must match it
+  echo "== keeping the prediction made at $(field "$OUT/prediction.json" '["made_at"]') in $OUT/prediction.json"
+else
+  echo "== $(date -u +%T) prediction, before the target's loss is read: $OUT/prediction.json"
+  "${PREDICT[@]}" --save "$OUT/prediction.json"
+fi
 
 echo "== $(date -u +%T) waiting for the target"
 while kill -0 "$(cat "$OUT/target.pid")" 2> /dev/null; do sleep 10; done

@@ -61,7 +61,7 @@ def plot_fit(path: str | Path, runs: Runs, fit: Fit, prediction: dict[str, Any] 
     curve = _frontier(fit.law, fit.params, c)
     if curve is not None:
         ax.plot(c, curve, color="C1", label=f"{fit.law} fit")
-    if fit.law == "gpt4":
+    if fit.law == "gpt4" and fit.params["c"] > 0.01 * float(runs.loss.min()):  # c ~ 0 has no place on a log axis
         ax.axhline(fit.params["c"], color="C1", ls=":", lw=1, label=f"irreducible c = {fit.params['c']:.3g}")
     if prediction:
         _plot_prediction(ax, prediction)
