@@ -5,21 +5,27 @@
 #   2. rejection sampling: k solutions per problem from the SFT model (T = 0.7), graded by the step verifier (every
 #      step of the chain right, and the reply's answer), give preference pairs (a verified solution vs a failed one);
 #   3. DPO + NLL on those pairs (β 0.01: on these chains the NLL term carries the gain, see the README);
-#   4. GRPO from the DPO model with the step verifier as reward (G completions per prompt, online).
-# Held-out accuracy (greedy, thinking mode, problems none of the stages trained on) after each stage,
-# with its standard error; the GRPO reward curve goes to docs/align_grpo_reward.png.
+#   4. GRPO from the DPO model with the step verifier as reward (G completions per prompt, online), on problems
+#      the SFT data did not contain (on SFT'd problems the model is already right: little to learn, and what it
+#      learns there does not carry over), sampled at T = 0.3 (near the greedy decoding the claim measures: at T = 1
+#      GRPO raised its samples' reward and lowered greedy accuracy), with Qwen2.5's query selection and a KL term
+#      (β 0.1) to the DPO model.
+# Held-out accuracy (greedy, thinking mode, distinct problems none of the stages trained on) after each stage,
+# with its standard error, and each stage's gain over the one before with its paired standard error (the same
+# problems graded twice); the GRPO reward curve goes to docs/align_grpo_reward.png.
 # Part rbrm (GPT-4's rule-based reward model): a policy SFT'd to refuse half of its (harmless) questions is
 # trained by GRPO with the built-in refusal-style rubric as its only reward, judged by a small model trained
 # here to read that rubric; the refusal rate on held-out questions is measured before and after.
-# Usage: scripts/demo_align.sh [main|rbrm|all]   (OUT=runs/demo-align THREADS=2 EVAL_N=400 by default)
+# Usage: scripts/demo_align.sh [main|rbrm|all]   (OUT=runs/demo-align THREADS=2 EVAL_N=800 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-main}
 OUT=${OUT:-runs/demo-align}
 THREADS=${THREADS:-2}
-EVAL_N=${EVAL_N:-400}
+EVAL_N=${EVAL_N:-800}
 SFT_STEPS=${SFT_STEPS:-800}
-GRPO_STEPS=${GRPO_STEPS:-100}
+GRPO_STEPS=${GRPO_STEPS:-60}
+GRPO_PROMPTS=${GRPO_PROMPTS:-600}
 PY=${PYTHON:-python}
 mkdir -p "$OUT" docs
 export OMP_NUM_THREADS=$THREADS
@@ -29,15 +35,17 @@ COMMON=(--threads "$THREADS" --overwrite --quiet)
 grade() {  # grade MODEL_DIR NAME: greedy held-out accuracy in thinking mode -> $OUT/NAME.grade.json
   $PY - "$1" "$2" "$OUT" "$EVAL_N" <<'PYEOF'
 import json, sys
-from gptqwen.align.grpo import heldout_accuracy
-from gptqwen.finetune.evaluate import heldout_problems
+from gptqwen.finetune.evaluate import heldout_problems, reasoning_accuracy
 from gptqwen.loading import load_model_and_tokenizer
 model_dir, name, out, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 seen = set(json.load(open(f"{out}/train_questions.json")))
-items = heldout_problems(4 * n, 4242, seen, ("arithmetic",))[:n]  # a wide pool: the problem space is small
-assert len(items) == n, f"only {len(items)} held-out problems"
+pool = heldout_problems(4 * n, 4242, seen, ("arithmetic",))  # a wide pool: the problem space is small
+items = list({p.question: p for p in pool}.values())[:n]  # each problem once
+assert len(items) == n, f"only {len(items)} distinct held-out problems"
 model, tok = load_model_and_tokenizer(model_dir)
-res = heldout_accuracy(model.float(), tok, items, enable_thinking=True, max_new_tokens=64)
+res = reasoning_accuracy(model.float(), tok, items, enable_thinking=True, max_new_tokens=64)
+p = res["accuracy"]
+res = {"accuracy": p, "stderr": (p * (1 - p) / n) ** 0.5, "n": n, "answered": res["answered"], "correct": res["correct"]}
 json.dump(res, open(f"{out}/{name}.grade.json", "w"))
 print(f"  {name:>5}: held-out accuracy {res['accuracy']:.3f} ± {res['stderr']:.3f} (n={res['n']}, answered {res['answered']:.2f})")
 PYEOF
@@ -49,14 +57,23 @@ echo "== 1. SFT on step-by-step solutions ($SFT_STEPS steps; a finished $OUT/sft
 [[ -f $OUT/sft/sft.json ]] || gptqwen sft --synthetic 8000 --synthetic-kinds arithmetic --think-ratio 1 --flag-prob 0 --from qwen3-tiny \
     --tokenizer "$OUT/tok" --out "$OUT/sft" --max-steps "$SFT_STEPS" --batch-size 4 --lr 3e-3 --min-lr 1e-4 "${COMMON[@]}" \
     train.ckpt_interval=100 train.keep_last=20  # the checkpoints show the learning curve
-# every question any stage trains on (SFT data, rejection-sampling problems, GRPO prompts) stays out of the held-out set
-$PY - "$OUT" <<'PYEOF'
+# GRPO's prompts: distinct problems the SFT data did not contain; every question any stage trains on (SFT data,
+# rejection-sampling problems, GRPO prompts) stays out of the held-out set
+$PY - "$OUT" "$GRPO_PROMPTS" <<'PYEOF'
 import json, sys
 from gptqwen.finetune.synthetic import problems, reasoning_conversations
+out, n = sys.argv[1], int(sys.argv[2])
 rows = reasoning_conversations(8000, 0, 1.0, 0.0, ("arithmetic",))
 seen = {r["messages"][0]["content"] for r in rows}
-seen |= {p.question for seed, n in ((11, 400), (12, 1000)) for p in problems(n, seed, ("arithmetic",))}
-json.dump(sorted(seen), open(f"{sys.argv[1]}/train_questions.json", "w"))
+fresh = {}
+for p in problems(20000, 12, ("arithmetic",)):
+    if p.question not in seen and len(fresh) < n:
+        fresh[p.question] = {"prompt": [{"role": "user", "content": p.question}], "answer": p.answer}
+assert len(fresh) == n, f"only {len(fresh)} problems outside the SFT data"
+with open(f"{out}/grpo_prompts.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in fresh.values())
+seen |= set(fresh) | {p.question for p in problems(400, 11, ("arithmetic",))}
+json.dump(sorted(seen), open(f"{out}/train_questions.json", "w"))
 PYEOF
 grade "$OUT/sft" sft
 
@@ -70,9 +87,10 @@ gptqwen dpo --from "$OUT/sft" --data "$OUT/prefs.jsonl" --out "$OUT/dpo" --epoch
     --min-lr 1e-6 --beta ${DPO_BETA:-0.01} --nll-weight ${DPO_NLL:-1.0} "${COMMON[@]}"
 grade "$OUT/dpo" dpo
 
-echo "== 4. GRPO from the DPO model, verifier reward ($GRPO_STEPS steps)"
-gptqwen grpo --from "$OUT/dpo" --synthetic 1000 grpo.synthetic_seed=12 --rewards ${GRPO_REWARD:-steps} --out "$OUT/grpo" \
-    --max-steps "$GRPO_STEPS" --num-generations 8 --prompts-per-step 8 --max-new-tokens 64 --lr ${GRPO_LR:-1e-5} "${COMMON[@]}"
+echo "== 4. GRPO from the DPO model, verifier reward ($GRPO_STEPS steps on $GRPO_PROMPTS problems outside the SFT data)"
+gptqwen grpo --from "$OUT/dpo" --prompts "$OUT/grpo_prompts.jsonl" --rewards ${GRPO_REWARD:-steps} --out "$OUT/grpo" \
+    --max-steps "$GRPO_STEPS" --num-generations 8 --prompts-per-step 8 --max-new-tokens 64 --lr ${GRPO_LR:-2e-5} \
+    --temperature ${GRPO_T:-0.3} --beta ${GRPO_BETA:-0.1} --query-selection "${COMMON[@]}"
 cp "$OUT/grpo/reward.png" docs/align_grpo_reward.png
 grade "$OUT/grpo" grpo
 
@@ -80,12 +98,19 @@ $PY - "$OUT" $((SECONDS - START)) <<'PYEOF'
 import json, sys
 out, secs = sys.argv[1], int(sys.argv[2])
 rows = [(n, json.load(open(f"{out}/{n}.grade.json"))) for n in ("sft", "dpo", "grpo")]
-print("\n| stage | held-out accuracy | stderr | n |\n|---|---|---|---|")
-for n, r in rows:
-    print(f"| {n} | {r['accuracy']:.3f} | {r['stderr']:.3f} | {r['n']} |")
-steps = [b[1]["accuracy"] - a[1]["accuracy"] for a, b in zip(rows, rows[1:])]
-print(f"\nrising at each stage: {all(s > 0 for s in steps)} (gains {', '.join(f'{s:+.3f}' for s in steps)}); "
-      f"whole demo {secs // 60} min {secs % 60} s")
+print("\n| stage | held-out accuracy | stderr | gain over the stage before | paired stderr | n |\n|---|---|---|---|---|---|")
+gains = []
+for i, (name, r) in enumerate(rows):
+    gain = ""
+    if i:  # the same problems graded twice: the stderr of the mean per-problem difference
+        d = [int(b) - int(a) for a, b in zip(rows[i - 1][1]["correct"], r["correct"])]
+        m = sum(d) / len(d)
+        se = (sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+        gains.append((m, se))
+        gain = f"{m:+.3f} | {se:.3f}"
+    print(f"| {name} | {r['accuracy']:.3f} | {r['stderr']:.3f} | {gain or '— | —'} | {r['n']} |")
+print(f"\nrising at each stage: {all(m > 0 for m, _ in gains)} (gains {', '.join(f'{m:+.3f} ± {se:.3f}' for m, se in gains)}; "
+      f"{sum(m > 2 * se for m, se in gains)} of {len(gains)} above two paired stderr); whole demo {secs // 60} min {secs % 60} s")
 PYEOF
 fi
 
