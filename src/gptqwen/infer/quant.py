@@ -11,8 +11,11 @@ scales and values; q4_1's nibbles in the kernels' order), tested on SmolLM2's Q4
 Batch-1 decoding is bound by reading the weights; the C products read the blocks directly, so a decode step
 moves ~4x (q8_0) or ~6x (q4_1) fewer bytes than float32, and multiply them with float32 activations: the
 result is a float32 product with exactly the dequantised weights (rounding the activations to int8 too,
-llama.cpp's way, flipped near-tied answers of SmolLM2). Prefills dequantise the weight once and use the float
-GEMM. On GPUs, or without a C compiler, layers dequantise on every call: less memory, no speed-up.
+llama.cpp's way, flipped near-tied answers of SmolLM2). A batched decode step (from 4 rows) is bound by the
+arithmetic instead: there the product dequantises tiles of the weight to float32 once per call and runs a
+register-tiled float product over all rows (`csrc/tiles.h`). Prefills of more than `ops.quant.KERNEL_ROWS`
+rows dequantise the whole weight once and use the float GEMM. On GPUs, or without a C compiler, layers
+dequantise on every call: less memory, no speed-up.
 Layers whose input width is not a multiple of 32, and MoE experts (plain tensors), stay in float.
 """
 
