@@ -2,8 +2,11 @@
 
 `SamplingParams` holds one request's settings and validates them (bad values → UserError).
 `Sampler` turns the list of a batch's params into per-row tensors once, then each decode step does
-penalties → greedy or (temperature → top-k → top-p → min-p → draw) for all rows at once. Draws use one
-`torch.Generator` per row, so a seeded request gives the same tokens whatever else shares its batch.
+penalties → greedy or (temperature → top-k → top-p → min-p → draw) for all rows at once. Each filter is a
+threshold on the logit (tokens tied with the last kept one stay), found on the row's largest logits rather than a
+full sort (exact: see `Sampler.cutoff`). The draw is an inverse CDF over the kept probabilities in token-id order
+with one uniform from the row's own `torch.Generator`, so a seeded request gives the same tokens whatever else
+shares its batch.
 Conventions follow vLLM/OpenAI: repetition penalty (CTRL/transformers: divide positive logits, multiply
 negative ones) counts prompt and output tokens; presence and frequency penalties count output tokens.
 Log-probs are of the model's raw distribution (before penalties and temperature).
@@ -158,22 +161,65 @@ class Sampler:
 
     def _draw(self, x: torch.Tensor) -> torch.Tensor:
         x = x / self.temperature
-        if self.use_top_k or self.use_top_p:
-            sorted_x, order = x.sort(dim=-1, descending=True)
-            drop = torch.zeros_like(sorted_x, dtype=torch.bool)
-            if self.use_top_k:
-                ranks = torch.arange(x.shape[-1], device=x.device)
-                drop |= ranks[None, :] >= self.top_k[:, None]
-            if self.use_top_p:
-                probs = sorted_x.masked_fill(drop, -math.inf).softmax(-1)
-                # drop a token once the mass before it already reaches top_p (the first always stays)
-                drop |= (probs.cumsum(-1) - probs) >= self.top_p
-            x = x.scatter(-1, order, sorted_x.masked_fill(drop, -math.inf))
-        probs = x.softmax(-1)
+        top = x.amax(-1, keepdim=True)
+        weights = (x - top).exp_()  # unnormalised probabilities; the top token has weight 1
+        if self.use_top_k or self.use_top_p or self.use_min_p:
+            weights.masked_fill_(x < self.cutoff(x, top, weights), 0.0)
+        # Inverse CDF in token-id order with one uniform per row from the row's own generator: a row's token
+        # depends only on its logits, its settings and its generator, never on the rest of the batch.
+        u = torch.cat([torch.rand(1, generator=g, device=g.device) for g in self.generators]).to(x.device)
+        cdf = weights.cumsum_(-1)
+        tokens = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True)[:, 0]
+        over = tokens >= x.shape[-1]  # u * total rounded up to total: take the last token with weight
+        if bool(over.any()):
+            tokens = torch.where(over, cdf.argmax(-1), tokens)
+        return tokens
+
+    def cutoff(self, x: torch.Tensor, top: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The smallest logit each row keeps after top-k, top-p and min-p ([B, 1]; -inf = keeps all).
+
+        `x` are the tempered logits, `top` their row maxima, `weights` exp(x - top). Every filter is a threshold
+        on the logit, so tokens tied with the last kept one are kept too (top-k as in transformers/vLLM). The
+        filters look at a candidate set, the k0 largest logits per row, widened until each filtering row's
+        threshold lies above its smallest candidate: then nothing outside the candidates could be kept, and the
+        result equals a full sort's. Prefix sums over the candidates do not depend on k0, so neither does a row's
+        threshold, whatever the other rows make k0.
+        """
+        V = x.shape[-1]
+        filtering = (self.top_k[:, None] < V) | (self.top_p < 1) | (self.min_p > 0)
+        done = ~filtering | self.greedy[:, None]  # these rows need no threshold (greedy rows are overwritten)
+        z_row = weights.sum(-1, keepdim=True, dtype=torch.float64) if self.use_top_p else None
+        ks = self.top_k[self.top_k < V]  # the candidates must hold every top-k row's k tokens and one more
+        k0 = min(V, max(256, int(ks.max()) + 1 if ks.numel() else 0))
+        while True:
+            vals = x.topk(k0, dim=-1).values  # sorted, largest first
+            cut, exact = self._threshold(vals, top, z_row, V)
+            if k0 == V or bool((done | exact).all()):
+                return cut
+            k0 = min(V, k0 * 8)
+
+    def _threshold(
+        self, vals: torch.Tensor, top: torch.Tensor, z_row: torch.Tensor | None, V: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cutoff` on the candidates `vals` [B, k0], and which rows' thresholds are exact ([B, 1] bools)."""
+        cut = torch.full_like(top, -math.inf)
+        k0 = vals.shape[-1]
+        by_k = self.top_k[:, None] < V
+        if self.use_top_k:
+            kth = vals.gather(1, (self.top_k[:, None].clamp(max=k0) - 1))
+            cut = torch.where(by_k, kth, cut)
+        # top-p's normaliser needs all the tokens top-k keeps: ties of the k-th logit may reach past the candidates
+        k_inside = ~by_k | (cut > vals[:, -1:])
+        if self.use_top_p:
+            w = (vals - top).double().exp()
+            c = w.cumsum(-1)
+            # normaliser: the mass top-k keeps (all of it among the candidates), else the whole row's
+            z = torch.where(by_k, c.gather(1, (vals >= cut).sum(-1, keepdim=True) - 1), z_row)
+            # mass strictly before each candidate; the first of a run of ties sees the mass of larger logits only
+            before = torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], -1) / z
+            last = vals.gather(1, (before < self.top_p).sum(-1, keepdim=True) - 1)
+            cut = torch.where(self.top_p < 1, torch.maximum(cut, last), cut)
         if self.use_min_p:
-            probs = probs.masked_fill(probs < self.min_p * probs.amax(-1, keepdim=True), 0.0)
-        # Gumbel-style race with exponential noise == multinomial draw, one generator per row.
-        noise = torch.empty_like(probs)
-        for row, g in enumerate(self.generators):
-            noise[row].exponential_(generator=g)
-        return (probs / noise).argmax(-1)
+            # p_i >= min_p * p_max  <=>  x_i >= x_max + log(min_p); renormalising after top-k/top-p keeps ratios
+            cut = torch.where(self.min_p > 0, torch.maximum(cut, top + self.min_p.clamp(min=1e-30).log()), cut)
+        return cut, k_inside & (cut > vals[:, -1:])
