@@ -79,7 +79,9 @@ def haystack(tok, length: int, needles: list[tuple[float, str]], question: str) 
                         "question; use longer --context-lengths")
     n_units, extra = divmod(room, len(unit))
     filler = [list(unit) for _ in range(n_units)]
-    filler[-1] += unit[:extra]  # top up to the exact length with the start of one more sentence group
+    # top up to the exact length with the start of one more sentence group, right after the intro: a sentence cut
+    # short beside the needle or the question would be the one odd thing a small model sees there
+    filler[0] = unit[:extra] + filler[0]
     at = sorted((round(d * n_units), i) for i, (d, _) in enumerate(needles))
     body, k = [], 0
     for u in range(n_units + 1):
