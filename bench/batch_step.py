@@ -10,7 +10,8 @@ load inflates them less than the wall clock; the wall clock is given for the sch
     q8_0: what `--quant q4_1` makes of the model): the C product as built (AVX-512 where the CPU has it), the same
     forced to AVX2, and dequantise + torch's float GEMM (what prefills longer than ops.quant.KERNEL_ROWS take);
   * step — `NativeDecoder.step` (the whole C decode step: products, attention over a 64-slot cache with rows of
-    different lengths, norms) and the `Sampler` on its logits: greedy, T=1 (the server's default), T=0.7 top-p 0.95;
+    different lengths, norms) and the `Sampler` on its logits: greedy, T=1 (the server's default), T=0.7 top-p 0.95,
+    T=0.7 top-k 50;
   * scheduler — `Scheduler` serving B greedy requests of `--new-tokens` tokens submitted at once (prefill
     included): tokens/s, and its CPU time per decode step beside the bare C step's.
 """
@@ -68,7 +69,8 @@ def step(model, batches: list[int], repeats: int) -> None:
 
     dec, V = NativeDecoder.build(model), model.config.vocab_size
     kinds = {"greedy": SamplingParams(temperature=0), "T=1": SamplingParams(temperature=1.0),
-             "T=0.7 top_p=0.95": SamplingParams(temperature=0.7, top_p=0.95)}
+             "T=0.7 top_p=0.95": SamplingParams(temperature=0.7, top_p=0.95),
+             "T=0.7 top_k=50": SamplingParams(temperature=0.7, top_k=50)}
     print("one decode step, ms of CPU (C step: cache of 64 filled slots, rows starting at 0..39; then sampling):")
     print("  batch |  C step | " + " | ".join(f"{k:>16}" for k in kinds) + " | C step per row")
     g = torch.Generator().manual_seed(0)

@@ -61,7 +61,7 @@ def rows(n: int, V: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("V", [300, 3000])
 def test_kept_set_equals_full_sort_reference(V):
     x = rows(8, V, seed=V)
-    combos = list(itertools.product([0, 1, 5, 50, 299], [1.0, 0.5, 0.9, 0.999], [0.0, 0.05, 0.3]))
+    combos = list(itertools.product([0, 1, 50, 299], [1.0, 0.5, 0.95], [0.0, 0.1]))
     for top_k, top_p, min_p in combos:
         s = Sampler([SamplingParams(temperature=1.0, top_k=top_k, top_p=top_p, min_p=min_p)] * len(x), V, CPU)
         got = kept(s, x)
@@ -103,7 +103,7 @@ def test_a_rows_tokens_do_not_depend_on_its_batch():
     others = [SamplingParams(temperature=1.0), SamplingParams(temperature=0), SamplingParams(top_k=3000, seed=1),
               SamplingParams(temperature=2.0, top_p=0.999, seed=2)]
     alone, crowded = Sampler([mine], V, CPU), Sampler(others[:2] + [mine] + others[2:], V, CPU)
-    for _ in range(20):
+    for _ in range(10):
         x = torch.randn(5, V, generator=g) * 2
         x[1:] *= 0.01  # flat neighbours make the candidate set widen to the whole vocabulary
         a = alone(x[2:3]).tokens[0]

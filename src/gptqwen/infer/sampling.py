@@ -180,34 +180,41 @@ class Sampler:
 
         `x` are the tempered logits, `top` their row maxima, `weights` exp(x - top). Every filter is a threshold
         on the logit, so tokens tied with the last kept one are kept too (top-k as in transformers/vLLM). The
-        filters look at a candidate set, the k0 largest logits per row, widened until each filtering row's
-        threshold lies above its smallest candidate: then nothing outside the candidates could be kept, and the
+        filters look at a candidate set, a row's k0 largest logits, widened (for the rows that need it) until the
+        threshold lies above the smallest candidate: then nothing outside the candidates could be kept, and the
         result equals a full sort's. Prefix sums over the candidates do not depend on k0, so neither does a row's
         threshold, whatever the other rows make k0.
         """
         V = x.shape[-1]
-        filtering = (self.top_k[:, None] < V) | (self.top_p < 1) | (self.min_p > 0)
-        done = ~filtering | self.greedy[:, None]  # these rows need no threshold (greedy rows are overwritten)
-        z_row = weights.sum(-1, keepdim=True, dtype=torch.float64) if self.use_top_p else None
-        ks = self.top_k[self.top_k < V]  # the candidates must hold every top-k row's k tokens and one more
-        k0 = min(V, max(256, int(ks.max()) + 1 if ks.numel() else 0))
-        while True:
-            vals = x.topk(k0, dim=-1).values  # sorted, largest first
-            cut, exact = self._threshold(vals, top, z_row, V)
-            if k0 == V or bool((done | exact).all()):
-                return cut
-            k0 = min(V, k0 * 8)
+        by_k = self.top_k < V
+        filtering = by_k | (self.top_p[:, 0] < 1) | (self.min_p[:, 0] > 0)
+        todo = torch.nonzero(filtering & ~self.greedy)[:, 0]  # greedy rows are overwritten by the argmax
+        cut = torch.full_like(top, -math.inf)
+        z_row = weights.sum(-1, keepdim=True).double() if self.use_top_p else None  # torch sums pairwise: ~1e-7
+        # The candidates must hold each top-k row's k tokens and one more; rows with only top-p/min-p start wider.
+        ks = self.top_k[todo][by_k[todo]]
+        k0 = int(ks.max()) + 1 if len(ks) else 0
+        k0 = max(k0, 256) if len(ks) < len(todo) else k0
+        while len(todo):
+            k0 = min(V, k0)
+            sub = x if len(todo) == len(x) else x[todo]
+            vals = sub.topk(k0, dim=-1).values  # sorted, largest first
+            c, exact = self._threshold(todo, vals, top[todo], None if z_row is None else z_row[todo], V)
+            if k0 == V:
+                exact[:] = True
+            cut[todo[exact[:, 0]]] = c[exact[:, 0]]
+            todo, k0 = todo[~exact[:, 0]], k0 * 8
+        return cut
 
     def _threshold(
-        self, vals: torch.Tensor, top: torch.Tensor, z_row: torch.Tensor | None, V: int
+        self, rows: torch.Tensor, vals: torch.Tensor, top: torch.Tensor, z_row: torch.Tensor | None, V: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`cutoff` on the candidates `vals` [B, k0], and which rows' thresholds are exact ([B, 1] bools)."""
+        """`cutoff` for `rows` on their candidates `vals` [R, k0], and which thresholds are exact ([R, 1] bools)."""
+        top_k, top_p, min_p = self.top_k[rows, None], self.top_p[rows], self.min_p[rows]
         cut = torch.full_like(top, -math.inf)
-        k0 = vals.shape[-1]
-        by_k = self.top_k[:, None] < V
+        by_k = top_k < V
         if self.use_top_k:
-            kth = vals.gather(1, (self.top_k[:, None].clamp(max=k0) - 1))
-            cut = torch.where(by_k, kth, cut)
+            cut = torch.where(by_k, vals.gather(1, top_k.clamp(max=vals.shape[-1]) - 1), cut)
         # top-p's normaliser needs all the tokens top-k keeps: ties of the k-th logit may reach past the candidates
         k_inside = ~by_k | (cut > vals[:, -1:])
         if self.use_top_p:
@@ -217,9 +224,9 @@ class Sampler:
             z = torch.where(by_k, c.gather(1, (vals >= cut).sum(-1, keepdim=True) - 1), z_row)
             # mass strictly before each candidate; the first of a run of ties sees the mass of larger logits only
             before = torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], -1) / z
-            last = vals.gather(1, (before < self.top_p).sum(-1, keepdim=True) - 1)
-            cut = torch.where(self.top_p < 1, torch.maximum(cut, last), cut)
+            last = vals.gather(1, (before < top_p).sum(-1, keepdim=True) - 1)
+            cut = torch.where(top_p < 1, torch.maximum(cut, last), cut)
         if self.use_min_p:
             # p_i >= min_p * p_max  <=>  x_i >= x_max + log(min_p); renormalising after top-k/top-p keeps ratios
-            cut = torch.where(self.min_p > 0, torch.maximum(cut, top + self.min_p.clamp(min=1e-30).log()), cut)
+            cut = torch.where(min_p > 0, torch.maximum(cut, top + min_p.clamp(min=1e-30).log()), cut)
         return cut, k_inside & (cut > vals[:, -1:])
