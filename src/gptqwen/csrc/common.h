@@ -1,4 +1,4 @@
-/* Shared by the C kernels (products.c, norms.c, activations.c, rope.c, attention.c, decode.c; gptqwen/ops/_clib.py
+/* Shared by the C kernels (products.c, norms.c, activations.c, rope.c, attention.c, decode.c, loss.c; gptqwen/ops/_clib.py
  * builds them into one library): includes, formats, return codes, fp16 conversion and the small SIMD helpers.
  * Everything here is static inline. */
 #ifndef GQ_COMMON_H
