@@ -175,7 +175,9 @@ def test_tools_cli(capsys, tmp_path):
 
 def test_prepare_then_generate_and_chat_with_tools(tmp_path, capsys, monkeypatch):
     """The CLI path end to end on an untrained model: what it says is noise, the plumbing is not."""
-    assert main(["tools", "prepare", "--out", str(tmp_path), "--n", "200", "--vocab-size", "400"]) == 0
+    assert main(["tools", "prepare", "--out", str(tmp_path / "x"), "--n", "200", "--vocab-size", "400"]) == 2
+    assert "more than the 512-token context" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["tools", "prepare", "--out", str(tmp_path), "--n", "200", "--vocab-size", "400", "--turns", "1"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["rows"] == 200 and info["longest_tokens"] < 512
     assert {p.name for p in tmp_path.iterdir()} >= {"traces.jsonl", "tokenizer", "base"}

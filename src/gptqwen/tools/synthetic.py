@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from gptqwen.config import Config
+from gptqwen.errors import UserError
 from gptqwen.infer.sampling import SamplingParams
 from gptqwen.model import Transformer
 from gptqwen.tokenizer import Tokenizer
@@ -163,6 +164,10 @@ def prepare(out: str | Path, n: int, seed: int = 0, vocab_size: int = 768, prese
     qwen = Tokenizer.from_preset("qwen3")  # any Qwen3-template tokenizer renders the same text
     texts = [qwen.apply_chat_template(r["messages"], tools=r.get("tools"), add_generation_prompt=False) for r in rows]
     tok = train_tokenizer(texts, vocab_size, style="qwen", show_progress=False)
+    longest = max(len(tok.encode(t, allow_special=True)) for t in texts)
+    if longest > context:
+        raise UserError(f"the longest conversation has {longest} tokens, more than the {context}-token context; "
+                        f"raise --context or --vocab-size, or lower --turns")
     torch.manual_seed(seed)
     size = DEMO_MODEL if preset == "qwen2-tiny" else {}
     model = Transformer(Config.from_name(preset, vocab_size=tok.vocab_size, max_seq_len=context, rope_theta=rope_theta,
@@ -175,6 +180,5 @@ def prepare(out: str | Path, n: int, seed: int = 0, vocab_size: int = 768, prese
     with atomic_dir(out / "base") as d:
         model.save_pretrained(d)
         tok.save(d)
-    lengths = [len(tok.render_for_sft(r["messages"], tools=r.get("tools"))[0]) for r in rows[:500]]
     return {"out": str(out), "rows": n, "with_tools": sum("tools" in r for r in rows), "vocab_size": tok.vocab_size,
-            "longest_tokens": max(lengths), "params": model.num_params()}
+            "longest_tokens": longest, "params": model.num_params()}
