@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Tool use (issue 20), about 55 minutes on 2 busy CPU threads (16 CPU-minutes of training, 4 of evaluation):
+# Tool use (issue 20), about 20 CPU-minutes (19 of them training; 1 hour of wall time on a machine shared with six jobs):
 #   (a) the code interpreter: a program run in the sandbox, and what it cannot do;
 #   (b) a tiny Qwen2-layout model (0.86M parameters, its own 580-token BPE) trained by `gptqwen sft` on calculator
 #       traces (8,000 conversations of 1-3 problems, half through the calculator, every answer restating
 #       "a op b = R"), graded on 200 held-out multi-digit problems with the calculator offered (the
 #       function-calling loop) and without tools, then one conversation through `gptqwen generate --tools`.
-#       At 700 steps the model has the protocol and copies most digits (about 1 nat per digit, see
-#       docs/tools_digit_loss.py) but not whole numbers yet: see the README's figures.
-# Usage: scripts/demo_tools.sh [a|b|all]      (OUT=runs/demo-tools THREADS=2 STEPS=700 N_EVAL=200 by default)
+#       After 700 + 150 steps: 0.785 ± 0.029 with the calculator, 0.000 without (README).
+# Usage: scripts/demo_tools.sh [a|b|all]      (OUT=runs/demo-tools THREADS=2 STEPS=700 STEPS2=150 N_EVAL=200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
@@ -40,7 +39,11 @@ if [[ $PART == b || $PART == all ]]; then
   gptqwen tools prepare --out "$OUT" --n "${N_TRAIN:-8000}" --turns "${TURNS:-3}" --seed 0
   gptqwen sft -c sft-tools --data "$OUT/traces.jsonl" --from "$OUT/base" --out "$OUT/sft" --overwrite --quiet \
       --max-steps "${STEPS:-700}" --threads "$THREADS"
-  gptqwen tools eval --model "$OUT/sft" --n "${N_EVAL:-200}" --seed 1234 --exclude "$OUT/traces.jsonl" \
+  # a second, short stage from the first one's weights (a fresh warmup and a higher final lr): the digit copying
+  # took off only at the end of the first stage's cosine schedule
+  gptqwen sft -c sft-tools --data "$OUT/traces.jsonl" --from "$OUT/sft" --out "$OUT/sft-more" --overwrite --quiet \
+      --max-steps "${STEPS2:-150}" --lr 2e-3 --warmup 10 --threads "$THREADS"
+  gptqwen tools eval --model "$OUT/sft-more" --n "${N_EVAL:-200}" --seed 1234 --exclude "$OUT/traces.jsonl" \
       --threads "$THREADS" --json > "$OUT/eval.json"
   python - "$OUT/eval.json" <<'PYEOF'
 import json, sys
@@ -50,6 +53,6 @@ for mode in ("with_tools", "without_tools"):
     print(f"  {mode.replace('_', ' '):>13}: accuracy {m['accuracy']:.3f} ± {m['stderr']:.3f} (n={m['n']}), "
           f"calculator called on {m['called_tool']:.0%}, an answer given on {m['answered']:.0%}")
 PYEOF
-  gptqwen generate --model "$OUT/sft" --tools calculator --prompt "What is 7385 * 462?" --temperature 0 \
+  gptqwen generate --model "$OUT/sft-more" --tools calculator --prompt "What is 7385 * 462?" --temperature 0 \
       --max-new-tokens 64 --threads "$THREADS"
 fi
