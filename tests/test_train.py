@@ -197,6 +197,21 @@ def test_resume_with_other_model_config_refused(tmp_path, tiny_data):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
+
+def test_out_holding_a_model_is_not_overwritten(tmp_path, tiny_data):
+    model_dir = tmp_path / "my-model"  # a user's checkpoint folder given as --out by mistake
+    model_dir.mkdir()
+    (model_dir / "model.safetensors").write_bytes(b"user weights")
+    (model_dir / "config.json").write_text("{}")
+    with pytest.raises(UserError, match=r"already holds config.json, model.safetensors and no checkpoints"):
+        pretrain(tiny_recipe(tiny_data, max_steps=2), model_dir, quiet=True)
+    assert sorted(p.name for p in model_dir.iterdir()) == ["config.json", "model.safetensors"]
+    assert (model_dir / "model.safetensors").read_bytes() == b"user weights"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("mine")  # other files are left alone and do not block a run
+    pretrain(tiny_recipe(tiny_data, max_steps=2), tmp_path / "notes", quiet=True)
+    assert (tmp_path / "notes" / "readme.txt").read_text() == "mine"
+
 def test_recipes_and_overrides():
     assert {"qwen3-shakespeare", "gpt2-shakespeare", "qwen3-moe-shakespeare", "qwen3-3stage"} <= set(recipe_names())
     for trainer in ("pretrain", "sft", "finetune"):

@@ -99,6 +99,11 @@ def setup_process(tc: TrainConfig, single: str | None = None) -> D.DistInfo:
     return info
 
 
+# what a run writes at the top of its folder (beside ckpt_<step>/): never over files it did not write
+RUN_FILES = frozenset({"config.yaml", "metrics.jsonl", "config.json", "model.safetensors", "generation_config.json",
+                       "tokenizer.json", "tokenizer_config.json"})
+
+
 def check_run_dir(out: Path, resume: bool, overwrite: bool) -> list[Path]:
     """The run folder's checkpoints, after refusing to clobber or to resume nothing (call before any work)."""
     if resume and overwrite:
@@ -109,6 +114,11 @@ def check_run_dir(out: Path, resume: bool, overwrite: bool) -> list[Path]:
                         "--overwrite to start over, or --out NEW_DIR")
     if resume and not existing:
         raise UserError(f"nothing to resume in '{out}' (no ckpt_<step> folder)")
+    if not (existing or resume or overwrite) and out.is_dir():
+        clash = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES)
+        if clash:  # e.g. --out pointing at a model folder: the export would replace the user's files
+            raise UserError(f"'{out}' already holds {', '.join(clash)} and no checkpoints of a run; a run there "
+                            "would replace them. Choose a new --out, or pass --overwrite to replace them")
     return existing
 
 
