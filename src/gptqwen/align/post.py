@@ -176,6 +176,24 @@ def instruction_prompts(post) -> list[dict]:
     return rows
 
 
+def reference_judge_examples(post, n: int, seed: int) -> list[dict]:
+    """`n` labelled replies to the general-RL stage's prompts (`instruction_prompts`), half giving the reference answer
+    and half another one, in the styles the instructions ask for (capitals, a closing word, bare): training data for a
+    judge of the `reference-answer` rubric (`align.rbrm.judge_conversations`; A = gives the reference answer)."""
+    rng = random.Random(seed)
+    rows = instruction_prompts(dataclasses.replace(post, problems=n, seed=seed))
+    examples = []
+    for row in rows:
+        answer, right = row["answer"], rng.random() < 0.5
+        if not right:
+            answer = ({"yes": "no", "no": "yes"}.get(answer) or
+                      str(rng.choice([v for v in range(10) if str(v) != answer])))  # fmt: skip
+        reply = rng.choice(("The answer is {}.", "THE ANSWER IS {}.", "The answer is {}. done", "{}")).format(answer)
+        examples.append({"prompt": row["prompt"][-1]["content"], "reference": row["answer"], "response": reply,
+                         "label": "A" if right else "B"})  # fmt: skip
+    return examples
+
+
 def run_stage(stage: Recipe, folder: Path, **kw) -> dict:
     """One of the four stages (by `post.kind`) from `stage.model.base` into `folder`."""
     p = stage.post

@@ -6,7 +6,8 @@
     grpo.rewards=[rbrm:refusal-style, math] grpo.reward_weights=[1.0, 1.0]     # in a GRPO recipe
 
 A rubric (YAML; see gptqwen/align/rubrics/refusal-style.yaml) holds a `template` with `{prompt}` and
-`{response}`, `classes` (a letter or word each, with a reward) and `rules`. The judge reads the filled-in
+`{response}` (and `{reference}`, the prompt row's "answer": a judge with a reference answer, as Qwen3's general RL;
+gptqwen/align/rubrics/reference-answer.yaml), `classes` (a letter or word each, with a reward) and `rules`. The judge reads the filled-in
 template (through its chat template with thinking off when `chat: true`) and the classes are compared by
 the log-probability of each class's token as the next token: `mode: expected` gives Σ p(class)·reward
 with p renormalised over the classes, `argmax` the reward of the likeliest class. Every class must be a
@@ -56,8 +57,9 @@ class Rubric:
     judge: object = None  # (model, tokenizer, class token ids) once loaded
 
     @classmethod
-    def load(cls, spec: str, judge: str | None = None, device: str | None = None) -> Rubric:
-        """A rubric from a YAML file or a built-in name; its judge model loaded when it has classes."""
+    def load(cls, spec: str, judge: str | None = None, device: str | None = None, with_judge: bool = True) -> Rubric:
+        """A rubric from a YAML file or a built-in name; its judge model loaded when it has classes (unless
+        `with_judge` is False: e.g. to write the judge's own training data, `judge_conversations`)."""
         path = Path(spec)
         builtin = importlib.resources.files("gptqwen") / "align" / "rubrics"
         names = sorted(p.name[:-5] for p in builtin.iterdir() if p.name.endswith(".yaml"))
@@ -77,7 +79,7 @@ class Rubric:
         rubric = cls.from_dict(raw, spec)
         if judge is not None:
             rubric.judge_spec = judge
-        if rubric.classes:
+        if rubric.classes and with_judge:
             rubric.load_judge(device)
         return rubric
 
@@ -118,26 +120,42 @@ class Rubric:
         self.judge = (model.eval(), tok, ids)
 
     @torch.no_grad()
-    def class_probs(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        """[N, classes] probabilities of the rubric's classes by the judge (renormalised over the classes)."""
+    def class_probs(self, prompts: list[str], responses: list[str], references: list[str] | None = None,
+                    batch_size: int = 16) -> torch.Tensor:  # fmt: skip
+        """[N, classes] probabilities of the rubric's classes by the judge (renormalised over the classes).
+        `references` fill the template's `{reference}` (a reference answer, Qwen3's model-based reward with one).
+        Texts run in left-padded batches (the padding masked), one next-token distribution each."""
         model, tok, ids = self.judge
         device = next(model.parameters()).device
-        out = []
-        for p, r in zip(prompts, responses):
-            text = self.template.format(prompt=p, response=r)
+        refs = references if references is not None else [None] * len(prompts)
+        seqs = []
+        for p, r, ref in zip(prompts, responses, refs):
+            if ref is None and "{reference}" in self.template:
+                raise UserError(f"rubric '{self.name}' compares with a reference answer ({{reference}}), but a prompt "
+                                "row has no 'answer'; give every row an answer or use another rubric")  # fmt: skip
+            text = self.template.format(prompt=p, response=r, reference=ref)
             x = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=True, enable_thinking=False) \
                 if self.chat else tok.encode(text)  # fmt: skip
-            x = x[-(model.config.max_seq_len - 1):]  # the end holds the question; a long reply loses its start
-            logits = model(torch.tensor([x], device=device), logits_to_keep=1).logits[0, -1].float()
-            out.append(torch.softmax(logits[list(ids.values())], -1).cpu())
-        return torch.stack(out)
+            seqs.append(x[-(model.config.max_seq_len - 1):])  # the end holds the question; a long reply loses its start
+        out = []
+        pad = tok.pad_id if tok.pad_id is not None else 0
+        for s in range(0, len(seqs), batch_size):
+            chunk = seqs[s:s + batch_size]
+            width = max(len(x) for x in chunk)
+            ids_t = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=device)
+            padded = min(len(x) for x in chunk) < width
+            logits = model(ids_t, attention_mask=mask if padded else None, logits_to_keep=1).logits[:, -1].float()
+            out.append(torch.softmax(logits[:, list(ids.values())], -1).cpu())
+        return torch.cat(out)
 
     def rewards(self, rows: list[dict], completions: list[str]) -> list[float | None]:
         totals = [0.0] * len(completions)
         if self.classes:
             prompts = [r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"] for r in rows]
             answers = [parse_assistant(c)["content"] or "" for c in completions]
-            probs = self.class_probs(prompts, answers)
+            refs = [None if r.get("answer") is None else str(r["answer"]) for r in rows]
+            probs = self.class_probs(prompts, answers, refs)
             values = torch.tensor(list(self.classes.values()))
             judged = (probs * values).sum(-1) if self.mode == "expected" else values[probs.argmax(-1)]
             totals = [self.weight * float(v) for v in judged]
@@ -145,6 +163,19 @@ class Rubric:
             fired = _fires(rule, rows, completions)
             totals = [t + rule.reward * f for t, f in zip(totals, fired)]
         return totals
+
+
+def judge_conversations(rubric: Rubric, examples: list[dict]) -> list[dict]:
+    """SFT conversations that teach a judge model `rubric`: each example {"prompt", "response", "reference"?,
+    "label": a class} becomes the filled-in template as the user turn (as `class_probs` renders it) and the class
+    as a non-thinking reply, so a model trained here can be the rubric's judge."""
+    out = []
+    for ex in examples:
+        if ex["label"] not in rubric.classes:
+            raise UserError(f"rubric '{rubric.name}' has no class '{ex['label']}' (classes: {', '.join(rubric.classes)})")
+        text = rubric.template.format(prompt=ex["prompt"], response=ex["response"], reference=ex.get("reference"))
+        out.append({"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": ex["label"]}]})
+    return out
 
 
 def _rule(raw: dict, i: int, where: str) -> Rule:
