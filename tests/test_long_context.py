@@ -1,5 +1,6 @@
 """Long-context evaluation and memory: haystack construction, answer scoring, perplexity by position against the
-plain loss, chunked prefill against one-piece prefill, the `gptqwen eval --task passkey` command and its errors.
+plain loss, chunked prefill against one-piece prefill, the `gptqwen eval --task passkey` command and its errors;
+the retrieval training data and the document-aligned training windows that keep its keys in view.
 
     OMP_NUM_THREADS=1 .venv/bin/pytest -q tests/test_long_context.py
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,8 @@ from gptqwen.eval.long_context import (
 from gptqwen.infer import Engine, SamplingParams
 from gptqwen.infer import engine as engine_module
 from gptqwen.model import Transformer
+from gptqwen.train.loader import WindowSampler
+from gptqwen.train.recipe import load_recipe
 from test_eval import _one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 NEEDLE = "The pass key is 31415. Remember it."
@@ -92,11 +96,55 @@ def test_retrieval_documents_answer_the_evals_questions():
         assert len(keys) == 4 and sorted(asked) == sorted(keys.items())
     assert kinds == {"passkey", "needle"}
     long = [p.text for p in iter_documents(["synthetic:retrieval-long:40"])]
-    assert max(map(_sentences, long)) > 7 * 5 >= min(map(_sentences, long))
+    assert max(map(_sentences, long)) > 7 * 5
     gaps = {len(d) - d.index("Remember it.") for d in docs[:30]}  # key-to-question distances: any, not per group
     assert len(gaps) > 20
     with pytest.raises(UserError, match="needle_fraction"):
         next(retrieval_documents(3, needle_fraction=2))
+
+
+def test_long_retrieval_documents_put_far_keys_as_often_as_near_ones():
+    """synthetic:retrieval-long: the key-to-question distance is uniform (a uniform length with the key anywhere
+    made keys more than half the longest distance back rare: ~15% of documents instead of ~50%)."""
+    long = [p.text for p in iter_documents(["synthetic:retrieval-long:400"])]
+    gaps = np.array([_sentences(d[d.index("Remember it."):]) for d in long])  # filler sentences after the key
+    assert 0.4 < np.mean(gaps > gaps.max() / 2) < 0.6
+    near = [_sentences(d[d.index("Remember it."):]) for d in retrieval_documents(400, max_units=41, seed=1)]
+    assert np.mean(np.array(near) > gaps.max() / 2) < 0.25
+
+
+class _Tokens:
+    """A token split in memory: what WindowSampler reads of a TokenDataset."""
+
+    def __init__(self, ids: list[int], eos_id: int | None) -> None:
+        self.ids, self.eos_id, self.directory, self.split = np.array(ids), eos_id, "memory", "train"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        return self.ids[start:start + n].astype(np.int64)
+
+
+def test_doc_windows_start_every_sequence_at_a_document_start():
+    """train.doc_windows: every training sequence opens a document (none is cut before its question), each
+    document start whose window fits is used once per epoch, and recipe qwen3-long turns it on for its long stage."""
+    rng, eos = np.random.default_rng(0), 0
+    docs = [[*rng.integers(1, 50, int(rng.integers(5, 40))), eos] for _ in range(60)]
+    ids = [t for d in docs for t in d]
+    doc_starts = np.cumsum([0] + [len(d) for d in docs[:-1]])
+    sampler = WindowSampler(_Tokens(ids, eos), 32, seed=1, doc_starts=True)
+    fits = doc_starts[doc_starts + 33 <= len(ids)]
+    assert sampler.n == len(fits) and sorted(sampler._window_start(k) for k in range(sampler.n)) == list(fits)
+    x, y = sampler.batch(0, 4)
+    assert all(int(row[0]) == ids[s] for row, s in zip(x, (sampler._window_start(k) for k in range(4))))
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    fixed = WindowSampler(_Tokens(ids, eos), 32, seed=1)
+    assert {fixed._window_start(k) for k in range(fixed.n)} - set(doc_starts)  # most fixed windows open mid-document
+    with pytest.raises(UserError, match="doc_windows"):
+        WindowSampler(_Tokens(ids, None), 32, seed=1, doc_starts=True)
+    recipe = load_recipe("qwen3-long")
+    assert recipe.stage(1).train.doc_windows
 
 
 def test_answer_scoring_takes_the_first_number():

@@ -5,7 +5,8 @@ Long-context stages mix such documents into their data so that a model learns to
 it is asked to do so beyond its training length. Three `gptqwen data prepare` / recipe sources, deterministic by seed:
 
   * ``synthetic:retrieval[:N]``       N pass-key documents of up to ~256 tokens (0..7 filler sentence groups);
-  * ``synthetic:retrieval-long[:N]``  N pass-key documents of up to ~1024 tokens (0..38 groups), for a long stage;
+  * ``synthetic:retrieval-long[:N]``  N pass-key documents of up to ~1024 tokens (0..41 groups), for a long stage,
+                                      the key-to-question distance uniform (far keys as common as near ones);
   * ``synthetic:needles[:N]``         N multi-key needle documents of up to ~256 tokens: four named keys, then every
                                       name asked for in random order (the needle eval's wording).
 
@@ -51,13 +52,19 @@ def _filler(rng: random.Random, sentences: int) -> list[str]:
     return [pool[(first + i) % len(pool)] + "." for i in range(sentences)]
 
 
-def passkey_document(rng: random.Random, max_units: int, digits: int = 5) -> str:
+def passkey_document(rng: random.Random, max_units: int, digits: int = 5, far_keys: bool = False) -> str:
     """The intro, 0..max_units filler sentence groups' worth of sentences with the needle after a random one, the
     question, the answer. Whole sentences, not whole groups: the distance from the key to the question then takes
     every value, so a model cannot get by with a head per distance and has to match the key by content."""
     key = random_key(rng, digits)
-    filler = _filler(rng, rng.randint(0, max_units * FILLER.count(".")))
-    at = rng.randint(0, len(filler))
+    most = max_units * FILLER.count(".")
+    if far_keys:  # sentences between the key and the question uniform: far keys as common as near ones
+        after = rng.randint(0, most)
+        filler = _filler(rng, after + rng.randint(0, most - after))
+        at = len(filler) - after
+    else:  # a uniform length with the key anywhere: mostly near keys, where the copy is learned first
+        filler = _filler(rng, rng.randint(0, most))
+        at = rng.randint(0, len(filler))
     return (INTRO + "".join(filler[:at]) + " " + passkey_needle(key) + "".join(filler[at:]) + PASSKEY_QUESTION
             + f" {key}.")
 
@@ -81,8 +88,9 @@ def needle_document(rng: random.Random, max_units: int, keys: int = 4, digits: i
 
 
 def retrieval_documents(n: int, max_units: int = 7, seed: int = 0, needle_fraction: float = 0.0,
-                        keys: int = 4) -> Iterator[str]:
-    """`n` documents: passkey documents and, a `needle_fraction` of them, multi-key needle documents."""
+                        keys: int = 4, far_keys: bool = False) -> Iterator[str]:
+    """`n` documents: passkey documents (`far_keys`: see `passkey_document`) and, a `needle_fraction` of them,
+    multi-key needle documents."""
     if n < 1 or max_units < 0 or not 0 <= needle_fraction <= 1 or not 1 <= keys <= len(NAMES):
         raise UserError(f"retrieval documents: need n >= 1, max_units >= 0, needle_fraction in [0, 1] and "
                         f"1 <= keys <= {len(NAMES)}; got n={n}, max_units={max_units}, "
@@ -92,9 +100,9 @@ def retrieval_documents(n: int, max_units: int = 7, seed: int = 0, needle_fracti
         if rng.random() < needle_fraction:
             yield needle_document(rng, max_units, keys)
         else:
-            yield passkey_document(rng, max_units)
+            yield passkey_document(rng, max_units, far_keys=far_keys)
 
 
 short_documents = partial(retrieval_documents, max_units=7)  # synthetic:retrieval (up to ~256 tokens)
-long_documents = partial(retrieval_documents, max_units=38, seed=1)  # synthetic:retrieval-long (up to ~1024)
+long_documents = partial(retrieval_documents, max_units=41, seed=1, far_keys=True)  # synthetic:retrieval-long (~1024)
 needle_documents = partial(retrieval_documents, max_units=7, seed=2, needle_fraction=1.0)  # synthetic:needles

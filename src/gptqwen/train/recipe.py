@@ -66,6 +66,7 @@ class TrainConfig:
     """The optimisation loop every trainer shares (the training core in train/loop.py)."""
 
     seq_len: int = 256  # pretrain: tokens per sequence
+    doc_windows: bool = False  # pretrain: sequences start at document starts, not at fixed offsets (train/loader.py)
     batch_size: int = 8  # global sequences (sft: packed rows, finetune: examples) per optimizer step
     micro_batch: int | None = None  # pretrain: sequences per forward per process; None -> all of its share
     max_steps: int | None = 700  # optimizer steps; None -> from `epochs`

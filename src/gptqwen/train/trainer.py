@@ -138,7 +138,7 @@ def _workload(recipe: Recipe, info: D.DistInfo, init_from: Path | None, quiet: b
     train_ds, val_ds = _prepare_data(recipe, info, progress=not quiet)
     tokenizer = Tokenizer.from_file(Path(recipe.data.dir) / "tokenizer")
     cfg = model_config(recipe, train_ds.vocab_size, train_ds.eos_id)
-    sampler = WindowSampler(train_ds, tc.seq_len, tc.seed)
+    sampler = WindowSampler(train_ds, tc.seq_len, tc.seed, doc_starts=tc.doc_windows)
     steps = steps_for(tc, sampler.n / tc.batch_size)
     torch.manual_seed(tc.seed)
     model = Transformer(cfg).to(info.device)
