@@ -13,7 +13,7 @@ import _align_fixtures
 from gptqwen.align.post import fusion_conversations, instruction_prompts
 from gptqwen.align.rewards import constraints_reward
 from gptqwen.errors import UserError
-from gptqwen.train.recipe import load_recipe
+from gptqwen.train.recipe import Recipe, load_recipe
 
 tok, model_dir = _align_fixtures.tok, _align_fixtures.model_dir  # shared fixtures
 QWEN3_JINJA = (Path(__import__("trl").__file__).parent / "chat_templates" / "qwen3.jinja").read_text()
@@ -93,3 +93,23 @@ def test_four_stages_and_a_stage_resumes_exactly(model_dir, tmp_path, capsys, mo
     monkeypatch.setattr("sys.stdin", io.StringIO("/budget 2\nWhat is 1 + 2?\n/no_think\nWhat is 2 + 2?\n/exit\n"))
     assert main(["chat", "--model", full["out"], "--temperature", "0", "--max-new-tokens", "6"]) == 0
     assert "budget 2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_general_rl_fine_tunes_its_rubric_judge(model_dir, tmp_path):
+    from gptqwen.align.post import run_post
+
+    raw = {"name": "judge", "trainer": "post", "model": {"base": str(model_dir)},
+           "post": {"kind": "general_rl", "problems": 8, "eval_problems": 0, "judge_steps": 2, "judge_examples": 16},
+           "grpo": {"rewards": ["math", "rbrm:reference-answer"], "num_generations": 2, "prompts_per_step": 2,
+                    "max_new_tokens": 8},
+           "train": {"max_steps": 2, "batch_size": 4, "sample_tokens": 0, "eval_interval": 0}}  # fmt: skip
+    out = run_post(Recipe.from_dict(raw, "post"), tmp_path / "p", quiet=True)
+    judge = Path(out["stages"]["run"]["judge"]["judge"])
+    assert judge == tmp_path / "p" / "run" / "judge" and (judge / "model.safetensors").is_file()
+    assert json.loads((judge / "sft.json").read_text())["steps"] == 2
+    metrics = [json.loads(line) for line in (tmp_path / "p" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= m["reward_rbrm"] <= 1.0 for m in metrics)  # the judge's p(A) over GRPO's samples
+    raw["grpo"]["rewards"] = ["math"]
+    with pytest.raises(UserError, match="exactly one 'rbrm:RUBRIC'"):
+        run_post(Recipe.from_dict(raw, "post"), tmp_path / "q", quiet=True)

@@ -17,7 +17,10 @@ ones, so `--resume` skips them and continues the interrupted one. Each stage's `
    Qwen3 template), so one model does both;
 4. `general_rl` — GRPO for format and instruction following: each problem carries an instruction checked by a
    program (`align.rewards` constraints: word limit, closing word, capitals); rewards from `grpo.rewards` (default
-   math, format, constraints; add `rbrm:RUBRIC` for a rubric judged by a model, `align.rbrm`).
+   math, format, constraints; add `rbrm:RUBRIC@JUDGE` for a rubric judged by a model, `align.rbrm`). With
+   `post.judge_steps` the stage first fine-tunes a copy of its starting model as the judge of its `rbrm:` rubric
+   (Qwen3's model-based reward with a reference answer: `rbrm:reference-answer`, replies labelled by
+   `reference_judge_examples`) into `DIR/<stage>/judge/`, and judges with it.
 
 After each stage `post.eval_problems` held-out problems (never in any stage's data) are graded greedily with
 thinking on and off; `stages.json` and the summary hold the accuracies with their standard errors.
@@ -34,6 +37,7 @@ from pathlib import Path
 import torch
 
 from gptqwen.align.grpo import run_grpo, sample
+from gptqwen.align.rbrm import Rubric, judge_conversations
 from gptqwen.align.rewards import math_reward
 from gptqwen.errors import UserError
 from gptqwen.finetune.evaluate import compare_modes, heldout_problems
@@ -201,14 +205,43 @@ def run_stage(stage: Recipe, folder: Path, **kw) -> dict:
         return _sft_stage(stage, folder, [to_conversation(q, thinking=True, flag=False) for q in stage_problems(p)], **kw)
     if p.kind == "fusion":
         return _sft_stage(stage, folder, fusion_conversations(p, stage.sft), **kw)
+    grpo: dict = {"eval_problems": None}
     if p.kind == "reasoning_rl":
         rows, stats = _filtered_prompts(stage, folder, kw.get("resume", False))
     else:
         rows, stats = instruction_prompts(p), {}
-    prompts = _write_jsonl(folder / "prompts.jsonl", rows)
-    summary = run_grpo(sub_recipe(stage, "grpo", grpo={"prompts": prompts, "synthetic": None, "eval_problems": None}),
-                       folder, **kw)  # fmt: skip
-    return {**summary, **({"pass_rates": stats} if stats else {})}
+        if p.judge_steps:
+            judge, stats = train_judge(stage, folder / "judge", **kw)
+            grpo["rewards"] = [f"{r}@{judge}" if r.startswith("rbrm:") and "@" not in r else r for r in stage.grpo.rewards]
+    grpo["prompts"], grpo["synthetic"] = _write_jsonl(folder / "prompts.jsonl", rows), None
+    summary = run_grpo(sub_recipe(stage, "grpo", grpo=grpo), folder, **kw)
+    return {**summary, **({"pass_rates": stats} if p.kind == "reasoning_rl" else {"judge": stats} if stats else {})}
+
+
+def train_judge(stage: Recipe, out: Path, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+                stop_at: int | None = None) -> tuple[str, dict]:  # fmt: skip
+    """general_rl with `post.judge_steps`: fine-tune a copy of the stage's starting model as the judge of the stage's
+    `rbrm:` rubric (A = the reply gives the reference answer, B = not; `reference_judge_examples`) into `out`.
+    A finished judge is reused on resume; `stop_at` is left to the GRPO part of the stage."""
+    specs = [r for r in stage.grpo.rewards if r.startswith("rbrm:") and "@" not in r]
+    if len(specs) != 1:
+        raise UserError("post.judge_steps trains the judge of one rubric: put exactly one 'rbrm:RUBRIC' (without "
+                        f"@JUDGE) in this stage's grpo.rewards (it has {stage.grpo.rewards})")  # fmt: skip
+    rubric = Rubric.load(specs[0].removeprefix("rbrm:"), with_judge=False)
+    if set(rubric.classes) != {"A", "B"}:
+        raise UserError(f"rubric '{rubric.name}' has classes {sorted(rubric.classes)}; a trained judge answers A (the "
+                        "reply gives the reference answer) or B, like the built-in rubric reference-answer")  # fmt: skip
+    p = stage.post
+    if not (resume and (out / "sft.json").is_file()):
+        data = out / "data.jsonl"
+        if not data.is_file():
+            _write_jsonl(data, judge_conversations(rubric, reference_judge_examples(p, p.judge_examples, p.seed + 1)))
+        judge = sub_recipe(stage, "sft", sft={"data": str(data), "synthetic": None, "flag_prob": 0.0},
+                           train={"max_steps": p.judge_steps, "lr": p.judge_lr, "min_lr": p.judge_lr / 10,
+                                  "schedule": "cosine", "warmup_ratio": 0.1, "weight_decay": 0.0})  # fmt: skip
+        again = resume and bool(ckpt_io.list_checkpoints(out))
+        run_sft(judge, out, resume=again, overwrite=overwrite and not again, quiet=quiet)
+    return str(out), {"judge": str(out), "rubric": rubric.name, "examples": p.judge_examples, "steps": p.judge_steps}
 
 
 def heldout_set(recipe: Recipe, n: int) -> list[Problem]:

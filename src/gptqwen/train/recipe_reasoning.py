@@ -71,13 +71,18 @@ class PostConfig:
     pass_max: float = 0.99
     eval_problems: int = 200  # held-out problems graded after the stage, thinking and non-thinking (0 = none)
     eval_max_new_tokens: int = 128
+    judge_steps: int = 0  # general_rl: fine-tune a copy of the stage's starting model this many steps as the judge of
+    #                       the stage's `rbrm:` rubric (labelled replies, `reference_judge_examples`); 0 = no trained judge
+    judge_examples: int = 4000  # general_rl: labelled replies the judge is fine-tuned on
+    judge_lr: float = 1.0e-3
 
     def __post_init__(self) -> None:
         _check("post", self, {
             "kind": (lambda v: v in POST_STAGES, "one of " + ", ".join(POST_STAGES)), "problems": (lambda v: v >= 1, ">= 1"),
             "pass_samples": (lambda v: v >= 1, ">= 1"), "pass_min": (lambda v: 0 <= v <= 1, "in [0, 1]"),
             "pass_max": (lambda v: 0 <= v <= 1, "in [0, 1]"), "eval_problems": (lambda v: v >= 0, ">= 0"),
-            "eval_max_new_tokens": (lambda v: v >= 1, ">= 1"),
+            "eval_max_new_tokens": (lambda v: v >= 1, ">= 1"), "judge_steps": (lambda v: v >= 0, ">= 0"),
+            "judge_examples": (lambda v: v >= 1, ">= 1"), "judge_lr": (lambda v: v > 0, "> 0"),
             "kinds": (lambda v: bool(v) and set(v) <= set(_KINDS), "a non-empty list of " + ", ".join(_KINDS)),
         })  # fmt: skip
         if self.pass_min > self.pass_max:
