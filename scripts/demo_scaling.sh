@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Predictable scaling (issue 18): predict the final loss of a run with >= 100x the compute of every run the law is
 # fitted on, write the prediction down (timestamped), and only then read the run's real loss.
-#   1. target   one run of recipe scaling-qwen3 (620k parameters, 2.4M tokens = one pass over the plays, 9,375
-#               steps of 4 x 64 tokens), started in the background on its own core: it does not depend on the fit
-#   2. sweep    a grid of 6 sizes (29k-345k parameters) x 8 token counts a factor sqrt(2) apart (33k-371k), keeping
-#               the runs of >= 100 steps and <= 1/100 of the target's compute (the project's exact FLOP count)
+#   1. target   one run of recipe scaling-bytes (Shakespeare's plays as bytes; 320k parameters, 4.70M tokens = one
+#               pass, 18,359 steps of 2 x 128 tokens), started in the background on its own core: it does not
+#               depend on the fit
+#   2. sweep    a grid of 4 sizes (19k-109k parameters) x 8 token counts a factor sqrt(2) apart (51k-579k), keeping
+#               the runs of >= 200 steps and <= 1/100 of the target's compute (the project's exact FLOP count)
 #   3. check    each law is fitted on the runs with <= 0.5 of the sweep's largest compute and scored on the rest
 #               (leave-largest-out); the law with the smaller mean error makes the prediction
 #   4. predict  fitted on the whole sweep (--max-fraction 0.01 checks the 1/100 rule), saved to $OUT/prediction.json
 #   5. actual   wait for the target, read its loss, report the error; plot docs/scaling_prediction.png
-# Every run is one protocol: small steps (256 tokens) so that even the smallest runs take 100 steps, cosine decay
-# to the end of each run, warmup 5% of it, and the loss on all 127k held-out tokens at the end only. Finished runs
-# are skipped and interrupted ones resumed, so rerunning is cheap.
+# Every run is one protocol: small steps (256 tokens) so that even the smallest runs take 200 steps, a learning rate
+# of 2.4e-2 x (32 / width)^2 (the target's too), cosine decay to a tenth of it at the end of each run, warmup 2% of
+# it, and the loss on 64k held-out tokens spread over the split, at the end only. Finished runs are skipped and
+# interrupted ones resumed, so rerunning is cheap.
 # Usage: scripts/demo_scaling.sh   (OUT=runs/scaling PLOT=docs/scaling_prediction.png)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,19 +28,18 @@ PY=$(dirname "$(command -v gptqwen)")/python
 TIME="/usr/bin/time -f %e_s_wall_%U_s_user_%S_s_sys"
 [[ -x /usr/bin/time ]] || TIME=""
 mkdir -p "$OUT"
+lr() { echo "train.lr=$1,train.min_lr=$2"; }  # the rate of a width: 2.4e-2 x (32 / n_embd)^2, to a tenth
 SIZES=(
-  --size n_layer=1,n_embd=32,n_head=2,n_kv_head=1,head_dim=16,intermediate_size=96
-  --size n_layer=2,n_embd=32,n_head=2,n_kv_head=1,head_dim=16,intermediate_size=96
-  --size n_layer=2,n_embd=48,n_head=3,n_kv_head=1,head_dim=16,intermediate_size=128
-  --size n_layer=2,n_embd=64,n_head=2,n_kv_head=1,head_dim=32,intermediate_size=176
-  --size n_layer=2,n_embd=96,n_head=3,n_kv_head=1,head_dim=32,intermediate_size=256
-  --size n_layer=3,n_embd=96,n_head=3,n_kv_head=1,head_dim=32,intermediate_size=256
+  --size n_layer=2,n_embd=24,n_head=2,n_kv_head=1,head_dim=12,intermediate_size=64,"$(lr 4.2e-2 4.2e-3)"
+  --size n_layer=2,n_embd=32,n_head=2,n_kv_head=1,head_dim=16,intermediate_size=96,"$(lr 2.4e-2 2.4e-3)"
+  --size n_layer=2,n_embd=48,n_head=3,n_kv_head=1,head_dim=16,intermediate_size=128,"$(lr 1.1e-2 1.1e-3)"
+  --size n_layer=2,n_embd=64,n_head=4,n_kv_head=2,head_dim=16,intermediate_size=176,"$(lr 6e-3 6e-4)"
 )
-TOKENS=32768,46336,65536,92672,131072,185344,262144,370688  # a factor sqrt(2) apart
-TARGET=(-c scaling-qwen3 --out "$OUT/target" --size n_layer=3 --tokens 2400000)
+TOKENS=51200,72448,102400,144896,204800,289792,409600,579328  # a factor sqrt(2) apart
+TARGET=(-c scaling-bytes --out "$OUT/target" --size n_layer=3 --tokens 4700000)
 field() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
 
-echo "== $(date -u +%T) target plan (builds data/shakespeare-bpe512 on first use)"
+echo "== $(date -u +%T) target plan (builds data/shakespeare-bytes on first use)"
 gptqwen scaling sweep "${TARGET[@]}" --dry-run --json > "$OUT/target_plan.json"
 N=$(field "$OUT/target_plan.json" '[0]["params"]')
 D=$(field "$OUT/target_plan.json" '[0]["tokens"]')
@@ -57,8 +58,8 @@ else
 fi
 
 echo "== $(date -u +%T) fitting sweep"
-$TIME gptqwen scaling sweep -c scaling-qwen3 --out "$OUT/sweep" "${SIZES[@]}" --tokens "$TOKENS" \
-  --max-flops "$MAX_FLOPS" --min-steps 100
+$TIME gptqwen scaling sweep -c scaling-bytes --out "$OUT/sweep" "${SIZES[@]}" --tokens "$TOKENS" \
+  --max-flops "$MAX_FLOPS" --min-steps 200
 RUNS=$OUT/sweep/runs.csv
 
 echo "== $(date -u +%T) leave-largest-out check: fit the runs with <= 0.5 of the largest compute, predict the rest"

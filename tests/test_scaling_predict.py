@@ -104,3 +104,18 @@ def test_sweep_leaves_out_short_and_too_costly_runs(monkeypatch):
     assert [s.name for s in capped] == [s.name for s in everything[:2]]
     with pytest.raises(UserError, match="--max-flops"):
         sweep.plan_sweep("r", [], [{"n_layer": 2}], flops=[1e9], max_flops=-1.0)
+
+
+def test_a_size_can_set_its_own_learning_rate(monkeypatch):
+    import gptqwen.scaling.sweep as sweep
+    from gptqwen.train.recipe import load_recipe
+
+    monkeypatch.setattr(sweep, "_dataset_vocab", lambda recipe: (257, 256))  # no dataset needed to plan
+    sizes = [sweep.parse_size("n_layer=2,n_embd=32,n_head=2,head_dim=16,train.lr=2.4e-2"), sweep.parse_size("n_layer=3")]
+    small, big = sweep.plan_sweep("scaling-bytes", [], sizes, tokens=[25600])
+    assert small.name == "n_layer2-n_embd32-n_head2-head_dim16-lr2.4e-2-steps100" and big.name == "n_layer3-steps100"
+    assert "train.lr=2.4e-2" in small.overrides and "model.n_embd=32" in small.overrides
+    assert load_recipe("scaling-bytes", list(small.overrides)).train.lr == 2.4e-2
+    assert load_recipe("scaling-bytes", list(big.overrides)).train.lr == load_recipe("scaling-bytes", []).train.lr
+    with pytest.raises(UserError, match="unknown train setting .lrr"):  # a misspelt recipe key is refused before any training
+        sweep.plan_sweep("scaling-bytes", [], [sweep.parse_size("train.lrr=1")], tokens=[25600])

@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="pretraining recipe name or YAML file (default: qwen3-shakespeare)")
     p.add_argument("--out", required=True, help="sweep folder: one run folder per run, and runs.csv")
     p.add_argument("--size", action="append", required=True, metavar="K=V,...",
-                   help="model overrides of one size (repeat per size), e.g. n_layer=2,n_embd=64,n_head=2")
+                   help="model overrides of one size (repeat per size), e.g. n_layer=2,n_embd=64,n_head=2; "
+                        "dotted keys set other recipe fields of that size, e.g. train.lr=6e-3")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--tokens", metavar="D,...", help="training tokens per run, comma-separated (a grid)")
     budget.add_argument("--flops", metavar="C,...", help="IsoFLOP compute budgets: each size gets D = C / 6N")

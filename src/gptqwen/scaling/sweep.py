@@ -4,7 +4,8 @@
     rows = run_sweep(specs, "runs/sweep")          # trains what is not finished, returns every finished row
     write_csv(rows, "runs/sweep/runs.csv")         # what `gptqwen scaling fit` reads
 
-A size is a dict of model overrides on the recipe; a budget is D tokens (rounded to whole optimizer steps of
+A size is a dict of model overrides on the recipe (a dotted key such as `train.lr` sets another section, so
+that each size can have its own learning rate); a budget is D tokens (rounded to whole optimizer steps of
 batch_size × seq_len tokens), or, with `flops`, an IsoFLOP budget C giving each size D = C / 6N. Each run is a
 folder trained through the normal pretraining entry point (`gptqwen.train.trainer.pretrain`), so it is
 logged, checkpointed and resumable; a finished run has `result.json` and is skipped, an interrupted one is
@@ -63,7 +64,12 @@ def _dataset_vocab(recipe) -> tuple[int, int | None]:
 
 
 def _size_name(size: dict[str, Any]) -> str:
-    return "-".join(f"{k}{v}" for k, v in size.items()) or "base"
+    return "-".join(f"{k.rpartition('.')[2]}{v}" for k, v in size.items()) or "base"
+
+
+def _size_overrides(size: dict[str, Any]) -> list[str]:
+    """Recipe overrides of one size: bare keys are model fields; dotted ones (train.lr) name their section."""
+    return [f"{k}={v}" if "." in k else f"model.{k}={v}" for k, v in size.items()]
 
 
 def plan_sweep(recipe_name: str | None, overrides: list[str], sizes: list[dict[str, Any]],
@@ -90,7 +96,7 @@ def plan_sweep(recipe_name: str | None, overrides: list[str], sizes: list[dict[s
     step_tokens = base.train.batch_size * base.train.seq_len
     specs = []
     for size in sizes:
-        size_overrides = [f"model.{k}={v}" for k, v in size.items()]
+        size_overrides = _size_overrides(size)
         cfg = model_config(load_recipe(recipe_name, overrides + size_overrides), vocab, eos)
         n = cfg.num_params()
         for budget in budgets:
