@@ -115,6 +115,35 @@ def test_resampler_gives_every_image_the_same_token_count(tok):
     torch.testing.assert_close(step, full, atol=1e-4, rtol=1e-4)
 
 
+
+def test_patch_norm_and_absolute_positions():
+    """patch_norm: each patch's brightness and contrast drop out (a light background no longer swamps thin strokes).
+    abs_pos: a uniform image gives every merged token the same feature with relative (2D RoPE) positions only,
+    different ones with sincos."""
+    import dataclasses
+
+    from gptqwen.vision.encoder import VisionEncoder
+    from gptqwen.vision.image import ImageInput
+
+    _, vis = vlm_config("qwen-vl-tiny")
+    assert vis.patch_norm and vis.abs_pos == "sincos"  # the tiny preset uses both
+    plain_cfg = dataclasses.replace(vis, patch_norm=False, abs_pos="none")
+    torch.manual_seed(0)
+    tiny, plain = VisionEncoder(vis).eval(), VisionEncoder(plain_cfg).eval()
+    plain.load_state_dict(tiny.state_dict())
+    patches = torch.randn(64, vis.patch_dim)
+    with torch.no_grad():
+        for enc, same in ((tiny, True), (plain, False)):
+            a, b = (enc([ImageInput(p, (8, 8), 16)]) for p in (patches, 3 * patches + 1))
+            assert torch.allclose(a, b, atol=1e-2) == same
+        flat = [preprocess(Image.new("RGB", (64, 64), (240, 240, 240)), cfg) for cfg in (vis, plain_cfg)]
+        tiny_flat, plain_flat = tiny(flat[:1]), plain(flat[1:])
+    assert torch.allclose(plain_flat, plain_flat[:1].expand(16, -1), atol=1e-5)  # no token knows where it is
+    assert (tiny_flat - tiny_flat[:1]).abs().amax() > 1e-3
+    with pytest.raises(UserError, match="abs_pos"):
+        dataclasses.replace(vis, abs_pos="learned").validate()
+
+
 # ------------------------------------------------------------------------------------------------ image tokens
 def test_image_tokens_in_qwen_format(tok, vlm):
     img = make_item("colour", 0, 0).image  # 64x64 -> 8x8 patches -> 16 tokens

@@ -39,6 +39,8 @@ class VisionConfig:
     resampler_queries: int = 0  # resampler: decoder tokens per image (a square number; Qwen-VL: 256)
     out_dim: int = 2048  # the decoder's n_embd
     rope_theta: float = 10000.0
+    patch_norm: bool = False  # normalise each patch's pixels (zero mean, unit variance) before the embedding
+    abs_pos: str = "none"  # none (Qwen2-VL: 2D RoPE only) | sincos (also fixed 2D sine-cosine positions on the patches)
     min_pixels: int = 56 * 56
     max_pixels: int = 1280 * 28 * 28  # larger images are scaled down to fit (Qwen2-VL's default upper bound)
 
@@ -78,6 +80,8 @@ class VisionConfig:
         if self.width % self.n_head or self.head_dim % 4:
             raise UserError(f"vision width {self.width} must split into {self.n_head} heads of a multiple of 4 "
                             "(2D RoPE rotates rows in one half of each head and columns in the other)")
+        if self.abs_pos not in ("none", "sincos"):
+            raise UserError(f"vision abs_pos must be none or sincos, not '{self.abs_pos}'")
         if self.mlp not in ("swiglu", "gelu") or self.norm not in ("rmsnorm", "layernorm"):
             raise UserError("vision mlp must be swiglu or gelu, norm rmsnorm or layernorm")
         side = math.isqrt(self.resampler_queries)
@@ -110,7 +114,8 @@ _QWEN25_VIT = dict(patch_size=14, temporal_patch_size=2, width=1280, depth=32, n
                    mlp="swiglu", norm="rmsnorm", merge_size=2)
 # A CPU-sized encoder for tests and demos: 8-pixel patches, 16-pixel merged tokens, small images
 _TINY_VIT = dict(patch_size=8, temporal_patch_size=1, width=96, depth=3, n_head=4, intermediate_size=256,
-                 mlp="swiglu", norm="rmsnorm", merge_size=2, min_pixels=16 * 16, max_pixels=160 * 160)
+                 mlp="swiglu", norm="rmsnorm", merge_size=2, min_pixels=16 * 16, max_pixels=160 * 160,
+                 patch_norm=True, abs_pos="sincos")
 
 # VLM name -> (decoder preset, decoder overrides, encoder settings)
 VLM_PRESETS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {

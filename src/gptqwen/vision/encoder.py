@@ -10,7 +10,10 @@ within one image (no causal mask), so it runs through `F.scaled_dot_product_atte
 grid run as one batch.
 
 2D RoPE (Qwen2-VL's vision rotary): each head's rotated pairs (i, i + D/2) split into two halves of D/4
-frequencies — the first turns with the patch's row, the second with its column.
+frequencies — the first turns with the patch's row, the second with its column. Two switches, on in the tiny
+preset: `patch_norm` (each patch's pixels normalised before the embedding, so thin dark strokes on a light page
+are not swamped by the background) and `abs_pos="sincos"` (fixed 2D sine-cosine positions added to the patch
+embeddings, as Qwen-VL's ViT adds absolute ones: RoPE alone tells how far apart two patches are, not where one is).
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ from gptqwen.model.mlp import MLP
 from gptqwen.model.norms import make_norm
 from gptqwen.vision.config import VisionConfig
 from gptqwen.vision.image import ImageInput, grid_positions
+
+# Without patch_norm the light background of a chart or a text line (+1.8 in every channel after CLIP normalisation)
+# dominated the embeddings: features varied ~13% between word images, and the tiny ViT with a linear classifier on
+# its features (trained together, words at a fixed place) stayed at chance on 50 words after 28,800 examples; with
+# it, 89% after 9,600. The eps keeps a nearly flat patch (a background of uneven channels) from being blown up.
+PATCH_NORM_EPS = 1e-2
 
 
 def rope_2d(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,8 +147,14 @@ class VisionEncoder(nn.Module):
     def encode_batch(self, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """[B, N, patch_dim] of images with one grid -> [B, N / merge^2, out_dim]."""
         cfg = self.config
-        cos, sin = rope_2d(grid_positions(grid, cfg.merge_size).float(), cfg.head_dim, cfg.rope_theta)
-        x = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
+        positions = grid_positions(grid, cfg.merge_size).float()
+        cos, sin = rope_2d(positions, cfg.head_dim, cfg.rope_theta)
+        patches = patches.to(self.patch_embed.weight.dtype)
+        if cfg.patch_norm:  # a flat background is ~0, an edge or stroke is unit-sized (eps: flat stays flat)
+            patches = F.layer_norm(patches, (cfg.patch_dim,), eps=PATCH_NORM_EPS)
+        x = self.patch_embed(patches)
+        if cfg.abs_pos == "sincos":  # where a patch is, not only how far apart two are: left/right, bar heights
+            x = x + sincos_2d(positions, cfg.width).to(x)
         cos, sin = cos.to(x), sin.to(x)
         for block in self.blocks:
             x = block(x, cos, sin)
