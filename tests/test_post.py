@@ -19,7 +19,7 @@ tok, model_dir = _align_fixtures.tok, _align_fixtures.model_dir  # shared fixtur
 QWEN3_JINJA = (Path(__import__("trl").__file__).parent / "chat_templates" / "qwen3.jinja").read_text()
 TINY = ["train.max_steps=2", "train.batch_size=4", "post.problems=16", "post.eval_problems=6", "post.eval_max_new_tokens=8",
         "post.pass_min=0", "post.pass_samples=2", "grpo.num_generations=2", "grpo.prompts_per_step=2",
-        "grpo.max_new_tokens=8"]  # fmt: skip
+        "grpo.max_new_tokens=8", "post.judge_steps=2", "post.judge_examples=16"]  # fmt: skip
 
 
 def test_fusion_data_renders_as_the_trl_qwen3_template(tok, model_dir):

@@ -258,7 +258,7 @@ def grade(model_dir: Path, items: list[Problem], max_new_tokens: int) -> dict:
     model, tok = load_model_and_tokenizer(str(model_dir))
     res = compare_modes(model, tok, items, max_new_tokens)
     return {mode: {"accuracy": r["accuracy"], "stderr": (r["accuracy"] * (1 - r["accuracy"]) / max(1, r["n"])) ** 0.5,
-                   "n": r["n"], "answered": r["answered"]} for mode, r in res.items()}  # fmt: skip
+                   "n": r["n"], "answered": r["answered"], "by_kind": r["by_kind"]} for mode, r in res.items()}  # fmt: skip
 
 
 def run_post(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False,
