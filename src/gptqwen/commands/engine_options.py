@@ -53,8 +53,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     add_context_arguments(p)
 
 
-def add_context_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("long context (RoPE models; applied as `gptqwen eval` applies them)")
+def add_extension_arguments(g) -> None:
+    """--yarn / --dca / --allow-longer on an argument group (generate, chat, serve, tools and eval share them)."""
     g.add_argument("--yarn", type=float, default=None, metavar="FACTOR",
                    help="YaRN: stretch the RoPE frequencies to FACTOR x the trained context")
     g.add_argument("--dca", nargs=2, type=int, default=None, metavar=("CHUNK", "LOCAL"),
@@ -62,6 +62,17 @@ def add_context_arguments(p: argparse.ArgumentParser) -> None:
                         "(CHUNK + LOCAL <= the trained context)")
     g.add_argument("--allow-longer", action="store_true",
                    help="run plain RoPE past the trained context (it usually fails there; for comparison)")
+
+
+def extend_as_asked(model: torch.nn.Module, context: int, args: argparse.Namespace) -> None:
+    """`extend_context` with the --yarn / --dca / --allow-longer values."""
+    extend_context(model, context, yarn=args.yarn, dca=tuple(args.dca) if args.dca else None,
+                   allow_longer=args.allow_longer)
+
+
+def add_context_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("long context (RoPE models; applied as `gptqwen eval` applies them)")
+    add_extension_arguments(g)
     g.add_argument("--context", type=int, default=None, metavar="TOKENS",
                    help="the longest prompt + answer to accept (default: FACTOR x the trained context with --yarn, "
                         "else 4 x with --dca or --allow-longer)")
@@ -77,8 +88,7 @@ def apply_context_arguments(model: torch.nn.Module, args: argparse.Namespace) ->
     context = args.context or round(trained * (args.yarn if args.yarn is not None else 4))
     if context < 1:
         raise UserError(f"--context {context} is invalid; give a positive number of tokens")
-    extend_context(model, context, yarn=args.yarn, dca=tuple(args.dca) if args.dca else None,
-                   allow_longer=args.allow_longer)
+    extend_as_asked(model, context, args)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, temperature: float = DEFAULT_TEMPERATURE) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gptqwen.commands.engine_options import add_extension_arguments, extend_as_asked
 from gptqwen.errors import UserError
 from gptqwen.eval.budget import add_budget_arguments, run_budget
 from gptqwen.eval.harness import evaluate
@@ -37,7 +38,6 @@ from gptqwen.eval.perplexity import file_task
 from gptqwen.eval.plot import model_label, plot_shot_curves
 from gptqwen.eval.report import write_outputs
 from gptqwen.eval.taskspec import BUILTIN_DIR, builtin_task_names, load_task
-from gptqwen.model.dca import extend_context
 from gptqwen.utils import print_json
 
 
@@ -169,12 +169,7 @@ def _add_long_context_arguments(p: argparse.ArgumentParser) -> None:
                    help="passkey depths in [0, 1] (default 0 0.25 0.5 0.75 1)")
     g.add_argument("--trials", type=int, default=5, help="prompts per cell; windows per length for ppl-position")
     g.add_argument("--keys", type=int, default=4, help="needles per prompt for --task needle (default 4)")
-    g.add_argument("--yarn", type=float, default=None, metavar="FACTOR",
-                   help="YaRN RoPE scaling by FACTOR over the model's trained context")
-    g.add_argument("--dca", nargs=2, type=int, default=None, metavar=("CHUNK", "LOCAL"),
-                   help="Dual Chunk Attention with this chunk size and local window (CHUNK + LOCAL <= trained context)")
-    g.add_argument("--allow-longer", action="store_true",
-                   help="run plain RoPE beyond the trained context (to measure that it fails)")
+    add_extension_arguments(g)
     g.add_argument("--document", default=None, metavar="FILE",
                    help="text for ppl-position (default: the held-out Shakespeare blocks)")
     g.add_argument("--buckets", type=int, default=16, help="position buckets for ppl-position (default 16)")
@@ -194,8 +189,7 @@ def _long_context(args: argparse.Namespace) -> int:
     for spec in args.model:
         lm = ScoringModel.load(spec, device=args.device, dtype=args.dtype, random_weights=args.random_weights,
                                progress=False)
-        extend_context(lm.model, max(settings.context_lengths), yarn=args.yarn,
-                       dca=tuple(args.dca) if args.dca else None, allow_longer=args.allow_longer)
+        extend_as_asked(lm.model, max(settings.context_lengths), args)
         ev = LongContextEval(lm.model, lm.tokenizer, settings,
                              progress=None if args.no_progress else lambda m: print(m, file=sys.stderr))
         for task in dict.fromkeys(args.task):
