@@ -1,0 +1,139 @@
+"""Diagnostic probes for the tiny VLM (issue 22): why position, chart and word stay at the text-only baseline.
+The figures in docs/vision-diagnosis.md come from these commands (1 thread each, one at a time):
+
+    OMP_NUM_THREADS=1 .venv/bin/python docs/vision-probe.py vlm word --steps 300 --decoder runs/demo-vision/text/all
+    OMP_NUM_THREADS=1 .venv/bin/python docs/vision-probe.py head word --readout cat --steps 300
+    OMP_NUM_THREADS=1 .venv/bin/python docs/vision-probe.py oracle word --where one --steps 150 --decoder runs/demo-vision/text/all
+
+- vlm: one stage of `qwen-vl-tiny` that trains everything on one task (no projector stage), graded on held-out
+  items through the Engine as `gptqwen vl train` does; `--vit key=value` changes the tiny encoder preset.
+  `--pretrain N` first trains the encoder N steps as `head --readout cat` does (a pretrained encoder).
+- head: the tiny ViT + projector alone with a linear classifier over the answers, trained on the labels
+  (no decoder): `cat` reads every image token through its own weights (a position-specific readout),
+  `mean` / `max` pool the tokens first (rms-normalised, as the decoder normalises what it reads).
+- oracle: the decoder alone, its image-pad positions filled with a fixed random vector per answer — in every
+  image token (`all`), or in one random token with zeros elsewhere (`one`) or with a fixed vector per position
+  elsewhere (`one-bg`): can the decoder read a clean signal, and can it find one token among the image's?
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+from gptqwen.finetune import vl as V
+from gptqwen.train.recipe import load_recipe
+from gptqwen.vision import config as vc
+from gptqwen.vision import preprocess
+from gptqwen.vision.data import make_split
+from gptqwen.vision.encoder import VisionEncoder
+
+
+def vlm(a: argparse.Namespace) -> dict:
+    if a.pretrain:  # the encoder (and projector) first learn the task through the `cat` readout, then meet the decoder
+        encoder, build = head(a, steps=a.pretrain)["encoder"], V.build_model
+
+        def build_pretrained(recipe, device):
+            model, tok = build(recipe, device)
+            model.visual.load_state_dict(encoder.state_dict())
+            return model, tok
+
+        V.build_model = build_pretrained
+    overrides = [f"vl.tasks=[{a.task}]", f"vl.train_items={a.items}", "vl.eval_items=100", f"train.max_steps={a.steps}",
+                 "train.threads=1", "train.tensorboard=false"] + ([f"vl.decoder={a.decoder}"] if a.decoder else [])
+    recipe = load_recipe("qwen-vl-tiny", overrides, trainer="vl")
+    recipe.stages = []  # one stage, everything trains
+    s = V.run_vl(recipe, a.out, overwrite=True, quiet=True)
+    return {t: d["accuracy"] for t, d in s["heldout"]["tasks"].items()} | {"final_loss": s.get("final_loss")}
+
+
+def head(a: argparse.Namespace, steps: int = 0) -> dict:
+    cfg = vc.vlm_config("qwen-vl-tiny")[1]
+    torch.manual_seed(0)
+    enc = VisionEncoder(cfg)
+    steps = steps or a.steps
+    items = make_split([a.task], 32 * steps, 0)
+    labels = {x: i for i, x in enumerate(sorted({it.answer for it in items}))}
+    n_tok = preprocess(items[0].image, cfg).n_tokens
+    lin = torch.nn.Linear(cfg.out_dim * (n_tok if a.readout == "cat" else 1), len(labels))
+    opt = torch.optim.AdamW([*enc.parameters(), *lin.parameters()], lr=2e-3, weight_decay=0.0)
+
+    def logits(batch):
+        f = enc([preprocess(it.image, cfg) for it in batch]).view(len(batch), n_tok, -1)
+        if a.readout == "cat":
+            return lin(f.flatten(1))
+        return lin(F.rms_norm(f.mean(1) if a.readout == "mean" else f.amax(1), (cfg.out_dim,)))
+
+    for s in range(steps):
+        batch = items[32 * s:32 * s + 32]
+        loss = F.cross_entropy(logits(batch), torch.tensor([labels[it.answer] for it in batch]))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    test = make_split([a.task], 200, 0, split="test")
+    with torch.no_grad():
+        pred = torch.cat([logits(test[i:i + 50]).argmax(-1) for i in range(0, len(test), 50)])
+    hits = (pred == torch.tensor([labels.get(it.answer, -1) for it in test])).float().mean().item()
+    return {f"{a.task}_{a.readout}_readout": hits, "encoder": enc}
+
+
+def oracle(a: argparse.Namespace) -> dict:
+    recipe = load_recipe("qwen-vl-tiny", [f"vl.tasks=[{a.task}]"] + ([f"vl.decoder={a.decoder}"] if a.decoder else []),
+                         trainer="vl")  # fmt: skip
+    torch.manual_seed(0)
+    model, tok = V.build_model(recipe, torch.device("cpu"))
+    vis, dec = model.vision_config, model.decoder
+    items = make_split([a.task], 32 * a.steps, 0)
+    labels = {x: i for i, x in enumerate(sorted({it.answer for it in items}))}
+    code = torch.randn(len(labels), dec.config.n_embd) * 0.075  # the scale of the untrained projector's output
+    background = torch.randn(64, dec.config.n_embd) * 0.075
+    batches = V.make_batches([(*V.encode_item(tok, it, vis), it) for it in items], 32, 0, 0, vis)
+    opt = torch.optim.AdamW(dec.parameters(), lr=2e-3, weight_decay=0.0)
+    losses = []
+    for b in batches[:a.steps]:
+        rows = []
+        for it in b["items"]:
+            k = preprocess(it.image, vis).n_tokens
+            f = code[labels[it.answer]].expand(k, -1).clone()
+            if a.where != "all":  # the others zero, or a fixed vector per position (what the image does not change)
+                f = torch.zeros_like(f) if a.where == "one" else background[:k].clone()
+                f[torch.randint(k, ())] = code[labels[it.answer]]
+            rows.append(f)
+        emb = dec.wte(b["ids"]).masked_scatter((b["ids"] == model.image_pad_id)[..., None], torch.cat(rows))
+        out = dec(b["ids"], inputs_embeds=emb, targets=b["targets"])
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(out.loss.item())
+    return {"loss_first_25": sum(losses[:25]) / 25, "loss_last_25": sum(losses[-25:]) / 25}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("probe", choices=["vlm", "head", "oracle"])
+    p.add_argument("task")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--items", type=int, default=2500)
+    p.add_argument("--decoder", help="a text model to start from (the demo's runs/.../text/all)")
+    p.add_argument("--out", default="runs/vision-probe")
+    p.add_argument("--pretrain", type=int, default=0, help="vlm: first train the encoder N steps through the cat readout")
+    p.add_argument("--readout", choices=["cat", "mean", "max"], default="cat")
+    p.add_argument("--where", choices=["all", "one", "one-bg"], default="all")
+    p.add_argument("--vit", action="append", default=[], help="encoder setting key=value (JSON value), e.g. abs_pos='\"none\"'")
+    a = p.parse_args()
+    dec, overrides, vit = vc.VLM_PRESETS["qwen-vl-tiny"]
+    vit = {**vit, **{k: json.loads(v) for k, v in (s.split("=", 1) for s in a.vit)}}
+    vc.VLM_PRESETS["qwen-vl-tiny"] = (dec, overrides, vit)  # a probe-only change of the preset, in this process
+    t0, c0 = time.time(), time.process_time()
+    res = {k: v for k, v in {"vlm": vlm, "head": head, "oracle": oracle}[a.probe](a).items() if k != "encoder"}
+    print(json.dumps({"probe": a.probe, "task": a.task, "steps": a.steps, **res, "wall_s": round(time.time() - t0),
+                      "cpu_s": round(time.process_time() - c0), "load": round(os.getloadavg()[0], 2)}))
+
+
+if __name__ == "__main__":
+    main()
