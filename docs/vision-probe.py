@@ -10,7 +10,8 @@ The figures in docs/vision-diagnosis.md come from these commands (1 thread each,
   `--pretrain N` first trains the encoder N steps as `head --readout cat` does (a pretrained encoder).
 - head: the tiny ViT + projector alone with a linear classifier over the answers, trained on the labels
   (no decoder): `cat` reads every image token through its own weights (a position-specific readout),
-  `mean` / `max` pool the tokens first (rms-normalised, as the decoder normalises what it reads).
+  `mean` / `max` pool the tokens first (rms-normalised, as the decoder normalises what it reads); one classifier
+  per distinct question (chart: which letter, position: which two colours), so the answer is a label.
 - oracle: the decoder alone, its image-pad positions filled with a fixed random vector per answer — in every
   image token (`all`), or in one random token with zeros elsewhere (`one`) or with a fixed vector per position
   elsewhere (`one-bg`): can the decoder read a clean signal, and can it find one token among the image's?
@@ -59,15 +60,19 @@ def head(a: argparse.Namespace, steps: int = 0) -> dict:
     steps = steps or a.steps
     items = make_split([a.task], 32 * steps, 0)
     labels = {x: i for i, x in enumerate(sorted({it.answer for it in items}))}
+    questions = {x: i for i, x in enumerate(sorted({it.question for it in items}))}  # a readout per question asked
     n_tok = preprocess(items[0].image, cfg).n_tokens
-    lin = torch.nn.Linear(cfg.out_dim * (n_tok if a.readout == "cat" else 1), len(labels))
+    lin = torch.nn.Linear(cfg.out_dim * (n_tok if a.readout == "cat" else 1), len(labels) * len(questions))
     opt = torch.optim.AdamW([*enc.parameters(), *lin.parameters()], lr=2e-3, weight_decay=0.0)
 
     def logits(batch):
         f = enc([preprocess(it.image, cfg) for it in batch]).view(len(batch), n_tok, -1)
         if a.readout == "cat":
-            return lin(f.flatten(1))
-        return lin(F.rms_norm(f.mean(1) if a.readout == "mean" else f.amax(1), (cfg.out_dim,)))
+            out = lin(f.flatten(1))
+        else:
+            out = lin(F.rms_norm(f.mean(1) if a.readout == "mean" else f.amax(1), (cfg.out_dim,)))
+        q = torch.tensor([questions.get(it.question, 0) for it in batch])
+        return out.view(len(batch), len(questions), len(labels))[torch.arange(len(batch)), q]
 
     for s in range(steps):
         batch = items[32 * s:32 * s + 32]
