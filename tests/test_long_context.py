@@ -128,7 +128,7 @@ class _Tokens:
 
 def test_doc_windows_start_every_sequence_at_a_document_start():
     """train.doc_windows: every training sequence opens a document (none is cut before its question), each
-    document start whose window fits is used once per epoch, and recipe qwen3-long turns it on for its long stage."""
+    document start whose window fits is used once per epoch, and recipe qwen3-long turns it on after its first stage."""
     rng, eos = np.random.default_rng(0), 0
     docs = [[*rng.integers(1, 50, int(rng.integers(5, 40))), eos] for _ in range(60)]
     ids = [t for d in docs for t in d]
@@ -144,7 +144,7 @@ def test_doc_windows_start_every_sequence_at_a_document_start():
     with pytest.raises(UserError, match="doc_windows"):
         WindowSampler(_Tokens(ids, None), 32, seed=1, doc_starts=True)
     recipe = load_recipe("qwen3-long")
-    assert recipe.stage(1).train.doc_windows
+    assert not recipe.stage(0).train.doc_windows and recipe.stage(1).train.doc_windows and recipe.stage(2).train.doc_windows
 
 
 def test_answer_scoring_takes_the_first_number():
