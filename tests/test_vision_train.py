@@ -1,9 +1,10 @@
-"""The `vl` trainer: stage 1 trains the projector only (encoder and decoder weights unchanged), stage 2 trains
-everything from stage 1's weights; the text-only baseline skips the projector stage; held-out grading runs."""
+"""The `vl` trainer: the encoder stage trains the encoder only (through a readout), the projector stage the
+projector only (encoder and decoder weights unchanged), the last stage everything from the previous weights; the text-only baseline skips the projector stage; held-out grading runs."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -30,21 +31,52 @@ def _overrides_for_stages(recipe, steps: int) -> None:
 
 
 @pytest.mark.parametrize("preset", ["qwen-vl-tiny", "qwen-vl-tiny-resampler"])
-def test_stage1_trains_only_the_projector_then_stage2_everything(tmp_path, preset):
+def test_stages_encoder_then_projector_then_everything(tmp_path, preset):
+    """The encoder stage moves only the encoder (the decoder is frozen and unused), the projector stage only the
+    projector, the last stage the decoder and the encoder."""
     recipe = _recipe(f"vl.preset={preset}")
     _overrides_for_stages(recipe, 2)
+    assert [s["name"] for s in recipe.stages] == ["encoder", "projector", "all"]
     before = build_model(recipe.stage(0), torch.device("cpu"))[0].state_dict()
     summary = run_vl(recipe, tmp_path, quiet=True)
-    stage1 = VisionLanguageModel.attach(from_pretrained(str(tmp_path / "projector")), tmp_path / "projector").state_dict()
-    changed = {k for k in before if not torch.equal(before[k], stage1[k])}
+
+    def weights(stage):
+        return VisionLanguageModel.attach(from_pretrained(str(tmp_path / stage)), tmp_path / stage).state_dict()
+
+    encoder, stage1, stage2 = weights("encoder"), weights("projector"), weights("all")
+    changed = {k for k in before if not torch.equal(before[k], encoder[k])}
+    assert changed and all(k.startswith("visual.") for k in changed)
+    assert any(k.startswith("visual.blocks.") for k in changed) and any(k.startswith("visual.merger.") for k in changed)
+    changed = {k for k in encoder if not torch.equal(encoder[k], stage1[k])}
     assert changed and all(k.startswith("visual.merger.") for k in changed)
-    assert {k for k in before if k.startswith("visual.merger.") and k.endswith("weight")} <= changed
-    stage2 = VisionLanguageModel.attach(from_pretrained(str(tmp_path / "all")), tmp_path / "all").state_dict()
+    assert {k for k in encoder if k.startswith("visual.merger.") and k.endswith("weight")} <= changed
     moved = {k for k in stage1 if not torch.equal(stage1[k], stage2[k])}
     assert any(k.startswith("decoder.blocks.") for k in moved) and any(k.startswith("visual.blocks.") for k in moved)
-    assert set(summary["stages"]) == {"projector", "all"}
+    assert set(summary["stages"]) == {"encoder", "projector", "all"}
     assert summary["stages"]["projector"]["trainable_params"] < summary["stages"]["all"]["trainable_params"]
     assert json.loads((tmp_path / "all" / "vl.json").read_text())["steps"] == 2
+
+
+def test_readout_shapes_and_loss():
+    """One head per distinct question: all of an image's feature rows in, that task's training answers out."""
+    from gptqwen.finetune.vl import Readout
+    from gptqwen.vision import preprocess, vlm_config
+    from gptqwen.vision.data import make_split
+
+    vision = vlm_config("qwen-vl-tiny")[1]
+    items = make_split(["colour", "word", "position"], 6, 0)
+    readout = Readout(items, vision, 16)
+    assert len(readout.heads) == len({it.question for it in items})
+    for it in items:
+        head = readout.heads[readout.index[it.question]]
+        assert head.in_features == preprocess(it.image, vision).n_tokens * 16
+        assert head.out_features == len({x.answer for x in items if x.task == it.task})
+    images = [preprocess(it.image, vision) for it in items]
+    feats = torch.zeros(sum(im.n_tokens for im in images), 16)
+    for h in readout.heads:  # zero weights: uniform logits, so the loss is the mean log of each task's answer count
+        torch.nn.init.zeros_(h.weight), torch.nn.init.zeros_(h.bias)
+    expected = sum(math.log(len(readout.labels[it.task])) for it in items) / len(items)
+    assert readout.loss(feats, images, items).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_text_baseline_then_a_vlm_from_its_decoder_then_the_cli(tmp_path, capsys):

@@ -14,6 +14,11 @@ cross-entropy of the answer tokens. With `vl.text_only` the same decoder trains 
 alone: what the data's priors give without seeing anything (a stage that trains only the projector is then
 skipped). After the last stage, `vl.eval_items` held-out items per task are answered greedily through the
 `Engine` (the same path as chat) and graded: exact answers, chart values within 5 %.
+
+A stage with `vl.train=encoder` pretrains the encoder (with its projector) before it meets the decoder: a `Readout`
+maps all of an image's feature rows to the answer of its question, the decoder is frozen and unused, and the readout
+is dropped afterwards. Qwen-VL's ViT came pretrained (OpenCLIP); a new tiny encoder and a small decoder trained
+together do not find each other (docs/vision-diagnosis.md: word-only, 1,500 steps, 1.5 % of held-out words).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from gptqwen.errors import UserError
 from gptqwen.finetune.common import save_model_dir, write_json
@@ -116,6 +122,43 @@ def make_batches(examples: list[tuple[list[int], list[int], Item]], batch_size: 
     return batches
 
 
+class Readout(torch.nn.Module):
+    """The encoder-pretraining head: per distinct question, one linear map from an image's feature rows, concatenated
+    (so where a feature sits counts: left/right, which letter), to that task's answers in the training items."""
+
+    def __init__(self, items: list[Item], vision, out_dim: int) -> None:
+        super().__init__()
+        first: dict[str, Item] = {}
+        for it in items:
+            first.setdefault(it.question, it)
+        self.labels = {t: sorted({it.answer for it in items if it.task == t}) for t in {it.task for it in items}}
+        self.index = {q: i for i, q in enumerate(sorted(first))}
+        self.heads = torch.nn.ModuleList(
+            torch.nn.Linear(preprocess(first[q].image, vision).n_tokens * out_dim, len(self.labels[first[q].task]))
+            for q in sorted(first))  # fmt: skip
+
+    def loss(self, feats: torch.Tensor, images: list, items: list[Item]) -> torch.Tensor:
+        """Mean cross-entropy of the items' answers from their images' feature rows [sum of n_tokens, out_dim]."""
+        rows = feats.split([im.n_tokens for im in images])
+        logits = [self.heads[self.index[it.question]](f.flatten())[None] for f, it in zip(rows, items)]
+        targets = [torch.tensor([self.labels[it.task].index(it.answer)], device=feats.device) for it in items]
+        loss = torch.stack([F.cross_entropy(z, y) for z, y in zip(logits, targets)]).mean()
+        # every head takes part (zero gradient when its question is not in the batch), so the optimizer keeps state
+        # for all of them from the first step and a resumed run equals an uninterrupted one
+        return loss + sum(p.sum() for p in self.parameters()) * 0.0
+
+
+class EncoderPretraining(torch.nn.Module):
+    """What `vl.train=encoder` trains (and checkpoints): the VLM's encoder and the readout."""
+
+    def __init__(self, visual: torch.nn.Module, readout: Readout) -> None:
+        super().__init__()
+        self.visual, self.readout = visual, readout
+
+    def forward(self, images: list, items: list[Item]) -> torch.Tensor:
+        return self.readout.loss(self.visual(images), images, items)
+
+
 # ---------------------------------------------------------------------------------------------- training
 def run_vl(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False,
            stop_at: int | None = None) -> dict[str, Any]:  # fmt: skip
@@ -129,9 +172,9 @@ def run_vl(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: boo
         sub = recipe.stage(i)
         if previous is not None:
             sub.vl.base = str(previous)
-        if sub.vl.text_only and sub.vl.train == "projector":
+        if sub.vl.text_only and sub.vl.train in ("encoder", "projector"):
             if not quiet:
-                print(f"stage {spec['name']}: skipped (vl.text_only has no projector to train)")
+                print(f"stage {spec['name']}: skipped (vl.text_only has no encoder or projector to train)")
             continue
         last = i == len(recipe.stages) - 1
         stage_dir = out / spec["name"]
@@ -165,15 +208,23 @@ def train_stage(recipe: Recipe, out: Path, resume: bool, overwrite: bool, quiet:
     batches = EpochBatches(lambda e: make_batches(examples, tc.batch_size, tc.seed + e, pad, vision))
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
+    trained: torch.nn.Module = model
+    if v.train == "encoder":  # the decoder sits out: the encoder learns the answers through a readout
+        trained = EncoderPretraining(model.visual, Readout(items, vision, model.config.n_embd)).to(info.device)
+        n_train = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+
     def loss(fwd: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         extra = {"images": [preprocess(it.image, vision) for it in batch["items"]]} if vision else {}
+        if v.train == "encoder":
+            value = fwd(extra["images"], batch["items"])
+            return value, {"loss": value.detach()}
         out_ = fwd(batch["ids"].to(info.device), targets=batch["targets"].to(info.device), **extra)
         return out_.loss, {"loss": out_.loss.detach()}
 
     model_config = {"decoder": model.config.to_dict(), **({"vision": vision.to_dict()} if vision else {})}
     work = Workload(
-        model=model, model_config=model_config, steps=steps_for(tc, batches.per_epoch), micro_batches=batches, loss=loss,
-        count_tokens=lambda b: b["tokens"],
+        model=trained, model_config=model_config, steps=steps_for(tc, batches.per_epoch), micro_batches=batches,
+        loss=loss, count_tokens=lambda b: b["tokens"],
         order={"vl.train": v.train, "vl.text_only": v.text_only, "vl.tasks": list(v.tasks), "vl.train_items": v.train_items,
                "train.batch_size": tc.batch_size, "train.seed": tc.seed},
         epoch_of=batches.epoch_of,

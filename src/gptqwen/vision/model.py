@@ -86,11 +86,13 @@ class VisionLanguageModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def freeze(self, train: str) -> None:
-        """Which parts learn: "projector" (stage 1: encoder and decoder frozen) or "all" (stage 2)."""
-        if train not in ("projector", "all"):
-            raise UserError(f"vl.train must be projector or all, not '{train}'")
+        """Which parts learn: "encoder" (the encoder with the projector, decoder frozen: `vl.train=encoder`
+        pretrains it through a readout), "projector" (encoder and decoder frozen) or "all"."""
+        if train not in ("encoder", "projector", "all"):
+            raise UserError(f"vl.train must be encoder, projector or all, not '{train}'")
+        prefix = {"encoder": "visual.", "projector": "visual.merger.", "all": ""}[train]
         for name, p in self.named_parameters():
-            p.requires_grad_(train == "all" or name.startswith("visual.merger."))
+            p.requires_grad_(name.startswith(prefix))
 
     # ---- files ---------------------------------------------------------------------------------
     def vision_files(self) -> dict[str, Callable[[Path], None]]:
