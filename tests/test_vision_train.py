@@ -1,5 +1,6 @@
 """The `vl` trainer: the encoder stage trains the encoder only (through a readout), the projector stage the
-projector only (encoder and decoder weights unchanged), the last stage everything from the previous weights; the text-only baseline skips the projector stage; held-out grading runs."""
+projector only (encoder and decoder weights unchanged), the last stage everything from the previous weights; the
+text-only baseline skips the encoder and projector stages; held-out grading runs."""
 
 from __future__ import annotations
 
