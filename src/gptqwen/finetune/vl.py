@@ -131,11 +131,12 @@ class Readout(torch.nn.Module):
         first: dict[str, Item] = {}
         for it in items:
             first.setdefault(it.question, it)
+        questions = sorted(first)
         self.labels = {t: sorted({it.answer for it in items if it.task == t}) for t in {it.task for it in items}}
-        self.index = {q: i for i, q in enumerate(sorted(first))}
+        self.index = {q: i for i, q in enumerate(questions)}
         self.heads = torch.nn.ModuleList(
             torch.nn.Linear(preprocess(first[q].image, vision).n_tokens * out_dim, len(self.labels[first[q].task]))
-            for q in sorted(first))  # fmt: skip
+            for q in questions)  # fmt: skip
 
     def loss(self, feats: torch.Tensor, images: list, items: list[Item]) -> torch.Tensor:
         """Mean cross-entropy of the items' answers from their images' feature rows [sum of n_tokens, out_dim]."""
@@ -206,12 +207,10 @@ def train_stage(recipe: Recipe, out: Path, resume: bool, overwrite: bool, quiet:
         raise UserError(f"{too_long} training conversations do not fit the decoder's context of {model.config.max_seq_len}")
     pad = tok.pad_id if tok.pad_id is not None else 0
     batches = EpochBatches(lambda e: make_batches(examples, tc.batch_size, tc.seed + e, pad, vision))
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
     trained: torch.nn.Module = model
     if v.train == "encoder":  # the decoder sits out: the encoder learns the answers through a readout
         trained = EncoderPretraining(model.visual, Readout(items, vision, model.config.n_embd)).to(info.device)
-        n_train = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    n_train = sum(p.numel() for p in trained.parameters() if p.requires_grad)
 
     def loss(fwd: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         extra = {"images": [preprocess(it.image, vision) for it in batch["items"]]} if vision else {}
