@@ -113,6 +113,25 @@ def test_long_retrieval_documents_put_far_keys_as_often_as_near_ones():
     assert np.mean(np.array(near) > gaps.max() / 2) < 0.25
 
 
+def test_far_short_retrieval_documents_keep_the_short_length_with_far_keys():
+    """synthetic:retrieval-far: synthetic:retrieval's lengths (≤ 7 groups) and wording, the answer right, deterministic,
+    other documents than synthetic:retrieval's, and keys more than half the longest distance back in about half of
+    them (synthetic:retrieval: far fewer)."""
+    far = [p.text for p in iter_documents(["synthetic:retrieval-far:400"])]
+    assert far == [p.text for p in iter_documents(["synthetic:retrieval-far:400"])]
+    near = [p.text for p in iter_documents(["synthetic:retrieval:400"])]
+    assert not set(far) & set(near)
+    for doc in far:
+        m = re.search(r"The pass key is (\d{5})\. Remember it\. \1 is the pass key\.", doc)
+        assert doc.startswith(INTRO) and _sentences(doc) <= 7 * 5
+        assert m and doc.endswith(PASSKEY_QUESTION + f" {m.group(1)}.")
+    gaps = {kind: np.array([_sentences(d[d.index("Remember it."):]) for d in docs])
+            for kind, docs in (("far", far), ("near", near))}
+    assert len({len(d) - d.index("Remember it.") for d in far[:30]}) > 20  # distances: any, not per group
+    assert 0.4 < np.mean(gaps["far"] > 35 / 2) < 0.6
+    assert np.mean(gaps["near"] > 35 / 2) < 0.3
+
+
 class _Tokens:
     """A token split in memory: what WindowSampler reads of a TokenDataset."""
 

@@ -2,9 +2,11 @@
 the question and its answer, in exactly the wording of the passkey / needle evaluations (`gptqwen.eval.long_context`).
 
 Long-context stages mix such documents into their data so that a model learns to fetch a fact from far back before
-it is asked to do so beyond its training length. Three `gptqwen data prepare` / recipe sources, deterministic by seed:
+it is asked to do so beyond its training length. Four `gptqwen data prepare` / recipe sources, deterministic by seed:
 
   * ``synthetic:retrieval[:N]``       N pass-key documents of up to ~256 tokens (0..7 filler sentence groups);
+  * ``synthetic:retrieval-far[:N]``   the same lengths with the key-to-question distance uniform (far keys as
+                                      common as near ones; recipe qwen3-long's settle stage);
   * ``synthetic:retrieval-long[:N]``  N pass-key documents of up to ~1024 tokens (0..41 groups), for a long stage,
                                       the key-to-question distance uniform (far keys as common as near ones);
   * ``synthetic:needles[:N]``         N multi-key needle documents of up to ~256 tokens: four named keys, then every
@@ -104,5 +106,6 @@ def retrieval_documents(n: int, max_units: int = 7, seed: int = 0, needle_fracti
 
 
 short_documents = partial(retrieval_documents, max_units=7)  # synthetic:retrieval (up to ~256 tokens)
+far_documents = partial(retrieval_documents, max_units=7, seed=3, far_keys=True)  # synthetic:retrieval-far (~256)
 long_documents = partial(retrieval_documents, max_units=41, seed=1, far_keys=True)  # synthetic:retrieval-long (~1024)
 needle_documents = partial(retrieval_documents, max_units=7, seed=2, needle_fraction=1.0)  # synthetic:needles

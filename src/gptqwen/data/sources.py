@@ -7,7 +7,8 @@ A source spec is one of
                                     (`gptqwen.data.synthetic.repeated_passages`, meant to teach copying);
   * ``synthetic:wordlists[:N]``     N lines of random words of the plays, each written three times (ditto);
   * ``synthetic:retrieval[:N]``     N pass-key documents of up to ~256 tokens, question and answer included
-                                    (`gptqwen.data.retrieval`; ``retrieval-long``: up to ~1024 tokens;
+                                    (`gptqwen.data.retrieval`; ``retrieval-far``: the same with far keys as
+                                    common as near ones; ``retrieval-long``: up to ~1024 tokens;
                                     ``needles``: multi-key needle documents);
   * a file (``.txt``, ``.md``, ``.markdown``, ``.text`` = one document; JSONL (also ``.gz``/``.zst``) and
     Parquet = one document per record, from the ``text`` field, read by `gptqwen.data.io`), a folder
@@ -35,7 +36,7 @@ from pathlib import Path
 from gptqwen.data import io as data_io
 from gptqwen.data.corpus import shakespeare_files, shakespeare_plain
 from gptqwen.data.mixing import copies
-from gptqwen.data.retrieval import long_documents, needle_documents, short_documents
+from gptqwen.data.retrieval import far_documents, long_documents, needle_documents, short_documents
 from gptqwen.data.synthetic import repeated_passages, repeated_word_lists, synthetic_arithmetic
 from gptqwen.errors import UserError
 
@@ -89,6 +90,7 @@ _SYNTHETIC: dict[str, tuple[Callable[[int], Iterator[str]], int]] = {
     "repeats": (repeated_passages, 2000),
     "wordlists": (repeated_word_lists, 20000),
     "retrieval": (short_documents, 12000),
+    "retrieval-far": (far_documents, 12000),
     "retrieval-long": (long_documents, 3000),
     "needles": (needle_documents, 12000),
 }
