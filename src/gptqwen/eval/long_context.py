@@ -157,7 +157,7 @@ class LongContextEval:
         n = len(want)
         acc = correct / n
         return {"task": task, "context_length": L, "depth": depth, "trials": n, "correct": correct,
-                "accuracy": acc, "stderr": math.sqrt(acc * (1 - acc) / n), "answers": got}
+                "accuracy": acc, "stderr": math.sqrt(acc * (1 - acc) / n), "keys": want, "answers": got}
 
     @torch.inference_mode()
     def ppl_by_position(self) -> list[dict]:
