@@ -1,5 +1,6 @@
 """Strong-to-weak distillation (`gptqwen distill`, align/distill.py): the on-policy loss equals a direct per-token KL
-on a fixed batch (both directions), the vocabulary check before any work, and a tiny end-to-end run with resume."""
+on a fixed batch (both directions), so does the dense off-policy loss (CE + forward KL on packed teacher answers),
+the vocabulary check before any work, and a tiny end-to-end run with resume (dense off-policy loss on)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 
 import _align_fixtures
 from gptqwen.align import prefs
-from gptqwen.align.distill import check_same_vocabulary, on_policy_workload
+from gptqwen.align.distill import check_same_vocabulary, dense_loss, on_policy_workload
 from gptqwen.config import Config
 from gptqwen.errors import UserError
+from gptqwen.finetune import sft
 from gptqwen.finetune.synthetic import demo_tokenizer
 from gptqwen.model import Transformer
 from gptqwen.train.recipe import load_recipe
@@ -52,6 +54,38 @@ def test_on_policy_loss_is_the_per_token_kl(tok, direction):
     assert all(p.grad is None for p in teacher.parameters())
 
 
+@pytest.mark.parametrize("weight", [1.0, 0.3])
+def test_dense_off_policy_loss(tok, weight):
+    torch.manual_seed(0)
+    student = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size + 24, n_layer=1, n_embd=64))
+    teacher = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size + 8, n_layer=2)).eval()
+    convs = [{"messages": [{"role": "user", "content": f"What is {i} + 2?"},
+                           {"role": "assistant", "content": f"The answer is {i + 2}.",
+                            **({"reasoning_content": f"{i} + 2 = {i + 2}."} if i % 2 else {})}]} for i in range(3)]
+    examples, _ = sft.build_examples(tok, list(enumerate(convs, 1)), 256)
+    (batch,) = sft.make_batches(examples, 256, 8, packing=True)
+    assert batch["input_ids"].shape[0] == 1  # all three packed in one row: the teacher must read them apart too
+    losses = dense_loss(teacher, weight, tok.vocab_size)(student, batch)
+    ce, kl = [], []  # direct: each conversation alone, every assistant token, float64 with torch.distributions
+    for ex in examples:
+        ids = torch.tensor([ex.ids])
+        with torch.no_grad():
+            full, t = student(ids).logits[0].double(), teacher(ids).logits[0, :, : tok.vocab_size].double()
+        s = full[:, : tok.vocab_size]  # the KL over the tokenizer's ids; the CE over every row, as the model's loss
+        for pos, target in enumerate(ex.targets):
+            if target != sft.IGNORE:
+                ps, pt = torch.distributions.Categorical(logits=s[pos]), torch.distributions.Categorical(logits=t[pos])
+                ce.append(-float(full[pos].log_softmax(-1)[target]))
+                kl.append(float(torch.distributions.kl_divergence(pt, ps)))
+    want = (1 - weight) * sum(ce) / len(ce) + weight * sum(kl) / len(kl)
+    assert losses["loss"].item() == pytest.approx(want, rel=1e-5)
+    assert losses["kl"].item() == pytest.approx(sum(kl) / len(kl), rel=1e-5) and losses["kl"] > 0
+    assert losses["ce"].item() == pytest.approx(sum(ce) / len(ce), rel=1e-5)
+    losses["loss"].backward()  # gradients reach the student only
+    assert any(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+
+
 def test_vocabulary_check(tok, model_dir, tmp_path, capsys):
     other = demo_tokenizer(300)
     with pytest.raises(UserError, match="different vocabularies"):
@@ -74,12 +108,13 @@ def test_distill_end_to_end_and_resume(model_dir, tmp_path, capsys):
 
     args = ["distill", "--teacher", str(model_dir), "--from", "qwen3-tiny", "--tokenizer", str(model_dir),
             "--synthetic", "16", "--max-steps", "2", "--batch-size", "4", "--prompts-per-step", "4", "--max-new-tokens",
-            "8", "distill.teacher_max_new_tokens=12", "distill.verify=false", "distill.teacher_temperature=1",
+            "8", "distill.teacher_max_new_tokens=12", "distill.verify=false", "distill.teacher_temperature=1", "distill.dense_kl=0.5",
             "--threads", "1", "--json"]  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     full = json.loads(capsys.readouterr().out)
     off, on = full["stages"]["1-off-policy"], full["stages"]["2-on-policy"]
     assert off["teacher_data"]["kept"] > 0 and off["steps"] == 2 and on["steps"] == 2 and on["kl"] == "reverse"
+    assert off["dense_kl"] == 0.5 and "kl" in json.loads(open(f"{off['out']}/metrics.jsonl").readline())
     model, t = load_model_and_tokenizer(full["out"])
     assert t is not None and model.config.vocab_size == 512
     # stop in the on-policy phase, then resume: the same weights as the run that never stopped

@@ -10,7 +10,10 @@ Two phases, run as the recipe's stages (each from the previous one's weights, ea
   `distill.teacher_temperature`), `distill.think_ratio` of them in thinking mode and the rest in non-thinking
   mode; with `distill.verify` only answers that match a row's "answer" are kept. The answers (reasoning in
   `reasoning_content`) become chat SFT data (`teacher_data.jsonl`), and the student is fine-tuned on them by the
-  SFT trainer (`finetune.sft_train.run_sft`, the recipe's `sft` section).
+  SFT trainer (`finetune.sft_train.run_sft`, the recipe's `sft` section). With `distill.dense_kl = w > 0` the
+  loss also uses the teacher's whole next-token distribution over those sequences (computed on the fly, the
+  teacher's forward in the same process): (1 − w)·CE on the teacher's tokens + w·KL(teacher ‖ student) per
+  assistant token (`dense_loss`).
 - **on-policy** (`distill.phase: on_policy`): each step the student samples `distill.prompts_per_step` completions with the
   engine (modes mixed as above, the seed derived from the step so a resume draws the same samples), the teacher
   scores the same tokens, and the loss is the per-token KL between the two next-token distributions over the
@@ -37,7 +40,8 @@ from gptqwen.align.post import run_stages, sub_recipe
 from gptqwen.align.rewards import answers_match, extract_final_answer
 from gptqwen.errors import UserError
 from gptqwen.finetune.common import export_run, load_base
-from gptqwen.finetune.sft_train import run_sft
+from gptqwen.finetune.sft import IGNORE
+from gptqwen.finetune.sft_train import batch_loss, run_sft
 from gptqwen.infer import Engine, SamplingParams
 from gptqwen.infer.thinking import chat_many
 from gptqwen.loading import load_tokenizer
@@ -68,6 +72,26 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: t
     per_token = (ls.exp() * (ls - lt)).sum(-1) if direction == "reverse" else (lt.exp() * (lt - ls)).sum(-1)
     mask = mask.to(per_token.dtype)
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def dense_loss(teacher: torch.nn.Module, weight: float, vocab: int):
+    """`run_sft`'s `loss_of` for dense off-policy distillation: (1 − weight)·CE on the assistant tokens +
+    weight·forward KL(teacher ‖ student) at the same positions (the teacher reads the same packed batch)."""
+
+    def loss_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        doc = batch["document_ids"]
+        kw = {"position_ids": batch["position_ids"], "document_ids": doc, "attention_mask": (doc >= 0).long()}
+        out = model(batch["input_ids"], targets=batch["targets"], **kw)
+        with torch.no_grad():
+            teacher_logits = teacher(batch["input_ids"], **kw).logits[..., :vocab]
+        kl = token_kl(out.logits[..., :vocab], teacher_logits, batch["targets"] != IGNORE, "forward")
+        loss = (1 - weight) * out.loss + weight * kl
+        losses = {"loss": loss, "ce": out.loss.detach(), "kl": kl.detach()}
+        if out.aux_loss is not None:
+            losses.update(loss=loss + out.aux_loss, aux=out.aux_loss.detach())
+        return losses
+
+    return loss_of
 
 
 def _modes(n: int, ratio: float, seed: int) -> list[bool]:
@@ -134,11 +158,11 @@ def run_off_policy(recipe: Recipe, out: Path, resume: bool = False, overwrite: b
     check_run_dir(out, resume, overwrite)
     rows = _prompt_rows(recipe, tok)
     data = out / "teacher_data.jsonl"
+    teacher = None
     if not (resume and data.is_file()):  # greedy answers are the same each time; a resume reuses them
         teacher, _ = load_base(d.teacher, None, tc.device, tc.seed)
         convs, stats = teacher_conversations(teacher, tok, rows, d.think_ratio, tc.seed, d.teacher_max_new_tokens,
                                              d.verify, d.teacher_temperature)  # fmt: skip
-        del teacher
         if not convs:
             raise UserError(f"the teacher answered none of {len(rows)} prompts (correctly, within "
                             f"distill.teacher_max_new_tokens={d.teacher_max_new_tokens}); check the teacher")  # fmt: skip
@@ -149,8 +173,12 @@ def run_off_policy(recipe: Recipe, out: Path, resume: bool = False, overwrite: b
             f.writelines(json.dumps(c, ensure_ascii=False) + "\n" for c in convs)
     stats = json.loads((out / "teacher_data.json").read_text())
     sft = sub_recipe(recipe, "sft", sft={"data": str(data), "synthetic": None})
-    summary = run_sft(sft, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_at=stop_at)
-    return {**summary, "teacher_data": stats}
+    loss_of = batch_loss
+    if d.dense_kl > 0:
+        teacher = teacher or load_base(d.teacher, None, tc.device, tc.seed)[0]
+        loss_of = dense_loss(teacher.eval().requires_grad_(False), d.dense_kl, tok.vocab_size)
+    summary = run_sft(sft, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_at=stop_at, loss_of=loss_of)
+    return {**summary, "teacher_data": stats, "dense_kl": d.dense_kl}
 
 
 def on_policy_workload(recipe: Recipe, student, teacher, tok: Tokenizer, rows: list[dict], device) -> Workload:

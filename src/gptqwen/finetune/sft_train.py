@@ -60,11 +60,13 @@ def conversations(recipe: Recipe) -> tuple[list[tuple[int, dict]], str]:
 
 def run_sft(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False,
             stop_at: int | None = None,
-            after_training: Callable[[torch.nn.Module, Any, list[tuple[int, dict]]], dict] | None = None) -> dict:  # fmt: skip
+            after_training: Callable[[torch.nn.Module, Any, list[tuple[int, dict]]], dict] | None = None,
+            loss_of: Callable[[torch.nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]] = batch_loss) -> dict:  # fmt: skip
     """Fine-tune `recipe.model.base` on conversations into the run folder `out`; returns a summary.
 
     `after_training(model, tokenizer, rows)` may add entries to the summary (e.g. held-out accuracy)
-    before the model is exported."""
+    before the model is exported. `loss_of(model, batch)` replaces `batch_loss` (same keys; any other detached
+    entries are logged too: distillation's dense teacher loss adds its KL)."""
     s, tc, lo = recipe.sft, recipe.train, recipe.lora
     if not recipe.model.base:
         raise UserError("no model to start from; pass --from (a run dir, HF dir, .gguf or preset) or set model.base")
@@ -84,8 +86,8 @@ def run_sft(recipe: Recipe, out: str | Path, resume: bool = False, overwrite: bo
     batches = EpochBatches(lambda e: data.make_batches(examples, max_len, tc.batch_size, s.packing, tc.seed + e, pad))
 
     def loss(fwd: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        losses = batch_loss(fwd, {k: v.to(info.device) for k, v in batch.items()})
-        logged = {"loss": losses["ce"], **({"aux_loss": losses["aux"]} if "aux" in losses else {})}
+        losses = loss_of(fwd, {k: v.to(info.device) for k, v in batch.items()})
+        logged = {"loss": losses["ce"], **{("aux_loss" if k == "aux" else k): v for k, v in losses.items() if k not in ("loss", "ce")}}
         return losses["loss"], logged
 
     work = Workload(
