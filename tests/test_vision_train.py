@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("PIL.Image")
 
+from gptqwen.errors import UserError  # noqa: E402
 from gptqwen.finetune.vl import build_model, correct, run_vl  # noqa: E402
 from gptqwen.loading import from_pretrained  # noqa: E402
 from gptqwen.train.recipe import load_recipe  # noqa: E402
@@ -119,3 +120,21 @@ def test_stop_and_resume_matches_an_uninterrupted_run(tmp_path):
     split = from_pretrained(str(tmp_path / "split" / "all")).state_dict()
     assert all(torch.equal(whole[k], split[k]) for k in whole)
     assert (tmp_path / "whole/all/vision.safetensors").read_bytes() == (tmp_path / "split/all/vision.safetensors").read_bytes()
+
+
+def test_decoder_stage_keeps_the_vit_and_moves_projector_and_decoder(tmp_path):
+    """vl.train=decoder: the ViT before the projector stays bit-identical (a pretrained encoder keeps its
+    features); the projector and the decoder learn."""
+    recipe = _recipe("vl.train=decoder", "train.max_steps=2")
+    recipe.stages = []
+    model = build_model(recipe, torch.device("cpu"))[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.freeze("decoder")
+    summary = run_vl(recipe, tmp_path, quiet=True)
+    after = VisionLanguageModel.attach(from_pretrained(str(tmp_path)), tmp_path).state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and not any(k.startswith("visual.") and not k.startswith("visual.merger.") for k in moved)
+    assert any(k.startswith("visual.merger.") for k in moved) and any(k.startswith("decoder.blocks.") for k in moved)
+    assert summary["trainable_params"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with pytest.raises(UserError, match="vl.train must be one of"):
+        model.freeze("vit")

@@ -209,7 +209,7 @@ class VLConfig:
     base: str | None = None  # instead: a VLM folder (a finished vl run) to continue from
     decoder: str | None = None  # a text model (e.g. a vl.text_only run) to take the decoder and tokenizer from
     tokenizer: str | None = None  # tokenizer.json or preset; None -> a small Qwen-style BPE of the tasks' text
-    train: str = "all"  # encoder (pretrained through a readout, decoder frozen) | projector (encoder, decoder frozen) | all
+    train: str = "all"  # encoder (through a readout) | projector | decoder (projector + decoder, ViT frozen) | all
     tasks: list = field(default_factory=lambda: ["colour", "shape", "count", "position", "chart", "word"])
     train_items: int = 2000  # training images per task
     eval_items: int = 200  # held-out images per task, graded after training (0 = none)
@@ -279,7 +279,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "grpo.beta": _NON_NEGATIVE, "grpo.epsilon": (lambda v: 0 < v < 1, "in (0, 1)"),
     "grpo.epsilon_high": (lambda v: v is None or v > 0, "> 0"),
     "grpo.num_iterations": _POSITIVE, "grpo.eval_problems": _POSITIVE,
-    "vl.train": _one_of("encoder", "projector", "all"), "vl.train_items": _POSITIVE, "vl.eval_items": _NON_NEGATIVE,
+    "vl.train": _one_of("encoder", "projector", "decoder", "all"), "vl.train_items": _POSITIVE, "vl.eval_items": _NON_NEGATIVE,
     "vl.max_new_tokens": _POSITIVE,
 }  # fmt: skip
 

@@ -34,6 +34,13 @@ from gptqwen.vision.encoder import VisionEncoder
 from gptqwen.vision.image import ImageInput
 
 VISION_CONFIG, VISION_WEIGHTS = "vision_config.json", "vision.safetensors"
+# vl.train -> which parameters (by name) learn in that stage
+TRAIN_MODES: dict[str, Callable[[str], bool]] = {
+    "encoder": lambda name: name.startswith("visual."),
+    "projector": lambda name: name.startswith("visual.merger."),
+    "decoder": lambda name: not name.startswith("visual.") or name.startswith("visual.merger."),
+    "all": lambda name: True,
+}
 
 
 class VisionLanguageModel(nn.Module):
@@ -87,12 +94,12 @@ class VisionLanguageModel(nn.Module):
 
     def freeze(self, train: str) -> None:
         """Which parts learn: "encoder" (the encoder with the projector, decoder frozen: `vl.train=encoder`
-        pretrains it through a readout), "projector" (encoder and decoder frozen) or "all"."""
-        if train not in ("encoder", "projector", "all"):
-            raise UserError(f"vl.train must be encoder, projector or all, not '{train}'")
-        prefix = {"encoder": "visual.", "projector": "visual.merger.", "all": ""}[train]
+        pretrains it through a readout), "projector" (encoder and decoder frozen), "decoder" (the projector and
+        the decoder; the ViT before the projector frozen, so a pretrained encoder keeps its features) or "all"."""
+        if train not in TRAIN_MODES:
+            raise UserError(f"vl.train must be one of {', '.join(TRAIN_MODES)}, not '{train}'")
         for name, p in self.named_parameters():
-            p.requires_grad_(name.startswith(prefix))
+            p.requires_grad_(TRAIN_MODES[train](name))
 
     # ---- files ---------------------------------------------------------------------------------
     def vision_files(self) -> dict[str, Callable[[Path], None]]:
