@@ -147,7 +147,8 @@ class _Tokens:
 
 def test_doc_windows_start_every_sequence_at_a_document_start():
     """train.doc_windows: every training sequence opens a document (none is cut before its question), each
-    document start whose window fits is used once per epoch, and recipe qwen3-long turns it on after its first stage."""
+    document start whose window fits is used once per epoch, and recipe qwen3-long turns it on after its first stage
+    (and settles on far keys, and raises the base with the 4x length in its long stage)."""
     rng, eos = np.random.default_rng(0), 0
     docs = [[*rng.integers(1, 50, int(rng.integers(5, 40))), eos] for _ in range(60)]
     ids = [t for d in docs for t in d]
@@ -164,6 +165,10 @@ def test_doc_windows_start_every_sequence_at_a_document_start():
         WindowSampler(_Tokens(ids, None), 32, seed=1, doc_starts=True)
     recipe = load_recipe("qwen3-long")
     assert not recipe.stage(0).train.doc_windows and recipe.stage(1).train.doc_windows and recipe.stage(2).train.doc_windows
+    # settle on far keys, then Qwen3's long stage: 4x the length with a raised base (README, Long context)
+    assert [s.split(":")[1] for s in recipe.stage(1).data.sources] == ["retrieval-far"]
+    short, long = recipe.stage(0).model, recipe.stage(2).model
+    assert long["max_seq_len"] == 4 * short["max_seq_len"] and long["rope_theta"] > short["rope_theta"]
 
 
 def test_answer_scoring_takes_the_first_number():
