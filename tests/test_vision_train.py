@@ -1,6 +1,7 @@
 """The `vl` trainer: the encoder stage trains the encoder only (through a readout), the projector stage the
-projector only (encoder and decoder weights unchanged), the last stage everything from the previous weights; the
-text-only baseline skips the encoder and projector stages; held-out grading runs."""
+projector only (encoder and decoder weights unchanged), the decoder stage the projector and decoder (ViT frozen),
+the last stage everything from the previous weights; the text-only baseline skips the encoder and projector
+stages; held-out grading runs."""
 
 from __future__ import annotations
 
@@ -33,29 +34,36 @@ def _overrides_for_stages(recipe, steps: int) -> None:
 
 
 @pytest.mark.parametrize("preset", ["qwen-vl-tiny", "qwen-vl-tiny-resampler"])
-def test_stages_encoder_then_projector_then_everything(tmp_path, preset):
+def test_stages_encoder_projector_decoder_then_everything(tmp_path, preset):
     """The encoder stage moves only the encoder (the decoder is frozen and unused), the projector stage only the
-    projector, the last stage the decoder and the encoder."""
+    projector, the decoder stage the projector and the decoder (the ViT frozen), the last stage everything."""
     recipe = _recipe(f"vl.preset={preset}")
     _overrides_for_stages(recipe, 2)
-    assert [s["name"] for s in recipe.stages] == ["encoder", "projector", "all"]
+    assert [s["name"] for s in recipe.stages] == ["encoder", "projector", "decoder", "all"]
     before = build_model(recipe.stage(0), torch.device("cpu"))[0].state_dict()
     summary = run_vl(recipe, tmp_path, quiet=True)
 
     def weights(stage):
         return VisionLanguageModel.attach(from_pretrained(str(tmp_path / stage)), tmp_path / stage).state_dict()
 
-    encoder, stage1, stage2 = weights("encoder"), weights("projector"), weights("all")
-    changed = {k for k in before if not torch.equal(before[k], encoder[k])}
+    def moved(a, b):
+        return {k for k in a if not torch.equal(a[k], b[k])}
+
+    encoder, stage1, decoder, stage2 = (weights(s) for s in ("encoder", "projector", "decoder", "all"))
+    changed = moved(before, encoder)
     assert changed and all(k.startswith("visual.") for k in changed)
     assert any(k.startswith("visual.blocks.") for k in changed) and any(k.startswith("visual.merger.") for k in changed)
-    changed = {k for k in encoder if not torch.equal(encoder[k], stage1[k])}
+    changed = moved(encoder, stage1)
     assert changed and all(k.startswith("visual.merger.") for k in changed)
     assert {k for k in encoder if k.startswith("visual.merger.") and k.endswith("weight")} <= changed
-    moved = {k for k in stage1 if not torch.equal(stage1[k], stage2[k])}
-    assert any(k.startswith("decoder.blocks.") for k in moved) and any(k.startswith("visual.blocks.") for k in moved)
-    assert set(summary["stages"]) == {"encoder", "projector", "all"}
-    assert summary["stages"]["projector"]["trainable_params"] < summary["stages"]["all"]["trainable_params"]
+    changed = moved(stage1, decoder)
+    assert any(k.startswith("decoder.blocks.") for k in changed) and any(k.startswith("visual.merger.") for k in changed)
+    assert not any(k.startswith("visual.") and not k.startswith("visual.merger.") for k in changed)
+    changed = moved(decoder, stage2)
+    assert any(k.startswith("decoder.blocks.") for k in changed) and any(k.startswith("visual.blocks.") for k in changed)
+    assert set(summary["stages"]) == {"encoder", "projector", "decoder", "all"}
+    assert summary["stages"]["projector"]["trainable_params"] < summary["stages"]["decoder"]["trainable_params"] \
+        < summary["stages"]["all"]["trainable_params"]
     assert json.loads((tmp_path / "all" / "vl.json").read_text())["steps"] == 2
 
 
