@@ -15,23 +15,40 @@ The figures in docs/vision-diagnosis.md come from these commands (1 thread each,
 - oracle: the decoder alone, its image-pad positions filled with a fixed random vector per answer — in every
   image token (`all`), or in one random token with zeros elsewhere (`one`) or with a fixed vector per position
   elsewhere (`one-bg`): can the decoder read a clean signal, and can it find one token among the image's?
+
+Session 10 (what the demo's stages do to the encoder; TASK is a comma list or `all`):
+
+    OMP_NUM_THREADS=1 .venv/bin/python docs/vision-probe.py readout all --model runs/demo-vision/vlm/encoder
+    OMP_NUM_THREADS=1 .venv/bin/python docs/vision-probe.py frozen word,position --model runs/demo-vision/vlm/all
+    OMP_NUM_THREADS=1 .venv/bin/python docs/vision-probe.py stage all --model runs/demo-vision/vlm/encoder \
+        --set vl.train=decoder --set train.max_steps=1800
+
+- readout: the encoder stage's own readout (from its last checkpoint, `--run` defaults to the model's parent
+  folder) on the encoder of `--model`, held-out accuracy per task (a stage after it moves the projector, so
+  there this mixes drift with a new mapping; `frozen` separates them).
+- frozen: a new `cat` readout (linear, features z-scored, 60 epochs of 2,500 items per task) fitted on the
+  frozen features of `--model`'s encoder: how much of each task its features still hold.
+- stage: one stage of `qwen-vl-tiny` from the VLM folder `--model` (`vl.base`) with `--set` overrides, graded.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import time
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from gptqwen.finetune import vl as V
+from gptqwen.loading import load_model_and_tokenizer
 from gptqwen.train.recipe import load_recipe
+from gptqwen.vision import VisionLanguageModel, preprocess
 from gptqwen.vision import config as vc
-from gptqwen.vision import preprocess
-from gptqwen.vision.data import make_split
+from gptqwen.vision.data import TASKS, make_split
 from gptqwen.vision.encoder import VisionEncoder
 
 
@@ -118,9 +135,83 @@ def oracle(a: argparse.Namespace) -> dict:
     return {"loss_first_25": sum(losses[:25]) / 25, "loss_last_25": sum(losses[-25:]) / 25}
 
 
+def _tasks(spec: str) -> list[str]:
+    return list(TASKS) if spec == "all" else spec.split(",")
+
+
+def _load(path: str):
+    dec, _ = load_model_and_tokenizer(path)
+    return VisionLanguageModel.attach(dec, path)
+
+
+def _features(vlm, items) -> list[torch.Tensor]:
+    """Each item's image features, flattened (the `cat` readout's input)."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(items), 100):
+            images = [preprocess(it.image, vlm.vision_config) for it in items[s:s + 100]]
+            out += [f.flatten() for f in vlm.visual(images).split([im.n_tokens for im in images])]
+    return out
+
+
+def readout(a: argparse.Namespace) -> dict:
+    vlm, tasks = _load(a.model), list(TASKS)
+    items = make_split(tasks, a.items, 0)
+    ro = V.Readout(items, vlm.vision_config, vlm.config.n_embd)
+    run = a.run or os.path.dirname(os.path.normpath(a.model))
+    ckpt = sorted(glob.glob(f"{run}/encoder/ckpt_*"))[-1]
+    ro.load_state_dict({k.removeprefix("readout."): v for k, v in load_file(f"{ckpt}/model.safetensors").items()
+                        if k.startswith("readout.")})  # fmt: skip
+    test = [it for it in make_split(tasks, 200, 0, split="test", exclude=items) if it.task in _tasks(a.task)]
+    hits: dict[str, list[bool]] = {}
+    for f, it in zip(_features(vlm, test), test):
+        guess = ro.labels[it.task][int(ro.heads[ro.index[it.question]](f).argmax())]
+        hits.setdefault(it.task, []).append(V.correct(it.task, guess, it.answer))
+    return {f"{t}_readout": sum(h) / len(h) for t, h in hits.items()}
+
+
+def frozen(a: argparse.Namespace) -> dict:
+    vlm, res = _load(a.model), {}
+    torch.manual_seed(0)
+    for task in _tasks(a.task):
+        train_items = make_split([task], a.items, 0)
+        test = make_split([task], 200, 0, split="test", exclude=train_items)
+        x_tr, x_te = torch.stack(_features(vlm, train_items)), torch.stack(_features(vlm, test))
+        mu, sd = x_tr.mean(0), x_tr.std(0) + 1e-5
+        x_tr, x_te = (x_tr - mu) / sd, (x_te - mu) / sd
+        qs, labels = sorted({it.question for it in train_items}), sorted({it.answer for it in train_items})
+        q_tr = torch.tensor([qs.index(it.question) for it in train_items])
+        y_tr = torch.tensor([labels.index(it.answer) for it in train_items])
+        lin = torch.nn.Linear(x_tr.shape[1], len(qs) * len(labels))
+        opt = torch.optim.AdamW(lin.parameters(), lr=1e-3, weight_decay=0.05)
+        for _ in range(60):
+            for b in torch.randperm(len(train_items)).split(100):
+                z = lin(x_tr[b]).view(len(b), len(qs), len(labels))[torch.arange(len(b)), q_tr[b]]
+                loss = F.cross_entropy(z, y_tr[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            q_te = torch.tensor([qs.index(it.question) if it.question in qs else 0 for it in test])
+            pred = lin(x_te).view(len(test), len(qs), len(labels))[torch.arange(len(test)), q_te].argmax(-1)
+        res[f"{task}_frozen_readout"] = sum(V.correct(task, labels[int(p)], it.answer) for p, it in zip(pred, test)) / len(test)
+        res[f"{task}_train_loss"] = round(loss.item(), 3)
+    return res
+
+
+def stage(a: argparse.Namespace) -> dict:
+    overrides = [f"vl.base={a.model}", f"vl.train_items={a.items}", "train.threads=1", "train.tensorboard=false"]
+    if a.task != "all":
+        overrides.append(f"vl.tasks=[{a.task}]")
+    recipe = load_recipe("qwen-vl-tiny", overrides + a.set, trainer="vl")
+    recipe.stages = []
+    s = V.run_vl(recipe, a.out, overwrite=True, quiet=True)
+    return {t: d["accuracy"] for t, d in s["heldout"]["tasks"].items()} | {"final_loss": s.get("final_loss")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("probe", choices=["vlm", "head", "oracle"])
+    p.add_argument("probe", choices=["vlm", "head", "oracle", "readout", "frozen", "stage"])
     p.add_argument("task")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--items", type=int, default=2500)
@@ -129,13 +220,17 @@ def main() -> None:
     p.add_argument("--pretrain", type=int, default=0, help="vlm: first train the encoder N steps through the cat readout")
     p.add_argument("--readout", choices=["cat", "mean", "max"], default="cat")
     p.add_argument("--where", choices=["all", "one", "one-bg"], default="all")
+    p.add_argument("--model", help="readout / frozen / stage: a VLM folder (a stage of a vl run)")
+    p.add_argument("--run", help="readout: the vl run folder whose encoder/ckpt_* holds the readout")
+    p.add_argument("--set", action="append", default=[], help="stage: a recipe override, e.g. vl.train=decoder")
     p.add_argument("--vit", action="append", default=[], help="encoder setting key=value (JSON value), e.g. abs_pos='\"none\"'")
     a = p.parse_args()
     dec, overrides, vit = vc.VLM_PRESETS["qwen-vl-tiny"]
     vit = {**vit, **{k: json.loads(v) for k, v in (s.split("=", 1) for s in a.vit)}}
     vc.VLM_PRESETS["qwen-vl-tiny"] = (dec, overrides, vit)  # a probe-only change of the preset, in this process
     t0, c0 = time.time(), time.process_time()
-    res = {k: v for k, v in {"vlm": vlm, "head": head, "oracle": oracle}[a.probe](a).items() if k != "encoder"}
+    probes = {"vlm": vlm, "head": head, "oracle": oracle, "readout": readout, "frozen": frozen, "stage": stage}
+    res = {k: v for k, v in probes[a.probe](a).items() if k != "encoder"}
     print(json.dumps({"probe": a.probe, "task": a.task, "steps": a.steps, **res, "wall_s": round(time.time() - t0),
                       "cpu_s": round(time.process_time() - c0), "load": round(os.getloadavg()[0], 2)}))
 

@@ -4,7 +4,8 @@
 #      answers alone (vl.text_only=true) — it cannot see, so it learns the answers' priors;
 #   2. VLM: a ViT (3 blocks, 8-pixel patches, 2D RoPE) + 2x2-merge projector in front of that decoder; the encoder
 #      stage pretrains the encoder through a readout (decoder unused, 3000 steps), stage 1 trains the projector only
-#      (encoder and decoder frozen, 100 steps), stage 2 everything (1800 steps);
+#      (encoder and decoder frozen, 100 steps), then the projector and decoder with the ViT frozen (1800 steps), then
+#      everything at a tenth of the lr (200 steps); the baseline runs the last two stages on the text alone;
 #   the baseline and the VLM after each stage are graded on EVAL_N held-out images per task (greedy, through the
 #   Engine): colour, shape, count, position (left/right), chart value (bar and line charts, within 5 %), word reading;
 #   3. a sheet of test images with the VLM's answers -> docs/vision-examples.png;
@@ -27,12 +28,12 @@ export OMP_NUM_THREADS=$THREADS
 START=$SECONDS
 DATA=(vl.train_items="$ITEMS" vl.eval_items="$EVAL_N" train.threads="$THREADS" train.tensorboard=false)
 
-echo "== 1. text-only baseline ($TEXT_STEPS steps) =="
+echo "== 1. text-only baseline ($TEXT_STEPS steps in each of the decoder and all stages) =="
 gptqwen vl train -c qwen-vl-tiny "${DATA[@]}" vl.text_only=true train.max_steps="$TEXT_STEPS" \
   --out "$OUT/text" --overwrite --quiet
 echo "   $((SECONDS - START)) s"
 
-echo "== 2. VLM from that decoder: encoder (readout), stage 1 projector, stage 2 all =="
+echo "== 2. VLM from that decoder: encoder (readout), projector, decoder (ViT frozen), all =="
 gptqwen vl train -c qwen-vl-tiny "${DATA[@]}" vl.decoder="$OUT/text/all" "${VL_EXTRA[@]}" --out "$OUT/vlm" \
   --overwrite --quiet
 echo "   $((SECONDS - START)) s"
