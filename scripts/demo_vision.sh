@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Vision demonstration (issue 22): a tiny vision-language model trained here on CPU (1,237 s on 1 thread, quiet machine; README "Images").
+# Vision demonstration (issue 22): a tiny vision-language model trained here on CPU (1,711 s on 1 thread at load 2-4,
+# 1,250 CPU-seconds; README "Images").
 #   1. baseline: the qwen3-tiny decoder (0.84M params with its own 384-token BPE) trained on the questions and
 #      answers alone (vl.text_only=true) — it cannot see, so it learns the answers' priors;
 #   2. VLM: a ViT (3 blocks, 8-pixel patches, 2D RoPE) + 2x2-merge projector in front of that decoder; the encoder
@@ -77,7 +78,7 @@ stage1 = json.load(open(f"{out}/stage1.json"))["tasks"]
 vlm = json.load(open(f"{out}/vlm/all/vl.json"))["heldout"]["tasks"]
 cer = {k: json.load(open(f"{out}/pdf/work-{k}/report.json"))["steps"][-1].get("cer") for k in ("a4", "words")}
 lines = [f"held-out accuracy, {n} items per task (± standard error); {secs} s in all",
-         "| task | text-only baseline | VLM after stage 1 (projector) | VLM after stage 2 (all) |", "|---|---|---|---|"]
+         "| task | text-only baseline | VLM after stage 1 (projector) | VLM after the last stage (all) |", "|---|---|---|---|"]
 for task in vlm:
     cells = " | ".join(f"{100 * r[task]['accuracy']:.1f}% ± {100 * r[task]['stderr']:.1f}" for r in (text, stage1, vlm))
     lines.append(f"| {task} | {cells} |")
