@@ -1,6 +1,6 @@
 """`gptqwen vl`: vision-language models — train on synthetic images, grade held-out questions, count parameters.
 
-    gptqwen vl train -c qwen-vl-tiny [section.key=value ...] [--out DIR]   # stage 1, then stage 2
+    gptqwen vl train -c qwen-vl-tiny [section.key=value ...] [--out DIR]   # the recipe's stages in order
     gptqwen vl train -c qwen-vl-tiny vl.text_only=true --out runs/vl-text                  # text-only baseline
     gptqwen vl eval --model runs/qwen-vl-tiny/all [--items 200] [--examples docs/vision-examples.png] [--json]
     gptqwen vl params [qwen2.5-vl-7b ...] [--json]

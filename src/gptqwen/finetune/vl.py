@@ -1,13 +1,13 @@
 """Training and grading a vision-language model on the synthetic image tasks, on the shared training core.
 
     gptqwen vl train -c qwen-vl-tiny vl.text_only=true --out runs/vl-text   # the decoder alone: a baseline that cannot see
-    gptqwen vl train -c qwen-vl-tiny vl.decoder=runs/vl-text/all --out runs/vl   # stage 1 projector only, stage 2 all
+    gptqwen vl train -c qwen-vl-tiny vl.decoder=runs/vl-text/all --out runs/vl   # encoder, projector, decoder, all
 
     from gptqwen.train.recipe import load_recipe
     run_vl(load_recipe("qwen-vl-tiny", ["vl.train_items=100"], trainer="vl"), "runs/vl")
 
 A recipe's stages run in order, each in `out/<stage>/` and starting from the previous stage's exported model
-(Qwen-VL's recipe: first align the projector with encoder and decoder frozen, then train everything; with
+(Qwen-VL's recipe: first align the projector with encoder and decoder frozen, then train more of it; with
 `vl.decoder` the VLM starts from a trained text model, as Qwen-VL starts from Qwen, else from scratch). Every
 conversation is one user turn (the image and a question) and one assistant answer; the loss is the
 cross-entropy of the answer tokens. With `vl.text_only` the same decoder trains and is graded on the questions
@@ -19,6 +19,8 @@ A stage with `vl.train=encoder` pretrains the encoder (with its projector) befor
 maps all of an image's feature rows to the answer of its question, the decoder is frozen and unused, and the readout
 is dropped afterwards. Qwen-VL's ViT came pretrained (OpenCLIP); a new tiny encoder and a small decoder trained
 together do not find each other (docs/vision-diagnosis.md: word-only, 1,500 steps, 1.5 % of held-out words).
+`vl.train=decoder` then trains the projector and the decoder with the ViT frozen, so a full-rate stage cannot wash out
+what the encoder stage put into its features (qwen-vl-tiny: encoder, projector, decoder, then a short low-rate `all`).
 """
 
 from __future__ import annotations
