@@ -119,3 +119,16 @@ def test_a_size_can_set_its_own_learning_rate(monkeypatch):
     assert load_recipe("scaling-bytes", list(big.overrides)).train.lr == load_recipe("scaling-bytes", []).train.lr
     with pytest.raises(UserError, match="unknown train setting .lrr"):  # a misspelt recipe key is refused before any training
         sweep.plan_sweep("scaling-bytes", [], [sweep.parse_size("train.lrr=1")], tokens=[25600])
+
+
+def test_a_size_with_its_own_batch_counts_its_own_tokens(monkeypatch):
+    """A dotted `train.batch_size` / `train.seq_len` of one size sets that size's tokens per step, so its steps, D and C
+    are the tokens it really trains on (not the base recipe's batch times its steps)."""
+    import gptqwen.scaling.sweep as sweep
+
+    monkeypatch.setattr(sweep, "_dataset_vocab", lambda recipe: (257, 256))
+    sizes = [sweep.parse_size("n_layer=2"), sweep.parse_size("n_layer=2,train.batch_size=16,train.seq_len=64")]
+    base, big_batch = sweep.plan_sweep("scaling-bytes", [], sizes, tokens=[204800])
+    assert base.steps == 204800 // (2 * 128) and base.tokens == 204800
+    assert big_batch.steps == 204800 // (16 * 64) and big_batch.tokens == 204800
+    assert big_batch.flops == base.flops  # the same N and D

@@ -93,17 +93,18 @@ def plan_sweep(recipe_name: str | None, overrides: list[str], sizes: list[dict[s
         raise UserError("give at least one model size (--size n_layer=2,n_embd=64)")
     base = load_recipe(recipe_name, overrides)
     vocab, eos = _dataset_vocab(base)
-    step_tokens = base.train.batch_size * base.train.seq_len
     specs = []
     for size in sizes:
         size_overrides = _size_overrides(size)
-        cfg = model_config(load_recipe(recipe_name, overrides + size_overrides), vocab, eos)
+        sized = load_recipe(recipe_name, overrides + size_overrides)
+        cfg = model_config(sized, vocab, eos)
         n = cfg.num_params()
+        step_tokens = sized.train.batch_size * sized.train.seq_len  # a size may set its own batch or length
         for budget in budgets:
             d = budget if tokens is not None else budget / (6 * n)
             steps = max(1, round(d / step_tokens))
             d_real = steps * step_tokens
-            flops_exact = float(cfg.flops_per_token(base.train.seq_len)) * d_real
+            flops_exact = float(cfg.flops_per_token(sized.train.seq_len)) * d_real
             if steps < min_steps or (max_flops is not None and flops_exact > max_flops):
                 continue
             specs.append(RunSpec(
