@@ -41,7 +41,7 @@ from gptqwen.align.rewards import answers_match, extract_final_answer
 from gptqwen.errors import UserError
 from gptqwen.finetune.common import export_run, load_base
 from gptqwen.finetune.sft import IGNORE
-from gptqwen.finetune.sft_train import batch_loss, run_sft
+from gptqwen.finetune.sft_train import batch_loss, model_inputs, run_sft, with_aux
 from gptqwen.infer import Engine, SamplingParams
 from gptqwen.infer.thinking import chat_many
 from gptqwen.loading import load_tokenizer
@@ -79,17 +79,12 @@ def dense_loss(teacher: torch.nn.Module, weight: float, vocab: int):
     weight·forward KL(teacher ‖ student) at the same positions (the teacher reads the same packed batch)."""
 
     def loss_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        doc = batch["document_ids"]
-        kw = {"position_ids": batch["position_ids"], "document_ids": doc, "attention_mask": (doc >= 0).long()}
+        kw = model_inputs(batch)
         out = model(batch["input_ids"], targets=batch["targets"], **kw)
         with torch.no_grad():
             teacher_logits = teacher(batch["input_ids"], **kw).logits[..., :vocab]
         kl = token_kl(out.logits[..., :vocab], teacher_logits, batch["targets"] != IGNORE, "forward")
-        loss = (1 - weight) * out.loss + weight * kl
-        losses = {"loss": loss, "ce": out.loss.detach(), "kl": kl.detach()}
-        if out.aux_loss is not None:
-            losses.update(loss=loss + out.aux_loss, aux=out.aux_loss.detach())
-        return losses
+        return with_aux(out, (1 - weight) * out.loss + weight * kl, kl=kl.detach())
 
     return loss_of
 
@@ -177,6 +172,7 @@ def run_off_policy(recipe: Recipe, out: Path, resume: bool = False, overwrite: b
     if d.dense_kl > 0:
         teacher = teacher or load_base(d.teacher, None, tc.device, tc.seed)[0]
         loss_of = dense_loss(teacher.eval().requires_grad_(False), d.dense_kl, tok.vocab_size)
+    del teacher  # only a dense loss keeps the teacher through the SFT
     summary = run_sft(sft, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_at=stop_at, loss_of=loss_of)
     return {**summary, "teacher_data": stats, "dense_kl": d.dense_kl}
 

@@ -29,16 +29,24 @@ from gptqwen.train.recipe import Recipe
 from gptqwen.utils import read_jsonl
 
 
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The forward's keyword arguments for one (packed or padded) SFT batch, besides the input ids."""
+    doc = batch["document_ids"]  # the mask keeps padding out of MoE balancing
+    return {"position_ids": batch["position_ids"], "document_ids": doc, "attention_mask": (doc >= 0).long()}
+
+
+def with_aux(out: Any, objective: torch.Tensor, **logged: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A `loss_of` result: the objective (+ the MoE aux loss), the CE of the targets and any other logged values."""
+    losses = {"loss": objective, "ce": out.loss.detach(), **logged}
+    if out.aux_loss is not None:
+        losses.update(loss=objective + out.aux_loss, aux=out.aux_loss.detach())
+    return losses
+
+
 def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The SFT loss of one (packed or padded) batch: CE over assistant targets + MoE aux loss."""
-    doc = batch["document_ids"]
-    out = model(batch["input_ids"], targets=batch["targets"], position_ids=batch["position_ids"],
-                document_ids=doc, attention_mask=(doc >= 0).long())  # the mask keeps padding out of MoE balancing
-    losses = {"loss": out.loss, "ce": out.loss.detach()}
-    if out.aux_loss is not None:
-        losses["loss"] = out.loss + out.aux_loss
-        losses["aux"] = out.aux_loss.detach()
-    return losses
+    out = model(batch["input_ids"], targets=batch["targets"], **model_inputs(batch))
+    return with_aux(out, out.loss)
 
 
 def conversations(recipe: Recipe) -> tuple[list[tuple[int, dict]], str]:
