@@ -36,6 +36,7 @@ from gptqwen.config import Config
 from gptqwen.errors import UserError, closest
 from gptqwen.infer.sampling import DEFAULT_TEMPERATURE
 from gptqwen.train.recipe_reasoning import DistillConfig, PostConfig
+from gptqwen.train.recipe_vision import VLConfig
 
 
 @dataclass
@@ -201,23 +202,6 @@ class GRPOConfig:
     eval_problems: int | None = None  # synthetic: grade N held-out problems greedily before and after
 
 
-@dataclass
-class VLConfig:
-    """vl: the vision-language model, its synthetic image data, and what trains (stage 1: projector, 2: all)."""
-
-    preset: str = "qwen-vl-tiny"  # VLM preset of a new model (gptqwen.vision.config.VLM_PRESETS)
-    base: str | None = None  # instead: a VLM folder (a finished vl run) to continue from
-    decoder: str | None = None  # a text model (e.g. a vl.text_only run) to take the decoder and tokenizer from
-    tokenizer: str | None = None  # tokenizer.json or preset; None -> a small Qwen-style BPE of the tasks' text
-    train: str = "all"  # encoder (through a readout) | projector | decoder (projector + decoder, ViT frozen) | all
-    tasks: list = field(default_factory=lambda: ["colour", "shape", "count", "position", "chart", "word"])
-    train_items: int = 2000  # training images per task
-    eval_items: int = 200  # held-out images per task, graded after training (0 = none)
-    data_seed: int = 0
-    text_only: bool = False  # baseline: the same model trained and graded on the questions without the images
-    max_new_tokens: int = 6
-
-
 MODEL = "model"  # pretrain's model section is a Config preset plus Config fields, checked against Config
 TRAINERS: dict[str, dict[str, type | None]] = {
     "pretrain": {"model": None, "data": DataConfig, "train": TrainConfig},
@@ -279,8 +263,6 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "grpo.beta": _NON_NEGATIVE, "grpo.epsilon": (lambda v: 0 < v < 1, "in (0, 1)"),
     "grpo.epsilon_high": (lambda v: v is None or v > 0, "> 0"),
     "grpo.num_iterations": _POSITIVE, "grpo.eval_problems": _POSITIVE,
-    "vl.train": _one_of("encoder", "projector", "decoder", "all"), "vl.train_items": _POSITIVE, "vl.eval_items": _NON_NEGATIVE,
-    "vl.max_new_tokens": _POSITIVE,
 }  # fmt: skip
 
 
