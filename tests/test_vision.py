@@ -106,7 +106,7 @@ def test_resampler_gives_every_image_the_same_token_count(tok):
                                          {"type": "image", "image": make_item("chart", 0, 0).image},
                                          {"type": "text", "text": "?"}]}]  # fmt: skip
     ids, _, images = render_with_images(tok, msgs, vlm.vision_config)
-    assert [im.grid for im in images] == [(4, 16), (12, 12)] and [im.n_tokens for im in images] == [16, 16]
+    assert [im.grid for im in images] == [(4, 16), (16, 12)] and [im.n_tokens for im in images] == [16, 16]
     cache = vlm.new_cache(1, len(ids) + 1)
     with torch.no_grad():
         full = vlm(torch.tensor([ids + [5]]), images=images).logits[0, -1]

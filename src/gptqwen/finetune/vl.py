@@ -44,9 +44,10 @@ from gptqwen.tokenizer.train import train_tokenizer
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
 from gptqwen.vision import VisionLanguageModel, is_vlm_dir, preprocess, render_with_images, vlm_config
-from gptqwen.vision.data import Item, corpus_text, make_split
+from gptqwen.vision.data import COLOURS, Item, corpus_text, make_split
 
 CHART_TOLERANCE = 0.05
+LETTERS = "ABCD"  # a chart's bars (vision.data)
 
 
 # ---------------------------------------------------------------------------------------------- model and data
@@ -151,15 +152,72 @@ class Readout(torch.nn.Module):
         return loss + sum(p.sum() for p in self.parameters()) * 0.0
 
 
-class EncoderPretraining(torch.nn.Module):
-    """What `vl.train=encoder` trains (and checkpoints): the VLM's encoder and the readout."""
+class TokenTargets(torch.nn.Module):
+    """The encoder stage's per-token targets (`vl.token_targets`): heads shared by every image token read what lies
+    under that token — a chart's bar letter (none, A-D) and value (ordinal: 100 thresholds "value >= t", so a
+    near miss costs little where 96 independent classes overfit), a shape's colour (none or one of six) and, in
+    position items, that shape's side. Shared heads make a token itself say "C, 57" or "red, left", a form the
+    decoder's attention can match to the question's words; the per-question readout lets the slot carry it."""
 
-    def __init__(self, visual: torch.nn.Module, readout: Readout) -> None:
+    def __init__(self, vision, out_dim: int) -> None:
         super().__init__()
-        self.visual, self.readout = visual, readout
+        if vision.projector != "merge":
+            raise UserError("vl.token_targets needs the merge projector (a resampler's tokens have no place in the image)")
+        self.merge = vision.merge_size
+        self.letter, self.value = torch.nn.Linear(out_dim, 1 + len(LETTERS)), torch.nn.Linear(out_dim, 100)
+        self.colour, self.side = torch.nn.Linear(out_dim, 1 + len(COLOURS)), torch.nn.Linear(out_dim, 3)
+
+    def labels(self, item: Item, grid: tuple[int, int]) -> torch.Tensor:
+        """[4, tokens]: letter, value, colour, side of each merged token in raster order (-100: no target)."""
+        rows, cols = grid[0] // self.merge, grid[1] // self.merge
+        sx, sy = item.image.width / cols, item.image.height / rows  # image pixels under one token
+        out = torch.full((4, rows, cols), -100, dtype=torch.long)
+        if "bars" in item.meta:  # every token of a bar's column carries the bar (its top, its label, the space above)
+            out[0] = 0
+            for c in range(cols):
+                overlap = [min((c + 1) * sx, x1) - max(c * sx, x0) for _, x0, x1, _ in item.meta["bars"]]
+                best = max(range(len(overlap)), key=overlap.__getitem__)
+                if overlap[best] >= sx / 4:
+                    out[0, :, c], out[1, :, c] = best + 1, item.meta["bars"][best][3]
+        if "shapes" in item.meta:  # the shape covering most of the token, if it covers an eighth of it
+            out[2] = 0
+            sides = item.meta.get("sides", {})
+            for r in range(rows):
+                for c in range(cols):
+                    area = [max(0.0, min((c + 1) * sx, x + rr) - max(c * sx, x - rr))
+                            * max(0.0, min((r + 1) * sy, y + rr) - max(r * sy, y - rr)) for _, _, x, y, rr in item.meta["shapes"]]
+                    best = max(range(len(area)), key=area.__getitem__)
+                    if area[best] >= sx * sy / 8:
+                        colour = item.meta["shapes"][best][1]
+                        out[2, r, c] = 1 + list(COLOURS).index(colour)
+                        if colour in sides:
+                            out[3, r, c] = 1 + (sides[colour] == "right")
+        return out.flatten(1)
+
+    def loss(self, feats: torch.Tensor, images: list, items: list[Item]) -> torch.Tensor:
+        """Cross-entropy of letter, colour and side, and the value's ordinal loss (summed over the thresholds, a tenth:
+        near a cross-entropy's scale once the far thresholds are learnt), over the tokens that have each target."""
+        y = torch.cat([self.labels(it, im.grid) for it, im in zip(items, images)], dim=1).to(feats.device)
+        total = sum(F.cross_entropy(head(feats), t, ignore_index=-100) for head, t in
+                    ((self.letter, y[0]), (self.colour, y[2]), (self.side, y[3])) if (t >= 0).any())  # fmt: skip
+        has = y[1] >= 0
+        if has.any():
+            above = (y[1][has, None] >= torch.arange(1, 101, device=feats.device)).float()
+            total = total + F.binary_cross_entropy_with_logits(self.value(feats[has]), above, reduction="sum") / has.sum() / 10
+        return total + sum(p.sum() for p in self.parameters()) * 0.0  # every head keeps optimizer state (Readout.loss)
+
+
+class EncoderPretraining(torch.nn.Module):
+    """What `vl.train=encoder` trains (and checkpoints): the VLM's encoder, the readout, and the per-token targets."""
+
+    def __init__(self, visual: torch.nn.Module, readout: Readout, tokens: TokenTargets | None = None) -> None:
+        super().__init__()
+        self.visual, self.readout, self.tokens = visual, readout, tokens
 
     def forward(self, images: list, items: list[Item]) -> torch.Tensor:
-        return self.readout.loss(self.visual(images), images, items)
+        feats = self.visual(images)
+        loss = self.readout.loss(feats, images, items)
+        return loss + self.tokens.loss(feats, images, items) if self.tokens is not None else loss
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -211,7 +269,8 @@ def train_stage(recipe: Recipe, out: Path, resume: bool, overwrite: bool, quiet:
     batches = EpochBatches(lambda e: make_batches(examples, tc.batch_size, tc.seed + e, pad, vision))
     trained: torch.nn.Module = model
     if v.train == "encoder":  # the decoder sits out: the encoder learns the answers through a readout
-        trained = EncoderPretraining(model.visual, Readout(items, vision, model.config.n_embd)).to(info.device)
+        tokens = TokenTargets(vision, model.config.n_embd) if v.token_targets else None
+        trained = EncoderPretraining(model.visual, Readout(items, vision, model.config.n_embd), tokens).to(info.device)
     n_train = sum(p.numel() for p in trained.parameters() if p.requires_grad)
 
     def loss(fwd: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

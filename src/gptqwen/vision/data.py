@@ -10,7 +10,8 @@ Tasks:
 - shape: one shape; "What shape is this?" -> circle / square / triangle / diamond
 - count: 1-5 shapes of one colour; "How many shapes are there?" -> 1..5
 - position: two shapes; "Where is the <colour> shape?" -> left / right (of the other one)
-- chart: a bar or line chart of 3-4 labelled values on a 0-100 axis; "What is the value of C?" -> the integer
+- chart: a bar or line chart of 3-4 labelled values on a 0-100 axis (96x128 pixels, gridlines every 20);
+  "What is the value of C?" -> the integer
 - word: one word rendered with DejaVu Sans (shipped with matplotlib), left-aligned, in varying size, place and ink;
   "What word is written?" -> the word
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,9 @@ class Item:
     question: str
     answer: str
     task: str
+    # where things are, for the encoder stage's per-token targets: chart {"bars": [(letter, x0, x1, value)], "asked"},
+    # shapes {"shapes": [(kind, colour, cx, cy, r)]}, position also {"sides": {colour: "left"/"right"}}
+    meta: dict = field(default_factory=dict, compare=False)
 
     def messages(self, with_answer: bool = True, with_image: bool = True) -> list[dict]:
         """The chat form: the image (unless text-only) and the question, then the answer."""
@@ -76,7 +80,7 @@ def _canvas(w: int, h: int, rng: random.Random):
 
 
 def _shapes(rng: random.Random, n: int, kinds: list[str], colours: list[str], size: int = 64) -> tuple[Any, list]:
-    """n non-overlapping shapes; returns the image and [(kind, colour, cx, cy)]."""
+    """n non-overlapping shapes; returns the image and [(kind, colour, cx, cy, r)]."""
     img, draw = _canvas(size, size, rng)
     placed: list[tuple[str, str, float, float, float]] = []
     r_max = 13 if n == 1 else 8
@@ -87,7 +91,7 @@ def _shapes(rng: random.Random, n: int, kinds: list[str], colours: list[str], si
             placed.append((kinds[len(placed)], colours[len(placed)], cx, cy, r))
     for kind, colour, cx, cy, r in placed:
         _draw_shape(draw, kind, cx, cy, r, COLOURS[colour])
-    return img, [(k, c, x, y) for k, c, x, y, _ in placed]
+    return img, placed
 
 
 def _font(size: int):
@@ -96,25 +100,31 @@ def _font(size: int):
     return ImageFont.truetype(str(Path(mpl.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
 
 
-def _chart(rng: random.Random) -> tuple[Any, str, str]:
+CHART_W, CHART_H = 96, 128  # image size; the plot area runs 0..100 over PLOT_TOP..PLOT_BOTTOM (1.08 px a unit)
+PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 16, 92, 6, 114
+GRID_STEP = 20  # a labelled gridline every 20 units, as real charts have them
+
+
+def _chart(rng: random.Random) -> tuple[Any, str, str, dict]:
     n = rng.randint(3, 4)
     labels = "ABCD"[:n]
     values = [rng.randint(5, 100) for _ in range(n)]
-    img, draw = _canvas(96, 96, rng)
-    left, right, top, bottom = 14, 92, 6, 82  # plot area; the axis runs 0..100 from bottom to top
+    img, draw = _canvas(CHART_W, CHART_H, rng)
+    left, right, top, bottom = PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM
     font = _font(9)
-    for v in (0, 50, 100):
+    for v in range(0, 101, GRID_STEP):
         y = bottom - (bottom - top) * v / 100
         draw.line([(left, y), (right, y)], fill=(200, 200, 200))
         draw.text((1, y - 5), str(v), fill=(60, 60, 60), font=_font(7))
     step = (right - left) / n
     colour = COLOURS[rng.choice(list(COLOURS))]
     line = rng.random() < 0.5
-    points = []
+    points, bars = [], []
     for i, (lab, v) in enumerate(zip(labels, values)):
         cx = left + step * (i + 0.5)
         y = bottom - (bottom - top) * v / 100
         points.append((cx, y))
+        bars.append((lab, cx - step * 0.3, cx + step * 0.3, v))
         if not line:
             draw.rectangle([cx - step * 0.3, y, cx + step * 0.3, bottom], fill=colour)
         draw.text((cx - 3, bottom + 2), lab, fill=(0, 0, 0), font=font)
@@ -123,7 +133,8 @@ def _chart(rng: random.Random) -> tuple[Any, str, str]:
         for cx, y in points:
             draw.ellipse([cx - 2, y - 2, cx + 2, y + 2], fill=colour)
     k = rng.randrange(n)
-    return img, f"What is the value of {labels[k]}?", str(values[k])
+    meta = {"bars": bars, "asked": k, "line": line, "colour": colour}
+    return img, f"What is the value of {labels[k]}?", str(values[k]), meta
 
 
 def _word(rng: random.Random) -> tuple[Any, str, str]:
@@ -136,7 +147,7 @@ def _word(rng: random.Random) -> tuple[Any, str, str]:
     x, y = rng.uniform(2, 10), rng.uniform(1, 31 - size * 1.2)
     ink = rng.randint(0, 90)
     draw.text((x, y), word, fill=(ink, ink, ink), font=font)
-    return img, "What word is written?", word
+    return img, "What word is written?", word, {}
 
 
 def make_item(task: str, seed: int, index: int, split: str = "train") -> Item:
@@ -145,23 +156,28 @@ def make_item(task: str, seed: int, index: int, split: str = "train") -> Item:
         raise UserError(f"unknown vision task '{task}'; choose from {', '.join(TASKS)}")
     rng = random.Random(f"{task}:{split}:{SPLIT_SEEDS[split] + seed}:{index}")
     colours = list(COLOURS)
+    if task in ("chart", "word"):
+        img, q, ans, meta = _chart(rng) if task == "chart" else _word(rng)
+        return Item(img, q, ans, task, meta)
     if task == "colour":
-        img, _ = _shapes(rng, 1, [rng.choice(SHAPES)], [c := rng.choice(colours)])
-        return Item(img, "What colour is the shape?", c, task)
-    if task == "shape":
-        img, _ = _shapes(rng, 1, [s := rng.choice(SHAPES)], [rng.choice(colours)])
-        return Item(img, "What shape is this?", s, task)
-    if task == "count":
+        img, placed = _shapes(rng, 1, [rng.choice(SHAPES)], [ans := rng.choice(colours)])
+        q = "What colour is the shape?"
+    elif task == "shape":
+        img, placed = _shapes(rng, 1, [ans := rng.choice(SHAPES)], [rng.choice(colours)])
+        q = "What shape is this?"
+    elif task == "count":
         n, colour = rng.randint(1, 5), rng.choice(colours)
-        img, _ = _shapes(rng, n, [rng.choice(SHAPES) for _ in range(n)], [colour] * n)
-        return Item(img, "How many shapes are there?", str(n), task)
-    if task == "position":
+        img, placed = _shapes(rng, n, [rng.choice(SHAPES) for _ in range(n)], [colour] * n)
+        q, ans = "How many shapes are there?", str(n)
+    else:
         a, b = rng.sample(colours, 2)
         img, placed = _shapes(rng, 2, [rng.choice(SHAPES), rng.choice(SHAPES)], [a, b])
-        side = "left" if placed[0][2] < placed[1][2] else "right"
-        return Item(img, f"Is the {a} shape left or right of the {b} one?", side, task)
-    img, q, ans = _chart(rng) if task == "chart" else _word(rng)
-    return Item(img, q, ans, task)
+        ans = "left" if placed[0][2] < placed[1][2] else "right"
+        q = f"Is the {a} shape left or right of the {b} one?"
+    meta = {"shapes": placed}
+    if task == "position":
+        meta["sides"] = {a: ans, b: "right" if ans == "left" else "left"}
+    return Item(img, q, ans, task, meta)
 
 
 def make_split(tasks: list[str] | tuple[str, ...], per_task: int, seed: int = 0, split: str = "train",
