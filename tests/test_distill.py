@@ -1,6 +1,8 @@
 """Strong-to-weak distillation (`gptqwen distill`, align/distill.py): the on-policy loss equals a direct per-token KL
 on a fixed batch (both directions), so does the dense off-policy loss (CE + forward KL on packed teacher answers),
-the vocabulary check before any work, and a tiny end-to-end run with resume (dense off-policy loss on)."""
+the vocabulary check before any work, the FLOP counter both commands report (6·N·tokens with gradients, 2·N·tokens
+without, the C decode step counted like the PyTorch one), and a tiny end-to-end run with resume (dense off-policy loss
+on)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import torch
 import _align_fixtures
 from gptqwen.align import prefs
 from gptqwen.align.distill import check_same_vocabulary, dense_loss, on_policy_workload
+from gptqwen.align.flops import FlopCounter
 from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.finetune import sft
 from gptqwen.finetune.synthetic import demo_tokenizer
+from gptqwen.infer import Engine, SamplingParams
 from gptqwen.model import Transformer
 from gptqwen.train.recipe import load_recipe
 
@@ -86,6 +90,29 @@ def test_dense_off_policy_loss(tok, weight):
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_flop_counter(tok):
+    torch.manual_seed(0)
+    student = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size, n_layer=1, n_embd=64))
+    teacher = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size, n_layer=2)).eval()
+    n_s, n_t = (sum(p.numel() for p in m.parameters()) for m in (student, teacher))
+    ids = torch.randint(0, tok.vocab_size, (3, 10))
+    with FlopCounter() as flops:
+        student(ids).logits.sum().backward()  # a training forward: 6·N per token
+        with torch.no_grad():
+            teacher(ids)  # scoring: 2·N per token
+    assert flops.by_kind == {"train": 6 * n_s * 30, "forward": 2 * n_t * 30}
+    student(ids)  # after the block: not counted
+    assert flops.total == 6 * n_s * 30 + 2 * n_t * 30
+    prompts = [[5, 6, 7], [8, 9]]  # generation: prefill and every decode step, C kernel or PyTorch alike
+    params = SamplingParams(temperature=1.0, max_new_tokens=6, seed=3, ignore_eos=True)
+    counted = []
+    for native in (True, False):
+        with FlopCounter() as flops:
+            Engine(student, native=native).generate(prompts, params)
+        counted.append(flops.total)
+    assert counted[0] == counted[1] == 2 * n_s * (2 * 3 + 2 * 5)  # a left-padded prefill of 2 x 3, then 5 steps of 2
+
+
 def test_vocabulary_check(tok, model_dir, tmp_path, capsys):
     other = demo_tokenizer(300)
     with pytest.raises(UserError, match="different vocabularies"):
@@ -115,6 +142,7 @@ def test_distill_end_to_end_and_resume(model_dir, tmp_path, capsys):
     off, on = full["stages"]["1-off-policy"], full["stages"]["2-on-policy"]
     assert off["teacher_data"]["kept"] > 0 and off["steps"] == 2 and on["steps"] == 2 and on["kl"] == "reverse"
     assert off["dense_kl"] == 0.5 and "kl" in json.loads(open(f"{off['out']}/metrics.jsonl").readline())
+    assert off["flops"] > 0 and on["flops"] > 0 and full["flops"] == off["flops"] + on["flops"]  # compute recorded
     model, t = load_model_and_tokenizer(full["out"])
     assert t is not None and model.config.vocab_size == 512
     # stop in the on-policy phase, then resume: the same weights as the run that never stopped

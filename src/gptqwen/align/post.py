@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from gptqwen.align.flops import FlopCounter
 from gptqwen.align.grpo import run_grpo, sample
 from gptqwen.align.rbrm import Rubric, judge_conversations
 from gptqwen.align.rewards import math_reward
@@ -92,9 +93,11 @@ def run_stages(recipe: Recipe, out: Path, run_stage: StageFn, resume: bool = Fal
             continue
         stage.model.base, stage.model.tokenizer = base, tokenizer
         again = resume and bool(ckpt_io.list_checkpoints(folder))
-        summary = run_stage(stage, folder, resume=again, overwrite=overwrite and not again, quiet=quiet, stop_at=stop_at)
+        with FlopCounter() as flops:  # the stage's compute, counted the same way for every command that runs stages
+            summary = run_stage(stage, folder, resume=again, overwrite=overwrite and not again, quiet=quiet, stop_at=stop_at)
         if "out" not in summary:  # stopped early (--stop-at): finish with --resume
             return {"stages": done, "stopped_in": name, "step": summary["step"], "steps": summary["steps"]}
+        summary["flops"] = flops.total  # before grading: after_stage's held-out evaluation is not the stage's work
         if after_stage is not None:
             summary.update(after_stage(stage, folder))
         done[name] = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, dict, list, type(None)))}
@@ -102,7 +105,8 @@ def run_stages(recipe: Recipe, out: Path, run_stage: StageFn, resume: bool = Fal
         with atomic_write(record) as f:
             json.dump(done, f, indent=2, default=str)
         base, tokenizer = str(folder), None
-    return {"stages": done, "out": str(out / _name(recipe, max(1, len(recipe.stages)) - 1))}
+    return {"stages": done, "out": str(out / _name(recipe, max(1, len(recipe.stages)) - 1)),
+            "flops": sum(s.get("flops", 0) for s in done.values())}
 
 
 def _name(recipe: Recipe, i: int) -> str:
