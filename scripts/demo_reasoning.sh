@@ -190,6 +190,7 @@ distilled = {p.question for st in stages for p in problems(st.distill.synthetic,
 items = [p for p in items if p.question not in distilled]  # no distillation prompt is held out either
 folders = [f"{out}/distill/{i + 1}-{spec['name']}" for i, spec in enumerate(distill.stages)]
 cpu = {k: sum(map(float, open(f"{out}/{k}.cpu").read().split()[-2:])) for k in ("teacher", "student", "distill")}
+runs = {k: json.load(open(f"{out}/{k}.json")) for k in ("student", "distill")}  # each stage's flops and cpu_s
 
 def row(name, h):
     t, nt = h["thinking"], h["non_thinking"]
@@ -210,13 +211,18 @@ for r in json.load(open(f"{out}/budget.json")):
     print(f"| {b} | {r['accuracy']:.3f} ± {r['stderr']:.3f} | {r['budget_hit']:.2f} | {r['thinking_tokens']:.1f} | {r['n']} |")
 graded = {"four stages": grade(f"{out}/student/4-general-rl", items, 128),
           "distilled from the teacher": grade(folders[-1], items, 128)}
-print("\n| 0.23M student | thinking | non-thinking | n | CPU s | arithmetic think / no-think, logic think / no-think |\n|---|---|---|---|---|---|")
+print("\n| 0.23M student | thinking | non-thinking | n | CPU s | TFLOPs | arithmetic think / no-think, logic think / no-think |\n|---|---|---|---|---|---|---|")
 for (name, h), key in zip(graded.items(), ("student", "distill")):
-    print(row(name, h) + f" {cpu[key]:.0f} | {kinds(h)} |")
+    print(row(name, h) + f" {cpu[key]:.0f} | {runs[key]['flops'] / 1e12:.2f} | {kinds(h)} |")
 for stage in ("1-cold-start", "3-fusion"):  # the four-stage student on the way (its CPU s are not split by stage)
-    print(row(f"four stages, after {stage}", h := grade(f"{out}/student/{stage}", items, 128)) + f" – | {kinds(h)} |")
+    print(row(f"four stages, after {stage}", h := grade(f"{out}/student/{stage}", items, 128)) + f" – | – | {kinds(h)} |")
 for folder in folders[:-1]:  # the distilled student on the way
-    print(row(f"distilled, after {folder.rsplit('/', 1)[1]}", h := grade(folder, items, 128)) + f" – | {kinds(h)} |")
-print(f"\ncompute ratio distill / four stages: {cpu['distill'] / cpu['student']:.2f}; teacher's four stages (judge included) "
+    print(row(f"distilled, after {folder.rsplit('/', 1)[1]}", h := grade(folder, items, 128)) + f" – | – | {kinds(h)} |")
+print("\n| stage | CPU s (in the command) | TFLOPs | of which with gradients |\n|---|---|---|---|")
+for key in ("student", "distill"):  # where the compute goes (FLOPs: align/flops.py, the same code for both commands)
+    for name, st in runs[key]["stages"].items():
+        print(f"| {key} {name} | {st['cpu_s']:.1f} | {st['flops'] / 1e12:.3f} | {st['flops_train'] / 1e12:.3f} |")
+print(f"\ncompute ratio distill / four stages: {cpu['distill'] / cpu['student']:.2f} in CPU s, "
+      f"{runs['distill']['flops'] / runs['student']['flops']:.2f} in FLOPs; teacher's four stages (judge included) "
       f"{cpu['teacher']:.0f} CPU s; whole demo {secs // 60} min {secs % 60} s on {__import__('os').environ['OMP_NUM_THREADS']} threads")
 PYEOF

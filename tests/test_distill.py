@@ -13,13 +13,14 @@ import torch
 
 import _align_fixtures
 from gptqwen.align import prefs
-from gptqwen.align.distill import check_same_vocabulary, dense_loss, on_policy_workload
+from gptqwen.align.distill import _modes, check_same_vocabulary, dense_loss, on_policy_workload, teacher_conversations
 from gptqwen.align.flops import FlopCounter
 from gptqwen.config import Config
 from gptqwen.errors import UserError
 from gptqwen.finetune import sft
 from gptqwen.finetune.synthetic import demo_tokenizer
 from gptqwen.infer import Engine, SamplingParams
+from gptqwen.infer.thinking import chat_many
 from gptqwen.model import Transformer
 from gptqwen.train.recipe import load_recipe
 
@@ -88,6 +89,22 @@ def test_dense_off_policy_loss(tok, weight):
     losses["loss"].backward()  # gradients reach the student only
     assert any(p.grad is not None for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_teacher_answers_come_back_in_row_order(tok):
+    torch.manual_seed(0)
+    teacher = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size, n_layer=1)).eval()
+    with torch.no_grad():  # random weights repeat the last token ("\n": no content); this gives prompt-dependent text
+        teacher.ln_f.weight.normal_()
+    rows = [{"prompt": [{"role": "user", "content": "What is " + " + 1" * (i % 5) + "?"}]} for i in range(12)]
+    convs, stats = teacher_conversations(teacher, tok, rows, 0.5, 3, 10, verify=False)  # batched by mode and length
+    want = []  # direct: each row alone, in the rows' order, with the same modes
+    for row, thinking in zip(rows, _modes(len(rows), 0.5, 3)):
+        [r] = chat_many(Engine(teacher, tok), [row["prompt"]], [thinking], params=SamplingParams(temperature=0.0, max_new_tokens=10))
+        if r.content and not (thinking and r.finish_reason == "length"):
+            want.append([*row["prompt"], {"role": "assistant", "content": r.content,
+                                          **({"reasoning_content": r.reasoning_content} if thinking and r.reasoning_content else {})}])
+    assert [c["messages"] for c in convs] == want and stats["kept"] == len(want) > 0
 
 
 def test_flop_counter(tok):

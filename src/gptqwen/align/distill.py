@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -105,8 +106,14 @@ def teacher_conversations(teacher, tok, rows: list[dict], think_ratio: float, se
     and counts (kept, wrong, ...)."""
     modes = _modes(len(rows), think_ratio, seed)
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
+    # a batch decodes until its longest turn ends, so turns of one mode and similar prompts go together (thinking
+    # turns are several times longer); the answers come back in the rows' order
+    length = [len(r.get("_prompt_ids") or str(r["prompt"])) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (modes[i], length[i]))
     torch.manual_seed(seed)  # unseeded rows draw their generators' seeds from torch's RNG
-    turns = chat_many(Engine(teacher.eval(), tok), [_messages(r) for r in rows], modes, params=params)
+    done = chat_many(Engine(teacher.eval(), tok), [_messages(rows[i]) for i in order], [modes[i] for i in order],
+                     params=params)  # fmt: skip
+    turns = [r for _, r in sorted(zip(order, done), key=lambda p: p[0])]
     convs, wrong, empty = [], 0, 0
     for row, thinking, r in zip(rows, modes, turns):
         if not r.content or (thinking and r.finish_reason == "length"):
@@ -156,8 +163,10 @@ def run_off_policy(recipe: Recipe, out: Path, resume: bool = False, overwrite: b
     teacher = None
     if not (resume and data.is_file()):  # greedy answers are the same each time; a resume reuses them
         teacher, _ = load_base(d.teacher, None, tc.device, tc.seed)
+        cpu = time.process_time()
         convs, stats = teacher_conversations(teacher, tok, rows, d.think_ratio, tc.seed, d.teacher_max_new_tokens,
                                              d.verify, d.teacher_temperature)  # fmt: skip
+        stats["cpu_s"] = round(time.process_time() - cpu, 2)  # the teacher's answers: part of the stage's cpu_s
         if not convs:
             raise UserError(f"the teacher answered none of {len(rows)} prompts (correctly, within "
                             f"distill.teacher_max_new_tokens={d.teacher_max_new_tokens}); check the teacher")  # fmt: skip

@@ -5,7 +5,8 @@
     flops.total, flops.by_kind   # {"train": ..., "forward": ...}
 
 `align.post.run_stages` wraps every stage of `gptqwen post` and `gptqwen distill` in one, so both commands record the
-same figure (`flops` in each stage's entry of `stages.json`, and summed over the stages in the command's summary).
+same figures: `flops` (and `flops_train`, the part with gradients) and `cpu_s` (CPU seconds of the process) in each
+stage's entry of `stages.json`, and `flops` summed over the stages in the command's summary.
 The usual estimates (Kaplan et al.), with N = all parameters of the model that runs (the embedding counted once: with
 a tied head it is the output projection's matmul) and tokens = every position the forward computes, padding included:
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,11 +94,13 @@ def run_stages(recipe: Recipe, out: Path, run_stage: StageFn, resume: bool = Fal
             continue
         stage.model.base, stage.model.tokenizer = base, tokenizer
         again = resume and bool(ckpt_io.list_checkpoints(folder))
+        cpu = time.process_time()
         with FlopCounter() as flops:  # the stage's compute, counted the same way for every command that runs stages
             summary = run_stage(stage, folder, resume=again, overwrite=overwrite and not again, quiet=quiet, stop_at=stop_at)
         if "out" not in summary:  # stopped early (--stop-at): finish with --resume
             return {"stages": done, "stopped_in": name, "step": summary["step"], "steps": summary["steps"]}
-        summary["flops"] = flops.total  # before grading: after_stage's held-out evaluation is not the stage's work
+        # before grading: after_stage's held-out evaluation is not the stage's work
+        summary.update(flops=flops.total, flops_train=flops.by_kind["train"], cpu_s=round(time.process_time() - cpu, 2))
         if after_stage is not None:
             summary.update(after_stage(stage, folder))
         done[name] = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, dict, list, type(None)))}
