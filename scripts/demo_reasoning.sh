@@ -13,13 +13,13 @@
 #      of answers that hit the budget, drawn to $FIGURE (docs/reasoning_budget.png);
 #   4. a 4x smaller student (0.23M params) two ways: through the four stages of qwen3-post (its general RL judged by
 #      the teacher's judge), and by `gptqwen distill` from the stage-4 teacher (two off-policy phases on the teacher's
-#      answers: arithmetic-heavy first, logic-heavy second); held-out accuracy (overall and per kind) and the CPU
-#      seconds (user + sys, /usr/bin/time) each took, the teacher's own training and its judge's not counted (as in
-#      the Qwen3 report).
+#      answers: arithmetic-heavy first, logic-heavy second); held-out accuracy (overall and per kind), the CPU
+#      seconds (user + sys, /usr/bin/time) and the FLOPs (each stage's in stages.json, align/flops.py) each took, the
+#      teacher's own training and its judge's not counted (as in the Qwen3 report).
 # Every accuracy is greedy on EVAL_N held-out problems no stage trained on, with its standard error.
 # Parts 1-3 are skipped when their results are already in OUT (the teacher, judge.json, budget.json; a fresh OUT runs
 # everything), so the students can be rerun against a saved teacher: rm -r OUT/student OUT/distill; bash this script.
-# Usage: scripts/demo_reasoning.sh   (OUT=runs/demo-reasoning THREADS=2 EVAL_N=200 SCALE=1 by default;
+# Usage: scripts/demo_reasoning.sh   (OUT=runs/demo-reasoning THREADS=2 EVAL_N=200 SCALE=1 SEEDS="1 2" by default;
 #        SCALE=0.25 cuts every stage's steps and data to a quarter for a quick look; PASS_MIN=0 VERIFY=false keep unsolved
 #        problems in the RL stage and unchecked teacher answers, which a very short run needs)
 set -euo pipefail
@@ -176,12 +176,21 @@ echo "== 4b. student: distilled from the stage-4 teacher"
 /usr/bin/time -f "%U %S" -o "$OUT/distill.cpu" gptqwen distill -c "$OUT/distill.yaml" --teacher "$TEACHER" --from "$OUT/student-init" \
     --out "$OUT/distill" "${COMMON[@]}" > "$OUT/distill.json"
 
-$PY - "$OUT" "$EVAL_N" $((SECONDS - START)) <<'PYEOF'
+echo "== 4c. both students again with train.seed = each of SEEDS (${SEEDS-1 2}): another data order and mode draw"
+for SEED in ${SEEDS-1 2}; do
+  mkdir -p "$OUT/seed-$SEED"
+  /usr/bin/time -f "%U %S" -o "$OUT/seed-$SEED/student.cpu" gptqwen post -c "$OUT/post.yaml" --from "$OUT/student-init" \
+      --out "$OUT/seed-$SEED/student" "${COMMON[@]}" post.eval_problems=0 train.seed="$SEED" > "$OUT/seed-$SEED/student.json"
+  /usr/bin/time -f "%U %S" -o "$OUT/seed-$SEED/distill.cpu" gptqwen distill -c "$OUT/distill.yaml" --teacher "$TEACHER" \
+      --from "$OUT/student-init" --out "$OUT/seed-$SEED/distill" "${COMMON[@]}" train.seed="$SEED" > "$OUT/seed-$SEED/distill.json"
+done
+
+$PY - "$OUT" "$EVAL_N" $((SECONDS - START)) ${SEEDS-1 2} <<'PYEOF'
 import json, sys
 from gptqwen.align.post import grade, heldout_set
 from gptqwen.finetune.synthetic import problems
 from gptqwen.train.recipe import load_recipe
-out, n, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out, n, secs, seeds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 recipe = load_recipe(f"{out}/post.yaml", trainer="post")
 items = heldout_set(recipe, n)
 distill = load_recipe(f"{out}/distill.yaml", trainer="distill")
@@ -214,7 +223,7 @@ graded = {"four stages": grade(f"{out}/student/4-general-rl", items, 128),
 print("\n| 0.23M student | thinking | non-thinking | n | CPU s | TFLOPs | arithmetic think / no-think, logic think / no-think |\n|---|---|---|---|---|---|---|")
 for (name, h), key in zip(graded.items(), ("student", "distill")):
     print(row(name, h) + f" {cpu[key]:.0f} | {runs[key]['flops'] / 1e12:.2f} | {kinds(h)} |")
-for stage in ("1-cold-start", "3-fusion"):  # the four-stage student on the way (its CPU s are not split by stage)
+for stage in ("1-cold-start", "3-fusion"):  # the four-stage student on the way (each stage's compute: the table below)
     print(row(f"four stages, after {stage}", h := grade(f"{out}/student/{stage}", items, 128)) + f" – | – | {kinds(h)} |")
 for folder in folders[:-1]:  # the distilled student on the way
     print(row(f"distilled, after {folder.rsplit('/', 1)[1]}", h := grade(folder, items, 128)) + f" – | – | {kinds(h)} |")
@@ -222,7 +231,18 @@ print("\n| stage | CPU s (in the command) | TFLOPs | of which with gradients |\n
 for key in ("student", "distill"):  # where the compute goes (FLOPs: align/flops.py, the same code for both commands)
     for name, st in runs[key]["stages"].items():
         print(f"| {key} {name} | {st['cpu_s']:.1f} | {st['flops'] / 1e12:.3f} | {st['flops_train'] / 1e12:.3f} |")
-print(f"\ncompute ratio distill / four stages: {cpu['distill'] / cpu['student']:.2f} in CPU s, "
+print("\n| train.seed | four stages: thinking | CPU s | TFLOPs | distilled: thinking | CPU s | TFLOPs | distilled − four stages |"
+      "\n|---|---|---|---|---|---|---|---|")
+for seed in ["0", *seeds]:  # the claim per seed: the same commands, only the data order and the mode draws differ
+    d = out if seed == "0" else f"{out}/seed-{seed}"
+    acc = {k: graded[name]["thinking"] if seed == "0" else grade(f"{d}/{k}/{last}", items, 128)["thinking"]
+           for k, name, last in (("student", "four stages", "4-general-rl"),
+                                 ("distill", "distilled from the teacher", folders[-1].rsplit("/", 1)[1]))}  # fmt: skip
+    side = {k: f"{acc[k]['accuracy']:.3f} ± {acc[k]['stderr']:.3f} | "
+               f"{sum(map(float, open(f'{d}/{k}.cpu').read().split()[-2:])):.0f} | "
+               f"{json.load(open(f'{d}/{k}.json'))['flops'] / 1e12:.2f}" for k in acc}  # fmt: skip
+    print(f"| {seed} | {side['student']} | {side['distill']} | {acc['distill']['accuracy'] - acc['student']['accuracy']:+.3f} |")
+print(f"\ncompute ratio distill / four stages (seed 0): {cpu['distill'] / cpu['student']:.2f} in CPU s, "
       f"{runs['distill']['flops'] / runs['student']['flops']:.2f} in FLOPs; teacher's four stages (judge included) "
       f"{cpu['teacher']:.0f} CPU s; whole demo {secs // 60} min {secs % 60} s on {__import__('os').environ['OMP_NUM_THREADS']} threads")
 PYEOF
