@@ -29,6 +29,15 @@ Session 10 (what the demo's stages do to the encoder; TASK is a comma list or `a
 - frozen: a new `cat` readout (linear, features z-scored, 60 epochs of 2,500 items per task) fitted on the
   frozen features of `--model`'s encoder: how much of each task its features still hold.
 - stage: one stage of `qwen-vl-tiny` from the VLM folder `--model` (`vl.base`) with `--set` overrides, graded.
+
+Session 11 (the per-token targets, vl.token_targets, and what the chart rendering allows):
+
+    OMP_NUM_THREADS=1 .venv/bin/python docs/vision-probe.py tokens chart,position --model runs/demo-vision/vlm/encoder
+    OMP_NUM_THREADS=1 .venv/bin/python docs/vision-probe.py chart-oracle chart
+
+- tokens: the encoder stage's per-token heads on `--model`'s encoder, held out (letter, colour, side, and the
+  asked bar's value within 5 % read from its column's tokens).
+- chart-oracle: a pixel reader (the asked bar's top row -> the value most training charts with that row allow).
 """
 
 from __future__ import annotations
@@ -209,9 +218,55 @@ def stage(a: argparse.Namespace) -> dict:
     return {t: d["accuracy"] for t, d in s["heldout"]["tasks"].items()} | {"final_loss": s.get("final_loss")}
 
 
+def tokens(a: argparse.Namespace) -> dict:
+    """The encoder stage's per-token heads (vl.token_targets) on the encoder of --model, held out: letter and colour
+    on every token, side on shape tokens, and the asked bar's value (its column's tokens' mean ordinal count)."""
+    vlm, run = _load(a.model), a.run or os.path.dirname(os.path.normpath(a.model))
+    heads = V.TokenTargets(vlm.vision_config, vlm.config.n_embd)
+    ckpt = sorted(glob.glob(f"{run}/encoder/ckpt_*"))[-1]
+    heads.load_state_dict({k.removeprefix("tokens."): v for k, v in load_file(f"{ckpt}/model.safetensors").items()
+                           if k.startswith("tokens.")})  # fmt: skip
+    test = make_split(_tasks(a.task), 200, 0, split="test", exclude=make_split(_tasks(a.task), a.items, 0))
+    hits: dict[str, list[bool]] = {}
+    with torch.no_grad():
+        for it in test:
+            image = preprocess(it.image, vlm.vision_config)
+            f, y = vlm.visual([image]), heads.labels(it, image.grid)
+            for name, head, t in (("letter", heads.letter, y[0]), ("colour", heads.colour, y[2]), ("side", heads.side, y[3])):
+                hits.setdefault(name, []).extend((head(f).argmax(-1) == t)[t >= 0].tolist())
+            if "bars" in it.meta:
+                asked = y[0] == it.meta["asked"] + 1
+                guess = (heads.value(f[asked]) > 0).sum(-1).float().mean().round()
+                hits.setdefault("value_within_5pct", []).append(V.correct("chart", str(int(guess)), it.answer))
+    return {k: round(sum(h) / len(h), 3) for k, h in hits.items() if h}
+
+
+def chart_oracle(a: argparse.Namespace) -> dict:
+    """A pixel reader: the asked bar's (or point's) top row in its colour, answered with the value within 5 % of
+    the most training charts that share that row: what the rendering lets anyone read."""
+    import numpy as np
+
+    def top(it):
+        _, x0, x1, _ = it.meta["bars"][it.meta["asked"]]
+        column = np.asarray(it.image)[:, int(round((x0 + x1) / 2))]
+        return it.meta["line"], int(np.argmax(np.all(column == np.array(it.meta["colour"]), axis=-1)))
+
+    train = make_split(["chart"], a.items, 0)
+    seen: dict = {}
+    for it in train:
+        seen.setdefault(top(it), []).append(int(it.answer))
+    test = make_split(["chart"], 200, 0, split="test", exclude=train)
+    hits = []
+    for it in test:
+        values = seen.get(top(it), [50])
+        guess = max(range(101), key=lambda g: sum(abs(g - v) <= V.CHART_TOLERANCE * v for v in values))
+        hits.append(V.correct("chart", str(guess), it.answer))
+    return {"chart_oracle": sum(hits) / len(hits)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("probe", choices=["vlm", "head", "oracle", "readout", "frozen", "stage"])
+    p.add_argument("probe", choices=["vlm", "head", "oracle", "readout", "frozen", "stage", "tokens", "chart-oracle"])
     p.add_argument("task")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--items", type=int, default=2500)
@@ -229,7 +284,8 @@ def main() -> None:
     vit = {**vit, **{k: json.loads(v) for k, v in (s.split("=", 1) for s in a.vit)}}
     vc.VLM_PRESETS["qwen-vl-tiny"] = (dec, overrides, vit)  # a probe-only change of the preset, in this process
     t0, c0 = time.time(), time.process_time()
-    probes = {"vlm": vlm, "head": head, "oracle": oracle, "readout": readout, "frozen": frozen, "stage": stage}
+    probes = {"vlm": vlm, "head": head, "oracle": oracle, "readout": readout, "frozen": frozen, "stage": stage,
+              "tokens": tokens, "chart-oracle": chart_oracle}
     res = {k: v for k, v in probes[a.probe](a).items() if k != "encoder"}
     print(json.dumps({"probe": a.probe, "task": a.task, "steps": a.steps, **res, "wall_s": round(time.time() - t0),
                       "cpu_s": round(time.process_time() - c0), "load": round(os.getloadavg()[0], 2)}))

@@ -4,7 +4,7 @@
 #   1. baseline: the qwen3-tiny decoder (0.84M params with its own 384-token BPE) trained on the questions and
 #      answers alone (vl.text_only=true) — it cannot see, so it learns the answers' priors;
 #   2. VLM: a ViT (3 blocks, 8-pixel patches, 2D RoPE) + 2x2-merge projector in front of that decoder; the encoder
-#      stage pretrains the encoder through a readout (decoder unused, 3000 steps), stage 1 trains the projector only
+#      stage pretrains the encoder through a readout and per-token targets (decoder unused, 2500 steps), stage 1 trains the projector only
 #      (encoder and decoder frozen, 100 steps), then the projector and decoder with the ViT frozen (1800 steps), then
 #      everything at a tenth of the lr (200 steps); the baseline runs the last two stages on the text alone;
 #   the baseline and the VLM after each stage are graded on EVAL_N held-out images per task (greedy, through the

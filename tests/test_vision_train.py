@@ -37,7 +37,7 @@ def _overrides_for_stages(recipe, steps: int) -> None:
 def test_stages_encoder_projector_decoder_then_everything(tmp_path, preset):
     """The encoder stage moves only the encoder (the decoder is frozen and unused), the projector stage only the
     projector, the decoder stage the projector and the decoder (the ViT frozen), the last stage everything."""
-    recipe = _recipe(f"vl.preset={preset}")
+    recipe = _recipe(f"vl.preset={preset}", f"vl.token_targets={preset == 'qwen-vl-tiny'}")
     _overrides_for_stages(recipe, 2)
     assert [s["name"] for s in recipe.stages] == ["encoder", "projector", "decoder", "all"]
     before = build_model(recipe.stage(0), torch.device("cpu"))[0].state_dict()

@@ -51,8 +51,9 @@ class Item:
     meta: dict = field(default_factory=dict, compare=False)
 
     def messages(self, with_answer: bool = True, with_image: bool = True) -> list[dict]:
-        """The chat form: the image (unless text-only) and the question, then the answer."""
-        content = [{"type": "image", "image": self.image}, {"type": "text", "text": self.question}] if with_image else self.question
+        """The chat form: the question and the image (unless text-only), then the answer. The question comes first
+        so the image tokens can attend to it (chart values: 28.5 % vs 22.5 % image-first, docs/vision-diagnosis.md)."""
+        content = [{"type": "text", "text": self.question}, {"type": "image", "image": self.image}] if with_image else self.question
         msgs = [{"role": "user", "content": content}]
         return msgs + [{"role": "assistant", "content": self.answer}] if with_answer else msgs
 

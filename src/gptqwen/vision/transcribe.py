@@ -40,7 +40,7 @@ def load_vlm(path: str) -> tuple[VisionLanguageModel, Tokenizer]:
 @torch.inference_mode()
 def transcribe(vlm: VisionLanguageModel, tok: Tokenizer, image: Any, prompt: str, max_new_tokens: int = 32) -> str:
     """The model's greedy answer to `prompt` about `image` (thinking off)."""
-    msgs = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]}]
+    msgs = [{"role": "user", "content": [{"type": "text", "text": prompt}, {"type": "image", "image": image}]}]  # vision.data's order
     ids, _, images = render_with_images(tok, msgs, vlm.vision_config, enable_thinking=False,
                                         max_len=vlm.config.max_seq_len)  # fmt: skip
     steps = min(max_new_tokens, vlm.config.max_seq_len - len(ids))
