@@ -160,6 +160,7 @@ def test_distill_end_to_end_and_resume(model_dir, tmp_path, capsys):
     assert off["teacher_data"]["kept"] > 0 and off["steps"] == 2 and on["steps"] == 2 and on["kl"] == "reverse"
     assert off["dense_kl"] == 0.5 and "kl" in json.loads(open(f"{off['out']}/metrics.jsonl").readline())
     assert off["flops"] > 0 and on["flops"] > 0 and full["flops"] == off["flops"] + on["flops"]  # compute recorded
+    assert 0 < off["flops_train"] < off["flops"] and off["cpu_s"] > off["teacher_data"]["cpu_s"] > 0  # teacher: no grads
     model, t = load_model_and_tokenizer(full["out"])
     assert t is not None and model.config.vocab_size == 512
     # stop in the on-policy phase, then resume: the same weights as the run that never stopped
