@@ -14,7 +14,8 @@
 # checked at widths 128 and 256: x0.5 and x2 were no better), cosine decay to a tenth of it at the end of each run,
 # warmup 2% of it, and the loss on 64k held-out tokens spread over the split, at the end only. Finished runs are
 # skipped and interrupted ones resumed, so rerunning is cheap. docs/scaling_protocol.md is the pre-registration.
-# README "Scaling laws" has the measured figures.
+# Measured (OUT=runs/sc11-demo, 2 cores shared with two other helpers, load 2.5-4): gpt4 chosen, predicted 1.465
+# [1.107, 1.776], actual 1.375, error +6.5% (the issue asks <= 2%); 1,494 s wall in all. README "Scaling laws".
 # Usage: scripts/demo_scaling.sh   (OUT=runs/scaling PLOT=docs/scaling_prediction.png EXTRA="train.batch_size=1")
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -105,8 +105,9 @@ class Chinchilla:
         if best is None:
             raise UserError(f"the chinchilla fit gave a non-finite objective from every start on {runs.source}")
         a, b, e, alpha, beta = best.x
-        params = {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)),
-                  "alpha": float(alpha), "beta": float(beta)}
+        with np.errstate(over="ignore"):  # a runaway log A or log B becomes inf, which _check reports by name
+            params = {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)),
+                      "alpha": float(alpha), "beta": float(beta)}
         if not best.success:
             raise UserError(f"the chinchilla fit did not converge on {runs.source} ({best.message}); "
                             "add runs or check them for outliers")
