@@ -59,8 +59,8 @@ def test_on_policy_loss_is_the_per_token_kl(tok, direction):
     assert all(p.grad is None for p in teacher.parameters())
 
 
-@pytest.mark.parametrize("weight", [1.0, 0.3])
-def test_dense_off_policy_loss(tok, weight):
+@pytest.mark.parametrize(("weight", "temperature"), [(1.0, 1.0), (0.3, 1.0), (0.5, 3.0)])
+def test_dense_off_policy_loss(tok, weight, temperature):
     torch.manual_seed(0)
     student = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size + 24, n_layer=1, n_embd=64))
     teacher = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size + 8, n_layer=2)).eval()
@@ -70,7 +70,7 @@ def test_dense_off_policy_loss(tok, weight):
     examples, _ = sft.build_examples(tok, list(enumerate(convs, 1)), 256)
     (batch,) = sft.make_batches(examples, 256, 8, packing=True)
     assert batch["input_ids"].shape[0] == 1  # all three packed in one row: the teacher must read them apart too
-    losses = dense_loss(teacher, weight, tok.vocab_size)(student, batch)
+    losses = dense_loss(teacher, weight, tok.vocab_size, temperature)(student, batch)
     ce, kl = [], []  # direct: each conversation alone, every assistant token, float64 with torch.distributions
     for ex in examples:
         ids = torch.tensor([ex.ids])
@@ -79,9 +79,9 @@ def test_dense_off_policy_loss(tok, weight):
         s = full[:, : tok.vocab_size]  # the KL over the tokenizer's ids; the CE over every row, as the model's loss
         for pos, target in enumerate(ex.targets):
             if target != sft.IGNORE:
-                ps, pt = torch.distributions.Categorical(logits=s[pos]), torch.distributions.Categorical(logits=t[pos])
+                ps, pt = (torch.distributions.Categorical(logits=x[pos] / temperature) for x in (s, t))
                 ce.append(-float(full[pos].log_softmax(-1)[target]))
-                kl.append(float(torch.distributions.kl_divergence(pt, ps)))
+                kl.append(float(torch.distributions.kl_divergence(pt, ps)) * temperature**2)  # Hinton: softened, x T²
     want = (1 - weight) * sum(ce) / len(ce) + weight * sum(kl) / len(kl)
     assert losses["loss"].item() == pytest.approx(want, rel=1e-5)
     assert losses["kl"].item() == pytest.approx(sum(kl) / len(kl), rel=1e-5) and losses["kl"] > 0

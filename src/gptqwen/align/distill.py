@@ -13,7 +13,7 @@ Two phases, run as the recipe's stages (each from the previous one's weights, ea
   SFT trainer (`finetune.sft_train.run_sft`, the recipe's `sft` section). With `distill.dense_kl = w > 0` the
   loss also uses the teacher's whole next-token distribution over those sequences (computed on the fly, the
   teacher's forward in the same process): (1 − w)·CE on the teacher's tokens + w·KL(teacher ‖ student) per
-  assistant token (`dense_loss`).
+  assistant token (`dense_loss`; `distill.dense_temperature` softens both distributions, Hinton-style).
 - **on-policy** (`distill.phase: on_policy`): each step the student samples `distill.prompts_per_step` completions with the
   engine (modes mixed as above, the seed derived from the step so a resume draws the same samples), the teacher
   scores the same tokens, and the loss is the per-token KL between the two next-token distributions over the
@@ -75,16 +75,18 @@ def token_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: t
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
 
 
-def dense_loss(teacher: torch.nn.Module, weight: float, vocab: int):
+def dense_loss(teacher: torch.nn.Module, weight: float, vocab: int, temperature: float = 1.0):
     """`run_sft`'s `loss_of` for dense off-policy distillation: (1 − weight)·CE on the assistant tokens +
-    weight·forward KL(teacher ‖ student) at the same positions (the teacher reads the same packed batch)."""
+    weight·forward KL(teacher ‖ student) at the same positions (the teacher reads the same packed batch); at a
+    `temperature` T ≠ 1 the KL is between both distributions softened by T, times T² (Hinton et al.)."""
 
     def loss_of(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         kw = model_inputs(batch)
         out = model(batch["input_ids"], targets=batch["targets"], **kw)
         with torch.no_grad():
             teacher_logits = teacher(batch["input_ids"], **kw).logits[..., :vocab]
-        kl = token_kl(out.logits[..., :vocab], teacher_logits, batch["targets"] != IGNORE, "forward")
+        t = temperature
+        kl = token_kl(out.logits[..., :vocab] / t, teacher_logits / t, batch["targets"] != IGNORE, "forward") * t * t
         return with_aux(out, (1 - weight) * out.loss + weight * kl, kl=kl.detach())
 
     return loss_of
@@ -180,10 +182,10 @@ def run_off_policy(recipe: Recipe, out: Path, resume: bool = False, overwrite: b
     loss_of = batch_loss
     if d.dense_kl > 0:
         teacher = teacher or load_base(d.teacher, None, tc.device, tc.seed)[0]
-        loss_of = dense_loss(teacher.eval().requires_grad_(False), d.dense_kl, tok.vocab_size)
+        loss_of = dense_loss(teacher.eval().requires_grad_(False), d.dense_kl, tok.vocab_size, d.dense_temperature)
     del teacher  # only a dense loss keeps the teacher through the SFT
     summary = run_sft(sft, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_at=stop_at, loss_of=loss_of)
-    return {**summary, "teacher_data": stats, "dense_kl": d.dense_kl}
+    return {**summary, "teacher_data": stats, "dense_kl": d.dense_kl, "dense_temperature": d.dense_temperature}
 
 
 def on_policy_workload(recipe: Recipe, student, teacher, tok: Tokenizer, rows: list[dict], device) -> Workload:

@@ -38,6 +38,7 @@ class DistillConfig:
     teacher_max_new_tokens: int = 160  # off_policy: the teacher's turn length
     teacher_temperature: float = 0.0  # off_policy: 0 = greedy answers; > 0 samples (more varied data)
     dense_kl: float = 0.0  # off_policy: weight w of the teacher's full distribution: (1 − w)·CE + w·KL(teacher || student)
+    dense_temperature: float = 1.0  # off_policy: T of that KL, between both distributions softened by T, times T²
     kl: str = "reverse"  # on_policy: reverse KL(student || teacher) (mode seeking) | forward KL(teacher || student)
     prompts_per_step: int = 8  # on_policy: student samples per optimizer step
     max_new_tokens: int = 96  # on_policy: length of the student's samples
@@ -49,7 +50,7 @@ class DistillConfig:
             "kl": (lambda v: v in ("reverse", "forward"), "reverse or forward"),
             "synthetic": (lambda v: v >= 1, ">= 1"), "think_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
             "teacher_max_new_tokens": (lambda v: v >= 1, ">= 1"), "teacher_temperature": (lambda v: v >= 0, ">= 0"),
-            "dense_kl": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+            "dense_kl": (lambda v: 0 <= v <= 1, "in [0, 1]"), "dense_temperature": (lambda v: v > 0, "> 0"),
             "prompts_per_step": (lambda v: v >= 1, ">= 1"),
             "max_new_tokens": (lambda v: v >= 1, ">= 1"), "temperature": (lambda v: v > 0, "> 0 (sampling)"),
             "synthetic_kinds": (lambda v: bool(v) and set(v) <= set(_KINDS), "a non-empty list of " + ", ".join(_KINDS)),
