@@ -86,3 +86,15 @@ def test_recipe_switch_and_bad_projector():
     resampler = vlm_config("qwen-vl-tiny-resampler")[1]
     with pytest.raises(UserError, match="merge projector"):
         TokenTargets(resampler, 16)
+
+
+def test_task_weights_add_items_of_a_task():
+    from gptqwen.vision.data import make_split
+
+    even, heavy = make_split(["colour", "chart"], 4, 0), make_split(["colour", "chart"], 4, 0, weights={"chart": 2})
+    assert [it.task for it in heavy].count("chart") == 8 and [it.task for it in heavy].count("colour") == 4
+    assert {it.key() for it in even} < {it.key() for it in heavy}  # the same first items, more of the heavy task
+    recipe = load_recipe("qwen-vl-tiny", trainer="vl")
+    assert recipe.vl.task_weights == {"chart": 3} and recipe.stage(0).vl.task_weights == {}
+    with pytest.raises(UserError, match="task_weights"):
+        load_recipe("qwen-vl-tiny", ["vl.task_weights={lines: 2}"], trainer="vl")

@@ -262,7 +262,7 @@ def train_stage(recipe: Recipe, out: Path, resume: bool, overwrite: bool, quiet:
     vision = getattr(model, "vision_config", None)
     if isinstance(model, VisionLanguageModel):
         model.freeze(v.train)
-    items = make_split(v.tasks, v.train_items, v.data_seed)
+    items = make_split(v.tasks, v.train_items, v.data_seed, weights=v.task_weights)
     examples = [(*encode_item(tok, it, vision), it) for it in items]
     too_long = sum(len(ids) >= model.config.max_seq_len for ids, _, _ in examples)
     if too_long:
@@ -311,7 +311,10 @@ def train_stage(recipe: Recipe, out: Path, resume: bool, overwrite: bool, quiet:
 # ---------------------------------------------------------------------------------------------- grading
 def heldout_items(v) -> list[Item]:
     """vl.eval_items test-split items per task, none identical to a training item."""
-    return make_split(v.tasks, v.eval_items, v.data_seed, split="test", exclude=make_split(v.tasks, v.train_items, v.data_seed))
+    # `gptqwen vl eval` passes no weights: it excludes train_items per task (test images equal to a training one are
+    # rare: the test stream has its own seed)
+    train = make_split(v.tasks, v.train_items, v.data_seed, weights=getattr(v, "task_weights", None))
+    return make_split(v.tasks, v.eval_items, v.data_seed, split="test", exclude=train)
 
 
 def correct(task: str, answer: str, expected: str) -> bool:

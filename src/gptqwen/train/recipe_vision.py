@@ -25,6 +25,7 @@ class VLConfig:
     train: str = "all"  # encoder (through a readout) | projector | decoder (projector + decoder, ViT frozen) | all
     tasks: list = field(default_factory=lambda: ["colour", "shape", "count", "position", "chart", "word"])
     train_items: int = 2000  # training images per task
+    task_weights: dict = field(default_factory=dict)  # {task: w}: w x train_items of that task (more of a hard task)
     eval_items: int = 200  # held-out images per task, graded after training (0 = none)
     data_seed: int = 0
     text_only: bool = False  # baseline: the same model trained and graded on the questions without the images
@@ -38,4 +39,6 @@ class VLConfig:
             "train": (lambda v: v in VL_TRAIN, "one of " + ", ".join(VL_TRAIN)),
             "train_items": (lambda v: v >= 1, ">= 1"), "eval_items": (lambda v: v >= 0, ">= 0"),
             "max_new_tokens": (lambda v: v >= 1, ">= 1"),
+            "task_weights": (lambda v: all(t in self.tasks and w > 0 for t, w in v.items()),
+                             "{task: weight > 0} for tasks in vl.tasks"),
         })  # fmt: skip

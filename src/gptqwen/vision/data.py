@@ -182,19 +182,20 @@ def make_item(task: str, seed: int, index: int, split: str = "train") -> Item:
 
 
 def make_split(tasks: list[str] | tuple[str, ...], per_task: int, seed: int = 0, split: str = "train",
-               exclude: list[Item] | None = None) -> list[Item]:  # fmt: skip
-    """`per_task` items of each task, interleaved; items identical to one in `exclude` are skipped."""
+               exclude: list[Item] | None = None, weights: dict[str, float] | None = None) -> list[Item]:  # fmt: skip
+    """`per_task` items of each task (times its weight, if any), interleaved; items identical to one in `exclude`
+    are skipped. A task's items are the first of its stream, so a heavier weight only adds items."""
     seen = {it.key() for it in exclude or []}
-    out: list[Item] = []
+    by_task: list[list[Item]] = []
     for task in tasks:
         got, i = [], 0
-        while len(got) < per_task:
+        while len(got) < round(per_task * (weights or {}).get(task, 1)):
             it = make_item(task, seed, i, split)
             i += 1
             if it.key() not in seen:
                 got.append(it)
-        out.extend(got)
-    return [out[t * per_task + k] for k in range(per_task) for t in range(len(tasks))]
+        by_task.append(got)
+    return [got[k] for k in range(max(map(len, by_task), default=0)) for got in by_task if k < len(got)]
 
 
 def corpus_text(tasks: list[str] | tuple[str, ...]) -> list[str]:
