@@ -12,10 +12,11 @@ from gptqwen.data.dedup import (
     MinHasher,
     candidate_pairs,
     connected_components,
-    exact_duplicates,
+    first_occurrences,
     near_duplicates,
     normalize_text,
     shingle_hashes,
+    text_hash,
 )
 from gptqwen.data.io import read_documents
 from gptqwen.data.steps import MinHashDedup
@@ -112,7 +113,8 @@ def test_union_find_is_transitive():
 
 
 def test_exact_dedup_on_normalised_text():
-    keep = exact_duplicates(["Hello, World!", "hello world", "hello  world.", "goodbye"])
+    texts = ["Hello, World!", "hello world", "hello  world.", "goodbye"]
+    keep = first_occurrences(np.array([text_hash(t) for t in texts], dtype=np.uint64))
     assert keep.tolist() == [True, False, False, True]
 
 

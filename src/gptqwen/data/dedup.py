@@ -298,9 +298,8 @@ def near_duplicates(texts: Sequence[str], hasher: MinHasher | None = None) -> np
     return keep_mask_from_keys(keys, valid)
 
 
-def exact_duplicates(texts: Sequence[str]) -> np.ndarray:
-    """In-memory exact dedup on normalised text: bool mask keeping first occurrences."""
-    hashes = np.array([text_hash(t) for t in texts], dtype=_U64)
+def first_occurrences(hashes: np.ndarray) -> np.ndarray:
+    """Bool mask keeping the first document of each hash (the `exact_dedup` step's rule, in input order)."""
     keep = np.zeros(len(hashes), dtype=bool)
     keep[np.unique(hashes, return_index=True)[1]] = True
     return keep

@@ -25,7 +25,7 @@ import numpy as np
 
 from gptqwen.data import decontam as dc
 from gptqwen.data import pdf
-from gptqwen.data.dedup import MinHasher, keep_mask_from_keys, text_hash
+from gptqwen.data.dedup import MinHasher, first_occurrences, keep_mask_from_keys, text_hash
 from gptqwen.data.filters import FILTERS, build_filter
 from gptqwen.data.io import expand_inputs
 from gptqwen.data.mixing import HashedNgramClassifier, RuleClassifier, copies, plan_mixture
@@ -177,8 +177,7 @@ class ExactDedup(_DropByIndex):
 
     def plan(self, prepass, step_dir):
         hashes = np.concatenate([r["hashes"] for r in prepass.values()])
-        keep = np.zeros(len(hashes), dtype=bool)
-        keep[np.unique(hashes, return_index=True)[1]] = True  # first occurrence in shard order
+        keep = first_occurrences(hashes)  # first occurrence in shard order
         return self._split(keep, {s: len(r["hashes"]) for s, r in prepass.items()})
 
 
