@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Vision demonstration (issue 22): a tiny vision-language model trained here on CPU (1,711 s on 1 thread at load 2-4,
-# 1,250 CPU-seconds; README "Images").
+# Vision demonstration (issue 22): a tiny vision-language model trained here on CPU (1,760 s on 1 thread, 13 minutes of it
+# beside another 1-thread job on 2 cores; README "Images").
 #   1. baseline: the qwen3-tiny decoder (0.84M params with its own 384-token BPE) trained on the questions and
 #      answers alone (vl.text_only=true) — it cannot see, so it learns the answers' priors;
 #   2. VLM: a ViT (3 blocks, 8-pixel patches, 2D RoPE) + 2x2-merge projector in front of that decoder; the encoder
 #      stage pretrains the encoder through a readout and per-token targets (decoder unused, 2500 steps), stage 1 trains the projector only
-#      (encoder and decoder frozen, 100 steps), then the projector and decoder with the ViT frozen (1800 steps), then
+#      (encoder and decoder frozen, 100 steps), then the projector and decoder with the ViT frozen (2400 steps, charts 3x), then
 #      everything at a tenth of the lr (200 steps); the baseline runs the last two stages on the text alone;
 #   the baseline and the VLM after each stage are graded on EVAL_N held-out images per task (greedy, through the
 #   Engine): colour, shape, count, position (left/right), chart value (bar and line charts, within 5 %), word reading;

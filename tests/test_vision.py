@@ -290,5 +290,25 @@ def test_chat_command_sends_images(tmp_path, tok, vlm, monkeypatch, capsys):
             "--max-new-tokens", "2", "--no-think"]  # fmt: skip
     assert main(args) == 0
     assert [n for n in seen if n] == [1, 2, 2]  # the first turn's image stays in the history; /image adds one
+    from gptqwen.commands.chat import Session
+
+    session = Session.__new__(Session)  # the turn a user sends is laid out as the training items are
+    session.images = [str(tmp_path / "a.png")]
+    turn = session.user_message("What colour is the shape?")
+    kinds = lambda parts: [p["type"] == "text" for p in parts]  # noqa: E731
+    assert kinds(turn["content"]) == kinds(make_item("colour", 0, 0).messages()[0]["content"]) == [True, False]
     assert main(["chat", "--model", str(tmp_path / "vlm"), "--image", str(tmp_path / "nope.png")]) == 2
     assert "--image" in capsys.readouterr().err
+
+
+def test_example_sheet_rows_fit_their_tallest_image(tmp_path):
+    from PIL import Image
+
+    from gptqwen.vision.data import make_item
+    from gptqwen.vision.sheet import example_sheet
+
+    items = [make_item(t, 0, 0, "test") for t in ("colour", "chart", "word", "shape", "chart")]
+    path = example_sheet(items, ["x"] * 5, [True] * 5, tmp_path / "sheet.png", columns=2, scale=2)
+    tall = [max(it.image.height for it in items[i : i + 2]) * 2 + 70 for i in (0, 2, 4)]
+    with Image.open(path) as im:  # rows stack without overlap: the chart's 128-pixel height sets its row's
+        assert im.size == (max(it.image.width for it in items) * 2 * 2 + 40, sum(tall))

@@ -99,12 +99,13 @@ class Session:
         self.images: list[str] = []  # image files waiting for the next user message
 
     def user_message(self, text: str) -> dict:
-        """The next user turn: the waiting images (OpenAI content parts) and the text."""
+        """The next user turn: the text, then the waiting images (OpenAI content parts) — the order `gptqwen vl train`
+        trains on (the question first, so the image tokens can attend to it: `vision.data.Item.messages`)."""
         if not self.images:
             return {"role": "user", "content": text}
         parts = [{"type": "image_url", "image_url": {"url": path}} for path in self.images]
         self.images = []
-        return {"role": "user", "content": [*parts, {"type": "text", "text": text}]}
+        return {"role": "user", "content": [{"type": "text", "text": text}, *parts]}
 
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history

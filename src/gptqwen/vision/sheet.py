@@ -17,12 +17,14 @@ def example_sheet(items: list[Item], answers: list[str], right: list[bool], path
     """Draw each item's image (scaled up) above its question, expected answer and the model's answer."""
     Image = require("PIL.Image", "vision", "drawing the example sheet")
     ImageDraw = require("PIL.ImageDraw", "vision", "drawing the example sheet")
-    cell_w, cell_h = 128 * scale + 20, 96 * scale + 70
-    rows = -(-len(items) // columns)
-    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), "white")
+    cell_w = max(it.image.width for it in items) * scale + 20 if items else 1
+    rows = [items[i : i + columns] for i in range(0, len(items), columns)]
+    heights = [max(it.image.height for it in row) * scale + 70 for row in rows]  # a row as tall as its tallest image
+    tops = [10 + sum(heights[:r]) for r in range(len(rows))]
+    sheet = Image.new("RGB", (columns * cell_w, max(1, sum(heights))), "white")
     draw, font = ImageDraw.Draw(sheet), _font(14)
     for k, (it, ans, ok) in enumerate(zip(items, answers, right)):
-        x, y = (k % columns) * cell_w + 10, (k // columns) * cell_h + 10
+        x, y = (k % columns) * cell_w + 10, tops[k // columns]
         sheet.paste(it.image.resize((it.image.width * scale, it.image.height * scale), Image.Resampling.NEAREST), (x, y))
         top = y + it.image.height * scale + 6
         draw.text((x, top), it.question, fill="black", font=font)
