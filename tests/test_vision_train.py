@@ -116,6 +116,41 @@ def test_text_baseline_then_a_vlm_from_its_decoder_then_the_cli(tmp_path, capsys
 def test_grading_rules():
     assert correct("chart", "52", "50") and correct("chart", " 48.", "50") and not correct("chart", "53", "50")
     assert not correct("chart", "fifty", "50") and correct("colour", "Red", "red") and not correct("count", "2", "3")
+    # line and page: the words in order, however spaced or broken into lines
+    assert correct("page", "apple tiger\npaper\n paper", "apple tiger\npaper\npaper") and correct("line", "Cat  dog", "cat dog")
+    assert not correct("line", "cat", "cat dog") and not correct("page", "dog cat", "cat\ndog")
+
+
+def test_reading_tasks_readout_slots_and_a_stage_on_them(tmp_path):
+    """line and page: the readout predicts each word's place (slots x the task's words, not whole answers), the answer
+    budget covers several words, and a short run trains and grades them; an unknown task is refused."""
+    from gptqwen.finetune.vl import Readout
+    from gptqwen.vision import preprocess, vlm_config
+    from gptqwen.vision.data import READING, WORDS, make_split
+
+    vision = vlm_config("qwen-vl-tiny")[1]
+    items = make_split(["line", "page", "colour"], 8, 0)
+    assert all(set(it.answer.split()) <= set(WORDS) for it in items if it.task in READING)
+    assert all(it.answer.count("\n") == 2 for it in items if it.task == "page")
+    readout = Readout(items, vision, 16)
+    assert readout.n_slots == {"line": max(len(it.answer.split()) for it in items if it.task == "line"),
+                               "page": max(len(it.answer.split()) for it in items if it.task == "page"), "colour": 1}
+    for it in items:
+        head = readout.heads[readout.index[it.question]]
+        assert head.out_features == readout.n_slots[it.task] * len(readout.labels[it.task])
+    images = [preprocess(it.image, vision) for it in items]
+    feats = torch.zeros(sum(im.n_tokens for im in images), 16)
+    for h in readout.heads:  # uniform logits: every slot costs the log of its task's word count
+        torch.nn.init.zeros_(h.weight), torch.nn.init.zeros_(h.bias)
+    expected = sum(math.log(len(readout.labels[it.task])) for it in items) / len(items)
+    assert readout.loss(feats, images, items).item() == pytest.approx(expected, rel=1e-6)
+    recipe = load_recipe("qwen-vl-tiny", [*SMALL, "vl.tasks=[line,page]", "vl.task_weights={}", "vl.eval_items=2"],
+                         trainer="vl")  # fmt: skip
+    _overrides_for_stages(recipe, 1)
+    summary = run_vl(recipe, tmp_path / "vlm", quiet=True)
+    assert {t: r["n"] for t, r in summary["heldout"]["tasks"].items()} == {"line": 2, "page": 2}
+    with pytest.raises(UserError, match="vl.tasks"):
+        load_recipe("qwen-vl-tiny", ["vl.tasks=[colour,lines]"], trainer="vl")
 
 
 def test_stop_and_resume_matches_an_uninterrupted_run(tmp_path):

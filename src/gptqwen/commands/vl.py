@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_arguments(t, "vl", out_default=None)
     e = sub.add_parser("eval", help="grade a trained model on held-out synthetic questions")
     e.add_argument("--model", required=True, help="a VLM folder (vl train output) or, for the baseline, a text model folder")
-    e.add_argument("--tasks", default=None, help="comma-separated tasks (default: all)")
+    e.add_argument("--tasks", default=None, help="comma-separated tasks (default: colour,shape,count,position,chart,word; also line, page)")
     e.add_argument("--items", type=int, default=200, help="held-out items per task")
     e.add_argument("--train-items", type=int, default=2000, help="training items per task (excluded from the test set)")
     e.add_argument("--seed", type=int, default=0, help="data seed the model was trained with")
@@ -83,13 +83,15 @@ def _eval(args: argparse.Namespace) -> int:
     from gptqwen.finetune.vl import evaluate, heldout_items
     from gptqwen.loading import load_model_and_tokenizer
     from gptqwen.vision import VisionLanguageModel, is_vlm_dir
-    from gptqwen.vision.data import TASKS
+    from gptqwen.vision.data import DEFAULT_TASKS, TASKS
 
     decoder, tok = load_model_and_tokenizer(args.model)
     if tok is None:
         raise UserError(f"'{args.model}' has no tokenizer")
     model = VisionLanguageModel.attach(decoder, args.model) if is_vlm_dir(args.model) else decoder
-    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(TASKS)
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(DEFAULT_TASKS)
+    if set(tasks) - set(TASKS):
+        raise UserError(f"--tasks: unknown task(s) {', '.join(sorted(set(tasks) - set(TASKS)))}; choose from {', '.join(TASKS)}")
     v = SimpleNamespace(tasks=tasks, eval_items=args.items, train_items=args.train_items, data_seed=args.seed)
     items = heldout_items(v)
     result = evaluate(model, tok, items)

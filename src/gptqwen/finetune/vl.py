@@ -44,7 +44,7 @@ from gptqwen.tokenizer.train import train_tokenizer
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
 from gptqwen.vision import VisionLanguageModel, is_vlm_dir, preprocess, render_with_images, vlm_config
-from gptqwen.vision.data import COLOURS, Item, corpus_text, make_split
+from gptqwen.vision.data import COLOURS, READING, Item, corpus_text, make_split
 
 CHART_TOLERANCE = 0.05
 LETTERS = "ABCD"  # a chart's bars (vision.data)
@@ -125,9 +125,15 @@ def make_batches(examples: list[tuple[list[int], list[int], Item]], batch_size: 
     return batches
 
 
+def _slots(item: Item) -> list[str]:
+    """What a readout predicts of an item: its answer, or for line and page each word in reading order."""
+    return item.answer.split() if item.task in READING else [item.answer]
+
+
 class Readout(torch.nn.Module):
     """The encoder-pretraining head: per distinct question, one linear map from an image's feature rows, concatenated
-    (so where a feature sits counts: left/right, which letter), to that task's answers in the training items."""
+    (so where a feature sits counts: left/right, which letter), to that task's answers in the training items — for
+    line and page, to the word in each place of the text (a few slots of the task's words, not whole answers)."""
 
     def __init__(self, items: list[Item], vision, out_dim: int) -> None:
         super().__init__()
@@ -135,18 +141,26 @@ class Readout(torch.nn.Module):
         for it in items:
             first.setdefault(it.question, it)
         questions = sorted(first)
-        self.labels = {t: sorted({it.answer for it in items if it.task == t}) for t in {it.task for it in items}}
+        tasks = {it.task for it in items}
+        self.labels = {t: sorted({w for it in items if it.task == t for w in _slots(it)}) for t in tasks}
+        self.n_slots = {t: max(len(_slots(it)) for it in items if it.task == t) for t in tasks}
         self.index = {q: i for i, q in enumerate(questions)}
         self.heads = torch.nn.ModuleList(
-            torch.nn.Linear(preprocess(first[q].image, vision).n_tokens * out_dim, len(self.labels[first[q].task]))
+            torch.nn.Linear(preprocess(first[q].image, vision).n_tokens * out_dim,
+                            self.n_slots[first[q].task] * len(self.labels[first[q].task]))
             for q in questions)  # fmt: skip
 
     def loss(self, feats: torch.Tensor, images: list, items: list[Item]) -> torch.Tensor:
-        """Mean cross-entropy of the items' answers from their images' feature rows [sum of n_tokens, out_dim]."""
+        """Mean cross-entropy of the items' answers (each slot's) from their images' feature rows [sum of n_tokens,
+        out_dim]."""
         rows = feats.split([im.n_tokens for im in images])
-        logits = [self.heads[self.index[it.question]](f.flatten())[None] for f, it in zip(rows, items)]
-        targets = [torch.tensor([self.labels[it.task].index(it.answer)], device=feats.device) for it in items]
-        loss = torch.stack([F.cross_entropy(z, y) for z, y in zip(logits, targets)]).mean()
+        losses = []
+        for f, it in zip(rows, items):
+            labels, words = self.labels[it.task], _slots(it)
+            logits = self.heads[self.index[it.question]](f.flatten()).view(self.n_slots[it.task], len(labels))
+            target = torch.tensor([labels.index(w) for w in words], device=feats.device)
+            losses.append(F.cross_entropy(logits[: len(words)], target))
+        loss = torch.stack(losses).mean()
         # every head takes part (zero gradient when its question is not in the batch), so the optimizer keeps state
         # for all of them from the first step and a resumed run equals an uninterrupted one
         return loss + sum(p.sum() for p in self.parameters()) * 0.0
@@ -318,14 +332,15 @@ def heldout_items(v) -> list[Item]:
 
 
 def correct(task: str, answer: str, expected: str) -> bool:
-    """Exact (case and outer space ignored); chart values within 5 % of the true value."""
+    """Exact (case, outer space and how the words are spaced or broken into lines ignored); chart values within 5 % of
+    the true value."""
     got = answer.strip().lower().rstrip(".")
     if task == "chart":
         try:
             return abs(float(got) - float(expected)) <= CHART_TOLERANCE * float(expected)
         except ValueError:
             return False
-    return got == expected.lower()
+    return got.split() == expected.lower().split()
 
 
 def answer_items(model: torch.nn.Module, tok, items: list[Item], max_new_tokens: int = 6,
@@ -333,10 +348,11 @@ def answer_items(model: torch.nn.Module, tok, items: list[Item], max_new_tokens:
     """Greedy answers through the Engine (the chat path: images in the prefill, then cached decoding)."""
     engine = Engine(model, tok)
     vision = getattr(model, "vision_config", None)
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
     answers: list[str] = []
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
+        steps = max(max_new_tokens, *(READING.get(it.task, 0) for it in chunk))  # line and page: several words
+        params = SamplingParams(max_new_tokens=steps, temperature=0.0)
         prompts = [encode_item(tok, it, vision, with_answer=False)[0] for it in chunk]
         images = [[preprocess(it.image, vision)] if vision else [] for it in chunk]
         rows = engine.make_rows(prompts, params, images=images)

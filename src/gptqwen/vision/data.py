@@ -14,6 +14,9 @@ Tasks:
   "What is the value of C?" -> the integer
 - word: one word rendered with DejaVu Sans (shipped with matplotlib), left-aligned, in varying size, place and ink;
   "What word is written?" -> the word
+- line: a short line of 2-3 words (192x32 pixels); "What does the line say?" -> the words
+- page: a small page of 3 lines of 1-2 words (128x64 pixels); "What is written on the page?" -> the lines, one a line
+(`line` and `page` are not in the default task list, DEFAULT_TASKS: qwen-vl-tiny's recipe trains the first six.)
 
 Held-out items come from another seed stream (`split="test"`), and any test image identical to a training
 image (byte for byte, same question) is skipped, so scores are on images the model never saw.
@@ -36,7 +39,9 @@ WORDS = ("apple", "river", "stone", "cloud", "green", "house", "light", "music",
          "chair", "dream", "earth", "field", "glass", "horse", "juice", "knife", "lemon", "mouse", "night", "ocean",
          "piano", "queen", "robot", "sugar", "tiger", "voice", "whale", "zebra", "cat", "dog", "sun", "map", "pen",
          "box", "cup", "key", "tree", "bird", "fish", "moon", "star", "road", "ship", "ring", "book", "door")  # fmt: skip
-TASKS = ("colour", "shape", "count", "position", "chart", "word")
+DEFAULT_TASKS = ("colour", "shape", "count", "position", "chart", "word")
+TASKS = (*DEFAULT_TASKS, "line", "page")  # line and page: reading several words (answers of several tokens)
+READING = {"line": 12, "page": 20}  # the multi-word tasks and the answer tokens they need at least
 SPLIT_SEEDS = {"train": 0, "test": 7_919_000}
 
 
@@ -151,12 +156,29 @@ def _word(rng: random.Random) -> tuple[Any, str, str]:
     return img, "What word is written?", word, {}
 
 
+def _text(rng: random.Random, size: tuple[int, int], lines: list[str], font_sizes: tuple[int, int]) -> Any:
+    """Lines of text, left-aligned at one margin, in one size and ink (what a line or a small page of print looks like)."""
+    img, draw = _canvas(*size, rng)
+    px = rng.randint(*font_sizes)
+    font, ink = _font(px), rng.randint(0, 90)
+    x, y = rng.uniform(2, 6), rng.uniform(1, max(1.0, size[1] - len(lines) * px * 1.25))
+    for k, line in enumerate(lines):
+        draw.text((x, y + k * px * 1.25), line, fill=(ink, ink, ink), font=font)
+    return img
+
+
 def make_item(task: str, seed: int, index: int, split: str = "train") -> Item:
     """Item `index` of a task's stream; the same arguments always give the same image, question and answer."""
     if task not in TASKS:
         raise UserError(f"unknown vision task '{task}'; choose from {', '.join(TASKS)}")
     rng = random.Random(f"{task}:{split}:{SPLIT_SEEDS[split] + seed}:{index}")
     colours = list(COLOURS)
+    if task == "line":
+        words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 3)))
+        return Item(_text(rng, (192, 32), [words], (14, 16)), "What does the line say?", words, task)
+    if task == "page":
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 2))) for _ in range(3)]
+        return Item(_text(rng, (128, 64), lines, (12, 13)), "What is written on the page?", "\n".join(lines), task)
     if task in ("chart", "word"):
         img, q, ans, meta = _chart(rng) if task == "chart" else _word(rng)
         return Item(img, q, ans, task, meta)
@@ -201,6 +223,7 @@ def make_split(tasks: list[str] | tuple[str, ...], per_task: int, seed: int = 0,
 def corpus_text(tasks: list[str] | tuple[str, ...]) -> list[str]:
     """Every question and answer word the tasks use (to train a small tokenizer that covers them)."""
     texts = ["What colour is the shape? What shape is this? How many shapes are there? What word is written?",
+             "What does the line say? What is written on the page?",
              "Is the shape left or right of the one? What is the value of A B C D?", " ".join(COLOURS), " ".join(SHAPES),
              " ".join(WORDS), " ".join(str(i) for i in range(101))]  # fmt: skip
     return texts * 20
