@@ -149,6 +149,10 @@ def test_reading_tasks_readout_slots_and_a_stage_on_them(tmp_path):
     _overrides_for_stages(recipe, 1)
     summary = run_vl(recipe, tmp_path / "vlm", quiet=True)
     assert {t: r["n"] for t, r in summary["heldout"]["tasks"].items()} == {"line": 2, "page": 2}
+    assert all(0 <= r["wer"] and 0 <= r["cer"] for r in summary["heldout"]["tasks"].values())  # edits / reference
+    from gptqwen.data.pdf import edit_distance
+
+    assert edit_distance(["cat", "dog", "sun"], ["cat", "sun"]) == 1 and edit_distance("cat dog", "cat dig") == 1
     with pytest.raises(UserError, match="vl.tasks"):
         load_recipe("qwen-vl-tiny", ["vl.tasks=[colour,lines]"], trainer="vl")
 

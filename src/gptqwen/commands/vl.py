@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_heldout(heldout: dict | None) -> None:
     for task, r in (heldout or {}).get("tasks", {}).items():
-        print(f"  {task:<9} {100 * r['accuracy']:5.1f}% ± {100 * r['stderr']:.1f}  (n={r['n']})")
+        errors = f"  word error rate {r['wer']:.3f}, character error rate {r['cer']:.3f}" if "cer" in r else ""
+        print(f"  {task:<9} {100 * r['accuracy']:5.1f}% ± {100 * r['stderr']:.1f}  (n={r['n']}){errors}")
 
 
 def _params(args: argparse.Namespace) -> int:

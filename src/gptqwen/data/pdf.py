@@ -19,14 +19,16 @@ Resumable like every step: shards finish atomically and a re-run skips them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pathlib import Path
 
 from gptqwen.errors import require
 from gptqwen.vision.transcribe import load_vlm, transcribe
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions) between two strings."""
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions) between two strings (or lists of words)."""
     if len(a) < len(b):
         a, b = b, a
     row = list(range(len(b) + 1))

@@ -44,6 +44,7 @@ from gptqwen.tokenizer.train import train_tokenizer
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
 from gptqwen.vision import VisionLanguageModel, is_vlm_dir, preprocess, render_with_images, vlm_config
+from gptqwen.data.pdf import edit_distance
 from gptqwen.vision.data import COLOURS, READING, Item, corpus_text, make_split
 
 CHART_TOLERANCE = 0.05
@@ -372,6 +373,11 @@ def evaluate(model: torch.nn.Module, tok, items: list[Item], max_new_tokens: int
     for task, hits in by_task.items():
         p = sum(hits) / len(hits)
         tasks[task] = {"accuracy": p, "stderr": math.sqrt(p * (1 - p) / len(hits)), "n": len(hits)}
+        if task in READING:  # several words: also how many words and characters are wrong (edits / reference)
+            pairs = [(a.lower().split(), it.answer.lower().split()) for it, a in zip(items, answers) if it.task == task]
+            tasks[task]["wer"] = sum(edit_distance(a, r) for a, r in pairs) / sum(len(r) for _, r in pairs)
+            tasks[task]["cer"] = (sum(edit_distance(" ".join(a), " ".join(r)) for a, r in pairs)
+                                  / sum(len(" ".join(r)) for _, r in pairs))
     examples = [{"task": it.task, "question": it.question, "answer": it.answer, "model": a}
                 for it, a in list(zip(items, answers))[:12]]  # fmt: skip
     return {"tasks": tasks, "examples": examples}
