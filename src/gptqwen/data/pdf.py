@@ -20,7 +20,6 @@ Resumable like every step: shards finish atomically and a re-run skips them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from pathlib import Path
 
 from gptqwen.errors import require

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from gptqwen.data.pdf import edit_distance
 from gptqwen.errors import UserError
 from gptqwen.finetune.common import save_model_dir, write_json
 from gptqwen.infer import Engine, SamplingParams
@@ -44,7 +45,6 @@ from gptqwen.tokenizer.train import train_tokenizer
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
 from gptqwen.vision import VisionLanguageModel, is_vlm_dir, preprocess, render_with_images, vlm_config
-from gptqwen.data.pdf import edit_distance
 from gptqwen.vision.data import COLOURS, READING, Item, corpus_text, make_split
 
 CHART_TOLERANCE = 0.05
