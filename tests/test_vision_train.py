@@ -155,6 +155,8 @@ def test_reading_tasks_readout_slots_and_a_stage_on_them(tmp_path):
     assert edit_distance(["cat", "dog", "sun"], ["cat", "sun"]) == 1 and edit_distance("cat dog", "cat dig") == 1
     with pytest.raises(UserError, match="vl.tasks"):
         load_recipe("qwen-vl-tiny", ["vl.tasks=[colour,lines]"], trainer="vl")
+    with pytest.raises(UserError, match="unknown vision task.*'lines'"):  # before any image is drawn
+        make_split(["colour", "lines"], 1)
 
 
 def test_stop_and_resume_matches_an_uninterrupted_run(tmp_path):

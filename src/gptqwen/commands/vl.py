@@ -84,15 +84,14 @@ def _eval(args: argparse.Namespace) -> int:
     from gptqwen.finetune.vl import evaluate, heldout_items
     from gptqwen.loading import load_model_and_tokenizer
     from gptqwen.vision import VisionLanguageModel, is_vlm_dir
-    from gptqwen.vision.data import DEFAULT_TASKS, TASKS
+    from gptqwen.vision.data import DEFAULT_TASKS, check_tasks
 
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(DEFAULT_TASKS)
+    check_tasks(tasks)  # before the model loads
     decoder, tok = load_model_and_tokenizer(args.model)
     if tok is None:
         raise UserError(f"'{args.model}' has no tokenizer")
     model = VisionLanguageModel.attach(decoder, args.model) if is_vlm_dir(args.model) else decoder
-    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(DEFAULT_TASKS)
-    if set(tasks) - set(TASKS):
-        raise UserError(f"--tasks: unknown task(s) {', '.join(sorted(set(tasks) - set(TASKS)))}; choose from {', '.join(TASKS)}")
     v = SimpleNamespace(tasks=tasks, eval_items=args.items, train_items=args.train_items, data_seed=args.seed)
     items = heldout_items(v)
     result = evaluate(model, tok, items)

@@ -45,10 +45,9 @@ from gptqwen.tokenizer.train import train_tokenizer
 from gptqwen.train.loop import EpochBatches, Workload, check_run_dir, setup_process, steps_for, train
 from gptqwen.train.recipe import Recipe
 from gptqwen.vision import VisionLanguageModel, is_vlm_dir, preprocess, render_with_images, vlm_config
-from gptqwen.vision.data import COLOURS, READING, Item, corpus_text, make_split
+from gptqwen.vision.data import BAR_LETTERS, COLOURS, READING, Item, corpus_text, make_split
 
 CHART_TOLERANCE = 0.05
-LETTERS = "ABCD"  # a chart's bars (vision.data)
 
 
 # ---------------------------------------------------------------------------------------------- model and data
@@ -181,7 +180,7 @@ class TokenTargets(torch.nn.Module):
             raise UserError("vl.token_targets needs the merge projector (a resampler's tokens have no place in the "
                             "image); pass vl.token_targets=false")
         self.merge = vision.merge_size
-        self.letter, self.value = torch.nn.Linear(out_dim, 1 + len(LETTERS)), torch.nn.Linear(out_dim, 100)
+        self.letter, self.value = torch.nn.Linear(out_dim, 1 + len(BAR_LETTERS)), torch.nn.Linear(out_dim, 100)
         self.colour, self.side = torch.nn.Linear(out_dim, 1 + len(COLOURS)), torch.nn.Linear(out_dim, 3)
 
     def labels(self, item: Item, grid: tuple[int, int]) -> torch.Tensor:

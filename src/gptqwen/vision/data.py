@@ -109,11 +109,12 @@ def _font(size: int):
 CHART_W, CHART_H = 96, 128  # image size; the plot area runs 0..100 over PLOT_TOP..PLOT_BOTTOM (1.08 px a unit)
 PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 16, 92, 6, 114
 GRID_STEP = 20  # a labelled gridline every 20 units, as real charts have them
+BAR_LETTERS = "ABCD"  # the labels of a chart's 3-4 values
 
 
 def _chart(rng: random.Random) -> tuple[Any, str, str, dict]:
     n = rng.randint(3, 4)
-    labels = "ABCD"[:n]
+    labels = BAR_LETTERS[:n]
     values = [rng.randint(5, 100) for _ in range(n)]
     img, draw = _canvas(CHART_W, CHART_H, rng)
     left, right, top, bottom = PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM
@@ -167,10 +168,16 @@ def _text(rng: random.Random, size: tuple[int, int], lines: list[str], font_size
     return img
 
 
+def check_tasks(tasks: list[str] | tuple[str, ...]) -> None:
+    """A clear error for a task name this module does not draw (before any image is made)."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UserError(f"unknown vision task(s) {', '.join(map(repr, unknown))}; choose from {', '.join(TASKS)}")
+
+
 def make_item(task: str, seed: int, index: int, split: str = "train") -> Item:
     """Item `index` of a task's stream; the same arguments always give the same image, question and answer."""
-    if task not in TASKS:
-        raise UserError(f"unknown vision task '{task}'; choose from {', '.join(TASKS)}")
+    check_tasks([task])
     rng = random.Random(f"{task}:{split}:{SPLIT_SEEDS[split] + seed}:{index}")
     colours = list(COLOURS)
     if task == "line":
@@ -207,6 +214,7 @@ def make_split(tasks: list[str] | tuple[str, ...], per_task: int, seed: int = 0,
                exclude: list[Item] | None = None, weights: dict[str, float] | None = None) -> list[Item]:  # fmt: skip
     """`per_task` items of each task (times its weight, if any), interleaved; items identical to one in `exclude`
     are skipped. A task's items are the first of its stream, so a heavier weight only adds items."""
+    check_tasks(tasks)
     seen = {it.key() for it in exclude or []}
     by_task: list[list[Item]] = []
     for task in tasks:
