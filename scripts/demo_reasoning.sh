@@ -100,7 +100,9 @@ tok = Tokenizer.load(f"{out}/tok")
 sizes = {"teacher-init": {}, "student-init": {"n_embd": 64, "head_dim": 16, "intermediate_size": 192}}
 for name, kw in sizes.items():
     torch.manual_seed(0)
-    model = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size, **kw))
+    # untied input and output embeddings: tied, " true" and " false" collapse onto one vector while the model cannot
+    # yet predict them, and then it cannot tell them apart in the question either (the logic chains never form)
+    model = Transformer(Config.from_name("qwen3-tiny", vocab_size=tok.vocab_size, tie_embeddings=False, **kw))
     model.save_pretrained(f"{out}/{name}")
     tok.save(f"{out}/{name}")
     print(f"  {name}: {model.num_params() / 1e6:.2f}M params")
