@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Tool use (issue 20), about 14 CPU-minutes (8 min of wall time on a quiet 2-core machine, 2 threads):
+# Tool use (issue 20), about 11 CPU-minutes (6 min of wall time on a quiet 2-core machine, 2 threads):
 #   (a) the code interpreter: a program run in the sandbox, and what it cannot do;
-#   (b) a tiny Qwen2-layout model (0.86M parameters, its own 580-token BPE) trained by `gptqwen sft` on calculator
-#       traces (8,000 conversations of 1-3 problems, half through the calculator, every answer restating
-#       "a op b = R"), graded on 200 held-out multi-digit problems with the calculator offered (the
+#   (b) a tiny Qwen2-layout model (0.94M parameters with untied embeddings, its own 580-token BPE) trained by
+#       `gptqwen sft` on calculator traces (8,000 conversations of 1-3 problems, half through the calculator, every
+#       answer restating "a op b = R"), graded on 200 held-out multi-digit problems with the calculator offered (the
 #       function-calling loop) and without tools, then one conversation through `gptqwen generate --tools`.
-#       After 1,600 + 150 steps: 0.995 ± 0.005 (2 threads) and 0.945 ± 0.016 (1 thread) with the calculator, 0.000
-#       without (README). With fewer steps the digit copying took off late or not at all, depending on the thread count.
-# Usage: scripts/demo_tools.sh [a|b|all]      (OUT=runs/demo-tools THREADS=2 STEPS=1600 STEPS2=150 N_EVAL=200)
+#       After 700 + 150 steps: 0.980 +- 0.010 (2 threads) and 0.995 +- 0.005 (1 thread) with the calculator, 0.000
+#       without (README). The digit copying takes off at steps ~350-450; 500 steps were too few.
+# Usage: scripts/demo_tools.sh [a|b|all]      (OUT=runs/demo-tools THREADS=2 STEPS=700 STEPS2=150 N_EVAL=200)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
@@ -39,7 +39,7 @@ if [[ $PART == b || $PART == all ]]; then
   echo "== (b) a tiny model that uses the calculator"
   gptqwen tools prepare --out "$OUT" --n "${N_TRAIN:-8000}" --turns "${TURNS:-3}" --seed 0
   gptqwen sft -c sft-tools --data "$OUT/traces.jsonl" --from "$OUT/base" --out "$OUT/sft" --overwrite --quiet \
-      --max-steps "${STEPS:-1600}" --threads "$THREADS"
+      --max-steps "${STEPS:-700}" --threads "$THREADS"
   # a second, short stage from the first one's weights (a fresh warmup and a higher final lr): the digit copying
   # took off only at the end of the first stage's cosine schedule
   gptqwen sft -c sft-tools --data "$OUT/traces.jsonl" --from "$OUT/sft" --out "$OUT/sft-more" --overwrite --quiet \
