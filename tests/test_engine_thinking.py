@@ -82,3 +82,16 @@ def test_thinking_off_and_soft_switches(engine):
 def test_bad_budget(engine):
     with pytest.raises(UserError, match="budget"):
         engine.chat([{"role": "user", "content": "hi"}], thinking_budget=0)
+
+
+def test_chat_thought_line_counts_the_models_tokens_not_the_stop_text():
+    from gptqwen.commands.chat import thought_line
+    from gptqwen.infer.thinking import STOP_THINKING
+
+    def words(text):
+        return text.split()
+
+    assert thought_line("a b c", None, words) == "▸ thought for 3 tokens (/show to expand)"
+    assert thought_line("a b c", 8, words) == "▸ thought for 3 tokens (/show to expand)"
+    cut = "a b " + STOP_THINKING.split("\n</think>")[0]  # what the chat's reasoning holds when the budget cut it
+    assert thought_line(cut, 2, words) == "▸ thought for 2 tokens, budget reached (/show to expand)"

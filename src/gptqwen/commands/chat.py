@@ -31,6 +31,7 @@ from gptqwen.commands.engine_options import (
     sampling_from_args,
 )
 from gptqwen.errors import UserError
+from gptqwen.infer.thinking import STOP_THINKING
 from gptqwen.tools.styles import STYLES, ToolUse
 
 HELP = ("/think  /no_think  thinking on / off      /budget N | off   cap thinking at N tokens\n"
@@ -151,6 +152,17 @@ class Session:
         return True
 
 
+def thought_line(reasoning: str, budget: int | None, encode: Callable[[str], list], result=None) -> str:
+    """The one line a collapsed think block shows. The tokens counted are the model's own: when the budget cut the
+    block, the stop text the engine fed in is not counted (the count is then the budget, exactly)."""
+    if result is not None:
+        n, cut = result.thinking_tokens, result.budget_hit
+    else:
+        cut = budget is not None and STOP_THINKING.split(",")[0] in reasoning
+        n = budget if cut else len(encode(reasoning))
+    return f"▸ thought for {n} tokens{', budget reached' if cut else ''} (/show to expand)"
+
+
 def _answer(engine, session: Session, params, console) -> None:
     """Stream one assistant turn; Ctrl-C stops it and keeps what was said so far."""
     from rich.live import Live
@@ -163,8 +175,7 @@ def _answer(engine, session: Session, params, console) -> None:
         if live is not None:
             live.stop()
             live = None
-            n = result.thinking_tokens if result else len(engine.tokenizer.encode(reasoning))
-            console.print(f"[dim]▸ thought for {n} tokens (/show to expand)[/dim]")
+            console.print(f"[dim]{thought_line(reasoning, session.budget, engine.tokenizer.encode, result)}[/dim]")
 
     stream = engine.stream_chat(session.messages(), enable_thinking=session.thinking,
                                 thinking_budget=session.budget, params=params)
