@@ -84,14 +84,18 @@ def test_bad_budget(engine):
         engine.chat([{"role": "user", "content": "hi"}], thinking_budget=0)
 
 
-def test_chat_thought_line_counts_the_models_tokens_not_the_stop_text():
+
+def test_streamed_deltas_count_the_models_thinking_tokens(engine):
     from gptqwen.commands.chat import thought_line
-    from gptqwen.infer.thinking import STOP_THINKING
 
-    def words(text):
-        return text.split()
-
-    assert thought_line("a b c", None, words) == "▸ thought for 3 tokens (/show to expand)"
-    assert thought_line("a b c", 8, words) == "▸ thought for 3 tokens (/show to expand)"
-    cut = "a b " + STOP_THINKING.split("\n</think>")[0]  # what the chat's reasoning holds when the budget cut it
-    assert thought_line(cut, 2, words) == "▸ thought for 2 tokens, budget reached (/show to expand)"
+    msgs = [{"role": "user", "content": "What is 17 * 23?"}]
+    deltas = list(engine.stream_chat(msgs, thinking_budget=3, start_thinking=True,
+                                     params=SamplingParams(temperature=1.0, seed=3, max_new_tokens=9)))
+    reasoning = [d for d in deltas if d.kind == "reasoning"]
+    assert "Considering the limited time" in "".join(d.text for d in reasoning)  # the stop text streams as reasoning
+    assert (reasoning[-1].thinking_tokens, reasoning[-1].budget_hit) == (3, True)  # ...but is not counted
+    assert [d.thinking_tokens for d in reasoning] == sorted(d.thinking_tokens for d in reasoning)
+    done = deltas[-1]
+    assert (done.thinking_tokens, done.budget_hit) == (done.result.thinking_tokens, done.result.budget_hit) == (3, True)
+    assert thought_line(3, True) == "▸ thought for 3 tokens, budget reached (/show to expand)"
+    assert thought_line(12, False) == "▸ thought for 12 tokens (/show to expand)"

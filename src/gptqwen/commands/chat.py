@@ -31,7 +31,6 @@ from gptqwen.commands.engine_options import (
     sampling_from_args,
 )
 from gptqwen.errors import UserError
-from gptqwen.infer.thinking import STOP_THINKING
 from gptqwen.tools.styles import STYLES, ToolUse
 
 HELP = ("/think  /no_think  thinking on / off      /budget N | off   cap thinking at N tokens\n"
@@ -152,15 +151,10 @@ class Session:
         return True
 
 
-def thought_line(reasoning: str, budget: int | None, encode: Callable[[str], list], result=None) -> str:
-    """The one line a collapsed think block shows. The tokens counted are the model's own: when the budget cut the
-    block, the stop text the engine fed in is not counted (the count is then the budget, exactly)."""
-    if result is not None:
-        n, cut = result.thinking_tokens, result.budget_hit
-    else:
-        cut = budget is not None and STOP_THINKING.split(",")[0] in reasoning
-        n = budget if cut else len(encode(reasoning))
-    return f"▸ thought for {n} tokens{', budget reached' if cut else ''} (/show to expand)"
+def thought_line(thinking_tokens: int, budget_hit: bool) -> str:
+    """The one line a collapsed think block shows: the model's own thinking tokens (not the stop text the engine
+    feeds in when the budget cuts the block)."""
+    return f"▸ thought for {thinking_tokens} tokens{', budget reached' if budget_hit else ''} (/show to expand)"
 
 
 def _answer(engine, session: Session, params, console) -> None:
@@ -168,19 +162,20 @@ def _answer(engine, session: Session, params, console) -> None:
     from rich.live import Live
     from rich.text import Text
 
-    reasoning, content, result, live = "", "", None, None
+    reasoning, content, result, live, last = "", "", None, None, None
 
     def collapse() -> None:
         nonlocal live
         if live is not None:
             live.stop()
             live = None
-            console.print(f"[dim]{thought_line(reasoning, session.budget, engine.tokenizer.encode, result)}[/dim]")
+            console.print(f"[dim]{thought_line(last.thinking_tokens, last.budget_hit)}[/dim]")
 
     stream = engine.stream_chat(session.messages(), enable_thinking=session.thinking,
                                 thinking_budget=session.budget, params=params)
     try:
         for d in stream:
+            last = d
             if d.kind == "reasoning":
                 reasoning += d.text
                 if live is None:

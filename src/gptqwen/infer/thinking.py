@@ -43,11 +43,14 @@ class ChatResult(Result):
 
 @dataclass
 class ChatDelta:
-    """A piece of a streamed turn: kind is "reasoning", "content" or "done" (then `result` is set)."""
+    """A piece of a streamed turn: kind is "reasoning", "content" or "done" (then `result` is set); the thinking
+    tokens the model has written so far and whether the budget cut the block, as in `ChatResult`."""
 
     kind: str
     text: str = ""
     result: ChatResult | None = None
+    thinking_tokens: int = 0
+    budget_hit: bool = False
 
 
 def soft_switch(messages: list[dict]) -> bool | None:
@@ -145,8 +148,9 @@ def stream_chat(engine, messages: list[dict], enable_thinking: bool = True, thin
     timings: dict[str, float] = {}
     for _ in engine.run([row], timings):
         for kind, text in row.deltas():
-            yield ChatDelta(kind, text)
-    yield ChatDelta("done", result=chat_result(row, router, timings))
+            yield ChatDelta(kind, text, thinking_tokens=router.count, budget_hit=router.budget_hit)
+    yield ChatDelta("done", result=chat_result(row, router, timings), thinking_tokens=router.count,
+                    budget_hit=router.budget_hit)
 
 
 def chat_result(row: Row, router: ThinkingRouter, timings: dict[str, float]) -> ChatResult:
