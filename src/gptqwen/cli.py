@@ -31,6 +31,7 @@ VERBS: dict[str, str] = {
     "dpo": "direct preference optimisation (sigmoid / IPO / hinge, LoRA optional)",
     "grpo": "online GRPO with verifiable, rubric and model rewards",
     "distill": "strong-to-weak distillation: teacher answers as SFT data, then on-policy KL to the teacher",
+    "prune": "cut a trained model to a smaller width (Minitron), the starting point of a distillation",
     "post": "Qwen3's four post-training stages: cold start, reasoning RL, thinking fusion, general RL",
     "eval": "few-shot evaluation, perplexity and GPT-3 style shot plots",
     "generate": "one-shot text generation from a prompt",

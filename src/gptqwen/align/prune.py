@@ -1,0 +1,234 @@
+"""Width pruning of a trained model to a smaller shape, the starting point of a distillation from it (Minitron:
+Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation"; the recipe behind
+Llama 3.2 1B/3B and the Minitron models).
+
+    cal = calibration_ids(tok, synthetic=256)
+    student, report = prune_width(teacher, cal, n_embd=64, head_dim=16, intermediate_size=192)
+
+Every width is ranked by its mean absolute activation on calibration text and the top ones are kept:
+- residual channels (`n_embd`): the residual stream entering each block, summed over blocks;
+- MLP neurons (`intermediate_size`): the input of the MLP's output projection (SiLU(gate)·up, or GELU(fc));
+- value dimensions of each KV head (`head_dim`): the attention output of its query heads times the norm of the
+  output projection's column;
+- query/key dimensions: with RoPE, the head's highest rotary frequencies (the first `head_dim / 2` of each half of
+  the rotate-half layout), and `rope_theta` becomes θ^(new / old) so that the smaller head rotates them at exactly
+  the teacher's frequencies (f_j = θ^(-2j / d)); without RoPE, ranked by mean |q|·|k| over the KV head's group.
+The kept slices of every weight are copied into a model of the smaller shape (same depth, same heads); its norms keep
+their own weights. The pruned model is worse than either parent at first and recovers within a few hundred steps of
+distillation (`gptqwen distill --from`), because it keeps the teacher's circuits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from gptqwen.config import Config, config_from_hf
+from gptqwen.errors import UserError
+from gptqwen.model import Transformer
+
+PRUNABLE = ("n_embd", "head_dim", "intermediate_size")
+
+
+def pruned_config(cfg: Config, **shape: int) -> Config:
+    """The teacher's config with the given widths (each ≤ the teacher's); a UserError for anything else."""
+    bad = sorted(set(shape) - set(PRUNABLE))
+    if bad:
+        raise UserError(f"cannot prune {', '.join(bad)}: width pruning changes {', '.join(PRUNABLE)} only (depth and "
+                        "head counts stay the teacher's)")  # fmt: skip
+    if cfg.n_experts:
+        raise UserError("width pruning of mixture-of-experts models is not supported; prune a dense model")
+    old = {"n_embd": cfg.n_embd, "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size}
+    new = {**old, **{k: v for k, v in shape.items() if v is not None}}
+    for k, v in new.items():
+        if not isinstance(v, int) or not 1 <= v <= old[k]:
+            raise UserError(f"{k}={v} must be a whole number from 1 to the teacher's {old[k]}")
+    rope_theta = cfg.rope_theta
+    if new["head_dim"] != old["head_dim"] and cfg.pos != "rope" and cfg.qk_norm:
+        raise UserError("pruning head_dim of a model with q/k norms but no RoPE is not supported; keep head_dim")
+    if new["head_dim"] != old["head_dim"] and cfg.pos == "rope":
+        if new["head_dim"] % 2:
+            raise UserError(f"head_dim={new['head_dim']} must be even: RoPE rotates pairs of dimensions")
+        if cfg.rope_scaling or cfg.dca or cfg.dynamic_ntk:
+            raise UserError("this model scales RoPE (rope_scaling, DCA or dynamic NTK), whose frequencies depend on "
+                            "head_dim; keep head_dim when pruning it")  # fmt: skip
+        rope_theta = cfg.rope_theta ** (new["head_dim"] / old["head_dim"])  # the kept frequencies, unchanged
+    return dataclasses.replace(cfg, rope_theta=rope_theta, **new)
+
+
+def calibration_ids(tok, synthetic: int | None = None, data: str | None = None, seed: int = 0,
+                    max_len: int = 256) -> list[list[int]]:  # fmt: skip
+    """Token ids of the calibration texts: `synthetic` built-in reasoning conversations (both modes, in the chat
+    template), or the rows of `data` — a JSONL file of {"messages": [...]} or {"text": ...} rows, or a text file
+    (one text per paragraph) — each cut to `max_len` tokens."""
+    if (synthetic is None) == (data is None):
+        raise UserError("give the calibration texts: --synthetic N (built-in problems) or --data FILE")
+    if synthetic is not None:
+        from gptqwen.finetune.synthetic import reasoning_conversations
+
+        if synthetic < 1:
+            raise UserError(f"--synthetic {synthetic}: give at least one calibration conversation")
+        rows = [tok.apply_chat_template(c["messages"], tokenize=True) for c in reasoning_conversations(synthetic, seed)]
+    else:
+        rows = _data_rows(tok, Path(data))
+    return [r[:max_len] for r in rows if r]
+
+
+def _data_rows(tok, path: Path) -> list[list[int]]:
+    if not path.is_file():
+        raise UserError(f"calibration data '{path}' is not a file; pass a .jsonl or text file")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix != ".jsonl":
+        return [tok.encode(p) for p in text.split("\n\n") if p.strip()]
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if isinstance(row, dict) and isinstance(row.get("messages"), list):
+            rows.append(tok.apply_chat_template(row["messages"], tokenize=True))
+        elif isinstance(row, dict) and isinstance(row.get("text"), str):
+            rows.append(tok.encode(row["text"]))
+        else:
+            raise UserError(f"{path}:{i}: a calibration row needs \"messages\" (a chat) or \"text\" (a string)")
+    if not rows:
+        raise UserError(f"calibration data '{path}' has no rows")
+    return rows
+
+
+def activations(model: Transformer, rows: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Mean |activation| per channel over all calibration tokens, at the points `prune_width` ranks."""
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+
+    def add(name: str, x: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0) + x.detach().abs().flatten(0, -2).float().sum(0)
+
+    handles = []
+    for i, b in enumerate(model.blocks):
+        out_proj = b.mlp.down if model.config.mlp == "swiglu" else b.mlp.proj
+        handles += [
+            b.register_forward_pre_hook(lambda m, a, i=i: add(f"resid.{i}", a[0])),
+            out_proj.register_forward_pre_hook(lambda m, a, i=i: add(f"mlp.{i}", a[0])),
+            b.attn.proj.register_forward_pre_hook(lambda m, a, i=i: add(f"attn.{i}", a[0])),
+            b.attn.qkv.register_forward_hook(lambda m, a, y, i=i: add(f"qkv.{i}", y)),
+        ]
+    try:
+        with torch.no_grad():
+            for r in rows:
+                model(torch.tensor([r], device=model.wte.weight.device))
+                count += len(r)
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: v / max(1, count) for k, v in sums.items()}
+
+
+def _top(score: torch.Tensor, k: int) -> torch.Tensor:
+    return score.topk(k).indices.sort().values
+
+
+def prune_width(model: Transformer, rows: list[list[int]], **shape: int) -> tuple[Transformer, dict]:
+    """(the pruned model, a report): `model` cut to `shape` (widths of `PRUNABLE`) by activations on `rows`."""
+    cfg = model.config
+    new = pruned_config(cfg, **shape)
+    act = activations(model.eval(), rows)
+    hq, hk, d, ds = cfg.n_head, cfg.n_kv_head, cfg.head_dim, new.head_dim
+    group = hq // hk
+    keep_c = _top(sum(act[f"resid.{i}"] for i in range(cfg.n_layer)), new.n_embd)
+    src = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, t in src.items():
+        if key.split(".")[0] in ("wte", "wpe", "lm_head"):
+            out[key] = t[:, keep_c]
+        elif key.startswith("ln_f."):
+            out[key] = t[keep_c]
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        if cfg.pos == "rope":  # the highest frequencies: the first ds/2 dims of each half (rotate-half layout)
+            qk = [torch.cat([torch.arange(ds // 2), torch.arange(ds // 2) + d // 2])] * hk
+        else:
+            a = act[f"qkv.{i}"].view(hq + 2 * hk, d)
+            qk = [_top((a[h * group:(h + 1) * group] * a[hq + h]).sum(0), ds) for h in range(hk)]
+        w_o = src[p + "attn.proj.weight"].view(-1, hq, d)
+        y = act[f"attn.{i}"].view(hq, d) * w_o.norm(dim=0)
+        vk = [_top(y[h * group:(h + 1) * group].sum(0), ds) for h in range(hk)]
+        # rows of the fused projection: q heads, k heads, v heads, each d wide
+        rows_qkv = torch.cat([h * d + qk[h // group] for h in range(hq)] + [(hq + h) * d + qk[h] for h in range(hk)]
+                             + [(hq + hk + h) * d + vk[h] for h in range(hk)])  # fmt: skip
+        cols_o = torch.cat([h * d + vk[h // group] for h in range(hq)])
+        keep_m = _top(act[f"mlp.{i}"], new.intermediate_size)
+        inner = cfg.intermediate_size
+        for key, t in src.items():
+            if not key.startswith(p):
+                continue
+            name = key[len(p):]
+            if name.startswith(("ln_1.", "ln_2.")):
+                out[key] = t[keep_c]
+            elif name in ("attn.q_norm.weight", "attn.k_norm.weight"):
+                out[key] = t[qk[0]] if cfg.pos == "rope" else t  # RMSNorm over a head: one weight per dim
+            elif name == "attn.qkv.weight":
+                out[key] = t[rows_qkv][:, keep_c]
+            elif name == "attn.qkv.bias":
+                out[key] = t[rows_qkv]
+            elif name == "attn.proj.weight":
+                out[key] = t[keep_c][:, cols_o]
+            elif name in ("attn.proj.bias", "mlp.down.bias", "mlp.proj.bias"):
+                out[key] = t[keep_c]
+            elif name == "mlp.gate_up.weight":
+                out[key] = torch.cat([t[:inner][keep_m], t[inner:][keep_m]])[:, keep_c]
+            elif name == "mlp.gate_up.bias":
+                out[key] = torch.cat([t[:inner][keep_m], t[inner:][keep_m]])
+            elif name == "mlp.fc.weight":
+                out[key] = t[keep_m][:, keep_c]
+            elif name == "mlp.fc.bias":
+                out[key] = t[keep_m]
+            elif name in ("mlp.down.weight", "mlp.proj.weight"):
+                out[key] = t[keep_c][:, keep_m]
+            else:
+                raise UserError(f"cannot prune weight '{key}' of this architecture")
+    pruned = Transformer(new).to(model.wte.weight.device)
+    missing, unexpected = pruned.load_state_dict(out, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("lm_head.") or not new.tie_embeddings]:
+        raise UserError(f"pruning left weights unmatched ({', '.join(unexpected or missing)})")
+    report = {"params_before": model.num_params(), "params_after": pruned.num_params(),
+              "shape_before": {k: getattr(cfg, k) for k in PRUNABLE}, "shape_after": {k: getattr(new, k) for k in PRUNABLE},
+              "rope_theta": [cfg.rope_theta, new.rope_theta] if cfg.pos == "rope" else None,
+              "calibration_rows": len(rows), "calibration_tokens": sum(map(len, rows))}  # fmt: skip
+    return pruned.eval(), report
+
+
+def run_prune(model_spec: str, out: str | Path, shape: dict, synthetic: int | None = None, data: str | None = None,
+              seed: int = 0, overwrite: bool = False) -> dict:  # fmt: skip
+    """`gptqwen prune`: load `model_spec`, prune it to `shape`, write an HF folder (tokenizer, prune.json) to `out`."""
+    from gptqwen.align.flops import FlopCounter
+    from gptqwen.hf import save_pretrained
+    from gptqwen.loading import load_model_and_tokenizer
+    from gptqwen.utils import atomic_dir, refuse_file_in_path
+
+    out = Path(out)
+    refuse_file_in_path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"'{out}' exists and is not empty; pass --overwrite or choose another folder")
+    cfg_file = Path(model_spec) / "config.json"
+    if cfg_file.is_file():  # bad widths: an error before the weights are loaded
+        pruned_config(config_from_hf(json.loads(cfg_file.read_text())), **shape)
+    model, tok = load_model_and_tokenizer(model_spec)
+    if tok is None:
+        raise UserError(f"'{model_spec}' has no tokenizer; calibration needs one (a folder with tokenizer.json)")
+    rows = calibration_ids(tok, synthetic, data, seed, model.config.max_seq_len)
+    start = time.process_time()
+    with FlopCounter() as flops:
+        pruned, report = prune_width(model, rows, **shape)
+    report.update(source=model_spec, out=str(out), flops=flops.total, cpu_s=round(time.process_time() - start, 2))
+    with atomic_dir(out) as tmp:  # built aside, renamed into place whole
+        save_pretrained(pruned, tmp, tokenizer=tok)
+        (tmp / "prune.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
