@@ -99,8 +99,8 @@ distill: {synthetic_seed: 8, verify: ${VERIFY:-true}, teacher_max_new_tokens: 16
 train: {batch_size: 8, warmup_steps: 0, warmup_ratio: 0.0, seed: 0, log_interval: 10, eval_interval: 0, sample_tokens: 0, ckpt_interval: 100, keep_last: 1}
 stages:
   - name: off-policy
-    distill: {phase: off_policy, synthetic: $(s 2500), think_ratio: 0.5, synthetic_kinds: [arithmetic, arithmetic, logic]}
-    train: {max_steps: $(s 300), lr: 3.0e-3, min_lr: 1.0e-4, warmup_steps: $(s 15), schedule: cosine}
+    distill: {phase: off_policy, synthetic: $(s 2000), think_ratio: 0.5, synthetic_kinds: [arithmetic, arithmetic, logic]}
+    train: {max_steps: $(s 270), lr: 3.0e-3, min_lr: 1.0e-4, warmup_steps: $(s 15), schedule: cosine}
 EOF
 PRUNE=(--n-embd 64 --head-dim 16 --intermediate-size 192)  # the student's widths (student-init below)
 
