@@ -126,8 +126,12 @@ def test_bad_models_and_calibration(tok, model_dir, tmp_path, capsys):
     bad.write_text('{"text": "ok"}\n{"prompt": "no"}\n')
     with pytest.raises(UserError, match=r"bad.jsonl:2: a calibration row needs"):
         calibration_ids(tok, data=str(bad))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n  \n")
+    with pytest.raises(UserError, match="has no text"):
+        calibration_ids(tok, data=str(empty))
     out = tmp_path / "never"
     assert main(["prune", "--model", str(model_dir), "--out", str(out), "--n-embd", "999"]) == 2
     assert "n_embd=999" in capsys.readouterr().err and not out.exists()  # refused before any work
     assert main(["prune", "--model", str(model_dir), "--out", str(out), "--data", str(tmp_path / "nope.jsonl")]) == 2
-    assert "is not a file" in capsys.readouterr().err and not out.exists()
+    assert "does not exist" in capsys.readouterr().err and not out.exists()

@@ -30,6 +30,7 @@ import torch
 from gptqwen.config import Config, config_from_hf
 from gptqwen.errors import UserError
 from gptqwen.model import Transformer
+from gptqwen.utils import read_jsonl
 
 PRUNABLE = ("n_embd", "head_dim", "intermediate_size")
 
@@ -75,32 +76,26 @@ def calibration_ids(tok, synthetic: int | None = None, data: str | None = None, 
         rows = [tok.apply_chat_template(c["messages"], tokenize=True) for c in reasoning_conversations(synthetic, seed)]
     else:
         rows = _data_rows(tok, Path(data))
-    return [r[:max_len] for r in rows if r]
+    rows = [r[:max_len] for r in rows if r]
+    if not rows:
+        raise UserError(f"calibration data '{data}' has no text; pass a file with at least one non-empty text")
+    return rows
 
 
 def _data_rows(tok, path: Path) -> list[list[int]]:
+    if path.suffix == ".jsonl":
+        rows = []
+        for i, row in read_jsonl(path, "calibration data"):
+            if isinstance(row.get("messages"), list):
+                rows.append(tok.apply_chat_template(row["messages"], tokenize=True))
+            elif isinstance(row.get("text"), str):
+                rows.append(tok.encode(row["text"]))
+            else:
+                raise UserError(f"{path}:{i}: a calibration row needs \"messages\" (a chat) or \"text\" (a string)")
+        return rows
     if not path.is_file():
         raise UserError(f"calibration data '{path}' is not a file; pass a .jsonl or text file")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix != ".jsonl":
-        return [tok.encode(p) for p in text.split("\n\n") if p.strip()]
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{i}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-        if isinstance(row, dict) and isinstance(row.get("messages"), list):
-            rows.append(tok.apply_chat_template(row["messages"], tokenize=True))
-        elif isinstance(row, dict) and isinstance(row.get("text"), str):
-            rows.append(tok.encode(row["text"]))
-        else:
-            raise UserError(f"{path}:{i}: a calibration row needs \"messages\" (a chat) or \"text\" (a string)")
-    if not rows:
-        raise UserError(f"calibration data '{path}' has no rows")
-    return rows
+    return [tok.encode(p) for p in path.read_text(encoding="utf-8", errors="replace").split("\n\n") if p.strip()]
 
 
 def activations(model: Transformer, rows: list[list[int]]) -> dict[str, torch.Tensor]:
