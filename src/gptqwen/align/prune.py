@@ -13,9 +13,9 @@ Every width is ranked by its mean absolute activation on calibration text and th
 - query/key dimensions: with RoPE, the head's highest rotary frequencies (the first `head_dim / 2` of each half of
   the rotate-half layout), and `rope_theta` becomes θ^(new / old) so that the smaller head rotates them at exactly
   the teacher's frequencies (f_j = θ^(-2j / d)); without RoPE, ranked by mean |q|·|k| over the KV head's group.
-The kept slices of every weight are copied into a model of the smaller shape (same depth, same heads); its norms keep
-their own weights. The pruned model is worse than either parent at first and recovers within a few hundred steps of
-distillation (`gptqwen distill --from`), because it keeps the teacher's circuits.
+The kept slices of every weight (norm weights included) are copied into a model of the smaller shape (same depth, same
+heads). The pruned model is a poor model at first; distillation from its teacher (`gptqwen distill --from`) restores it
+within a few hundred steps, because it keeps the teacher's circuits (the reasoning demo: 0.055 → 1.000 in 270 steps).
 """
 
 from __future__ import annotations
