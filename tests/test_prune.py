@@ -90,7 +90,7 @@ def test_cli_writes_a_loadable_folder_with_its_report(tok, model_dir, tmp_path, 
     assert report["flops"] == 2 * report["params_before"] * report["calibration_tokens"]  # the calibration forwards
     assert tok2.vocab_size == tok.vocab_size
     assert json.loads((out / "prune.json").read_text())["shape_after"]["n_embd"] == 64
-    assert main(args) == 2 and "not empty" in capsys.readouterr().err  # no silent overwrite
+    assert main(args) == 2 and "is not an empty folder" in capsys.readouterr().err  # no silent overwrite
 
 
 def test_calibration_from_files(tok, tmp_path):

@@ -86,6 +86,13 @@ def refuse_file_in_path(path: str | os.PathLike, what: str = "the output folder"
         raise UserError(f"{what} '{path}' {where}; it must be a folder: choose another path")
 
 
+def refuse_nonempty_folder(path: str | os.PathLike, overwrite: bool) -> None:
+    """A UserError (before any work) when `path` exists and is not an empty folder, unless `overwrite`."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise UserError(f"'{path}' exists and is not an empty folder; pass --overwrite or choose another folder")
+
+
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int | None = None) -> Path:
     """Render a matplotlib figure to `path` through `atomic_write` (format from the suffix, PNG without one)."""
     path = Path(path)

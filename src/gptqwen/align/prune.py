@@ -206,12 +206,11 @@ def run_prune(model_spec: str, out: str | Path, shape: dict, synthetic: int | No
     from gptqwen.align.flops import FlopCounter
     from gptqwen.hf import save_pretrained
     from gptqwen.loading import load_model_and_tokenizer
-    from gptqwen.utils import atomic_dir, refuse_file_in_path
+    from gptqwen.utils import atomic_dir, refuse_file_in_path, refuse_nonempty_folder
 
     out = Path(out)
     refuse_file_in_path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"'{out}' exists and is not empty; pass --overwrite or choose another folder")
+    refuse_nonempty_folder(out, overwrite)
     cfg_file = Path(model_spec) / "config.json"
     if cfg_file.is_file():  # bad widths: an error before the weights are loaded
         pruned_config(config_from_hf(json.loads(cfg_file.read_text())), **shape)

@@ -51,11 +51,10 @@ def _merge(args: argparse.Namespace, base: str, adapter: str, out: str) -> dict:
     from gptqwen.hf import save_pretrained  # deferred (with torch) so `gptqwen adapter --help` stays instant
     from gptqwen.loading import load_model_and_tokenizer
     from gptqwen.peft_format import load_adapter
-    from gptqwen.utils import parse_dtype
+    from gptqwen.utils import parse_dtype, refuse_nonempty_folder
 
     target = Path(out)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not args.overwrite:
-        raise UserError(f"'{out}' exists and is not an empty folder; pass --overwrite or choose another OUT")
+    refuse_nonempty_folder(target, args.overwrite)
     model, tok = load_model_and_tokenizer(base, dtype="fp32", device="cpu")
     names = load_adapter(model, adapter, merge=True)
     save_pretrained(model, target, max_shard_size=args.max_shard_size, tokenizer=tok, dtype=parse_dtype(args.dtype))

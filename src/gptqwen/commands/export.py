@@ -19,7 +19,7 @@ import argparse
 from pathlib import Path
 
 from gptqwen.errors import UserError
-from gptqwen.utils import print_json
+from gptqwen.utils import print_json, refuse_nonempty_folder
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_1")  # = gguf_export.EXPORT_TYPES (not imported: --help stays fast)
 
@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--gguf '{gguf_out}' must end in .gguf (that is how --model recognises GGUF files)")
     if args.type and gguf_out is None:
         raise UserError("--type sets the GGUF tensor type; pass --gguf FILE with it")
-    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise UserError(f"'{out}' exists and is not an empty folder; pass --overwrite or choose another folder")
+    if out is not None:
+        refuse_nonempty_folder(out, args.overwrite)
     if gguf_out is not None and gguf_out.exists() and not (gguf_out.is_file() and args.overwrite):
         raise UserError(f"'{gguf_out}' exists; pass --overwrite (for a file) or choose another path")
     # GGUF quantises from float32; an HF-only export loads straight into its dtype
