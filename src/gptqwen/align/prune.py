@@ -168,7 +168,7 @@ def prune_width(model: Transformer, rows: list[list[int]], **shape: int) -> tupl
             if name.startswith(("ln_1.", "ln_2.")):
                 out[key] = t[keep_c]
             elif name in ("attn.q_norm.weight", "attn.k_norm.weight"):
-                out[key] = t[qk[0]] if cfg.pos == "rope" else t  # RMSNorm over a head: one weight per dim
+                out[key] = t[qk[0]]  # one weight per head dim, shared by the heads (so are their dims)
             elif name == "attn.qkv.weight":
                 out[key] = t[rows_qkv][:, keep_c]
             elif name == "attn.qkv.bias":
