@@ -132,3 +132,46 @@ def test_a_size_with_its_own_batch_counts_its_own_tokens(monkeypatch):
     assert base.steps == 204800 // (2 * 128) and base.tokens == 204800
     assert big_batch.steps == 204800 // (16 * 64) and big_batch.tokens == 204800
     assert big_batch.flops == base.flops  # the same N and D
+
+
+def test_tokens_per_param_and_seeds_plan_a_ray_of_repeated_runs(monkeypatch):
+    """--tokens-per-param R gives each size D = R x N (whole steps); --seeds repeats every run under its own
+    train.seed, in its own folder, with the seed in its row."""
+    import gptqwen.scaling.sweep as sweep
+    from gptqwen.train.recipe import load_recipe
+
+    monkeypatch.setattr(sweep, "_dataset_vocab", lambda recipe: (257, 256))
+    sizes = [sweep.parse_size("n_layer=2,n_embd=32,n_head=2,head_dim=16"), sweep.parse_size("n_layer=3")]
+    specs = sweep.plan_sweep("scaling-bytes", [], sizes, ratios=[3.0], seeds=[1, 2])
+    assert [s.seed for s in specs] == [1, 2, 1, 2]
+    for s in specs:
+        assert s.steps == round(3.0 * s.params / 256) and s.tokens == 256 * s.steps
+        assert s.name.endswith(f"-seed{s.seed}") and load_recipe("scaling-bytes", list(s.overrides)).train.seed == s.seed
+    assert specs[0].params < specs[2].params and specs[0].tokens < specs[2].tokens  # D grows with N on the ray
+    for bad in ([], [1, 1], [-1]):
+        with pytest.raises(UserError, match="--seeds"):
+            sweep.plan_sweep("scaling-bytes", [], sizes, ratios=[3.0], seeds=bad)
+    with pytest.raises(UserError, match="one way"):
+        sweep.plan_sweep("scaling-bytes", [], sizes, tokens=[1e5], ratios=[3.0])
+    with pytest.raises(SystemExit) as e:  # the CLI refuses two kinds of budget, and a seed that is not a number
+        main(["scaling", "sweep", "--out", "x", "--size", "n_layer=2", "--tokens", "1e5", "--tokens-per-param", "3"])
+    assert e.value.code == 2
+    assert main(["scaling", "sweep", "--out", "x", "--size", "n_layer=2", "--tokens-per-param", "3", "--seeds",
+                 "1,two", "--dry-run"]) == 2
+
+
+def test_repeated_runs_are_one_point_at_their_mean_and_their_spread_is_reported(tmp_path, capsys):
+    """Rows with the same N, D and C (seeds of one run) are fitted as one point at their mean loss; the report names
+    their spread, the noise no prediction can beat."""
+    runs = isoflop_runs(noise=0.0)
+    rows = [f"{p},{t},{l * f}" for p, t, l in zip(runs.params, runs.tokens, runs.loss) for f in (0.98, 1.02)]
+    csv = tmp_path / "runs.csv"
+    csv.write_text("params,tokens,loss\n" + "\n".join(rows) + "\n")
+    merged = read_runs(csv)
+    assert len(merged) == len(runs) and np.allclose(merged.loss, runs.loss) and merged.lines.tolist()[:2] == [2, 4]
+    assert merged.spread["points"] == len(runs) and merged.spread["median"] == pytest.approx(0.02 * 2 ** 0.5, rel=1e-6)
+    assert main(["scaling", "fit", str(csv), "--law", "gpt4", "--json", "--bootstrap", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["diagnostics"]["n_runs"] == len(runs) and out["diagnostics"]["spread"]["points"] == len(runs)
+    assert any("run more than once" in n for n in out["diagnostics"]["notes"])
+    assert read_runs(FIXTURES / "isoflop.csv").spread is None  # no repeats, no spread

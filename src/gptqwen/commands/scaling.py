@@ -75,6 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--tokens", metavar="D,...", help="training tokens per run, comma-separated (a grid)")
     budget.add_argument("--flops", metavar="C,...", help="IsoFLOP compute budgets: each size gets D = C / 6N")
+    budget.add_argument("--tokens-per-param", metavar="R,...",
+                        help="tokens per parameter: each size gets D = R x N (e.g. 20, Chinchilla's ratio)")
+    p.add_argument("--seeds", metavar="S,...",
+                   help="repeat every run once per seed (train.seed), e.g. 1,2,3: fits average the repeats and "
+                        "report their spread")
     p.add_argument("--min-steps", type=int, default=1, metavar="K",
                    help="leave out runs of fewer than K optimizer steps (default: 1, none left out)")
     p.add_argument("--max-flops", type=float, metavar="C",
@@ -113,6 +118,13 @@ def _numbers(text: str, flag: str) -> list[float]:
         raise UserError(f"{flag} takes comma-separated numbers, e.g. 1e5,3e5, not {text!r}") from None
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated integers, e.g. 1,2,3, not {text!r}") from None
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from gptqwen.scaling.sweep import parse_size, plan_sweep, run_sweep, write_csv
 
@@ -121,13 +133,15 @@ def _sweep(args: argparse.Namespace) -> int:
         raise UserError(f"--shard takes I/K, e.g. 0/2, not {args.shard!r}")
     tokens = _numbers(args.tokens, "--tokens") if args.tokens else None
     flops = _numbers(args.flops, "--flops") if args.flops else None
+    ratios = _numbers(args.tokens_per_param, "--tokens-per-param") if args.tokens_per_param else None
+    seeds = _seeds(args.seeds) if args.seeds is not None else None
     if not args.dry_run:  # before planning, which may build the dataset
         refuse_file_in_path(args.out, "the sweep folder --out")
     specs = plan_sweep(args.config, args.overrides, [parse_size(s) for s in args.size], tokens, flops,
-                       args.min_steps, args.max_flops)
+                       args.min_steps, args.max_flops, ratios, seeds)
     if args.dry_run:
         rows = [{"run": s.name, "params": s.params, "params_nonembed": s.params_nonembed, "tokens": s.tokens,
-                 "flops": s.flops, "flops_exact": s.flops_exact, "steps": s.steps} for s in specs]
+                 "flops": s.flops, "flops_exact": s.flops_exact, "steps": s.steps, "seed": s.seed} for s in specs]
     else:
         rows = run_sweep(args.config, args.overrides, specs, args.out, (int(index), int(count)),
                          log=lambda line: print(line, file=sys.stderr))

@@ -69,6 +69,11 @@ def report(law, runs: Runs, n_bootstrap: int = 0, seed: int = 0, confidence: flo
                         "converged": fit.converged, "notes": fit.notes},
     }
     out["intervals"].update({k: intervals[k] for k in out["derived"] if k in intervals})
+    if runs.spread:
+        out["diagnostics"]["spread"] = runs.spread
+        out["diagnostics"]["notes"] = [*fit.notes, (
+            f"{runs.spread['points']} points were run more than once (seeds): their losses spread by "
+            f"{100 * runs.spread['median']:.2g}% of the loss (median sample std; max {100 * runs.spread['max']:.2g}%)")]
     if boot:
         out["diagnostics"]["bootstrap"] = {k: boot[k] for k in ("samples", "failed", "confidence")}
     if target is not None:

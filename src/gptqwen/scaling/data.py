@@ -1,7 +1,9 @@
 """Reading and validating the runs a scaling law is fitted to: a CSV with columns params, tokens, loss (and flops).
 
 One row per training run: N = `params`, D = `tokens`, the final `loss`, and optionally the run's
-training compute `flops` (default C = 6·N·D). Other columns (a sweep writes several) are ignored.
+training compute `flops` (default C = 6·N·D). Other columns (a sweep writes several) are ignored. Rows
+with the same N, D and C are repeats of one run (other seeds): they become one point at their mean loss,
+and their spread is kept (`Runs.spread`) as the run-to-run noise no prediction can beat.
 Every problem is reported as a `UserError` naming the file's line numbers, so a user can fix the rows.
 """
 
@@ -29,13 +31,15 @@ class Runs:
     flops: np.ndarray
     lines: np.ndarray
     source: str = "<runs>"
+    spread: dict | None = None  # repeats: {"points": k, "median": relative std, "max": ...}; None without repeats
 
     def __len__(self) -> int:
         return len(self.loss)
 
     def subset(self, idx: np.ndarray) -> Runs:
         """The runs at positions `idx` (a boolean mask or indices; repeats allowed, for the bootstrap)."""
-        return Runs(self.params[idx], self.tokens[idx], self.loss[idx], self.flops[idx], self.lines[idx], self.source)
+        return Runs(self.params[idx], self.tokens[idx], self.loss[idx], self.flops[idx], self.lines[idx], self.source,
+                    self.spread)
 
     def describe_lines(self, idx: np.ndarray | None = None) -> str:
         """'lines 3, 7, 9' for the runs at `idx` (all runs by default)."""
@@ -100,7 +104,27 @@ def read_runs(path: str | Path, flops_column: str = "flops") -> Runs:
     flops = arr[flops_column] if flops_column in arr else 6.0 * arr["params"] * arr["tokens"]
     runs = Runs(arr["params"], arr["tokens"], arr["loss"], flops, np.array(lines), str(path))
     _check_values(runs)
-    return runs
+    return merge_repeats(runs)
+
+
+def merge_repeats(runs: Runs) -> Runs:
+    """One point per distinct (N, D, C): the mean loss of its repeats, on the first repeat's line.
+
+    With repeats, `spread` holds how many points have them and the median and largest relative sample
+    standard deviation of their losses (std / mean)."""
+    keys = np.stack([runs.params, runs.tokens, runs.flops], axis=1)
+    _, first, group = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    if len(first) == len(runs):
+        return runs
+    order = np.sort(first)  # keep the file's order
+    rank = np.empty(len(first), dtype=int)
+    rank[np.argsort(first)] = np.arange(len(first))
+    g = rank[group]
+    loss = np.array([runs.loss[g == k].mean() for k in range(len(order))])
+    rel = [runs.loss[g == k].std(ddof=1) / loss[k] for k in range(len(order)) if (g == k).sum() > 1]
+    spread = {"points": len(rel), "median": float(np.median(rel)), "max": float(np.max(rel))}
+    return Runs(runs.params[order], runs.tokens[order], loss, runs.flops[order], runs.lines[order], runs.source, spread)
 
 
 def _check_values(runs: Runs) -> None:

@@ -6,7 +6,10 @@
 
 A size is a dict of model overrides on the recipe (a dotted key such as `train.lr` sets another section, so
 that each size can have its own learning rate); a budget is D tokens (rounded to whole optimizer steps of
-batch_size × seq_len tokens), or, with `flops`, an IsoFLOP budget C giving each size D = C / 6N. Each run is a
+batch_size × seq_len tokens), or, with `flops`, an IsoFLOP budget C giving each size D = C / 6N, or, with
+`ratios`, a number of tokens per parameter r giving each size D = r·N (a ray of one shape of training, as
+the GPT-4 report's "same methodology" runs and Chinchilla's 20 tokens per parameter). With `seeds`, every
+run is repeated once per seed (`train.seed`), so the run-to-run spread can be measured. Each run is a
 folder trained through the normal pretraining entry point (`gptqwen.train.trainer.pretrain`), so it is
 logged, checkpointed and resumable; a finished run has `result.json` and is skipped, an interrupted one is
 resumed. `shard=(i, k)` trains only every k-th run starting at i, so k processes or machines sharing the
@@ -34,8 +37,8 @@ from gptqwen.train.trainer import model_config, pretrain
 from gptqwen.utils import atomic_write
 
 RESULT = "result.json"
-COLUMNS = ("run", "params", "params_nonembed", "tokens", "flops", "flops_exact", "steps", "loss", "train_loss",
-           "val_loss", "wall_s")
+COLUMNS = ("run", "params", "params_nonembed", "tokens", "flops", "flops_exact", "steps", "seed", "loss",
+           "train_loss", "val_loss", "wall_s")
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class RunSpec:
     tokens: int
     flops: float
     flops_exact: float
+    seed: int | None = None
 
 
 def _dataset_vocab(recipe) -> tuple[int, int | None]:
@@ -74,8 +78,9 @@ def _size_overrides(size: dict[str, Any]) -> list[str]:
 
 def plan_sweep(recipe_name: str | None, overrides: list[str], sizes: list[dict[str, Any]],
                tokens: list[float] | None = None, flops: list[float] | None = None,
-               min_steps: int = 1, max_flops: float | None = None) -> list[RunSpec]:
-    """Every (size, budget) run of the sweep, with its N, D and C worked out before any training.
+               min_steps: int = 1, max_flops: float | None = None, ratios: list[float] | None = None,
+               seeds: list[int] | None = None) -> list[RunSpec]:
+    """Every (size, budget[, seed]) run of the sweep, with its N, D and C worked out before any training.
 
     Runs of fewer than `min_steps` optimizer steps are left out: an IsoFLOP budget gives the largest sizes
     only a few steps, too early in training to follow the power law the others trace. Runs whose exact
@@ -84,11 +89,15 @@ def plan_sweep(recipe_name: str | None, overrides: list[str], sizes: list[dict[s
         raise UserError(f"--min-steps must be at least 1, not {min_steps}")
     if max_flops is not None and not (max_flops > 0 and math.isfinite(max_flops)):
         raise UserError(f"--max-flops must be a positive number, not {max_flops}")
-    if (tokens is None) == (flops is None):
-        raise UserError("give the budgets either as token counts (--tokens) or as IsoFLOP compute budgets (--flops)")
-    budgets = tokens if tokens is not None else flops
+    given = [b for b in (tokens, flops, ratios) if b is not None]
+    if len(given) != 1:
+        raise UserError("give the budgets one way: token counts (--tokens), IsoFLOP compute budgets (--flops) or "
+                        "tokens per parameter (--tokens-per-param)")
+    budgets = given[0]
     if not budgets or any(not (b > 0 and math.isfinite(b)) for b in budgets):
         raise UserError(f"the budgets must be positive numbers, not {budgets}")
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds)):
+        raise UserError(f"--seeds takes distinct non-negative integers, e.g. 1,2,3, not {seeds}")
     if not sizes:
         raise UserError("give at least one model size (--size n_layer=2,n_embd=64)")
     base = load_recipe(recipe_name, overrides)
@@ -101,17 +110,20 @@ def plan_sweep(recipe_name: str | None, overrides: list[str], sizes: list[dict[s
         n = cfg.num_params()
         step_tokens = sized.train.batch_size * sized.train.seq_len  # a size may set its own batch or length
         for budget in budgets:
-            d = budget if tokens is not None else budget / (6 * n)
+            d = budget if tokens is not None else budget * n if ratios is not None else budget / (6 * n)
             steps = max(1, round(d / step_tokens))
             d_real = steps * step_tokens
             flops_exact = float(cfg.flops_per_token(sized.train.seq_len)) * d_real
             if steps < min_steps or (max_flops is not None and flops_exact > max_flops):
                 continue
-            specs.append(RunSpec(
-                name=f"{_size_name(size)}-steps{steps}", overrides=tuple(size_overrides + [f"train.max_steps={steps}"]),
-                steps=steps, params=n, params_nonembed=cfg.num_params(embeddings=False), tokens=d_real,
-                flops=6.0 * n * d_real, flops_exact=flops_exact,
-            ))  # fmt: skip
+            for seed in seeds or [None]:
+                suffix, seeded = ("", []) if seed is None else (f"-seed{seed}", [f"train.seed={seed}"])
+                specs.append(RunSpec(
+                    name=f"{_size_name(size)}-steps{steps}{suffix}",
+                    overrides=tuple(size_overrides + [f"train.max_steps={steps}"] + seeded), steps=steps, params=n,
+                    params_nonembed=cfg.num_params(embeddings=False), tokens=d_real, flops=6.0 * n * d_real,
+                    flops_exact=flops_exact, seed=seed,
+                ))  # fmt: skip
     if not specs:
         raise UserError(f"every run of the sweep has fewer than --min-steps {min_steps} steps or more than --max-flops "
                         f"{max_flops} FLOPs; change the budgets")
