@@ -336,7 +336,7 @@ def test_sweep_plans_isoflop_budgets(sweep_recipe):
         assert spec.tokens % 128 == 0 and spec.flops == 6.0 * spec.params * spec.tokens
         assert spec.flops == pytest.approx(c, rel=0.05)  # D = C/6N, rounded to whole steps of 128 tokens
         assert spec.params_nonembed < spec.params < spec.flops_exact / spec.tokens
-    with pytest.raises(UserError, match="either as token counts"):
+    with pytest.raises(UserError, match="give the budgets one way"):
         plan_sweep(str(sweep_recipe), [], [parse_size(SIZES[0])])
     with pytest.raises(UserError, match="key=value"):
         parse_size("n_layer:2")
