@@ -1,7 +1,7 @@
-"""Width pruning (`gptqwen prune`, align/prune.py): the same shape gives the same model, dead MLP neurons are the ones
-cut (the logits stay exactly), a pruned RoPE head turns at the teacher's frequencies, the loudest residual channel is
-kept, the CLI writes a loadable folder with its report, and bad widths or calibration data end in one message before
-anything is written."""
+"""Depth and width pruning (`gptqwen prune`, align/prune.py): the same shape gives the same model, dead MLP neurons are
+the ones cut (the logits stay exactly), a block that passes its input through is the one removed (the logits stay), a
+pruned RoPE head turns at the teacher's frequencies, the loudest residual channel is kept, the CLI writes a loadable
+folder with its report, and bad sizes or calibration data end in one message before anything is written."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import _align_fixtures
-from gptqwen.align.prune import calibration_ids, prune_width, pruned_config
+from gptqwen.align.prune import calibration_ids, prune_model, pruned_config
 from gptqwen.cli import main
 from gptqwen.config import Config
 from gptqwen.errors import UserError
@@ -35,7 +35,7 @@ def _logits(model: Transformer, ids: list[int]) -> torch.Tensor:
 def test_same_shape_is_the_same_model(tok, name):
     teacher = _model(name, tok.vocab_size)
     rows = calibration_ids(tok, synthetic=8)
-    pruned, report = prune_width(teacher, rows)
+    pruned, report = prune_model(teacher, rows)
     assert report["params_after"] == report["params_before"]
     assert torch.allclose(_logits(pruned, rows[0]), _logits(teacher, rows[0]), atol=1e-6)
 
@@ -53,14 +53,14 @@ def test_dead_mlp_neurons_are_the_ones_cut(tok, name):
                 b.mlp.fc.weight[dead] = 0
                 b.mlp.fc.bias[dead] = 0  # gelu(0) = 0
     rows = calibration_ids(tok, synthetic=8)
-    pruned, _ = prune_width(teacher, rows, intermediate_size=int((~dead).sum()))
+    pruned, _ = prune_model(teacher, rows, intermediate_size=int((~dead).sum()))
     assert pruned.config.intermediate_size == int((~dead).sum())
     assert torch.allclose(_logits(pruned, rows[1]), _logits(teacher, rows[1]), atol=1e-5)
 
 
 def test_pruned_rope_head_keeps_the_teachers_frequencies(tok):
     teacher = _model("qwen3-tiny", tok.vocab_size)
-    pruned, report = prune_width(teacher, calibration_ids(tok, synthetic=4), head_dim=16)
+    pruned, report = prune_model(teacher, calibration_ids(tok, synthetic=4), head_dim=16)
     assert pruned.config.head_dim == 16 and report["rope_theta"] == [teacher.config.rope_theta, pruned.config.rope_theta]
     kept = teacher.rotary.inv_freq[:8]  # the head's 8 highest frequencies
     assert torch.allclose(pruned.rotary.inv_freq, kept, rtol=1e-5)
@@ -73,19 +73,39 @@ def test_loudest_residual_channel_is_kept(tok):
     teacher = _model("qwen3-tiny", tok.vocab_size)
     with torch.no_grad():
         teacher.wte.weight[:, 77] *= 50  # channel 77 carries the most
-    pruned, _ = prune_width(teacher, calibration_ids(tok, synthetic=8), n_embd=32)
+    pruned, _ = prune_model(teacher, calibration_ids(tok, synthetic=8), n_embd=32)
     col = teacher.wte.weight[:, 77]
     assert any(torch.equal(pruned.wte.weight[:, j], col) for j in range(32))
 
 
+@pytest.mark.parametrize("name", ["qwen3-tiny", "gpt2-tiny"])
+def test_a_block_that_passes_its_input_through_is_the_one_removed(tok, name):
+    """Block 1 with zero output projections adds nothing to the residual stream (pre-norm): its importance is 0, depth
+    pruning removes exactly it, and the 3-block model computes the same logits as the 4-block one."""
+    teacher = _model(name, tok.vocab_size)
+    with torch.no_grad():
+        for p in teacher.blocks[1].attn.proj.parameters():
+            p.zero_()
+        for p in (teacher.blocks[1].mlp.down if teacher.config.mlp == "swiglu" else teacher.blocks[1].mlp.proj).parameters():
+            p.zero_()
+    rows = calibration_ids(tok, synthetic=8)
+    pruned, report = prune_model(teacher, rows, n_layer=3)
+    assert report["layers_kept"] == [0, 2, 3] and report["block_importance"][1] == pytest.approx(0.0, abs=1e-6)
+    assert pruned.config.n_layer == 3 and report["params_after"] < report["params_before"]
+    assert torch.allclose(_logits(pruned, rows[0]), _logits(teacher, rows[0]), atol=1e-5)
+    with pytest.raises(UserError, match="alternates dense and banded"):  # GPT-3's layer pattern would be reordered
+        pruned_config(Config.from_name("gpt3-tiny"), n_layer=3)
+
+
 def test_cli_writes_a_loadable_folder_with_its_report(tok, model_dir, tmp_path, capsys):
     out = tmp_path / "small"
-    args = ["prune", "--model", str(model_dir), "--out", str(out), "--n-embd", "64", "--head-dim", "16",
+    args = ["prune", "--model", str(model_dir), "--out", str(out), "--n-layer", "3", "--n-embd", "64", "--head-dim", "16",
             "--intermediate-size", "192", "--synthetic", "16", "--json"]  # fmt: skip
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     model, tok2 = load_model_and_tokenizer(str(out))
-    assert (model.config.n_embd, model.config.head_dim, model.config.intermediate_size) == (64, 16, 192)
+    assert (model.config.n_layer, model.config.n_embd, model.config.head_dim, model.config.intermediate_size) == (3, 64, 16, 192)
+    assert len(report["layers_kept"]) == 3 and len(report["block_importance"]) == 4
     assert model.num_params() == report["params_after"] < report["params_before"]
     assert report["flops"] == 2 * report["params_before"] * report["calibration_tokens"]  # the calibration forwards
     assert tok2.vocab_size == tok.vocab_size
@@ -104,7 +124,8 @@ def test_calibration_from_files(tok, tmp_path):
 
 
 @pytest.mark.parametrize("shape, message", [
-    ({"n_layer": 2}, "cannot prune n_layer"),
+    ({"n_head": 2}, "cannot prune n_head"),
+    ({"n_layer": 5}, "n_layer=5 must be a whole number from 1 to the teacher's 4"),
     ({"n_embd": 512}, "n_embd=512 must be a whole number from 1 to the teacher's 128"),
     ({"head_dim": 15}, "must be even"),
     ({"intermediate_size": 0}, "from 1 to"),

@@ -1,11 +1,15 @@
-"""Width pruning of a trained model to a smaller shape, the starting point of a distillation from it (Minitron:
-Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation"; the recipe behind
-Llama 3.2 1B/3B and the Minitron models).
+"""Depth and width pruning of a trained model to a smaller shape, the starting point of a distillation from it
+(Minitron: Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation"; the recipe
+behind Llama 3.2 1B/3B and the Minitron models).
 
     cal = calibration_ids(tok, synthetic=256)
-    student, report = prune_width(teacher, cal, n_embd=64, head_dim=16, intermediate_size=192)
+    student, report = prune_model(teacher, cal, n_embd=64, head_dim=16, intermediate_size=192)
+    shallow, report = prune_model(teacher, cal, n_layer=3)      # drop the blocks that change their input least
 
-Every width is ranked by its mean absolute activation on calibration text and the top ones are kept:
+Depth (`n_layer`): each block's importance is 1 − the mean cosine between the residual stream entering and leaving it
+on the calibration text (Minitron's and ShortGPT's block importance); the least important blocks are removed and the
+rest keep their order. Every width is then ranked by its mean absolute activation in the kept blocks, and the top
+ones are kept:
 - residual channels (`n_embd`): the residual stream entering each block, summed over blocks;
 - MLP neurons (`intermediate_size`): the input of the MLP's output projection (SiLU(gate)·up, or GELU(fc));
 - value dimensions of each KV head (`head_dim`): the attention output of its query heads times the norm of the
@@ -13,8 +17,8 @@ Every width is ranked by its mean absolute activation on calibration text and th
 - query/key dimensions: with RoPE, the head's highest rotary frequencies (the first `head_dim / 2` of each half of
   the rotate-half layout), and `rope_theta` becomes θ^(new / old) so that the smaller head rotates them at exactly
   the teacher's frequencies (f_j = θ^(-2j / d)); without RoPE, ranked by mean |q|·|k| over the KV head's group.
-The kept slices of every weight (norm weights included) are copied into a model of the smaller shape (same depth, same
-heads). The pruned model is a poor model at first; distillation from its teacher (`gptqwen distill --from`) restores it
+The kept slices of every weight (norm weights included) are copied into a model of the smaller shape (head counts
+stay). The pruned model is a poor model at first; distillation from its teacher (`gptqwen distill --from`) restores it
 within a few hundred steps, because it keeps the teacher's circuits (the reasoning demo: 0.055 → 1.000 in 270 steps).
 """
 
@@ -32,22 +36,25 @@ from gptqwen.errors import UserError
 from gptqwen.model import Transformer
 from gptqwen.utils import read_jsonl
 
-PRUNABLE = ("n_embd", "head_dim", "intermediate_size")
+PRUNABLE = ("n_layer", "n_embd", "head_dim", "intermediate_size")
 
 
 def pruned_config(cfg: Config, **shape: int) -> Config:
     """The teacher's config with the given widths (each ≤ the teacher's); a UserError for anything else."""
     bad = sorted(set(shape) - set(PRUNABLE))
     if bad:
-        raise UserError(f"cannot prune {', '.join(bad)}: width pruning changes {', '.join(PRUNABLE)} only (depth and "
-                        "head counts stay the teacher's)")  # fmt: skip
+        raise UserError(f"cannot prune {', '.join(bad)}: pruning changes {', '.join(PRUNABLE)} only (head counts "
+                        "stay the teacher's)")  # fmt: skip
     if cfg.n_experts:
-        raise UserError("width pruning of mixture-of-experts models is not supported; prune a dense model")
-    old = {"n_embd": cfg.n_embd, "head_dim": cfg.head_dim, "intermediate_size": cfg.intermediate_size}
+        raise UserError("pruning mixture-of-experts models is not supported; prune a dense model")
+    old = {k: getattr(cfg, k) for k in PRUNABLE}
     new = {**old, **{k: v for k, v in shape.items() if v is not None}}
     for k, v in new.items():
         if not isinstance(v, int) or not 1 <= v <= old[k]:
             raise UserError(f"{k}={v} must be a whole number from 1 to the teacher's {old[k]}")
+    if new["n_layer"] != old["n_layer"] and cfg.local_layers != "none":
+        raise UserError(f"this model alternates dense and banded attention layers (local_layers={cfg.local_layers}), "
+                        "which removing blocks would reorder; keep n_layer")
     rope_theta = cfg.rope_theta
     if new["head_dim"] != old["head_dim"] and cfg.pos != "rope" and cfg.qk_norm:
         raise UserError("pruning head_dim of a model with q/k norms but no RoPE is not supported; keep head_dim")
@@ -99,18 +106,24 @@ def _data_rows(tok, path: Path) -> list[list[int]]:
 
 
 def activations(model: Transformer, rows: list[list[int]]) -> dict[str, torch.Tensor]:
-    """Mean |activation| per channel over all calibration tokens, at the points `prune_width` ranks."""
+    """Mean |activation| per channel over all calibration tokens, at the points `prune_model` ranks, and each block's
+    importance `block.{i}` (1 − mean cosine of the residual stream entering and leaving it)."""
     sums: dict[str, torch.Tensor] = {}
     count = 0
 
     def add(name: str, x: torch.Tensor) -> None:
         sums[name] = sums.get(name, 0) + x.detach().abs().flatten(0, -2).float().sum(0)
 
+    def importance(i: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        cos = torch.nn.functional.cosine_similarity(x.detach().float(), y.detach().float(), dim=-1)
+        sums[f"block.{i}"] = sums.get(f"block.{i}", 0) + (1 - cos).sum()
+
     handles = []
     for i, b in enumerate(model.blocks):
         out_proj = b.mlp.down if model.config.mlp == "swiglu" else b.mlp.proj
         handles += [
             b.register_forward_pre_hook(lambda m, a, i=i: add(f"resid.{i}", a[0])),
+            b.register_forward_hook(lambda m, a, y, i=i: importance(i, a[0], y[0])),
             out_proj.register_forward_pre_hook(lambda m, a, i=i: add(f"mlp.{i}", a[0])),
             b.attn.proj.register_forward_pre_hook(lambda m, a, i=i: add(f"attn.{i}", a[0])),
             b.attn.qkv.register_forward_hook(lambda m, a, y, i=i: add(f"qkv.{i}", y)),
@@ -130,14 +143,16 @@ def _top(score: torch.Tensor, k: int) -> torch.Tensor:
     return score.topk(k).indices.sort().values
 
 
-def prune_width(model: Transformer, rows: list[list[int]], **shape: int) -> tuple[Transformer, dict]:
-    """(the pruned model, a report): `model` cut to `shape` (widths of `PRUNABLE`) by activations on `rows`."""
+def prune_model(model: Transformer, rows: list[list[int]], **shape: int) -> tuple[Transformer, dict]:
+    """(the pruned model, a report): `model` cut to `shape` (depth and widths of `PRUNABLE`) by activations on `rows`."""
     cfg = model.config
     new = pruned_config(cfg, **shape)
     act = activations(model.eval(), rows)
     hq, hk, d, ds = cfg.n_head, cfg.n_kv_head, cfg.head_dim, new.head_dim
     group = hq // hk
-    keep_c = _top(sum(act[f"resid.{i}"] for i in range(cfg.n_layer)), new.n_embd)
+    importance = torch.stack([act[f"block.{i}"] for i in range(cfg.n_layer)])
+    layers = _top(importance, new.n_layer).tolist()  # the kept blocks, in their order
+    keep_c = _top(sum(act[f"resid.{i}"] for i in layers), new.n_embd)
     src = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     for key, t in src.items():
@@ -145,8 +160,8 @@ def prune_width(model: Transformer, rows: list[list[int]], **shape: int) -> tupl
             out[key] = t[:, keep_c]
         elif key.startswith("ln_f."):
             out[key] = t[keep_c]
-    for i in range(cfg.n_layer):
-        p = f"blocks.{i}."
+    for j, i in enumerate(layers):  # old block i becomes block j
+        p, q = f"blocks.{i}.", f"blocks.{j}."
         if cfg.pos == "rope":  # the highest frequencies: the first ds/2 dims of each half (rotate-half layout)
             qk = [torch.cat([torch.arange(ds // 2), torch.arange(ds // 2) + d // 2])] * hk
         else:
@@ -166,27 +181,27 @@ def prune_width(model: Transformer, rows: list[list[int]], **shape: int) -> tupl
                 continue
             name = key[len(p):]
             if name.startswith(("ln_1.", "ln_2.")):
-                out[key] = t[keep_c]
+                out[q + name] = t[keep_c]
             elif name in ("attn.q_norm.weight", "attn.k_norm.weight"):
-                out[key] = t[qk[0]]  # one weight per head dim, shared by the heads (so are their dims)
+                out[q + name] = t[qk[0]]  # one weight per head dim, shared by the heads (so are their dims)
             elif name == "attn.qkv.weight":
-                out[key] = t[rows_qkv][:, keep_c]
+                out[q + name] = t[rows_qkv][:, keep_c]
             elif name == "attn.qkv.bias":
-                out[key] = t[rows_qkv]
+                out[q + name] = t[rows_qkv]
             elif name == "attn.proj.weight":
-                out[key] = t[keep_c][:, cols_o]
+                out[q + name] = t[keep_c][:, cols_o]
             elif name in ("attn.proj.bias", "mlp.down.bias", "mlp.proj.bias"):
-                out[key] = t[keep_c]
+                out[q + name] = t[keep_c]
             elif name == "mlp.gate_up.weight":
-                out[key] = torch.cat([t[:inner][keep_m], t[inner:][keep_m]])[:, keep_c]
+                out[q + name] = torch.cat([t[:inner][keep_m], t[inner:][keep_m]])[:, keep_c]
             elif name == "mlp.gate_up.bias":
-                out[key] = torch.cat([t[:inner][keep_m], t[inner:][keep_m]])
+                out[q + name] = torch.cat([t[:inner][keep_m], t[inner:][keep_m]])
             elif name == "mlp.fc.weight":
-                out[key] = t[keep_m][:, keep_c]
+                out[q + name] = t[keep_m][:, keep_c]
             elif name == "mlp.fc.bias":
-                out[key] = t[keep_m]
+                out[q + name] = t[keep_m]
             elif name in ("mlp.down.weight", "mlp.proj.weight"):
-                out[key] = t[keep_c][:, keep_m]
+                out[q + name] = t[keep_c][:, keep_m]
             else:
                 raise UserError(f"cannot prune weight '{key}' of this architecture")
     pruned = Transformer(new).to(model.wte.weight.device)
@@ -195,7 +210,8 @@ def prune_width(model: Transformer, rows: list[list[int]], **shape: int) -> tupl
         raise UserError(f"pruning left weights unmatched ({', '.join(unexpected or missing)})")
     report = {"params_before": model.num_params(), "params_after": pruned.num_params(),
               "shape_before": {k: getattr(cfg, k) for k in PRUNABLE}, "shape_after": {k: getattr(new, k) for k in PRUNABLE},
-              "rope_theta": [cfg.rope_theta, new.rope_theta] if cfg.pos == "rope" else None,
+              "rope_theta": [cfg.rope_theta, new.rope_theta] if cfg.pos == "rope" else None, "layers_kept": layers,
+              "block_importance": [round(float(x), 6) for x in importance],
               "calibration_rows": len(rows), "calibration_tokens": sum(map(len, rows))}  # fmt: skip
     return pruned.eval(), report
 
@@ -220,7 +236,7 @@ def run_prune(model_spec: str, out: str | Path, shape: dict, synthetic: int | No
     rows = calibration_ids(tok, synthetic, data, seed, model.config.max_seq_len)
     start = time.process_time()
     with FlopCounter() as flops:
-        pruned, report = prune_width(model, rows, **shape)
+        pruned, report = prune_model(model, rows, **shape)
     report.update(source=model_spec, out=str(out), flops=flops.total, cpu_s=round(time.process_time() - start, 2))
     with atomic_dir(out) as tmp:  # built aside, renamed into place whole
         save_pretrained(pruned, tmp, tokenizer=tok)
