@@ -170,7 +170,10 @@ def test_repeated_runs_are_one_point_at_their_mean_and_their_spread_is_reported(
     merged = read_runs(csv)
     assert len(merged) == len(runs) and np.allclose(merged.loss, runs.loss) and merged.lines.tolist()[:2] == [2, 4]
     assert merged.spread["points"] == len(runs) and merged.spread["median"] == pytest.approx(0.02 * 2 ** 0.5, rel=1e-6)
-    assert main(["scaling", "fit", str(csv), "--law", "gpt4", "--json", "--bootstrap", "0"]) == 0
+    assert np.allclose(merged.loss_std, 0.02 * 2 ** 0.5 * runs.loss) and merged.subset([0]).loss_std.shape == (1,)
+    png = tmp_path / "fit.png"  # the plot draws each point's spread as an error bar
+    assert main(["scaling", "fit", str(csv), "--law", "gpt4", "--json", "--bootstrap", "0", "--plot", str(png)]) == 0
+    assert png.stat().st_size > 0
     out = json.loads(capsys.readouterr().out)
     assert out["diagnostics"]["n_runs"] == len(runs) and out["diagnostics"]["spread"]["points"] == len(runs)
     assert any("run more than once" in n for n in out["diagnostics"]["notes"])

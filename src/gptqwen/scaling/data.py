@@ -32,14 +32,16 @@ class Runs:
     lines: np.ndarray
     source: str = "<runs>"
     spread: dict | None = None  # repeats: {"points": k, "median": relative std, "max": ...}; None without repeats
+    loss_std: np.ndarray | None = None  # with repeats: each point's sample std of its losses (0 for a single run)
 
     def __len__(self) -> int:
         return len(self.loss)
 
     def subset(self, idx: np.ndarray) -> Runs:
         """The runs at positions `idx` (a boolean mask or indices; repeats allowed, for the bootstrap)."""
+        std = None if self.loss_std is None else self.loss_std[idx]
         return Runs(self.params[idx], self.tokens[idx], self.loss[idx], self.flops[idx], self.lines[idx], self.source,
-                    self.spread)
+                    self.spread, std)
 
     def describe_lines(self, idx: np.ndarray | None = None) -> str:
         """'lines 3, 7, 9' for the runs at `idx` (all runs by default)."""
@@ -122,9 +124,11 @@ def merge_repeats(runs: Runs) -> Runs:
     rank[np.argsort(first)] = np.arange(len(first))
     g = rank[group]
     loss = np.array([runs.loss[g == k].mean() for k in range(len(order))])
-    rel = [runs.loss[g == k].std(ddof=1) / loss[k] for k in range(len(order)) if (g == k).sum() > 1]
+    std = np.array([runs.loss[g == k].std(ddof=1) if (g == k).sum() > 1 else 0.0 for k in range(len(order))])
+    rel = [std[k] / loss[k] for k in range(len(order)) if (g == k).sum() > 1]
     spread = {"points": len(rel), "median": float(np.median(rel)), "max": float(np.max(rel))}
-    return Runs(runs.params[order], runs.tokens[order], loss, runs.flops[order], runs.lines[order], runs.source, spread)
+    return Runs(runs.params[order], runs.tokens[order], loss, runs.flops[order], runs.lines[order], runs.source, spread,
+                std)
 
 
 def _check_values(runs: Runs) -> None:

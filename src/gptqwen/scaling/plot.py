@@ -2,9 +2,10 @@
 
 Left panel: every run's loss against its compute, the law's frontier (chinchilla: the loss at the
 compute-optimal N*(C), D*(C); gpt4: a·C^b + c; kaplan: the L(C) line), runs left out of the fit in grey,
-and the prediction with its bootstrap interval beside the actual loss when one is given. Right panel
-(when runs share a compute budget): IsoFLOP profiles, loss against N at fixed C, with the chinchilla fit's
-curve L(N, C/6N) through each. matplotlib is an optional extra (`pip install matplotlib`).
+the spread of repeated runs (seeds) as ±1 standard deviation bars, and the prediction with its bootstrap
+interval beside the actual loss when one is given. Right panel (when runs share a compute budget): IsoFLOP
+profiles, loss against N at fixed C, with the chinchilla fit's curve L(N, C/6N) through each. matplotlib
+is an optional extra (`pip install matplotlib`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ def plot_fit(path: str | Path, runs: Runs, fit: Fit, prediction: dict[str, Any] 
     fig.colorbar(points, ax=ax, label="log10 N (parameters)")
     if excluded is not None and len(excluded):
         ax.scatter(excluded.flops, excluded.loss, marker="x", color="grey", label="left out of the fit", zorder=3)
+    label = "seed spread (±1 std)"
+    for r in (runs, excluded):
+        if r is not None and r.loss_std is not None and len(r):
+            ax.errorbar(r.flops, r.loss, yerr=r.loss_std, fmt="none", ecolor="grey", elinewidth=1, alpha=0.7,
+                        zorder=2, label=label)
+            label = None
     curve = _frontier(fit.law, fit.params, c)
     if curve is not None:
         ax.plot(c, curve, color="C1", label=f"{fit.law} fit")
