@@ -72,7 +72,7 @@ def report(law, runs: Runs, n_bootstrap: int = 0, seed: int = 0, confidence: flo
     if runs.spread:
         out["diagnostics"]["spread"] = runs.spread
         out["diagnostics"]["notes"] = [*fit.notes, (
-            f"{runs.spread['points']} points were run more than once (seeds): their losses spread by "
+            f"{runs.spread['points']} points were run more than once (same N, D and C; e.g. seeds): their losses spread by "
             f"{100 * runs.spread['median']:.2g}% of the loss (median sample std; max {100 * runs.spread['max']:.2g}%)")]
     if boot:
         out["diagnostics"]["bootstrap"] = {k: boot[k] for k in ("samples", "failed", "confidence")}
