@@ -1,5 +1,6 @@
-"""Depth and width pruning (`gptqwen prune`, align/prune.py): the same shape gives the same model, dead MLP neurons are
-the ones cut (the logits stay exactly), a block that passes its input through is the one removed (the logits stay), a
+"""Depth, head and width pruning (`gptqwen prune`, align/prune.py): the same shape gives the same model, dead MLP
+neurons are the ones cut (the logits stay exactly), a block that passes its input through is the one removed and heads
+that write nothing are the ones cut (the logits stay), a
 pruned RoPE head turns at the teacher's frequencies, the loudest residual channel is kept, the CLI writes a loadable
 folder with its report, and bad sizes or calibration data end in one message before anything is written."""
 
@@ -97,14 +98,39 @@ def test_a_block_that_passes_its_input_through_is_the_one_removed(tok, name):
         pruned_config(Config.from_name("gpt3-tiny"), n_layer=3)
 
 
+def test_query_heads_that_write_nothing_are_the_ones_cut(tok):
+    """Heads 0 and 3 of a 4-head, 2-KV-head model with zero output-projection columns write nothing: pruning to 2 heads
+    keeps one head per KV group, heads 1 and 2, and the logits stay."""
+    teacher = _model("qwen3-tiny", tok.vocab_size)
+    d = teacher.config.head_dim
+    with torch.no_grad():
+        for h in (0, 3):
+            teacher.blocks[0].attn.proj.weight[:, h * d:(h + 1) * d] = 0
+            teacher.blocks[2].attn.proj.weight[:, h * d:(h + 1) * d] = 0
+    rows = calibration_ids(tok, synthetic=8)
+    pruned, report = prune_model(teacher, rows, n_head=2)
+    assert report["heads_kept"][0] == report["heads_kept"][2] == [1, 2] and pruned.config.n_head == 2
+    assert all(len(h) == 2 and h[0] in (0, 1) and h[1] in (2, 3) for h in report["heads_kept"])  # one per KV group
+    kept = Transformer(teacher.config).eval()  # the teacher with the other blocks' cut heads silenced too
+    kept.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        for i, heads in enumerate(report["heads_kept"]):
+            for h in set(range(4)) - set(heads):
+                kept.blocks[i].attn.proj.weight[:, h * d:(h + 1) * d] = 0
+    assert torch.allclose(_logits(pruned, rows[0]), _logits(kept, rows[0]), atol=1e-5)
+    with pytest.raises(UserError, match="multiple of the 4 KV heads"):  # GPT-2: one KV head per query head
+        pruned_config(Config.from_name("gpt2-tiny"), n_head=2)
+
+
 def test_cli_writes_a_loadable_folder_with_its_report(tok, model_dir, tmp_path, capsys):
     out = tmp_path / "small"
-    args = ["prune", "--model", str(model_dir), "--out", str(out), "--n-layer", "3", "--n-embd", "64", "--head-dim", "16",
-            "--intermediate-size", "192", "--synthetic", "16", "--json"]  # fmt: skip
+    args = ["prune", "--model", str(model_dir), "--out", str(out), "--n-layer", "3", "--n-head", "2", "--n-embd", "64",
+            "--head-dim", "16", "--intermediate-size", "192", "--synthetic", "16", "--json"]  # fmt: skip
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     model, tok2 = load_model_and_tokenizer(str(out))
-    assert (model.config.n_layer, model.config.n_embd, model.config.head_dim, model.config.intermediate_size) == (3, 64, 16, 192)
+    c = model.config
+    assert (c.n_layer, c.n_head, c.n_embd, c.head_dim, c.intermediate_size) == (3, 2, 64, 16, 192)
     assert len(report["layers_kept"]) == 3 and len(report["block_importance"]) == 4
     assert model.num_params() == report["params_after"] < report["params_before"]
     assert report["flops"] == 2 * report["params_before"] * report["calibration_tokens"]  # the calibration forwards
@@ -124,7 +150,8 @@ def test_calibration_from_files(tok, tmp_path):
 
 
 @pytest.mark.parametrize("shape, message", [
-    ({"n_head": 2}, "cannot prune n_head"),
+    ({"n_kv_head": 1}, "cannot prune n_kv_head"),
+    ({"n_head": 3}, "must be a multiple of the 2 KV heads"),
     ({"n_layer": 5}, "n_layer=5 must be a whole number from 1 to the teacher's 4"),
     ({"n_embd": 512}, "n_embd=512 must be a whole number from 1 to the teacher's 128"),
     ({"head_dim": 15}, "must be even"),

@@ -1,15 +1,18 @@
-"""Depth and width pruning of a trained model to a smaller shape, the starting point of a distillation from it
+"""Depth, head and width pruning of a trained model to a smaller shape, the starting point of a distillation from it
 (Minitron: Muralidharan et al. 2024, "Compact Language Models via Pruning and Knowledge Distillation"; the recipe
 behind Llama 3.2 1B/3B and the Minitron models).
 
     cal = calibration_ids(tok, synthetic=256)
     student, report = prune_model(teacher, cal, n_embd=64, head_dim=16, intermediate_size=192)
     shallow, report = prune_model(teacher, cal, n_layer=3)      # drop the blocks that change their input least
+    fewer, report = prune_model(teacher, cal, n_head=4)         # keep the 4 query heads that write the most
 
 Depth (`n_layer`): each block's importance is 1 − the mean cosine between the residual stream entering and leaving it
 on the calibration text (Minitron's and ShortGPT's block importance); the least important blocks are removed and the
-rest keep their order. Every width is then ranked by its mean absolute activation in the kept blocks, and the top
-ones are kept:
+rest keep their order. Heads (`n_head`, query heads; the KV heads stay): each head's importance is the mean |attention
+output| of its dimensions times the norms of the output projection's columns they feed (what the head writes to the
+residual stream); every KV group keeps its `n_head / n_kv_head` most important query heads. Every width is then
+ranked by its mean absolute activation in the kept blocks and heads, and the top ones are kept:
 - residual channels (`n_embd`): the residual stream entering each block, summed over blocks;
 - MLP neurons (`intermediate_size`): the input of the MLP's output projection (SiLU(gate)·up, or GELU(fc));
 - value dimensions of each KV head (`head_dim`): the attention output of its query heads times the norm of the
@@ -17,9 +20,9 @@ ones are kept:
 - query/key dimensions: with RoPE, the head's highest rotary frequencies (the first `head_dim / 2` of each half of
   the rotate-half layout), and `rope_theta` becomes θ^(new / old) so that the smaller head rotates them at exactly
   the teacher's frequencies (f_j = θ^(-2j / d)); without RoPE, ranked by mean |q|·|k| over the KV head's group.
-The kept slices of every weight (norm weights included) are copied into a model of the smaller shape (head counts
-stay). The pruned model is a poor model at first; distillation from its teacher (`gptqwen distill --from`) restores it
-within a few hundred steps, because it keeps the teacher's circuits (the reasoning demo: 0.055 → 1.000 in 270 steps).
+The kept slices of every weight (norm weights included) are copied into a model of the smaller shape. The pruned
+model is a poor model at first; distillation from its teacher (`gptqwen distill --from`) restores it within a few
+hundred steps, because it keeps the teacher's circuits (the reasoning demo: 0.055 → 1.000 in 270 steps).
 """
 
 from __future__ import annotations
@@ -36,14 +39,14 @@ from gptqwen.errors import UserError
 from gptqwen.model import Transformer
 from gptqwen.utils import read_jsonl
 
-PRUNABLE = ("n_layer", "n_embd", "head_dim", "intermediate_size")
+PRUNABLE = ("n_layer", "n_head", "n_embd", "head_dim", "intermediate_size")
 
 
 def pruned_config(cfg: Config, **shape: int) -> Config:
     """The teacher's config with the given widths (each ≤ the teacher's); a UserError for anything else."""
     bad = sorted(set(shape) - set(PRUNABLE))
     if bad:
-        raise UserError(f"cannot prune {', '.join(bad)}: pruning changes {', '.join(PRUNABLE)} only (head counts "
+        raise UserError(f"cannot prune {', '.join(bad)}: pruning changes {', '.join(PRUNABLE)} only (the KV heads "
                         "stay the teacher's)")  # fmt: skip
     if cfg.n_experts:
         raise UserError("pruning mixture-of-experts models is not supported; prune a dense model")
@@ -52,6 +55,9 @@ def pruned_config(cfg: Config, **shape: int) -> Config:
     for k, v in new.items():
         if not isinstance(v, int) or not 1 <= v <= old[k]:
             raise UserError(f"{k}={v} must be a whole number from 1 to the teacher's {old[k]}")
+    if new["n_head"] % cfg.n_kv_head:
+        raise UserError(f"n_head={new['n_head']} must be a multiple of the {cfg.n_kv_head} KV heads (each KV group keeps "
+                        "the same number of query heads)")
     if new["n_layer"] != old["n_layer"] and cfg.local_layers != "none":
         raise UserError(f"this model alternates dense and banded attention layers (local_layers={cfg.local_layers}), "
                         "which removing blocks would reorder; keep n_layer")
@@ -149,7 +155,7 @@ def prune_model(model: Transformer, rows: list[list[int]], **shape: int) -> tupl
     new = pruned_config(cfg, **shape)
     act = activations(model.eval(), rows)
     hq, hk, d, ds = cfg.n_head, cfg.n_kv_head, cfg.head_dim, new.head_dim
-    group = hq // hk
+    group, kept_group = hq // hk, new.n_head // hk
     importance = torch.stack([act[f"block.{i}"] for i in range(cfg.n_layer)])
     layers = _top(importance, new.n_layer).tolist()  # the kept blocks, in their order
     keep_c = _top(sum(act[f"resid.{i}"] for i in layers), new.n_embd)
@@ -160,20 +166,24 @@ def prune_model(model: Transformer, rows: list[list[int]], **shape: int) -> tupl
             out[key] = t[:, keep_c]
         elif key.startswith("ln_f."):
             out[key] = t[keep_c]
+    heads_kept: list[list[int]] = []
     for j, i in enumerate(layers):  # old block i becomes block j
         p, q = f"blocks.{i}.", f"blocks.{j}."
+        w_o = src[p + "attn.proj.weight"].view(-1, hq, d)
+        y = act[f"attn.{i}"].view(hq, d) * w_o.norm(dim=0)  # what each head dimension writes to the stream
+        heads = torch.cat([g * group + _top(y[g * group:(g + 1) * group].sum(1), kept_group) for g in range(hk)])
+        heads_kept.append(heads.tolist())
+        groups = [heads[g * kept_group:(g + 1) * kept_group] for g in range(hk)]  # the kept query heads of each KV head
         if cfg.pos == "rope":  # the highest frequencies: the first ds/2 dims of each half (rotate-half layout)
             qk = [torch.cat([torch.arange(ds // 2), torch.arange(ds // 2) + d // 2])] * hk
         else:
             a = act[f"qkv.{i}"].view(hq + 2 * hk, d)
-            qk = [_top((a[h * group:(h + 1) * group] * a[hq + h]).sum(0), ds) for h in range(hk)]
-        w_o = src[p + "attn.proj.weight"].view(-1, hq, d)
-        y = act[f"attn.{i}"].view(hq, d) * w_o.norm(dim=0)
-        vk = [_top(y[h * group:(h + 1) * group].sum(0), ds) for h in range(hk)]
+            qk = [_top((a[groups[g]] * a[hq + g]).sum(0), ds) for g in range(hk)]
+        vk = [_top(y[groups[g]].sum(0), ds) for g in range(hk)]
         # rows of the fused projection: q heads, k heads, v heads, each d wide
-        rows_qkv = torch.cat([h * d + qk[h // group] for h in range(hq)] + [(hq + h) * d + qk[h] for h in range(hk)]
+        rows_qkv = torch.cat([h * d + qk[h // group] for h in heads.tolist()] + [(hq + h) * d + qk[h] for h in range(hk)]
                              + [(hq + hk + h) * d + vk[h] for h in range(hk)])  # fmt: skip
-        cols_o = torch.cat([h * d + vk[h // group] for h in range(hq)])
+        cols_o = torch.cat([h * d + vk[h // group] for h in heads.tolist()])
         keep_m = _top(act[f"mlp.{i}"], new.intermediate_size)
         inner = cfg.intermediate_size
         for key, t in src.items():
@@ -211,6 +221,7 @@ def prune_model(model: Transformer, rows: list[list[int]], **shape: int) -> tupl
     report = {"params_before": model.num_params(), "params_after": pruned.num_params(),
               "shape_before": {k: getattr(cfg, k) for k in PRUNABLE}, "shape_after": {k: getattr(new, k) for k in PRUNABLE},
               "rope_theta": [cfg.rope_theta, new.rope_theta] if cfg.pos == "rope" else None, "layers_kept": layers,
+              "heads_kept": heads_kept,
               "block_importance": [round(float(x), 6) for x in importance],
               "calibration_rows": len(rows), "calibration_tokens": sum(map(len, rows))}  # fmt: skip
     return pruned.eval(), report

