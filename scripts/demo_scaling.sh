@@ -46,6 +46,7 @@ done
 TARGET=(-c scaling-bytes --out "$OUT/target" --tokens-per-param $RATIO ${EXTRA[@]+"${EXTRA[@]}"}
         --size n_layer=4,n_embd=224,n_head=7,n_kv_head=1,head_dim=32,intermediate_size=600,train.lr=4.9e-4,train.min_lr=4.9e-5)
 field() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))$2)" "$1"; }
+pct() { "$PY" -c "import json,sys; print(f'{100 * json.load(open(sys.argv[1]))[sys.argv[2]]:.2f}')" "$1" "$2"; }
 
 echo "== $(date -u +%T) target plan (builds data/shakespeare-bytes on first use)"
 gptqwen scaling sweep "${TARGET[@]}" --dry-run --json > "$OUT/target_plan.json"
@@ -75,8 +76,8 @@ for law in kaplan gpt4; do
   rm -f "$OUT/check_$law.json"
   gptqwen scaling check "$RUNS" --law $law --frontier --flops-column flops_exact --holdout 0.5 --json \
     > "$OUT/check_$law.tmp" && mv "$OUT/check_$law.tmp" "$OUT/check_$law.json" || { echo "$law: no fit"; continue; }
-  echo "$law: mean |error| $(field "$OUT/check_$law.json" '["mean_abs_error"] * 100')%," \
-       "max $(field "$OUT/check_$law.json" '["max_abs_error"] * 100')% on the top runs"
+  echo "$law: mean |error| $(pct "$OUT/check_$law.json" mean_abs_error)%," \
+       "max $(pct "$OUT/check_$law.json" max_abs_error)% on the top runs"
 done
 LAW=$("$PY" - "$OUT" << 'EOF'
 import json, os, sys
