@@ -43,7 +43,7 @@ PRUNABLE = ("n_layer", "n_head", "n_embd", "head_dim", "intermediate_size")
 
 
 def pruned_config(cfg: Config, **shape: int) -> Config:
-    """The teacher's config with the given widths (each ≤ the teacher's); a UserError for anything else."""
+    """The teacher's config with the given sizes (each ≤ the teacher's); a UserError for anything else."""
     bad = sorted(set(shape) - set(PRUNABLE))
     if bad:
         raise UserError(f"cannot prune {', '.join(bad)}: pruning changes {', '.join(PRUNABLE)} only (the KV heads "
@@ -150,7 +150,7 @@ def _top(score: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def prune_model(model: Transformer, rows: list[list[int]], **shape: int) -> tuple[Transformer, dict]:
-    """(the pruned model, a report): `model` cut to `shape` (depth and widths of `PRUNABLE`) by activations on `rows`."""
+    """(the pruned model, a report): `model` cut to `shape` (the sizes of `PRUNABLE`) by activations on `rows`."""
     cfg = model.config
     new = pruned_config(cfg, **shape)
     act = activations(model.eval(), rows)
@@ -172,7 +172,7 @@ def prune_model(model: Transformer, rows: list[list[int]], **shape: int) -> tupl
         w_o = src[p + "attn.proj.weight"].view(-1, hq, d)
         y = act[f"attn.{i}"].view(hq, d) * w_o.norm(dim=0)  # what each head dimension writes to the stream
         heads = torch.cat([g * group + _top(y[g * group:(g + 1) * group].sum(1), kept_group) for g in range(hk)])
-        heads_kept.append(heads.tolist())
+        heads_kept.append(kept := heads.tolist())
         groups = [heads[g * kept_group:(g + 1) * kept_group] for g in range(hk)]  # the kept query heads of each KV head
         if cfg.pos == "rope":  # the highest frequencies: the first ds/2 dims of each half (rotate-half layout)
             qk = [torch.cat([torch.arange(ds // 2), torch.arange(ds // 2) + d // 2])] * hk
@@ -181,9 +181,9 @@ def prune_model(model: Transformer, rows: list[list[int]], **shape: int) -> tupl
             qk = [_top((a[groups[g]] * a[hq + g]).sum(0), ds) for g in range(hk)]
         vk = [_top(y[groups[g]].sum(0), ds) for g in range(hk)]
         # rows of the fused projection: q heads, k heads, v heads, each d wide
-        rows_qkv = torch.cat([h * d + qk[h // group] for h in heads.tolist()] + [(hq + h) * d + qk[h] for h in range(hk)]
+        rows_qkv = torch.cat([h * d + qk[h // group] for h in kept] + [(hq + h) * d + qk[h] for h in range(hk)]
                              + [(hq + hk + h) * d + vk[h] for h in range(hk)])  # fmt: skip
-        cols_o = torch.cat([h * d + vk[h // group] for h in heads.tolist()])
+        cols_o = torch.cat([h * d + vk[h // group] for h in kept])
         keep_m = _top(act[f"mlp.{i}"], new.intermediate_size)
         inner = cfg.intermediate_size
         for key, t in src.items():

@@ -123,10 +123,13 @@ def merge_repeats(runs: Runs) -> Runs:
     rank = np.empty(len(first), dtype=int)
     rank[np.argsort(first)] = np.arange(len(first))
     g = rank[group]
-    loss = np.array([runs.loss[g == k].mean() for k in range(len(order))])
-    std = np.array([runs.loss[g == k].std(ddof=1) if (g == k).sum() > 1 else 0.0 for k in range(len(order))])
-    rel = [std[k] / loss[k] for k in range(len(order)) if (g == k).sum() > 1]
-    spread = {"points": len(rel), "median": float(np.median(rel)), "max": float(np.max(rel))}
+    counts = np.bincount(g)
+    loss = np.bincount(g, weights=runs.loss) / counts
+    repeated = counts > 1
+    std = np.zeros(len(order))
+    std[repeated] = np.sqrt(np.bincount(g, weights=(runs.loss - loss[g]) ** 2)[repeated] / (counts[repeated] - 1))
+    rel = std[repeated] / loss[repeated]
+    spread = {"points": int(repeated.sum()), "median": float(np.median(rel)), "max": float(np.max(rel))}
     return Runs(runs.params[order], runs.tokens[order], loss, runs.flops[order], runs.lines[order], runs.source, spread,
                 std)
 
